@@ -1,0 +1,217 @@
+"""Raft entry codec and MVCC revision keys.
+
+Entry format (little-endian, no padding), ENTRY_HEADER_BYTES = 21:
+
+    term u64 | index u64 | type u8 | data length u32 | data
+
+A batch is a u32 entry count followed by that many entries; `encode_entries`
+and `decode_entries` do a whole batch in one call, with no Python work per
+entry beyond building the result tuples.
+
+Revision keys are etcd's: main revision as 8 big-endian bytes, "_", sub
+revision as 8 big-endian bytes (17 bytes), plus a trailing "t" on a
+tombstone's key. Byte order is revision order, so an ordered store keeps
+history in revision order. Revisions are int64 in etcd's API: 0 <= rev < 2**63.
+"""
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+from native.endian cimport load_be64, load_le32, load_le64, store_be64, store_le32, store_le64
+
+ENTRY_HEADER_BYTES = 21
+BATCH_HEADER_BYTES = 4
+REVISION_KEY_BYTES = 17
+TOMBSTONE_MARKER = b"t"
+
+cdef Py_ssize_t ENTRY_HEADER = 21
+cdef Py_ssize_t BATCH_HEADER = 4
+cdef uint64_t DATA_BYTES_MAX = 0xFFFFFFFF
+cdef uint64_t REVISION_MAX = 0x7FFFFFFFFFFFFFFF
+
+_tuple_new = tuple.__new__
+
+
+class CodecError(ValueError):
+    """Bytes that are not a well-formed encoding; says where and why."""
+
+
+cdef Py_ssize_t write_entry(unsigned char *out, object entry) except -1:
+    """Encode one (term, index, type, data) at out; returns the bytes written."""
+    cdef object fields = entry if isinstance(entry, tuple) else tuple(entry)
+    if len(fields) != 4:
+        raise CodecError(f"an entry is (term, index, type, data), not {len(fields)} fields")
+    cdef uint64_t term = fields[0]
+    cdef uint64_t index = fields[1]
+    cdef uint8_t entry_type = fields[2]
+    cdef object data = fields[3]
+    cdef Py_buffer view
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        if <uint64_t>view.len > DATA_BYTES_MAX:
+            raise CodecError(f"entry data of {view.len} bytes exceeds the 4 GiB limit")
+        store_le64(out, term)
+        store_le64(out + 8, index)
+        out[16] = entry_type
+        store_le32(out + 17, <uint32_t>view.len)
+        memcpy(out + ENTRY_HEADER, view.buf, view.len)
+        return ENTRY_HEADER + view.len
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef inline Py_ssize_t encoded_entry_bytes(object entry) except -1:
+    # Checked here because indexing is compiled without bounds checks.
+    if len(entry) != 4:
+        raise CodecError(f"an entry is (term, index, type, data), not {len(entry)} fields")
+    cdef object data = entry[3]
+    return ENTRY_HEADER + (len(<bytes>data) if type(data) is bytes else memoryview(data).nbytes)
+
+
+cdef object read_entry(const unsigned char *buf, Py_ssize_t length, Py_ssize_t *pos, object entry_type):
+    """Decode the entry at *pos and advance *pos past it."""
+    cdef Py_ssize_t start = pos[0]
+    if length - start < ENTRY_HEADER:
+        raise CodecError(f"entry header at offset {start} is cut short: {length - start} of {ENTRY_HEADER} bytes")
+    cdef uint32_t data_len = load_le32(buf + start + 17)
+    if <uint64_t>(length - start - ENTRY_HEADER) < data_len:
+        raise CodecError(
+            f"entry data at offset {start + ENTRY_HEADER} is cut short: "
+            f"{length - start - ENTRY_HEADER} of {data_len} bytes"
+        )
+    cdef tuple fields = PyTuple_New(4)
+    cdef object item = load_le64(buf + start)
+    Py_INCREF(item)
+    PyTuple_SET_ITEM(fields, 0, item)
+    item = load_le64(buf + start + 8)
+    Py_INCREF(item)
+    PyTuple_SET_ITEM(fields, 1, item)
+    item = <long>buf[start + 16]
+    Py_INCREF(item)
+    PyTuple_SET_ITEM(fields, 2, item)
+    item = PyBytes_FromStringAndSize(<const char *>buf + start + ENTRY_HEADER, data_len)
+    Py_INCREF(item)
+    PyTuple_SET_ITEM(fields, 3, item)
+    pos[0] = start + ENTRY_HEADER + data_len
+    if entry_type is None:
+        return fields
+    return _tuple_new(entry_type, fields)
+
+
+def encode_entry(uint64_t term, uint64_t index, uint8_t entry_type, data):
+    """One entry's bytes."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    cdef Py_ssize_t data_len = view.len
+    PyBuffer_Release(&view)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, ENTRY_HEADER + data_len)
+    write_entry(<unsigned char *>PyBytes_AS_STRING(out), (term, index, entry_type, data))
+    return out
+
+
+def decode_entry(buf, entry_type=None):
+    """The (term, index, type, data) that `buf` holds, exactly: trailing bytes are an error.
+
+    With `entry_type` (a tuple subclass such as a NamedTuple) the result is of that type.
+    """
+    cdef Py_buffer view
+    cdef Py_ssize_t pos = 0
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    try:
+        entry = read_entry(<const unsigned char *>view.buf, view.len, &pos, entry_type)
+        if pos != view.len:
+            raise CodecError(f"{view.len - pos} trailing bytes after the entry at offset {pos}")
+        return entry
+    finally:
+        PyBuffer_Release(&view)
+
+
+def encode_entries(entries):
+    """A batch: the count, then each (term, index, type, data) of `entries` in order."""
+    cdef list items = list(entries)
+    cdef Py_ssize_t count = len(items)
+    if <uint64_t>count > 0xFFFFFFFF:
+        raise CodecError(f"a batch holds at most 2**32 - 1 entries, not {count}")
+    cdef Py_ssize_t total = BATCH_HEADER
+    cdef object entry
+    for entry in items:
+        total += encoded_entry_bytes(entry)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
+    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
+    store_le32(p, <uint32_t>count)
+    cdef Py_ssize_t pos = BATCH_HEADER
+    for entry in items:
+        pos += write_entry(p + pos, entry)
+    if pos != total:
+        raise CodecError("entry data changed size while the batch was encoded")
+    return out
+
+
+def decode_entries(buf, entry_type=None):
+    """The list of entries a batch holds, exactly: trailing bytes are an error."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    cdef const unsigned char *p = <const unsigned char *>view.buf
+    cdef Py_ssize_t length = view.len
+    cdef Py_ssize_t pos = BATCH_HEADER
+    cdef uint32_t count, i
+    cdef list result
+    try:
+        if length < BATCH_HEADER:
+            raise CodecError(f"batch header is cut short: {length} of {BATCH_HEADER} bytes")
+        count = load_le32(p)
+        # Every entry takes at least a header: a count that cannot fit is garbage,
+        # refused before allocating a list for it.
+        if count > <uint64_t>(length - BATCH_HEADER) // ENTRY_HEADER:
+            raise CodecError(f"batch claims {count} entries but holds {length} bytes")
+        result = PyList_New(count)
+        for i in range(count):
+            entry = read_entry(p, length, &pos, entry_type)
+            Py_INCREF(entry)
+            PyList_SET_ITEM(result, i, entry)
+        if pos != length:
+            raise CodecError(f"{length - pos} trailing bytes after the batch at offset {pos}")
+        return result
+    finally:
+        PyBuffer_Release(&view)
+
+
+def encode_revision(main, sub, bint tombstone=False):
+    """The 17-byte key of revision (main, sub), 18 with the tombstone marker."""
+    if not 0 <= main <= REVISION_MAX or not 0 <= sub <= REVISION_MAX:
+        raise CodecError(f"revision ({main}, {sub}) is outside 0..2**63-1")
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 18 if tombstone else 17)
+    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
+    store_be64(p, <uint64_t>main)
+    p[8] = b"_"
+    store_be64(p + 9, <uint64_t>sub)
+    if tombstone:
+        p[17] = b"t"
+    return out
+
+
+def decode_revision(key):
+    """(main, sub, tombstone) from a revision key."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(key, &view, PyBUF_SIMPLE)
+    cdef const unsigned char *p = <const unsigned char *>view.buf
+    cdef uint64_t main, sub
+    try:
+        if view.len != 17 and view.len != 18:
+            raise CodecError(f"a revision key is 17 or 18 bytes, not {view.len}")
+        if p[8] != b"_":
+            raise CodecError(f"revision key separator is {p[8]:#04x}, not '_'")
+        if view.len == 18 and p[17] != b"t":
+            raise CodecError(f"revision key marker is {p[17]:#04x}, not 't'")
+        main = load_be64(p)
+        sub = load_be64(p + 9)
+        if main > REVISION_MAX or sub > REVISION_MAX:
+            raise CodecError(f"revision ({main}, {sub}) is outside 0..2**63-1")
+        return main, sub, view.len == 18
+    finally:
+        PyBuffer_Release(&view)

@@ -1,0 +1,1 @@
+"""Everything inside one replica process: the raft core, storage, transport."""

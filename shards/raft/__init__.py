@@ -1,0 +1,1 @@
+"""The raft consensus core: a deterministic, sans-IO state machine."""

@@ -1,0 +1,1 @@
+"""Wire definitions (.proto sources and the modules generated from them)."""

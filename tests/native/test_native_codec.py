@@ -1,0 +1,112 @@
+"""native.codec (raft entries, revision keys) against its pure-Python twin."""
+
+import pytest
+import reference_codec as ref
+from hypothesis import given
+from hypothesis import strategies as st
+
+from native import codec
+from shards.raft.storage import Entry
+
+u64 = st.integers(min_value=0, max_value=2**64 - 1)
+entries = st.tuples(u64, u64, st.integers(min_value=0, max_value=255), st.binary(max_size=300))
+revisions = st.integers(min_value=0, max_value=2**63 - 1)
+
+
+def outcome(function, *args):
+    """What a call gives: its result, or the kind of error it raised."""
+    try:
+        return function(*args)
+    except ValueError:
+        return "error"
+
+
+@given(entry=entries)
+def test_entry_matches_reference_and_round_trips(entry):
+    encoded = codec.encode_entry(*entry)
+    assert encoded == ref.encode_entry(*entry)
+    assert len(encoded) == codec.ENTRY_HEADER_BYTES + len(entry[3])
+    assert codec.decode_entry(encoded) == entry
+
+
+@given(batch=st.lists(entries, max_size=40))
+def test_batch_matches_reference_and_round_trips(batch):
+    encoded = codec.encode_entries(batch)
+    assert encoded == ref.encode_entries(batch)
+    assert codec.decode_entries(encoded) == batch
+
+
+@given(data=st.binary(max_size=200))
+def test_decoding_arbitrary_bytes_agrees_with_reference(data):
+    assert outcome(codec.decode_entries, data) == outcome(ref.decode_entries, data)
+    assert outcome(codec.decode_entry, data) == outcome(ref.decode_entry, data)
+
+
+@given(batch=st.lists(entries, min_size=1, max_size=10), cut=st.integers(min_value=1))
+def test_cut_or_extended_batch_is_an_error(batch, cut):
+    encoded = codec.encode_entries(batch)
+    with pytest.raises(codec.CodecError):
+        codec.decode_entries(encoded[: len(encoded) - 1 - cut % len(encoded)])
+    with pytest.raises(codec.CodecError):
+        codec.decode_entries(encoded + b"\0")
+
+
+def test_decodes_into_a_named_tuple_type():
+    batch = [Entry(3, 7, 1, b"conf"), Entry(3, 8, 0, b"")]
+    decoded = codec.decode_entries(codec.encode_entries(batch), Entry)
+    assert decoded == batch and all(type(entry) is Entry for entry in decoded)
+    assert codec.decode_entry(codec.encode_entry(*batch[0]), Entry).data == b"conf"
+
+
+def test_accepts_any_buffer_and_any_sequence():
+    batch = [(1, 2, 0, bytearray(b"ab")), [3, 4, 0, memoryview(b"cd")]]
+    assert codec.decode_entries(codec.encode_entries(batch)) == [(1, 2, 0, b"ab"), (3, 4, 0, b"cd")]
+
+
+def test_empty_and_large_batches():
+    assert codec.decode_entries(codec.encode_entries([])) == []
+    big = [(1, i, 0, bytes([i % 256]) * 4096) for i in range(2000)]  # 8 MiB
+    encoded = codec.encode_entries(big)
+    assert encoded == ref.encode_entries(big)
+    assert codec.decode_entries(encoded) == big
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [(-1, 0, 0, b""), (0, 2**64, 0, b""), (0, 0, 256, b""), (0, 0, 0, "text"), (0, 0, 0)],
+)
+def test_refuses_malformed_entries(bad):
+    with pytest.raises((OverflowError, TypeError, ValueError)):
+        codec.encode_entries([bad])
+
+
+def test_refuses_a_count_the_bytes_cannot_hold():
+    with pytest.raises(codec.CodecError, match="claims"):
+        codec.decode_entries(b"\xff\xff\xff\xff" + bytes(40))
+
+
+@given(main=revisions, sub=revisions, tombstone=st.booleans())
+def test_revision_key_matches_reference_and_round_trips(main, sub, tombstone):
+    key = codec.encode_revision(main, sub, tombstone)
+    assert key == ref.encode_revision(main, sub, tombstone)
+    assert len(key) == codec.REVISION_KEY_BYTES + tombstone
+    assert codec.decode_revision(key) == (main, sub, tombstone)
+
+
+@given(a=st.tuples(revisions, revisions), b=st.tuples(revisions, revisions))
+def test_revision_keys_sort_in_revision_order(a, b):
+    key_a, key_b = codec.encode_revision(*a), codec.encode_revision(*b)
+    assert (key_a < key_b) == (a < b)
+    # A tombstone sorts right after the live key of the same revision.
+    assert key_a < codec.encode_revision(*a, tombstone=True)
+
+
+@given(data=st.binary(min_size=15, max_size=20))
+def test_decoding_arbitrary_revision_keys_agrees_with_reference(data):
+    assert outcome(codec.decode_revision, data) == outcome(ref.decode_revision, data)
+
+
+@pytest.mark.parametrize("main, sub", [(-1, 0), (0, -1), (2**63, 0), (0, 2**63)])
+def test_refuses_revisions_outside_int64(main, sub):
+    with pytest.raises(codec.CodecError):
+        codec.encode_revision(main, sub)
