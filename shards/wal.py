@@ -211,17 +211,32 @@ class WriteAheadLog:
         return segments
 
     def _replay(self) -> None:
-        records: list[tuple[int, bytes, _Segment, int]] = []
+        records = []
         for position, segment in enumerate(self._segments):
             is_last = position == len(self._segments) - 1
             frames, stop = self._read_segment(segment, is_last)
-            for record_type, offset, payload in frames[1:]:
-                records.append((record_type, payload, segment, offset))
+            records += [self._decode_record(segment, *frame) for frame in frames[1:]]
         self._apply_records(records)
-        # frames and stop are the last segment's: appending continues there.
+        # Appending continues in the last segment, after its last whole frame.
         self._fd = os.open(self._segments[-1].path, os.O_RDWR)
         self._offset = stop
         self._head_end = frames[3][1] if len(frames) > 3 else stop
+
+    @staticmethod
+    def _decode_record(segment: _Segment, record_type: int, offset: int, payload: bytes):
+        """(type, decoded payload, segment, offset) of one replayed frame."""
+        try:
+            if record_type == RECORD_ENTRIES:
+                value = codec.decode_entries(payload, Entry)
+            elif record_type == RECORD_HARD_STATE:
+                value = decode_hard_state(payload)
+            elif record_type == RECORD_SNAPSHOT:
+                value = decode_snapshot_marker(payload)
+            else:
+                raise ValueError(f"unknown record type {record_type}")
+        except (ValueError, struct.error) as error:  # checksummed, yet not what we write
+            raise WalCorruptionError(segment.path, offset, f"undecodable record: {error}") from None
+        return record_type, value, segment, offset
 
     def _read_segment(self, segment: _Segment, is_last: bool) -> tuple[list, int]:
         """The segment's whole valid frames (its header first) and where they end."""
@@ -259,31 +274,27 @@ class WriteAheadLog:
         finally:
             os.close(fd)
 
-    def _apply_records(self, records: list[tuple[int, bytes, _Segment, int]]) -> None:
+    def _apply_records(self, records: list) -> None:
         # The latest snapshot marker is where the log starts; a reset marker
         # voids every batch written before it.
         latest_snapshot = None
         reset_at = -1
-        for position, (record_type, payload, _, _) in enumerate(records):
+        for position, (record_type, value, _, _) in enumerate(records):
             if record_type == RECORD_SNAPSHOT:
-                latest_snapshot, reset = decode_snapshot_marker(payload)
+                latest_snapshot, reset = value
                 if reset:
                     reset_at = position
         storage = self.storage
         if latest_snapshot is not None:
             storage.apply_snapshot(Snapshot(latest_snapshot))
-        for position, (record_type, payload, segment, offset) in enumerate(records):
+        for position, (record_type, value, segment, offset) in enumerate(records):
             if record_type == RECORD_HARD_STATE:
-                storage.set_hard_state(decode_hard_state(payload))
-            elif record_type == RECORD_ENTRIES:
-                if position < reset_at:
-                    continue
+                storage.set_hard_state(value)
+            elif record_type == RECORD_ENTRIES and position > reset_at:
                 try:
-                    storage.append(codec.decode_entries(payload, Entry))
+                    storage.append(value)
                 except UnavailableError as gap:
                     raise WalCorruptionError(segment.path, offset, str(gap)) from None
-            elif record_type != RECORD_SNAPSHOT:
-                raise WalCorruptionError(segment.path, offset, f"unknown record type {record_type}")
 
     # --- segments ------------------------------------------------------------------
 

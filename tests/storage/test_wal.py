@@ -271,6 +271,24 @@ def test_damage_in_a_closed_segment_is_corruption(tmp_path):
     assert caught.value.path == first_segment and caught.value.offset == last_offset
 
 
+@pytest.mark.parametrize(
+    "record_type, payload, reason",
+    [(9, b"?", "unknown record type 9"), (2, b"\x05\x00", "undecodable record"), (3, b"short", "undecodable")],
+)
+def test_a_checksummed_frame_we_never_write_is_corruption(tmp_path, record_type, payload, reason):
+    wal = WriteAheadLog.open(tmp_path)
+    wal.append(batch(1, 3))
+    (path,) = wal.segment_paths
+    wal.close()
+    _, end, _ = walframe.decode_frames(path.read_bytes())
+    with open(path, "r+b") as segment:
+        segment.seek(end)
+        segment.write(walframe.encode_frame(record_type, payload))
+    with pytest.raises(WalCorruptionError, match=reason) as caught:
+        WriteAheadLog.open(tmp_path)
+    assert caught.value.offset == end
+
+
 def test_a_missing_segment_is_corruption(tmp_path):
     wal = WriteAheadLog.open(tmp_path, segment_bytes=SMALL_SEGMENT_BYTES)
     for first in range(1, 201, 10):
