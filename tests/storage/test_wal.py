@@ -33,6 +33,14 @@ def whole_log(wal):
     return storage.entries(storage.first_index(), storage.last_index() + 1)
 
 
+def multi_segment_log(directory, entries=200):
+    """A log of `entries` entries in batches of 10, spread over several small segments."""
+    wal = WriteAheadLog.open(directory, segment_bytes=SMALL_SEGMENT_BYTES)
+    for first in range(1, entries + 1, 10):
+        wal.append(batch(first, 10))
+    return wal
+
+
 def reopen(wal, **options):
     wal.close()
     return WriteAheadLog.open(wal.directory, **options)
@@ -117,9 +125,7 @@ def test_local_snapshot_keeps_later_entries_and_releases_covered_segments(tmp_pa
 
 
 def test_release_keeps_segments_holding_entries_after_the_index(tmp_path):
-    wal = WriteAheadLog.open(tmp_path, segment_bytes=SMALL_SEGMENT_BYTES)
-    for first in range(1, 201, 10):
-        wal.append(batch(first, 10))
+    wal = multi_segment_log(tmp_path)
     wal.create_snapshot(15, ConfState((1,)), b"")
     wal.release_to(15)
     assert whole_log(reopen(wal, segment_bytes=SMALL_SEGMENT_BYTES)) == batch(16, 185)
@@ -256,9 +262,7 @@ def test_flipped_bytes_give_whole_records_or_an_error_naming_file_and_offset(tmp
 
 
 def test_damage_in_a_closed_segment_is_corruption(tmp_path):
-    wal = WriteAheadLog.open(tmp_path, segment_bytes=SMALL_SEGMENT_BYTES)
-    for first in range(1, 201, 10):
-        wal.append(batch(first, 10))
+    wal = multi_segment_log(tmp_path)
     first_segment = wal.segment_paths[0]
     wal.close()
     records, end, _ = walframe.decode_frames(first_segment.read_bytes())
@@ -290,9 +294,7 @@ def test_a_checksummed_frame_we_never_write_is_corruption(tmp_path, record_type,
 
 
 def test_a_missing_segment_is_corruption(tmp_path):
-    wal = WriteAheadLog.open(tmp_path, segment_bytes=SMALL_SEGMENT_BYTES)
-    for first in range(1, 201, 10):
-        wal.append(batch(first, 10))
+    wal = multi_segment_log(tmp_path)
     middle = wal.segment_paths[2]
     wal.close()
     middle.unlink()
