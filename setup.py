@@ -1,6 +1,10 @@
-"""Builds the compiled hot path in native/ (see pyproject.toml for the rest)."""
+"""Builds the compiled hot path in native/ and the wire modules of tessera/api/.
+
+The rest of the package description is in pyproject.toml.
+"""
 
 import platform
+from pathlib import Path
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -14,6 +18,19 @@ if platform.machine() in ("aarch64", "arm64"):
 CRC32C_SOURCES = ["native/src/crc32c.c"]
 
 
+def generate_wire_modules():
+    """Compile tessera/api/*.proto into *_pb2.py (and *_pb2_grpc.py) beside them."""
+    from grpc_tools import protoc
+
+    root = Path(__file__).resolve().parent
+    well_known = Path(protoc.__file__).parent / "_proto"
+    sources = sorted(str(path.relative_to(root)) for path in (root / "tessera/api").glob("*.proto"))
+    arguments = ["protoc", f"-I{root}", f"-I{well_known}", f"--python_out={root}",
+                 f"--pyi_out={root}", f"--grpc_python_out={root}", *sources]
+    if protoc.main(arguments) != 0:
+        raise RuntimeError(f"protoc failed on {sources}")
+
+
 def native_module(name, extra_sources=()):
     return Extension(
         f"native.{name}",
@@ -23,6 +40,7 @@ def native_module(name, extra_sources=()):
     )
 
 
+generate_wire_modules()
 setup(
     ext_modules=cythonize(
         [

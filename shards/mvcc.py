@@ -1,0 +1,658 @@
+"""The MVCC store: etcd's key-value semantics on LMDB.
+
+Every change gets a revision and history is kept until compacted, so a read can
+be served at any retained revision. The store knows nothing of raft beyond
+"apply this batch of proposals at these raft indexes".
+
+On disk, one LMDB environment with named databases:
+
+    history   revision key (native.codec, 17 bytes, 18 with the tombstone
+              marker) -> the KeyValue as etcd's wire encodes it (mvccpb), so a
+              record goes into a response without being re-encoded
+    meta      applied raft index, current revision, compaction revisions
+    leases    lease id (8 bytes, big-endian) + key -> empty: the attachments
+    revoked   lease id -> revision of the revoke: a put with it must fail
+    alarms    member id (8 bytes) + alarm type (1 byte) -> empty
+
+In memory, a KeyIndex (shards.key_index) from key to its revisions, rebuilt
+from `history` on open.
+
+Revisions follow ARCHITECTURE decision 3. A store starts at revision 1. A
+request that changes anything gets main revision max(current + 1, floor),
+where the floor travels with its proposal; the changes of one request (a
+transaction's puts and deletes, a range delete's keys) share it and get sub
+revisions 0, 1, 2... A request that changes nothing leaves the revision alone.
+`RaiseRevision` lifts the revision without a change or an event.
+
+Applying is idempotent: a batch is one LMDB write transaction that also
+stores the applied raft index, and proposals at or below that index are
+skipped. Everything a request can fail on is checked before it changes
+anything, so a failed request leaves no trace but its error.
+
+Compaction is recorded when applied (reads below it fail at once) and
+removes the superseded history in bounded steps (`compact_step`), so a large
+compaction never holds up applies; a restart finishes it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import lmdb
+
+from native import codec, crc
+from shards.key_index import SUB_BITS, SUB_MASK, KeyIndex, pack_revision
+from tessera.api import errors
+from tessera.api.kv_pb2 import Event, KeyValue
+from tessera.api.rpc_pb2 import (
+    NOSPACE,
+    AlarmMember,
+    AlarmRequest,
+    AlarmResponse,
+    Compare,
+    CompactionRequest,
+    CompactionResponse,
+    DeleteRangeRequest,
+    DeleteRangeResponse,
+    PutRequest,
+    PutResponse,
+    RangeRequest,
+    RangeResponse,
+    TxnRequest,
+    TxnResponse,
+)
+
+QUOTA_BYTES_DEFAULT = 2 * 1024**3  # etcd's --quota-backend-bytes
+# Records removed per write transaction by compact_step: small enough that an
+# apply waiting behind it is not held up noticeably.
+COMPACT_BATCH_RECORDS = 10_000
+FIRST_REVISION = 1  # an empty etcd reports revision 1; its first write gets 2
+
+_U64 = struct.Struct(">Q")
+_META_APPLIED_INDEX = b"applied_index"
+_META_REVISION = b"revision"
+_META_COMPACTED = b"compacted_revision"
+_META_COMPACT_FINISHED = b"compact_finished_revision"
+
+
+class RaiseRevision(NamedTuple):
+    """Lift the store's revision to at least `revision`: no change, no event."""
+
+    revision: int
+
+
+class RevokeLease(NamedTuple):
+    """Delete every key attached to a lease, and refuse that lease from now on."""
+
+    lease_id: int
+
+
+class Proposal(NamedTuple):
+    """What one committed raft entry asks of the store."""
+
+    index: int  # raft index
+    floor: int  # the lowest main revision its changes may take
+    requests: Sequence  # PutRequest, DeleteRangeRequest, TxnRequest, CompactionRequest, ...
+
+
+class ChangeEvent(NamedTuple):
+    """One change, for the watch feed, in revision order."""
+
+    type: int  # Event.PUT or Event.DELETE
+    revision: int  # main revision
+    kv: bytes  # the KeyValue (for a delete: key and mod_revision)
+    prev_kv: bytes | None  # the KeyValue it replaced, if the key existed
+
+
+class ApplyResult(NamedTuple):
+    responses: list  # per proposal: None if already applied, else a response or EtcdError per request
+    events: list[ChangeEvent]
+
+
+def _u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def _range_end(key: bytes, range_end: bytes) -> bytes | None:
+    """The exclusive end of a request's range; None for "every key from key on"."""
+    return None if range_end == b"\0" else range_end
+
+
+class MvccStore:
+    def __init__(self, path: Path, quota_bytes: int):
+        self.path = path
+        self.quota_bytes = quota_bytes
+        self._env: lmdb.Environment | None = None
+        self._index = KeyIndex()
+        self.revision = FIRST_REVISION
+        self.compacted_revision = 0
+        self._compact_finished = 0
+        self._compact_resume_key = b""  # where compact_step goes on from
+        self.applied_index = 0
+        self.alarms: set[tuple[int, int]] = set()  # (member id, alarm type)
+
+    # --- opening and closing -----------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, quota_bytes: int = QUOTA_BYTES_DEFAULT) -> MvccStore:
+        store = cls(Path(path), quota_bytes)
+        store.path.mkdir(parents=True, exist_ok=True)
+        store._open_environment()
+        return store
+
+    def _open_environment(self) -> None:
+        # The map is address space, not disk: room for a full quota plus the
+        # copy-on-write pages a transaction needs while the quota is exceeded.
+        self._env = lmdb.open(
+            str(self.path), map_size=2 * self.quota_bytes + 2**30, max_dbs=8,
+            metasync=False, readahead=False,
+        )
+        env = self._env
+        self._history = env.open_db(b"history")
+        self._meta = env.open_db(b"meta")
+        self._leases = env.open_db(b"leases")
+        self._revoked = env.open_db(b"revoked")
+        self._alarms_db = env.open_db(b"alarms")
+        self._load()
+
+    def _load(self) -> None:
+        """Read the meta records and rebuild the key index from history."""
+        index = KeyIndex()
+        with self._env.begin() as txn:
+            meta = {key: _U64.unpack(value)[0] for key, value in txn.cursor(db=self._meta)}
+            for revision_key, record in txn.cursor(db=self._history):
+                main, sub, tombstone = codec.decode_revision(revision_key)
+                key = KeyValue.FromString(record).key
+                if tombstone:
+                    index.tombstone(key, pack_revision(main, sub))
+                else:
+                    index.put(key, pack_revision(main, sub))
+            self.alarms = {(_U64.unpack(key[:8])[0], key[8]) for key, _ in txn.cursor(db=self._alarms_db)}
+        self._index = index
+        self.applied_index = meta.get(_META_APPLIED_INDEX, 0)
+        self.revision = meta.get(_META_REVISION, FIRST_REVISION)
+        self.compacted_revision = meta.get(_META_COMPACTED, 0)
+        self._compact_finished = meta.get(_META_COMPACT_FINISHED, 0)
+        if self.compacted_revision:
+            self._index.compact(self.compacted_revision)
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
+    def __enter__(self) -> MvccStore:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def range(self, request: RangeRequest) -> RangeResponse:
+        """A Range at the latest or a retained revision, as etcd answers it."""
+        with self._env.begin() as txn:
+            return self._range(txn, request, self.revision)
+
+    def _range(self, txn, request: RangeRequest, current: int) -> RangeResponse:
+        at = request.revision if request.revision > 0 else current
+        if at > current:
+            raise errors.FutureRevision()
+        if at < self.compacted_revision:
+            raise errors.Compacted()
+        response = RangeResponse()
+        response.header.revision = current
+        if request.range_end:
+            found = list(self._index.range(request.key, _range_end(request.key, request.range_end), at))
+        else:
+            revision = self._index.get(request.key, at)
+            found = [] if revision is None else [(request.key, revision)]
+        response.count = len(found)
+        if request.count_only:
+            return response
+        filtered = (
+            request.min_mod_revision or request.max_mod_revision
+            or request.min_create_revision or request.max_create_revision
+        )
+        sort_order = request.sort_order
+        if request.sort_target != RangeRequest.KEY and sort_order == RangeRequest.NONE:
+            sort_order = RangeRequest.ASCEND  # etcd sorts by any target but the key
+        elif request.sort_target == RangeRequest.KEY and sort_order == RangeRequest.ASCEND:
+            sort_order = RangeRequest.NONE  # the index already gives key order
+        if request.limit > 0 and not filtered and sort_order == RangeRequest.NONE:
+            found = found[: request.limit + 1]  # one more than the limit tells `more`
+        kvs = [self._record(txn, revision) for _, revision in found]
+        if filtered:
+            kvs = [kv for kv in kvs if _passes_filters(kv, request)]
+        if sort_order != RangeRequest.NONE:
+            kvs.sort(key=_SORT_KEYS[request.sort_target], reverse=sort_order == RangeRequest.DESCEND)
+        if 0 < request.limit < len(kvs):
+            kvs = kvs[: request.limit]
+            response.more = True
+        for kv in kvs:
+            if request.keys_only:
+                kv.value = b""
+        response.kvs.extend(kvs)
+        return response
+
+    def _record(self, txn, revision: int) -> KeyValue:
+        return KeyValue.FromString(self._record_bytes(txn, revision))
+
+    def _record_bytes(self, txn, revision: int) -> bytes:
+        """The stored KeyValue at a packed revision the index gave."""
+        record = txn.get(codec.encode_revision(revision >> SUB_BITS, revision & SUB_MASK), db=self._history)
+        if record is None:
+            raise StoreInvariantError(f"the index points at revision {revision >> SUB_BITS}.{revision & SUB_MASK}, which history lacks")
+        return record
+
+    # --- applying ------------------------------------------------------------------------
+
+    def apply(self, proposals: Sequence[Proposal]) -> ApplyResult:
+        """Apply committed proposals in one write transaction; skip those applied before."""
+        while True:
+            try:
+                return self._apply_batch(proposals)
+            except lmdb.MapFullError:
+                # Only a quota set past what the map was sized for gets here.
+                self._env.set_mapsize(2 * self._env.info()["map_size"])
+                self._load()
+            except BaseException:
+                # The write transaction was aborted: memory must match disk again.
+                self._load()
+                raise
+
+    def _apply_batch(self, proposals: Sequence[Proposal]) -> ApplyResult:
+        events: list[ChangeEvent] = []
+        responses: list = []
+        with self._env.begin(write=True) as txn:
+            for proposal in proposals:
+                if proposal.index <= self.applied_index:
+                    responses.append(None)
+                    continue
+                responses.append([
+                    self._apply_request(txn, request, proposal.floor, events)
+                    for request in proposal.requests
+                ])
+                self.applied_index = proposal.index
+            txn.put(_META_APPLIED_INDEX, _u64(self.applied_index), db=self._meta)
+            txn.put(_META_REVISION, _u64(self.revision), db=self._meta)
+        return ApplyResult(responses, events)
+
+    def _apply_request(self, txn, request, floor: int, events: list[ChangeEvent]):
+        change = _Change(self, txn, floor, events)
+        try:
+            if isinstance(request, PutRequest):
+                self._check_put(txn, request)
+                response = change.put(request)
+            elif isinstance(request, DeleteRangeRequest):
+                response = change.delete_range(request)
+            elif isinstance(request, TxnRequest):
+                response = change.transaction(request)
+            elif isinstance(request, CompactionRequest):
+                response = self._compact(txn, request.revision)
+            elif isinstance(request, AlarmRequest):
+                response = self._alarm(txn, request)
+            elif isinstance(request, RaiseRevision):
+                self.revision = max(self.revision, request.revision)
+                response = None
+            elif isinstance(request, RevokeLease):
+                response = change.revoke_lease(request.lease_id)
+            else:
+                raise TypeError(f"the store does not apply {type(request).__name__}")
+        except errors.EtcdError as error:
+            return error
+        change.finish()
+        if response is not None:
+            response.header.revision = self.revision
+        return response
+
+    @property
+    def space_exceeded(self) -> bool:
+        """A NOSPACE alarm is raised: writes that add data are refused until it is cleared."""
+        return any(alarm == NOSPACE for _, alarm in self.alarms)
+
+    def _check_put(self, txn, request: PutRequest) -> None:
+        if self.space_exceeded:
+            raise errors.NoSpace()
+        if (request.ignore_value or request.ignore_lease) and self._index.get(request.key) is None:
+            raise errors.KeyNotFound()
+        if request.lease and txn.get(_u64(request.lease), db=self._revoked) is not None:
+            raise errors.LeaseNotFound()
+
+    def _compact(self, txn, revision: int) -> CompactionResponse:
+        if revision <= self.compacted_revision:
+            raise errors.Compacted()
+        if revision > self.revision:
+            raise errors.FutureRevision()
+        self.compacted_revision = revision
+        self._compact_resume_key = b""  # what is superseded now may lie behind the last scan
+        self._index.compact(revision)
+        txn.put(_META_COMPACTED, _u64(revision), db=self._meta)
+        return CompactionResponse()
+
+    def _alarm(self, txn, request: AlarmRequest) -> AlarmResponse:
+        response = AlarmResponse()
+        member_alarm = (request.memberID, request.alarm)
+        alarm_key = _u64(request.memberID) + bytes([request.alarm])
+        if request.action == AlarmRequest.ACTIVATE:
+            self.alarms.add(member_alarm)
+            txn.put(alarm_key, b"", db=self._alarms_db)
+            response.alarms.add(memberID=request.memberID, alarm=request.alarm)
+        elif request.action == AlarmRequest.DEACTIVATE:
+            if member_alarm in self.alarms:
+                self.alarms.discard(member_alarm)
+                txn.delete(alarm_key, db=self._alarms_db)
+                response.alarms.add(memberID=request.memberID, alarm=request.alarm)
+        else:
+            response.alarms.extend(AlarmMember(memberID=m, alarm=a) for m, a in sorted(self.alarms))
+        return response
+
+    # --- compaction --------------------------------------------------------------------
+
+    @property
+    def compaction_pending(self) -> bool:
+        return self._compact_finished < self.compacted_revision
+
+    def compact_step(self, max_records: int = COMPACT_BATCH_RECORDS) -> bool:
+        """Remove up to max_records superseded records; True once the compaction is done."""
+        if not self.compaction_pending:
+            return True
+        target = self.compacted_revision
+        kept = self._index.visible_revisions(target)
+        end = codec.encode_revision(target, SUB_MASK, tombstone=True)
+        removed = 0
+        done = False
+        with self._env.begin(write=True) as txn:
+            cursor = txn.cursor(db=self._history)
+            cursor.set_range(self._compact_resume_key)
+            while removed < max_records:
+                revision_key = cursor.key()  # empty once past the last record
+                if not revision_key or revision_key > end:
+                    done = True
+                    break
+                main, sub, _ = codec.decode_revision(revision_key)
+                if pack_revision(main, sub) in kept:
+                    cursor.next()
+                else:
+                    cursor.delete()  # moves to the next record
+                    removed += 1
+            self._compact_resume_key = cursor.key() or end
+            if done:
+                self._compact_finished = target
+                txn.put(_META_COMPACT_FINISHED, _u64(target), db=self._meta)
+        return done
+
+    # --- maintenance -------------------------------------------------------------------
+
+    def hash_kv(self, revision: int = 0) -> tuple[int, int]:
+        """(CRC32C over the history readable at `revision`, compacted revision).
+
+        Replicas with equal histories give equal hashes, however far their
+        physical compaction has got.
+        """
+        at = revision or self.revision
+        if at > self.revision:
+            raise errors.FutureRevision()
+        if at < self.compacted_revision:
+            raise errors.Compacted()
+        kept = self._index.visible_revisions(self.compacted_revision) if self.compacted_revision else set()
+        checksum = 0
+        end = codec.encode_revision(at, SUB_MASK, tombstone=True)
+        with self._env.begin() as txn:
+            for revision_key, record in txn.cursor(db=self._history):
+                if revision_key > end:
+                    break
+                main, sub, _ = codec.decode_revision(revision_key)
+                if main <= self.compacted_revision and pack_revision(main, sub) not in kept:
+                    continue  # superseded, whether or not compact_step has removed it yet
+                checksum = crc.crc32c(record, crc.crc32c(revision_key, checksum))
+        return checksum, self.compacted_revision
+
+    def db_size_bytes(self) -> int:
+        """The database file's size: what the disk holds."""
+        return os.path.getsize(self.path / "data.mdb")
+
+    def db_size_in_use_bytes(self) -> int:
+        """The pages holding data; the rest of the file is free space a defragment gives back."""
+        pages = 2  # LMDB's two meta pages
+        with self._env.begin() as txn:
+            for db in (None, self._history, self._meta, self._leases, self._revoked, self._alarms_db):
+                stat = txn.stat(db) if db is not None else self._env.stat()
+                pages += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+        return pages * self._env.stat()["psize"]
+
+    def quota_exceeded(self, incoming_bytes: int = 0) -> bool:
+        """Whether a write of about `incoming_bytes` would pass the quota (checked before proposing)."""
+        return self.db_size_in_use_bytes() + incoming_bytes > self.quota_bytes
+
+    def defragment(self) -> None:
+        """Rewrite the database compactly, giving free pages back to the file system."""
+        copy = self.path.with_name(self.path.name + ".defrag")
+        shutil.rmtree(copy, ignore_errors=True)
+        copy.mkdir()
+        self._env.copy(str(copy), compact=True)
+        self.close()
+        os.replace(copy / "data.mdb", self.path / "data.mdb")
+        shutil.rmtree(copy)
+        self._open_environment()
+
+    def sync(self) -> None:
+        """Flush everything committed so far to disk, meta pages included."""
+        self._env.sync(True)
+
+
+class StoreInvariantError(Exception):
+    """The store's memory and disk disagree: the replica must restart from disk."""
+
+
+def _passes_filters(kv: KeyValue, request: RangeRequest) -> bool:
+    return not (
+        (request.min_mod_revision and kv.mod_revision < request.min_mod_revision)
+        or (request.max_mod_revision and kv.mod_revision > request.max_mod_revision)
+        or (request.min_create_revision and kv.create_revision < request.min_create_revision)
+        or (request.max_create_revision and kv.create_revision > request.max_create_revision)
+    )
+
+
+_SORT_KEYS = {
+    RangeRequest.KEY: lambda kv: kv.key,
+    RangeRequest.VERSION: lambda kv: kv.version,
+    RangeRequest.CREATE: lambda kv: kv.create_revision,
+    RangeRequest.MOD: lambda kv: kv.mod_revision,
+    RangeRequest.VALUE: lambda kv: kv.value,
+}
+
+
+class _Change:
+    """The changes one request makes: they share a main revision and count sub revisions."""
+
+    def __init__(self, store: MvccStore, txn, floor: int, events: list[ChangeEvent]):
+        self.store = store
+        self.txn = txn
+        self.main = max(store.revision + 1, floor)
+        self.sub = 0
+        self.events = events
+
+    @property
+    def read_revision(self) -> int:
+        """What reads inside the request see: its own changes included."""
+        return self.main if self.sub else self.store.revision
+
+    def finish(self) -> None:
+        if self.sub:
+            self.store.revision = self.main
+
+    def _next_revision(self) -> tuple[int, int]:
+        revision = (self.main, self.sub)
+        self.sub += 1
+        return revision
+
+    def put(self, request: PutRequest) -> PutResponse:
+        store, txn = self.store, self.txn
+        previous_revision = store._index.get(request.key)
+        previous_bytes = previous = None
+        if previous_revision is not None:
+            previous_bytes = store._record_bytes(txn, previous_revision)
+            previous = KeyValue.FromString(previous_bytes)
+        value = previous.value if request.ignore_value else request.value
+        lease = previous.lease if request.ignore_lease else request.lease
+        main, sub = self._next_revision()
+        record = KeyValue(
+            key=request.key, value=value, lease=lease, mod_revision=main,
+            create_revision=previous.create_revision if previous else main,
+            version=previous.version + 1 if previous else 1,
+        ).SerializeToString()
+        txn.put(codec.encode_revision(main, sub), record, db=store._history)
+        store._index.put(request.key, pack_revision(main, sub))
+        previous_lease = previous.lease if previous else 0
+        if previous_lease != lease:
+            if previous_lease:
+                txn.delete(_u64(previous_lease) + request.key, db=store._leases)
+            if lease:
+                txn.put(_u64(lease) + request.key, b"", db=store._leases)
+        self.events.append(ChangeEvent(Event.PUT, main, record, previous_bytes))
+        response = PutResponse()
+        if request.prev_kv and previous is not None:
+            response.prev_kv.CopyFrom(previous)
+        return response
+
+    def delete_range(self, request: DeleteRangeRequest) -> DeleteRangeResponse:
+        index = self.store._index
+        if request.range_end:
+            keys = [key for key, _ in index.range(request.key, _range_end(request.key, request.range_end))]
+        else:
+            keys = [request.key] if index.get(request.key) is not None else []
+        response = DeleteRangeResponse(deleted=len(keys))
+        for key in keys:
+            previous = self._delete_key(key)
+            if request.prev_kv:
+                response.prev_kvs.append(previous)
+        return response
+
+    def _delete_key(self, key: bytes) -> KeyValue:
+        store, txn = self.store, self.txn
+        previous_bytes = store._record_bytes(txn, store._index.get(key))
+        previous = KeyValue.FromString(previous_bytes)
+        main, sub = self._next_revision()
+        tombstone = KeyValue(key=key, mod_revision=main).SerializeToString()
+        txn.put(codec.encode_revision(main, sub, tombstone=True), tombstone, db=store._history)
+        store._index.tombstone(key, pack_revision(main, sub))
+        if previous.lease:
+            txn.delete(_u64(previous.lease) + key, db=store._leases)
+        self.events.append(ChangeEvent(Event.DELETE, main, tombstone, previous_bytes))
+        return previous
+
+    def revoke_lease(self, lease_id: int):
+        store, txn = self.store, self.txn
+        prefix = _u64(lease_id)
+        cursor = txn.cursor(db=store._leases)
+        keys = []
+        if cursor.set_range(prefix):
+            for attachment in cursor.iternext(values=False):
+                if not attachment.startswith(prefix):
+                    break
+                keys.append(attachment[len(prefix):])
+        for key in keys:
+            self._delete_key(key)
+        txn.put(prefix, b"", db=store._revoked)
+        return None
+
+    def transaction(self, request: TxnRequest) -> TxnResponse:
+        # Which branch runs, at every nesting level, is decided on the state
+        # before the transaction, and every operation on that path is checked
+        # before any runs: a transaction fails whole or not at all.
+        if self.store.space_exceeded and any(
+            op.WhichOneof("request") == "request_put" for op in (*request.success, *request.failure)
+        ):
+            raise errors.NoSpace()
+        path = self._branch_path(request)
+        self._check_path(request, path)
+        response = TxnResponse()
+        self._run(request, path, response)
+        return response
+
+    def _branch_path(self, request: TxnRequest) -> list[bool]:
+        """Depth-first, the outcome of each transaction that would run."""
+        succeeded = all(self._compare(compare) for compare in request.compare)
+        path = [succeeded]
+        for op in request.success if succeeded else request.failure:
+            if op.WhichOneof("request") == "request_txn":
+                path += self._branch_path(op.request_txn)
+        return path
+
+    def _check_path(self, request: TxnRequest, path: list[bool], position: int = 0) -> int:
+        succeeded = path[position]
+        position += 1
+        for op in request.success if succeeded else request.failure:
+            kind = op.WhichOneof("request")
+            if kind == "request_put":
+                self.store._check_put(self.txn, op.request_put)
+            elif kind == "request_range":
+                self._check_range_revision(op.request_range)
+            elif kind == "request_txn":
+                position = self._check_path(op.request_txn, path, position)
+        return position
+
+    def _check_range_revision(self, request: RangeRequest) -> None:
+        if request.revision > self.store.revision:
+            raise errors.FutureRevision()
+        if 0 < request.revision < self.store.compacted_revision:
+            raise errors.Compacted()
+
+    def _run(self, request: TxnRequest, path: list[bool], response: TxnResponse, position: int = 0) -> int:
+        response.succeeded = path[position]
+        position += 1
+        for op in request.success if response.succeeded else request.failure:
+            result = response.responses.add()
+            kind = op.WhichOneof("request")
+            if kind == "request_range":
+                result.response_range.CopyFrom(
+                    self.store._range(self.txn, op.request_range, self.read_revision)
+                )
+            elif kind == "request_put":
+                result.response_put.CopyFrom(self.put(op.request_put))
+            elif kind == "request_delete_range":
+                result.response_delete_range.CopyFrom(self.delete_range(op.request_delete_range))
+            else:
+                position = self._run(op.request_txn, path, result.response_txn, position)
+        return position
+
+    def _compare(self, compare: Compare) -> bool:
+        store = self.store
+        if compare.range_end:
+            end = _range_end(compare.key, compare.range_end)
+            revisions = [revision for _, revision in store._index.range(compare.key, end)]
+        else:
+            revision = store._index.get(compare.key)
+            revisions = [] if revision is None else [revision]
+        if not revisions:
+            # A missing key compares as a zero record, but never equal on value:
+            # an empty value and no value cannot be told apart on the wire.
+            return compare.target != Compare.VALUE and _compare_record(compare, KeyValue())
+        return all(_compare_record(compare, store._record(self.txn, revision)) for revision in revisions)
+
+
+# A Compare's target field and the KeyValue field it is compared with share a name.
+_COMPARE_FIELDS = {
+    Compare.VERSION: "version",
+    Compare.CREATE: "create_revision",
+    Compare.MOD: "mod_revision",
+    Compare.VALUE: "value",
+    Compare.LEASE: "lease",
+}
+
+
+def _compare_record(compare: Compare, kv: KeyValue) -> bool:
+    field = _COMPARE_FIELDS[compare.target]
+    actual, expected = getattr(kv, field), getattr(compare, field)
+    if compare.result == Compare.EQUAL:
+        return actual == expected
+    if compare.result == Compare.NOT_EQUAL:
+        return actual != expected
+    if compare.result == Compare.GREATER:
+        return actual > expected
+    return actual < expected

@@ -1,0 +1,72 @@
+"""etcd's client-visible errors: each a class with its gRPC status code and exact message.
+
+Clients match on these strings (etcd 3.5's rpctypes), so they are API. Code
+anywhere in Tessera raises these classes; the gRPC edge turns one into a
+status with `grpc.StatusCode[error.code]` and `error.message`.
+"""
+
+
+class EtcdError(Exception):
+    """An error a client sees. `code` names a grpc.StatusCode member."""
+
+    code = "UNKNOWN"
+    message = "etcdserver: unknown error"
+
+    def __init__(self) -> None:
+        super().__init__(self.message)
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+
+class EmptyKey(EtcdError):
+    code = "INVALID_ARGUMENT"
+    message = "etcdserver: key is not provided"
+
+
+class KeyNotFound(EtcdError):
+    code = "INVALID_ARGUMENT"
+    message = "etcdserver: key not found"
+
+
+class ValueProvided(EtcdError):
+    code = "INVALID_ARGUMENT"
+    message = "etcdserver: value is provided"
+
+
+class LeaseProvided(EtcdError):
+    code = "INVALID_ARGUMENT"
+    message = "etcdserver: lease is provided"
+
+
+class TooManyOps(EtcdError):
+    code = "INVALID_ARGUMENT"
+    message = "etcdserver: too many operations in txn request"
+
+
+class DuplicateKey(EtcdError):
+    code = "INVALID_ARGUMENT"
+    message = "etcdserver: duplicate key given in txn request"
+
+
+class Compacted(EtcdError):
+    code = "OUT_OF_RANGE"
+    message = "etcdserver: mvcc: required revision has been compacted"
+
+
+class FutureRevision(EtcdError):
+    code = "OUT_OF_RANGE"
+    message = "etcdserver: mvcc: required revision is a future revision"
+
+
+class NoSpace(EtcdError):
+    code = "RESOURCE_EXHAUSTED"
+    message = "etcdserver: mvcc: database space exceeded"
+
+
+class LeaseNotFound(EtcdError):
+    code = "NOT_FOUND"
+    message = "etcdserver: requested lease not found"
