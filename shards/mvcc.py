@@ -15,7 +15,9 @@ On disk, one LMDB environment with named databases:
     alarms    member id (8 bytes) + alarm type (1 byte) -> empty
 
 In memory, a KeyIndex (shards.key_index) from key to its revisions, rebuilt
-from `history` on open.
+from `history` on open. Records are encoded and decoded by native.codec
+(`encode_key_value`, `decode_key_value`: the same bytes protobuf gives, as a
+plain tuple), so the write path builds no protobuf object per record.
 
 Revisions follow ARCHITECTURE decision 3. A store starts at revision 1. A
 request that changes anything gets main revision max(current + 1, floor),
@@ -113,6 +115,10 @@ class ApplyResult(NamedTuple):
     events: list[ChangeEvent]
 
 
+# Positions in a record tuple from native.codec.decode_key_value.
+KEY, CREATE, MOD, VERSION, VALUE, LEASE = range(6)
+
+
 def _u64(value: int) -> bytes:
     return _U64.pack(value)
 
@@ -134,6 +140,8 @@ class MvccStore:
         self._compact_resume_key = b""  # where compact_step goes on from
         self.applied_index = 0
         self.alarms: set[tuple[int, int]] = set()  # (member id, alarm type)
+        # A NOSPACE alarm is raised: writes that add data are refused until it is cleared.
+        self.space_exceeded = False
 
     # --- opening and closing -----------------------------------------------------------
 
@@ -166,12 +174,13 @@ class MvccStore:
             meta = {key: _U64.unpack(value)[0] for key, value in txn.cursor(db=self._meta)}
             for revision_key, record in txn.cursor(db=self._history):
                 main, sub, tombstone = codec.decode_revision(revision_key)
-                key = KeyValue.FromString(record).key
+                key = codec.decode_key_value(record)[KEY]
                 if tombstone:
                     index.tombstone(key, pack_revision(main, sub))
                 else:
                     index.put(key, pack_revision(main, sub))
             self.alarms = {(_U64.unpack(key[:8])[0], key[8]) for key, _ in txn.cursor(db=self._alarms_db)}
+        self.space_exceeded = any(alarm == NOSPACE for _, alarm in self.alarms)
         self._index = index
         self.applied_index = meta.get(_META_APPLIED_INDEX, 0)
         self.revision = meta.get(_META_REVISION, FIRST_REVISION)
@@ -240,6 +249,7 @@ class MvccStore:
         return response
 
     def _record(self, txn, revision: int) -> KeyValue:
+        """The record at a packed revision, as the message a response carries."""
         return KeyValue.FromString(self._record_bytes(txn, revision))
 
     def _record_bytes(self, txn, revision: int) -> bytes:
@@ -310,11 +320,6 @@ class MvccStore:
             response.header.revision = self.revision
         return response
 
-    @property
-    def space_exceeded(self) -> bool:
-        """A NOSPACE alarm is raised: writes that add data are refused until it is cleared."""
-        return any(alarm == NOSPACE for _, alarm in self.alarms)
-
     def _check_put(self, txn, request: PutRequest) -> None:
         if self.space_exceeded:
             raise errors.NoSpace()
@@ -349,6 +354,7 @@ class MvccStore:
                 response.alarms.add(memberID=request.memberID, alarm=request.alarm)
         else:
             response.alarms.extend(AlarmMember(memberID=m, alarm=a) for m, a in sorted(self.alarms))
+        self.space_exceeded = any(alarm == NOSPACE for _, alarm in self.alarms)
         return response
 
     # --- compaction --------------------------------------------------------------------
@@ -411,6 +417,21 @@ class MvccStore:
                     continue  # superseded, whether or not compact_step has removed it yet
                 checksum = crc.crc32c(record, crc.crc32c(revision_key, checksum))
         return checksum, self.compacted_revision
+
+    def hash(self) -> int:
+        """CRC32C over every record of the key space's databases (etcd's Hash).
+
+        Unlike hash_kv it sees the raw records, so it also differs while one
+        replica's physical compaction is further along than another's.
+        """
+        checksum = 0
+        with self._env.begin() as txn:
+            for name, db in ((b"history", self._history), (b"leases", self._leases),
+                             (b"revoked", self._revoked), (b"alarms", self._alarms_db)):
+                checksum = crc.crc32c(name, checksum)
+                for key, value in txn.cursor(db=db):
+                    checksum = crc.crc32c(value, crc.crc32c(key, checksum))
+        return checksum
 
     def db_size_bytes(self) -> int:
         """The database file's size: what the disk holds."""
@@ -497,18 +518,21 @@ class _Change:
         previous_bytes = previous = None
         if previous_revision is not None:
             previous_bytes = store._record_bytes(txn, previous_revision)
-            previous = KeyValue.FromString(previous_bytes)
-        value = previous.value if request.ignore_value else request.value
-        lease = previous.lease if request.ignore_lease else request.lease
+            previous = codec.decode_key_value(previous_bytes)
+        value = previous[VALUE] if request.ignore_value else request.value
+        lease = previous[LEASE] if request.ignore_lease else request.lease
         main, sub = self._next_revision()
-        record = KeyValue(
-            key=request.key, value=value, lease=lease, mod_revision=main,
-            create_revision=previous.create_revision if previous else main,
-            version=previous.version + 1 if previous else 1,
-        ).SerializeToString()
+        record = codec.encode_key_value(
+            request.key,
+            previous[CREATE] if previous else main,
+            main,
+            previous[VERSION] + 1 if previous else 1,
+            value,
+            lease,
+        )
         txn.put(codec.encode_revision(main, sub), record, db=store._history)
         store._index.put(request.key, pack_revision(main, sub))
-        previous_lease = previous.lease if previous else 0
+        previous_lease = previous[LEASE] if previous else 0
         if previous_lease != lease:
             if previous_lease:
                 txn.delete(_u64(previous_lease) + request.key, db=store._leases)
@@ -517,7 +541,7 @@ class _Change:
         self.events.append(ChangeEvent(Event.PUT, main, record, previous_bytes))
         response = PutResponse()
         if request.prev_kv and previous is not None:
-            response.prev_kv.CopyFrom(previous)
+            response.prev_kv.MergeFromString(previous_bytes)
         return response
 
     def delete_range(self, request: DeleteRangeRequest) -> DeleteRangeResponse:
@@ -528,23 +552,24 @@ class _Change:
             keys = [request.key] if index.get(request.key) is not None else []
         response = DeleteRangeResponse(deleted=len(keys))
         for key in keys:
-            previous = self._delete_key(key)
+            previous_bytes = self._delete_key(key)
             if request.prev_kv:
-                response.prev_kvs.append(previous)
+                response.prev_kvs.add().MergeFromString(previous_bytes)
         return response
 
-    def _delete_key(self, key: bytes) -> KeyValue:
+    def _delete_key(self, key: bytes) -> bytes:
+        """Delete a present key; returns the record it had."""
         store, txn = self.store, self.txn
         previous_bytes = store._record_bytes(txn, store._index.get(key))
-        previous = KeyValue.FromString(previous_bytes)
+        lease = codec.decode_key_value(previous_bytes)[LEASE]
         main, sub = self._next_revision()
-        tombstone = KeyValue(key=key, mod_revision=main).SerializeToString()
+        tombstone = codec.encode_key_value(key, 0, main, 0, b"", 0)
         txn.put(codec.encode_revision(main, sub, tombstone=True), tombstone, db=store._history)
         store._index.tombstone(key, pack_revision(main, sub))
-        if previous.lease:
-            txn.delete(_u64(previous.lease) + key, db=store._leases)
+        if lease:
+            txn.delete(_u64(lease) + key, db=store._leases)
         self.events.append(ChangeEvent(Event.DELETE, main, tombstone, previous_bytes))
-        return previous
+        return previous_bytes
 
     def revoke_lease(self, lease_id: int):
         store, txn = self.store, self.txn
@@ -632,23 +657,27 @@ class _Change:
         if not revisions:
             # A missing key compares as a zero record, but never equal on value:
             # an empty value and no value cannot be told apart on the wire.
-            return compare.target != Compare.VALUE and _compare_record(compare, KeyValue())
-        return all(_compare_record(compare, store._record(self.txn, revision)) for revision in revisions)
+            return compare.target != Compare.VALUE and _compare_record(compare, _ZERO_RECORD)
+        return all(
+            _compare_record(compare, codec.decode_key_value(store._record_bytes(self.txn, revision)))
+            for revision in revisions
+        )
 
 
-# A Compare's target field and the KeyValue field it is compared with share a name.
+_ZERO_RECORD = (b"", 0, 0, 0, b"", 0)
+# Where each compare target sits in a record, and the Compare field holding the operand.
 _COMPARE_FIELDS = {
-    Compare.VERSION: "version",
-    Compare.CREATE: "create_revision",
-    Compare.MOD: "mod_revision",
-    Compare.VALUE: "value",
-    Compare.LEASE: "lease",
+    Compare.VERSION: (VERSION, "version"),
+    Compare.CREATE: (CREATE, "create_revision"),
+    Compare.MOD: (MOD, "mod_revision"),
+    Compare.VALUE: (VALUE, "value"),
+    Compare.LEASE: (LEASE, "lease"),
 }
 
 
-def _compare_record(compare: Compare, kv: KeyValue) -> bool:
-    field = _COMPARE_FIELDS[compare.target]
-    actual, expected = getattr(kv, field), getattr(compare, field)
+def _compare_record(compare: Compare, record: tuple) -> bool:
+    position, operand = _COMPARE_FIELDS[compare.target]
+    actual, expected = record[position], getattr(compare, operand)
     if compare.result == Compare.EQUAL:
         return actual == expected
     if compare.result == Compare.NOT_EQUAL:

@@ -382,6 +382,16 @@ def test_equal_histories_hash_equal_however_far_physical_compaction_got(tmp_path
     assert first.mvcc.hash_kv(32) != second.mvcc.hash_kv(32)
 
 
+def test_hash_covers_every_record(tmp_path):
+    first, second = Store(tmp_path / "one"), Store(tmp_path / "two")
+    for replica in (first, second):
+        replica.put(b"a", lease=3)
+        replica.put(b"b")
+    assert first.mvcc.hash() == second.mvcc.hash()
+    first.apply(RevokeLease(99))  # no key changes, but a revoked lease is state
+    assert first.mvcc.hash() != second.mvcc.hash()
+
+
 def test_nospace_alarm_refuses_writes_that_add_data_until_disarmed(store):
     store.put(b"a")
     alarm = AlarmRequest(action=AlarmRequest.ACTIVATE, memberID=1, alarm=NOSPACE)
