@@ -14,8 +14,8 @@ On disk, one LMDB environment with named databases:
     revoked   lease id -> revision of the revoke: a put with it must fail
     alarms    member id (8 bytes) + alarm type (1 byte) -> empty
 
-In memory, a KeyIndex (shards.key_index) from key to its revisions, rebuilt
-from `history` on open. Records are encoded and decoded by native.codec
+In memory, a KeyIndex (native.keyindex) from key to its revisions, rebuilt
+from `history` on open; its lookups answer with the revision key to read. Records are encoded and decoded by native.codec
 (`encode_key_value`, `decode_key_value`: the same bytes protobuf gives, as a
 plain tuple), so the write path builds no protobuf object per record.
 
@@ -47,7 +47,7 @@ from typing import NamedTuple, Sequence
 import lmdb
 
 from native import codec, crc
-from shards.key_index import SUB_BITS, SUB_MASK, KeyIndex, pack_revision
+from native.keyindex import KeyIndex
 from tessera.api import errors
 from tessera.api.kv_pb2 import Event, KeyValue
 from tessera.api.rpc_pb2 import (
@@ -73,6 +73,7 @@ QUOTA_BYTES_DEFAULT = 2 * 1024**3  # etcd's --quota-backend-bytes
 # apply waiting behind it is not held up noticeably.
 COMPACT_BATCH_RECORDS = 10_000
 FIRST_REVISION = 1  # an empty etcd reports revision 1; its first write gets 2
+SUB_REVISION_MAX = 2**63 - 1
 
 _U64 = struct.Struct(">Q")
 _META_APPLIED_INDEX = b"applied_index"
@@ -121,6 +122,11 @@ KEY, CREATE, MOD, VERSION, VALUE, LEASE = range(6)
 
 def _u64(value: int) -> bytes:
     return _U64.pack(value)
+
+
+def _last_key_of(main: int) -> bytes:
+    """The greatest revision key with this main revision: history up to main sorts at or below it."""
+    return codec.encode_revision(main, SUB_REVISION_MAX, tombstone=True)
 
 
 def _range_end(key: bytes, range_end: bytes) -> bytes | None:
@@ -173,12 +179,7 @@ class MvccStore:
         with self._env.begin() as txn:
             meta = {key: _U64.unpack(value)[0] for key, value in txn.cursor(db=self._meta)}
             for revision_key, record in txn.cursor(db=self._history):
-                main, sub, tombstone = codec.decode_revision(revision_key)
-                key = codec.decode_key_value(record)[KEY]
-                if tombstone:
-                    index.tombstone(key, pack_revision(main, sub))
-                else:
-                    index.put(key, pack_revision(main, sub))
+                index.add_record(codec.decode_key_value(record)[KEY], revision_key)
             self.alarms = {(_U64.unpack(key[:8])[0], key[8]) for key, _ in txn.cursor(db=self._alarms_db)}
         self.space_exceeded = any(alarm == NOSPACE for _, alarm in self.alarms)
         self._index = index
@@ -216,7 +217,7 @@ class MvccStore:
         response = RangeResponse()
         response.header.revision = current
         if request.range_end:
-            found = list(self._index.range(request.key, _range_end(request.key, request.range_end), at))
+            found = self._index.range(request.key, _range_end(request.key, request.range_end), at)
         else:
             revision = self._index.get(request.key, at)
             found = [] if revision is None else [(request.key, revision)]
@@ -248,15 +249,16 @@ class MvccStore:
         response.kvs.extend(kvs)
         return response
 
-    def _record(self, txn, revision: int) -> KeyValue:
-        """The record at a packed revision, as the message a response carries."""
-        return KeyValue.FromString(self._record_bytes(txn, revision))
+    def _record(self, txn, revision_key: bytes) -> KeyValue:
+        """The record at a revision the index gave, as the message a response carries."""
+        return KeyValue.FromString(self._record_bytes(txn, revision_key))
 
-    def _record_bytes(self, txn, revision: int) -> bytes:
-        """The stored KeyValue at a packed revision the index gave."""
-        record = txn.get(codec.encode_revision(revision >> SUB_BITS, revision & SUB_MASK), db=self._history)
+    def _record_bytes(self, txn, revision_key: bytes) -> bytes:
+        """The stored KeyValue at a revision the index gave."""
+        record = txn.get(revision_key, db=self._history)
         if record is None:
-            raise StoreInvariantError(f"the index points at revision {revision >> SUB_BITS}.{revision & SUB_MASK}, which history lacks")
+            main, sub, _ = codec.decode_revision(revision_key)
+            raise StoreInvariantError(f"the index points at revision {main}.{sub}, which history lacks")
         return record
 
     # --- applying ------------------------------------------------------------------------
@@ -369,7 +371,7 @@ class MvccStore:
             return True
         target = self.compacted_revision
         kept = self._index.visible_revisions(target)
-        end = codec.encode_revision(target, SUB_MASK, tombstone=True)
+        end = _last_key_of(target)
         removed = 0
         done = False
         with self._env.begin(write=True) as txn:
@@ -380,8 +382,7 @@ class MvccStore:
                 if not revision_key or revision_key > end:
                     done = True
                     break
-                main, sub, _ = codec.decode_revision(revision_key)
-                if pack_revision(main, sub) in kept:
+                if revision_key in kept:
                     cursor.next()
                 else:
                     cursor.delete()  # moves to the next record
@@ -406,14 +407,14 @@ class MvccStore:
         if at < self.compacted_revision:
             raise errors.Compacted()
         kept = self._index.visible_revisions(self.compacted_revision) if self.compacted_revision else set()
+        compacted_end = _last_key_of(self.compacted_revision)
+        end = _last_key_of(at)
         checksum = 0
-        end = codec.encode_revision(at, SUB_MASK, tombstone=True)
         with self._env.begin() as txn:
             for revision_key, record in txn.cursor(db=self._history):
                 if revision_key > end:
                     break
-                main, sub, _ = codec.decode_revision(revision_key)
-                if main <= self.compacted_revision and pack_revision(main, sub) not in kept:
+                if revision_key <= compacted_end and revision_key not in kept:
                     continue  # superseded, whether or not compact_step has removed it yet
                 checksum = crc.crc32c(record, crc.crc32c(revision_key, checksum))
         return checksum, self.compacted_revision
@@ -531,7 +532,7 @@ class _Change:
             lease,
         )
         txn.put(codec.encode_revision(main, sub), record, db=store._history)
-        store._index.put(request.key, pack_revision(main, sub))
+        store._index.add(request.key, main, sub)
         previous_lease = previous[LEASE] if previous else 0
         if previous_lease != lease:
             if previous_lease:
@@ -565,7 +566,7 @@ class _Change:
         main, sub = self._next_revision()
         tombstone = codec.encode_key_value(key, 0, main, 0, b"", 0)
         txn.put(codec.encode_revision(main, sub, tombstone=True), tombstone, db=store._history)
-        store._index.tombstone(key, pack_revision(main, sub))
+        store._index.add(key, main, sub, tombstone=True)
         if lease:
             txn.delete(_u64(lease) + key, db=store._leases)
         self.events.append(ChangeEvent(Event.DELETE, main, tombstone, previous_bytes))

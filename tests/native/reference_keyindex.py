@@ -1,4 +1,8 @@
-"""The in-memory key index: for every key, the revisions of its history.
+"""Pure-Python key index, by etcd's generations: the reference native.keyindex is held to.
+
+It answers the same questions with a different algorithm (explicit
+generations of packed revisions rather than one flat list searched for the
+last revision at or before R), so the two check each other.
 
 A key's history is a list of generations. A generation starts when the key is
 created and ends with the tombstone that deletes it; the last generation is
@@ -16,9 +20,9 @@ the creation revision nor the version could be derived from what remains.
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import Iterator
-
 from sortedcontainers import SortedList
+
+from reference_codec import encode_revision
 
 SUB_BITS = 32  # sub revisions per main revision: one per change in a transaction
 SUB_MASK = (1 << SUB_BITS) - 1
@@ -28,8 +32,8 @@ def pack_revision(main: int, sub: int) -> int:
     return main << SUB_BITS | sub
 
 
-def unpack_revision(revision: int) -> tuple[int, int]:
-    return revision >> SUB_BITS, revision & SUB_MASK
+def revision_key(revision: int) -> bytes:
+    return encode_revision(revision >> SUB_BITS, revision & SUB_MASK)
 
 
 class KeyIndex:
@@ -41,7 +45,13 @@ class KeyIndex:
         """Keys with any retained history (live or not)."""
         return len(self._generations)
 
-    def put(self, key: bytes, revision: int) -> None:
+    def add(self, key: bytes, main: int, sub: int, tombstone: bool = False) -> None:
+        if tombstone:
+            self._tombstone(key, pack_revision(main, sub))
+        else:
+            self._put(key, pack_revision(main, sub))
+
+    def _put(self, key: bytes, revision: int) -> None:
         generations = self._generations.get(key)
         if generations is None:
             self._generations[key] = [[revision]]
@@ -49,18 +59,18 @@ class KeyIndex:
         else:
             generations[-1].append(revision)
 
-    def tombstone(self, key: bytes, revision: int) -> None:
+    def _tombstone(self, key: bytes, revision: int) -> None:
         """Close the key's open generation with a deletion at `revision`."""
         generations = self._generations.get(key)
         if generations is None:
-            # Only when rebuilding a partly compacted history: the deletion outlived the puts.
+            # A deletion whose puts were compacted away first.
             self._generations[key] = [[revision], []]
             self._keys.add(key)
         else:
             generations[-1].append(revision)
             generations.append([])
 
-    def get(self, key: bytes, at_main: int | None = None) -> int | None:
+    def get(self, key: bytes, at_main: int | None = None) -> bytes | None:
         """The revision of the key visible at main revision `at_main` (None: the latest).
 
         None when the key is absent (never written, or deleted) at that revision.
@@ -70,26 +80,26 @@ class KeyIndex:
             return None
         if at_main is None:
             current = generations[-1]
-            return current[-1] if current else None
-        return _visible(generations, at_main)
+            return revision_key(current[-1]) if current else None
+        revision = _visible(generations, at_main)
+        return None if revision is None else revision_key(revision)
 
-    def range(self, start: bytes, end: bytes | None, at_main: int | None = None) -> Iterator[tuple[bytes, int]]:
-        """(key, revision) for the keys in [start, end) present at `at_main`, in key order.
-
-        `end` None means every key from `start` on.
-        """
+    def range(self, start: bytes, end: bytes | None, at_main: int | None = None) -> list[tuple[bytes, bytes]]:
+        """(key, revision key) for the keys in [start, end) present at `at_main`, in key order."""
+        found = []
         for key in self._keys.irange(start, end, inclusive=(True, False)):
             revision = self.get(key, at_main)
             if revision is not None:
-                yield key, revision
+                found.append((key, revision))
+        return found
 
-    def visible_revisions(self, at_main: int) -> set[int]:
+    def visible_revisions(self, at_main: int) -> set[bytes]:
         """The revision of every key present at `at_main`: what compaction there must keep."""
         kept = set()
         for generations in self._generations.values():
             revision = _visible(generations, at_main)
             if revision is not None:
-                kept.add(revision)
+                kept.add(revision_key(revision))
         return kept
 
     def compact(self, at_main: int) -> None:
@@ -111,6 +121,15 @@ class KeyIndex:
             else:
                 del self._generations[key]
                 self._keys.remove(key)
+
+    def history(self, key: bytes) -> list[tuple[int, int, bool]]:
+        """(main, sub, tombstone) retained for key, oldest first."""
+        generations = self._generations.get(key, [])
+        return [
+            (revision >> SUB_BITS, revision & SUB_MASK, position < len(generations) - 1 and revision == generation[-1])
+            for position, generation in enumerate(generations)
+            for revision in generation
+        ]
 
 
 def _visible(generations: list[list[int]], at_main: int) -> int | None:
