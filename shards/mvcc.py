@@ -135,9 +135,13 @@ def _range_end(key: bytes, range_end: bytes) -> bytes | None:
 
 
 class MvccStore:
-    def __init__(self, path: Path, quota_bytes: int):
+    def __init__(self, path: Path, quota_bytes: int, map_size_bytes: int | None):
         self.path = path
         self.quota_bytes = quota_bytes
+        # The map is address space, not disk: room for a full quota plus the
+        # copy-on-write pages a transaction needs while the quota is exceeded.
+        # It doubles whenever a transaction finds it full.
+        self.map_size_bytes = map_size_bytes or 2 * quota_bytes + 2**30
         self._env: lmdb.Environment | None = None
         self._index = KeyIndex()
         self.revision = FIRST_REVISION
@@ -152,18 +156,18 @@ class MvccStore:
     # --- opening and closing -----------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, quota_bytes: int = QUOTA_BYTES_DEFAULT) -> MvccStore:
-        store = cls(Path(path), quota_bytes)
+    def open(
+        cls, path: str | os.PathLike, *, quota_bytes: int = QUOTA_BYTES_DEFAULT,
+        map_size_bytes: int | None = None,
+    ) -> MvccStore:
+        store = cls(Path(path), quota_bytes, map_size_bytes)
         store.path.mkdir(parents=True, exist_ok=True)
         store._open_environment()
         return store
 
     def _open_environment(self) -> None:
-        # The map is address space, not disk: room for a full quota plus the
-        # copy-on-write pages a transaction needs while the quota is exceeded.
         self._env = lmdb.open(
-            str(self.path), map_size=2 * self.quota_bytes + 2**30, max_dbs=8,
-            metasync=False, readahead=False,
+            str(self.path), map_size=self.map_size_bytes, max_dbs=8, metasync=False, readahead=False,
         )
         env = self._env
         self._history = env.open_db(b"history")
@@ -269,8 +273,8 @@ class MvccStore:
             try:
                 return self._apply_batch(proposals)
             except lmdb.MapFullError:
-                # Only a quota set past what the map was sized for gets here.
-                self._env.set_mapsize(2 * self._env.info()["map_size"])
+                self.map_size_bytes *= 2
+                self._env.set_mapsize(self.map_size_bytes)
                 self._load()
             except BaseException:
                 # The write transaction was aborted: memory must match disk again.

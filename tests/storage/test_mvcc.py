@@ -430,6 +430,15 @@ def test_defragment_gives_free_space_back_and_keeps_the_data(store):
     assert store.get(b"survivor").value == b"here" and store.mvcc.revision == 2003
 
 
+def test_the_map_grows_when_a_batch_does_not_fit(tmp_path):
+    store = Store(tmp_path / "tiny", map_size_bytes=256 * 1024)
+    response = store.apply(*[PutRequest(key=b"k%04d" % i, value=bytes(1000)) for i in range(2000)])
+    assert all(r.header.revision for r in response) and store.mvcc.map_size_bytes >= 2 * 1024 * 1024
+    assert store.mvcc.range(RangeRequest(key=b"k", range_end=b"l", count_only=True)).count == 2000
+    assert store.mvcc.applied_index == 1
+    store.mvcc.close()
+
+
 def test_revoking_a_lease_deletes_its_keys_and_refuses_it_afterwards(store):
     store.put(b"a", lease=7)
     store.put(b"b", lease=7)

@@ -3,7 +3,7 @@
 import shutil
 import tempfile
 
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from mvcc_model import Model
@@ -170,3 +170,54 @@ class StoreAgainstModel(RuleBasedStateMachine):
 
 TestStoreAgainstModel = StoreAgainstModel.TestCase
 TestStoreAgainstModel.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+
+
+def observable_state(store: MvccStore):
+    """Everything a client or a replica comparison can see of the store."""
+    everything = dict(key=b"\0", range_end=b"\0")
+    history = {
+        revision: [as_tuple(kv) for kv in store.range(RangeRequest(**everything, revision=revision)).kvs]
+        for revision in range(max(store.compacted_revision, 1), store.revision + 1)
+    }
+    return (store.revision, store.compacted_revision, store.applied_index, store.space_exceeded,
+            store.hash_kv(), history)
+
+
+operations = st.lists(
+    st.one_of(
+        st.builds(lambda k, v: PutRequest(key=k, value=v), keys, values),
+        st.builds(lambda k, e: DeleteRangeRequest(key=k, range_end=e), keys, ends),
+        st.builds(
+            lambda k, v, then: TxnRequest(
+                compare=[Compare(key=k, target=Compare.VALUE, result=Compare.EQUAL, value=v)],
+                success=[RequestOp(request_put=PutRequest(key=then, value=v))],
+                failure=[RequestOp(request_delete_range=DeleteRangeRequest(key=then))],
+            ),
+            keys, values, keys,
+        ),
+        st.builds(lambda back: ("compact", back), st.integers(min_value=0, max_value=3)),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(operations=operations)
+def test_reopening_after_every_operation_changes_nothing_visible(operations):
+    directory = tempfile.mkdtemp(prefix="mvcc-reopen-")
+    store = MvccStore.open(directory)
+    try:
+        for raft_index, operation in enumerate(operations, start=1):
+            if isinstance(operation, tuple):
+                operation = CompactionRequest(revision=max(store.revision - operation[1], 1))
+            store.apply([Proposal(raft_index, 0, [operation])])
+            if raft_index % 3 == 0:
+                store.compact_step(max_records=1)  # reopen with a compaction half done, too
+            before = observable_state(store)
+            store.close()
+            store = MvccStore.open(directory)
+            assert observable_state(store) == before
+    finally:
+        store.close()
+        shutil.rmtree(directory)
