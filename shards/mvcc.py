@@ -237,20 +237,27 @@ class MvccStore:
             sort_order = RangeRequest.ASCEND  # etcd sorts by any target but the key
         elif request.sort_target == RangeRequest.KEY and sort_order == RangeRequest.ASCEND:
             sort_order = RangeRequest.NONE  # the index already gives key order
-        if request.limit > 0 and not filtered and sort_order == RangeRequest.NONE:
-            found = found[: request.limit + 1]  # one more than the limit tells `more`
-        kvs = [self._record(txn, revision) for _, revision in found]
-        if filtered:
-            kvs = [kv for kv in kvs if _passes_filters(kv, request)]
-        if sort_order != RangeRequest.NONE:
-            kvs.sort(key=_SORT_KEYS[request.sort_target], reverse=sort_order == RangeRequest.DESCEND)
-        if 0 < request.limit < len(kvs):
-            kvs = kvs[: request.limit]
-            response.more = True
-        for kv in kvs:
-            if request.keys_only:
+        if filtered or sort_order != RangeRequest.NONE:
+            kvs = [self._record(txn, revision) for _, revision in found]
+            if filtered:
+                kvs = [kv for kv in kvs if _passes_filters(kv, request)]
+            if sort_order != RangeRequest.NONE:
+                kvs.sort(key=_SORT_KEYS[request.sort_target], reverse=sort_order == RangeRequest.DESCEND)
+            if 0 < request.limit < len(kvs):
+                kvs = kvs[: request.limit]
+                response.more = True
+            response.kvs.extend(kvs)
+        else:
+            # Key order is the index's order: parse the records straight into the response.
+            if 0 < request.limit < len(found):
+                found = found[: request.limit]
+                response.more = True
+            add_kv = response.kvs.add
+            for _, revision in found:
+                add_kv().MergeFromString(self._record_bytes(txn, revision))
+        if request.keys_only:
+            for kv in response.kvs:
                 kv.value = b""
-        response.kvs.extend(kvs)
         return response
 
     def _record(self, txn, revision_key: bytes) -> KeyValue:
