@@ -1,0 +1,29 @@
+"""Options shared by the test suites (pytest_addoption must live in the root conftest).
+
+--seed N   run only simulation seed N (to replay a failure exactly)
+--seeds N  run N simulation seeds (0 .. N-1)
+"""
+
+# About 15 s of simulation on one core; the 10,000-seed run is done by hand.
+DEFAULT_SIMULATION_SEEDS = 500
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("raft simulation")
+    group.addoption("--seed", type=int, default=None, help="run only this simulation seed")
+    group.addoption(
+        "--seeds",
+        type=int,
+        default=DEFAULT_SIMULATION_SEEDS,
+        help=f"number of simulation seeds to run (default {DEFAULT_SIMULATION_SEEDS})",
+    )
+
+
+def pytest_generate_tests(metafunc):
+    if "simulation_seed" in metafunc.fixturenames:
+        only_seed = metafunc.config.getoption("--seed")
+        if only_seed is not None:
+            seeds = [only_seed]
+        else:
+            seeds = range(metafunc.config.getoption("--seeds"))
+        metafunc.parametrize("simulation_seed", seeds)
