@@ -1,0 +1,169 @@
+"""The peer transport over real gRPC on 127.0.0.1: delivery, order, drops, redial, bad bytes."""
+
+import asyncio
+import socket
+
+import grpc
+
+from shards.raft.messages import Message, MessageType
+from shards.raft.storage import Entry
+from shards.raft_wire import encode_messages
+from shards.transport import RAFT_METHOD, SEND_QUEUE_BATCHES_MAX, PeerTransport
+
+FAST_REDIAL = dict(redial_backoff_min_seconds=0.02, redial_backoff_max_seconds=0.1)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Inbox:
+    def __init__(self):
+        self.messages: list[Message] = []
+        self.arrived = asyncio.Event()
+
+    def __call__(self, messages):
+        self.messages += messages
+        self.arrived.set()
+
+    async def wait_for(self, count, timeout=5.0):
+        async def enough():
+            while len(self.messages) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        await asyncio.wait_for(enough(), timeout)
+
+
+def heartbeat(to, term):
+    return Message(MessageType.HEARTBEAT, to=to, frm=1, term=term, commit=term)
+
+
+async def pair(port_b=None):
+    inbox_a, inbox_b = Inbox(), Inbox()
+    a = PeerTransport(1, "127.0.0.1:0", inbox_a, **FAST_REDIAL)
+    b = PeerTransport(2, f"127.0.0.1:{port_b or 0}", inbox_b, **FAST_REDIAL)
+    await a.start()
+    await b.start()
+    a.set_peer(2, f"127.0.0.1:{b.port}")
+    b.set_peer(1, f"127.0.0.1:{a.port}")
+    return a, b, inbox_a, inbox_b
+
+
+def test_batches_arrive_whole_and_in_order():
+    async def scenario():
+        a, b, inbox_a, inbox_b = await pair()
+        try:
+            entries = [Entry(3, i, 0, b"x" * 100) for i in range(1, 501)]
+            a.send([Message(MessageType.APP, to=2, frm=1, term=3, index=0, entries=entries)])
+            for term in range(1, 101):
+                a.send([heartbeat(2, term)])
+            b.send([heartbeat(1, 7)])
+            await inbox_b.wait_for(101)
+            await inbox_a.wait_for(1)
+            assert list(inbox_b.messages[0].entries) == entries
+            assert [m.term for m in inbox_b.messages[1:]] == list(range(1, 101))
+            assert inbox_a.messages == [heartbeat(1, 7)]
+            assert a.stats(2).batches_dropped == 0
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(scenario())
+
+
+def test_an_unreachable_peer_costs_drops_not_memory_and_is_redialled():
+    async def scenario():
+        port = free_port()
+        inbox_a, inbox_b = Inbox(), Inbox()
+        a = PeerTransport(1, "127.0.0.1:0", inbox_a, **FAST_REDIAL)
+        await a.start()
+        a.set_peer(2, f"127.0.0.1:{port}")
+        try:
+            for term in range(1, 50):
+                a.send([heartbeat(2, term)])
+            while a.stats(2).dials < 3:  # it keeps trying, with backoff
+                await asyncio.sleep(0.02)
+            assert a.stats(2).batches_dropped > 0 and a.stats(2).batches_sent == 0
+            b = PeerTransport(2, f"127.0.0.1:{port}", inbox_b, **FAST_REDIAL)
+            await b.start()
+            try:
+                async def delivered():
+                    term = 100
+                    while not inbox_b.messages:
+                        a.send([heartbeat(2, term)])
+                        term += 1
+                        await asyncio.sleep(0.02)
+                await asyncio.wait_for(delivered(), 5.0)
+                assert all(m.term >= 100 for m in inbox_b.messages)  # nothing stale was kept
+            finally:
+                await b.stop()
+        finally:
+            await a.stop()
+
+    asyncio.run(scenario())
+
+
+def test_messages_for_unknown_members_are_ignored():
+    async def scenario():
+        a, b, _, inbox_b = await pair()
+        try:
+            a.send([heartbeat(9, 1), heartbeat(2, 2)])
+            await inbox_b.wait_for(1)
+            assert [m.term for m in inbox_b.messages] == [2]
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(scenario())
+
+
+def test_malformed_batches_are_dropped_and_counted():
+    async def scenario():
+        inbox = Inbox()
+        b = PeerTransport(2, "127.0.0.1:0", inbox, **FAST_REDIAL)
+        await b.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{b.port}") as channel:
+                call = channel.stream_unary(RAFT_METHOD, request_serializer=lambda x: x,
+                                            response_deserializer=lambda x: x)
+
+                async def batches():
+                    yield b"\xff\xff\xff\xffgarbage"
+                    yield encode_messages([heartbeat(2, 5)])
+
+                await call(batches())
+            await inbox.wait_for(1)
+            assert b.batches_malformed == 1 and b.batches_received == 1
+            assert inbox.messages == [heartbeat(2, 5)]
+        finally:
+            await b.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_full_queue_drops_instead_of_growing():
+    async def scenario():
+        a = PeerTransport(1, "127.0.0.1:0", Inbox(), **FAST_REDIAL)
+        await a.start()
+        a.set_peer(2, f"127.0.0.1:{free_port()}")  # nobody there
+        try:
+            for term in range(SEND_QUEUE_BATCHES_MAX + 10):
+                a.send([heartbeat(2, term)])
+            assert a.stats(2).batches_dropped >= 10
+        finally:
+            await a.stop()
+
+    asyncio.run(scenario())
+
+
+def test_stop_is_clean_and_idempotent():
+    async def scenario():
+        a = PeerTransport(1, "127.0.0.1:0", Inbox())
+        await a.start()
+        assert a.port > 0
+        await a.stop()
+        await a.stop()
+
+    asyncio.run(scenario())
