@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import platform
 import sys
+from pathlib import Path
 
 import tessera
 from native import codec, crc, walframe
+from shards.replica import MemberAddresses, ReplicaConfig, run_until_stopped
 
 
 def build_info() -> dict[str, str]:
@@ -39,6 +43,35 @@ def command_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_members(text: str):
+    """`1=PEER/API,2=PEER/API,...` -> {member id: MemberAddresses}."""
+    members = {}
+    for item in text.split(","):
+        member, _, addresses = item.partition("=")
+        peer, _, api = addresses.partition("/")
+        if not member.isdigit() or not peer or not api:
+            raise argparse.ArgumentTypeError(f"{item!r} is not MEMBER_ID=PEER_ADDRESS/API_ADDRESS")
+        members[int(member)] = MemberAddresses(peer=peer, api=api)
+    return members
+
+
+def command_replica(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.member not in args.members:
+        print(f"tessera replica: member {args.member} is not in --members", file=sys.stderr)
+        return 2
+    config = ReplicaConfig(
+        group_id=args.group, member_id=args.member, data_dir=Path(args.data_dir), members=args.members,
+        heartbeat_interval_ms=args.heartbeat_interval, election_timeout_ms=args.election_timeout,
+        quota_backend_bytes=args.quota_backend_bytes,
+    )
+    try:
+        asyncio.run(run_until_stopped(config, parent_pid=args.parent_pid))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tessera", description=tessera.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("up", help="start a local cluster and router on 127.0.0.1").set_defaults(
         run=command_up
     )
+    replica = commands.add_parser("replica", help="run one replica of one raft group")
+    replica.add_argument("--group", type=int, required=True, help="the group's id")
+    replica.add_argument("--member", type=int, required=True, help="this replica's member id")
+    replica.add_argument("--data-dir", required=True, help="WAL and MVCC store; reused on restart")
+    replica.add_argument("--members", type=parse_members, required=True,
+                         help="initial membership: ID=PEER_ADDRESS/API_ADDRESS,... (this member included)")
+    replica.add_argument("--heartbeat-interval", type=int, default=100, help="milliseconds (etcd's default)")
+    replica.add_argument("--election-timeout", type=int, default=1000, help="milliseconds (etcd's default)")
+    replica.add_argument("--quota-backend-bytes", type=int, default=2 * 1024**3)
+    replica.add_argument("--parent-pid", type=int, default=None,
+                         help="stop when this process is gone (test clusters stop themselves)")
+    replica.set_defaults(run=command_replica)
     args = parser.parse_args(argv)
     return args.run(args)
 

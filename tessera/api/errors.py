@@ -70,3 +70,33 @@ class NoSpace(EtcdError):
 class LeaseNotFound(EtcdError):
     code = "NOT_FOUND"
     message = "etcdserver: requested lease not found"
+
+
+class NoLeader(EtcdError):
+    code = "UNAVAILABLE"
+    message = "etcdserver: no leader"
+
+
+class NotLeader(EtcdError):
+    code = "FAILED_PRECONDITION"
+    message = "etcdserver: not leader"
+
+
+class LeaderChanged(EtcdError):
+    code = "UNAVAILABLE"
+    message = "etcdserver: leader changed"
+
+
+class RequestTimeout(EtcdError):
+    code = "UNAVAILABLE"
+    message = "etcdserver: request timed out"
+
+
+class TooManyRequests(EtcdError):
+    code = "RESOURCE_EXHAUSTED"
+    message = "etcdserver: too many requests"
+
+
+class Stopped(EtcdError):
+    code = "UNAVAILABLE"
+    message = "etcdserver: server stopped"

@@ -1,0 +1,454 @@
+"""One replica of one raft group: the raft core, the WAL and the MVCC store in a process.
+
+Theory of operation. Everything runs on one asyncio loop, around one
+coroutine, `_drive`, which owns the raft node. Other coroutines only queue
+work and wake it: the ticker (a tick every heartbeat interval), the peer
+transport (raft messages received), and the internal API streams (client
+requests). Each turn of `_drive`:
+
+  1. steps the raft messages received and the ticks due;
+  2. proposes every write queued since the last turn in one batch, and asks
+     one ReadIndex for every linearizable read queued (they share a round);
+  3. handles the Ready, in the order raft requires: send what may go before
+     the local write (a leader's appends), append entries and hard state to
+     the WAL with one fdatasync, send what had to wait for it (votes, append
+     acknowledgements), apply committed entries to the MVCC store in one
+     LMDB transaction, answer the writes applied and the reads now servable,
+     and advance.
+
+A write travels in its raft entry as ShardRequest bytes, under an id this
+replica chose; applying it answers whoever waits on that id here. A replica
+that is not the leader answers writes and linearizable reads with "not
+leader" and the leader's address, without proposing. A leader that loses
+leadership answers its waiting writes "leader changed": they may still be
+committed by the next leader, so that answer means "unknown outcome", and
+the router does not retry it. Serializable reads are served by any replica
+from its own store.
+
+Back-pressure as etcd: while committed minus applied exceeds
+`max_pending_applies` (5,000), new writes get "too many requests".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from shards.mvcc import MvccStore, Proposal, RaiseRevision
+from shards.raft import Config, ProposalDropped, RawNode, Ready, Role
+from shards.raft.messages import ConfChange, Message
+from shards.raft.storage import ConfState, EntryType, Snapshot, SnapshotMeta
+from shards.transport import PeerTransport
+from shards.wal import WriteAheadLog
+from tessera.api import errors, validation
+from tessera.api.internal_pb2 import (
+    Error,
+    ShardRequest,
+    ShardRequestBatch,
+    ShardResponse,
+    ShardResponseBatch,
+    StatusResponse,
+)
+from tessera.api.rpc_pb2 import ResponseHeader
+
+log = logging.getLogger("tessera.replica")
+
+SHARD_SERVICE = "tessera.internal.Shard"
+MAX_PENDING_APPLIES = 5000  # etcd refuses proposals past this commit/apply gap
+# How long a write may wait for its entry to apply: etcd's request timeout
+# (5 s) plus an election, so a leader change can complete before giving up.
+WRITE_TIMEOUT_SECONDS = 7.0
+READ_TIMEOUT_SECONDS = 7.0
+# Requests one internal stream may have in flight before the stream stops
+# reading more: a router that floods is slowed, not buffered without bound.
+STREAM_IN_FLIGHT_MAX = 10_000
+
+_WRITE_KINDS = {"put", "delete_range", "txn", "compaction", "raise_revision", "alarm"}
+
+
+@dataclass(frozen=True)
+class MemberAddresses:
+    peer: str  # raft traffic between replicas
+    api: str  # the internal API routers use
+
+
+@dataclass
+class ReplicaConfig:
+    group_id: int
+    member_id: int
+    data_dir: Path
+    members: dict[int, MemberAddresses]  # the initial membership, this replica included
+    heartbeat_interval_ms: int = 100
+    election_timeout_ms: int = 1000
+    quota_backend_bytes: int = 2 * 1024**3
+    max_pending_applies: int = MAX_PENDING_APPLIES
+
+
+@dataclass
+class _PendingRead:
+    request: ShardRequest
+    future: asyncio.Future
+
+
+@dataclass
+class _ReadRound:
+    """Linearizable reads that share one ReadIndex."""
+
+    reads: list[_PendingRead] = field(default_factory=list)
+    index: int | None = None  # known once raft confirms leadership
+
+
+class Replica:
+    def __init__(self, config: ReplicaConfig):
+        self.config = config
+        me = config.members[config.member_id]
+        self.wal = WriteAheadLog.open(config.data_dir / "wal")
+        self.store = MvccStore.open(config.data_dir / "mvcc", quota_bytes=config.quota_backend_bytes)
+        if self.wal.storage.last_index() == 0 and not self.wal.storage.snapshot().meta.conf_state.voters:
+            # A new member of a new group: the initial membership is its first durable state.
+            voters = tuple(sorted(config.members))
+            self.wal.save_snapshot(Snapshot(SnapshotMeta(0, 0, ConfState(voters=voters))))
+        self.node = RawNode(
+            Config(
+                id=config.member_id,
+                election_ticks=config.election_timeout_ms // config.heartbeat_interval_ms,
+                heartbeat_ticks=1,
+                tick_interval_ms=config.heartbeat_interval_ms,
+                applied_index=self.store.applied_index,
+            ),
+            self.wal.storage,
+            random.Random(secrets.randbits(64)),
+        )
+        self.transport = PeerTransport(config.member_id, me.peer, self._receive)
+        self.leader_id = 0
+        self.role = Role.FOLLOWER
+        self._wake = asyncio.Event()
+        self._inbox: list[Message] = []
+        self._ticks_due = 0
+        self._writes: list[tuple[int, bytes]] = []  # (proposal id, entry data) to propose
+        self._waiting_writes: dict[int, asyncio.Future] = {}
+        self._read_queue: list[_PendingRead] = []
+        self._read_rounds: dict[bytes, _ReadRound] = {}
+        self._next_proposal_id = secrets.randbits(62)
+        self._commit_index = self.store.applied_index
+        self._api_server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.stopped = asyncio.Event()
+
+    # --- life cycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.transport.start()
+        for member_id, addresses in self.config.members.items():
+            if member_id != self.config.member_id:
+                self.transport.set_peer(member_id, addresses.peer)
+        self._api_server = grpc.aio.server()
+        handler = grpc.stream_stream_rpc_method_handler(
+            self._serve_stream,
+            request_deserializer=ShardRequestBatch.FromString,
+            response_serializer=ShardResponseBatch.SerializeToString,
+        )
+        self._api_server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler(SHARD_SERVICE, {"Batch": handler})]
+        )
+        self._api_server.add_insecure_port(self.config.members[self.config.member_id].api)
+        await self._api_server.start()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._tick()), loop.create_task(self._drive())]
+        log.info("group %d member %d started: peers on %s, API on %s", self.config.group_id,
+                 self.config.member_id, self.config.members[self.config.member_id].peer,
+                 self.config.members[self.config.member_id].api)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._api_server is not None:
+            await self._api_server.stop(grace=None)
+        await self.transport.stop()
+        self._fail_waiting(errors.Stopped())
+        self.wal.close()
+        self.store.close()
+        self.stopped.set()
+
+    # --- inputs ----------------------------------------------------------------------
+
+    def _receive(self, messages: list[Message]) -> None:
+        self._inbox += messages
+        self._wake.set()
+
+    async def _tick(self) -> None:
+        interval = self.config.heartbeat_interval_ms / 1000
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + interval
+        while True:
+            await asyncio.sleep(max(0.0, next_tick - loop.time()))
+            next_tick += interval
+            self._ticks_due += 1
+            self._wake.set()
+
+    # --- the raft loop -----------------------------------------------------------------
+
+    async def _drive(self) -> None:
+        node = self.node
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            for _ in range(self._ticks_due):
+                node.tick()
+            self._ticks_due = 0
+            inbox, self._inbox = self._inbox, []
+            for message in inbox:
+                node.step(message)
+            self._propose_queued()
+            while node.has_ready():
+                self._handle_ready(node.ready())
+            # Yield so streams can queue more work before the next turn.
+            await asyncio.sleep(0)
+
+    def _propose_queued(self) -> None:
+        writes, self._writes = self._writes, []
+        if writes:
+            try:
+                self.node.propose_batch([data for _, data in writes])
+            except ProposalDropped:
+                for proposal_id, _ in writes:
+                    self._answer_write(proposal_id, errors.LeaderChanged())
+        reads, self._read_queue = self._read_queue, []
+        if reads:
+            context = secrets.token_bytes(8)
+            self._read_rounds[context] = _ReadRound(reads)
+            try:
+                self.node.read_index(context)
+            except ProposalDropped:
+                self._finish_round(context, errors.LeaderChanged())
+
+    def _handle_ready(self, ready: Ready) -> None:
+        if ready.soft_state is not None:
+            self._leadership_changed(ready.soft_state.lead, ready.soft_state.role)
+        self.transport.send(ready.messages)
+        if ready.snapshot is not None:
+            raise NotImplementedError("installing a snapshot from the leader is not built yet")
+        if ready.entries or ready.hard_state is not None:
+            self.wal.append(ready.entries, ready.hard_state)
+        if ready.hard_state is not None:
+            self._commit_index = ready.hard_state.commit
+        self.transport.send(ready.persisted_messages)
+        if ready.committed_entries:
+            self._apply(ready.committed_entries)
+        for read_state in ready.read_states:
+            round_ = self._read_rounds.get(read_state.context)
+            if round_ is not None:
+                round_.index = read_state.index
+        self.node.advance(ready)
+        self._serve_read_rounds()
+
+    def _apply(self, entries) -> None:
+        proposals = []
+        waiting: dict[int, int] = {}  # position in proposals -> proposal id
+        for entry in entries:
+            if entry.type == EntryType.CONF_CHANGE:
+                self.node.apply_conf_change(ConfChange.decode(entry.data))
+                proposals.append(Proposal(entry.index, 0, ()))
+                continue
+            if not entry.data:  # a new leader's empty entry
+                proposals.append(Proposal(entry.index, 0, ()))
+                continue
+            request = ShardRequest.FromString(entry.data)
+            kind = request.WhichOneof("request")
+            if kind == "raise_revision":
+                store_request = RaiseRevision(request.raise_revision)
+            else:
+                store_request = getattr(request, kind)
+            waiting[len(proposals)] = request.id
+            proposals.append(Proposal(entry.index, request.floor, (store_request,)))
+        result = self.store.apply(proposals)
+        for position, proposal_id in waiting.items():
+            outcome = result.responses[position]
+            if outcome is not None:  # None: applied before a restart, nobody waits here
+                self._answer_write(proposal_id, outcome[0])
+
+    def _leadership_changed(self, leader_id: int, role: Role) -> None:
+        was_leader = self.role == Role.LEADER
+        self.leader_id, self.role = leader_id, role
+        if was_leader and role != Role.LEADER:
+            self._fail_waiting(errors.LeaderChanged())
+        log.info("group %d member %d: leader is %d, role %s", self.config.group_id,
+                 self.config.member_id, leader_id, role.name)
+
+    def _fail_waiting(self, error: errors.EtcdError) -> None:
+        for proposal_id in list(self._waiting_writes):
+            self._answer_write(proposal_id, error)
+        for context in list(self._read_rounds):
+            self._finish_round(context, error)
+        for read in self._read_queue:
+            if not read.future.done():
+                read.future.set_result(error)
+        self._read_queue = []
+
+    def _answer_write(self, proposal_id: int, outcome) -> None:
+        future = self._waiting_writes.pop(proposal_id, None)
+        if future is not None and not future.done():
+            future.set_result(outcome)
+
+    def _serve_read_rounds(self) -> None:
+        applied = self.store.applied_index
+        for context, round_ in list(self._read_rounds.items()):
+            if round_.index is not None and round_.index <= applied:
+                del self._read_rounds[context]
+                for read in round_.reads:
+                    if not read.future.done():
+                        read.future.set_result(self._local_range(read.request))
+
+    def _finish_round(self, context: bytes, outcome) -> None:
+        round_ = self._read_rounds.pop(context, None)
+        for read in round_.reads if round_ else ():
+            if not read.future.done():
+                read.future.set_result(outcome)
+
+    def _local_range(self, request: ShardRequest):
+        try:
+            return self.store.range(request.range)
+        except errors.EtcdError as error:
+            return error
+
+    # --- the internal API -------------------------------------------------------------
+
+    async def _serve_stream(self, request_iterator, context):
+        """One router connection: batches in, batches of answers out, in completion order."""
+        answers: asyncio.Queue[ShardResponse] = asyncio.Queue()
+        in_flight = asyncio.Semaphore(STREAM_IN_FLIGHT_MAX)
+
+        async def answer(request: ShardRequest) -> None:
+            try:
+                answers.put_nowait(await self._handle(request))
+            finally:
+                in_flight.release()
+
+        async def read_requests() -> None:
+            async for batch in request_iterator:
+                for request in batch.requests:
+                    await in_flight.acquire()
+                    asyncio.get_running_loop().create_task(answer(request))
+
+        reader = asyncio.get_running_loop().create_task(read_requests())
+        try:
+            while True:
+                first = await answers.get()
+                batch = ShardResponseBatch(responses=[first])
+                while not answers.empty():
+                    batch.responses.append(answers.get_nowait())
+                yield batch
+        finally:
+            reader.cancel()
+
+    async def _handle(self, request: ShardRequest) -> ShardResponse:
+        kind = request.WhichOneof("request")
+        try:
+            if kind == "status":
+                return ShardResponse(id=request.id, status=self.status())
+            if kind == "range":
+                validation.check_range(request.range)
+                if request.range.serializable:
+                    outcome = self._local_range(request)
+                else:
+                    outcome = await self._linearizable_read(request)
+            elif kind in _WRITE_KINDS:
+                outcome = await self._write(request)
+            else:
+                outcome = errors.KeyNotFound()  # an empty request: etcd's answer to an empty op
+        except errors.EtcdError as error:
+            outcome = error
+        return self._response(request, kind, outcome)
+
+    def _response(self, request: ShardRequest, kind: str, outcome) -> ShardResponse:
+        response = ShardResponse(id=request.id)
+        if isinstance(outcome, errors.NotLeader):
+            leader = self.config.members.get(self.leader_id)
+            response.error.CopyFrom(Error(code=outcome.code, message=outcome.message,
+                                          leader_id=self.leader_id,
+                                          leader_address=leader.api if leader else ""))
+        elif isinstance(outcome, errors.EtcdError):
+            response.error.CopyFrom(Error(code=outcome.code, message=outcome.message))
+        elif kind == "raise_revision":
+            response.raised.CopyFrom(ResponseHeader(revision=self.store.revision))
+        else:
+            getattr(response, kind).CopyFrom(outcome)
+        return response
+
+    def _check_leader(self) -> None:
+        if self.role != Role.LEADER:
+            raise errors.NotLeader() if self.leader_id else errors.NoLeader()
+
+    async def _write(self, request: ShardRequest):
+        self._check_leader()
+        kind = request.WhichOneof("request")
+        if kind == "put":
+            validation.check_put(request.put)
+        elif kind == "delete_range":
+            validation.check_delete(request.delete_range)
+        elif kind == "txn":
+            validation.check_txn(request.txn)
+        if self._commit_index - self.store.applied_index > self.config.max_pending_applies:
+            raise errors.TooManyRequests()
+        proposal_id = self._next_proposal_id
+        self._next_proposal_id += 1
+        entry = ShardRequest()
+        entry.CopyFrom(request)
+        entry.id = proposal_id
+        future = asyncio.get_running_loop().create_future()
+        self._waiting_writes[proposal_id] = future
+        self._writes.append((proposal_id, entry.SerializeToString()))
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), WRITE_TIMEOUT_SECONDS)
+        except asyncio.TimeoutError:
+            self._waiting_writes.pop(proposal_id, None)
+            return errors.RequestTimeout()
+
+    async def _linearizable_read(self, request: ShardRequest):
+        self._check_leader()
+        future = asyncio.get_running_loop().create_future()
+        self._read_queue.append(_PendingRead(request, future))
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), READ_TIMEOUT_SECONDS)
+        except asyncio.TimeoutError:
+            return errors.RequestTimeout()
+
+    def status(self) -> StatusResponse:
+        status = self.node.status()
+        return StatusResponse(
+            group_id=self.config.group_id, member_id=self.config.member_id, leader_id=status.lead,
+            term=status.term, commit_index=status.commit, applied_index=self.store.applied_index,
+            revision=self.store.revision, compacted_revision=self.store.compacted_revision,
+            db_size=self.store.db_size_bytes(), db_size_in_use=self.store.db_size_in_use_bytes(),
+            alarms=[{"memberID": member, "alarm": alarm} for member, alarm in sorted(self.store.alarms)],
+        )
+
+
+async def run_until_stopped(config: ReplicaConfig, parent_pid: int | None = None) -> None:
+    """Run a replica until cancelled, or until `parent_pid` is gone (tests' servers stop themselves)."""
+    replica = Replica(config)
+    await replica.start()
+    try:
+        while parent_pid is None or _alive(parent_pid):
+            await asyncio.sleep(0.5)
+    finally:
+        await replica.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,152 @@
+"""A raft group of real replica processes on 127.0.0.1, and a client for their internal API.
+
+Every process is started with --parent-pid, so it stops by itself if the test
+process dies; the test stops them by PID in any case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from tessera.api.internal_pb2 import ShardRequest, ShardRequestBatch, ShardResponse, ShardResponseBatch
+
+ROOT = Path(__file__).resolve().parents[2]
+STARTUP_SECONDS = 15
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for probe in sockets:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in sockets]
+    finally:
+        for probe in sockets:
+            probe.close()
+
+
+class ReplicaGroup:
+    def __init__(self, directory: Path, size: int = 3, group_id: int = 1):
+        self.directory = directory
+        self.group_id = group_id
+        ports = free_ports(2 * size)
+        self.peer_ports = dict(zip(range(1, size + 1), ports[:size]))
+        self.api_ports = dict(zip(range(1, size + 1), ports[size:]))
+        self.processes: dict[int, subprocess.Popen] = {}
+
+    @property
+    def members_argument(self) -> str:
+        return ",".join(
+            f"{m}=127.0.0.1:{self.peer_ports[m]}/127.0.0.1:{self.api_ports[m]}" for m in self.peer_ports
+        )
+
+    def api_address(self, member: int) -> str:
+        return f"127.0.0.1:{self.api_ports[member]}"
+
+    def start(self, member: int) -> None:
+        log = open(self.directory / f"member-{member}.log", "ab")
+        self.processes[member] = subprocess.Popen(
+            [sys.executable, "-m", "tessera.cli", "replica", "--group", str(self.group_id),
+             "--member", str(member), "--data-dir", str(self.directory / f"member-{member}"),
+             "--members", self.members_argument, "--parent-pid", str(os.getpid())],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        )
+
+    def start_all(self) -> None:
+        for member in self.peer_ports:
+            self.start(member)
+
+    def kill(self, member: int) -> None:
+        process = self.processes.pop(member)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def stop_all(self) -> None:
+        for member in list(self.processes):
+            self.kill(member)
+
+    def logs(self) -> str:
+        return "\n".join(path.read_text(errors="replace")[-3000:] for path in sorted(self.directory.glob("*.log")))
+
+
+class ShardClient:
+    """One internal-API stream to one replica: send requests, await their answers by id."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future] = {}
+        self._outbox: asyncio.Queue = asyncio.Queue()
+        self._channel = grpc.aio.insecure_channel(address)
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> ShardClient:
+        call = self._channel.stream_stream(
+            "/tessera.internal.Shard/Batch",
+            request_serializer=ShardRequestBatch.SerializeToString,
+            response_deserializer=ShardResponseBatch.FromString,
+        )
+        self._call = call(self._batches())
+        self._task = asyncio.get_running_loop().create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        self._call.cancel()
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._channel.close()
+
+    async def _batches(self):
+        while True:
+            first = await self._outbox.get()
+            batch = ShardRequestBatch(requests=[first])
+            while not self._outbox.empty():
+                batch.requests.append(self._outbox.get_nowait())
+            yield batch
+
+    async def _read(self) -> None:
+        try:
+            async for batch in self._call:
+                for response in batch.responses:
+                    future = self._waiting.pop(response.id, None)
+                    if future is not None and not future.done():
+                        future.set_result(response)
+        except grpc.aio.AioRpcError as error:
+            for future in self._waiting.values():
+                if not future.done():
+                    future.set_exception(error)
+
+    async def request(self, timeout: float = 10.0, **fields) -> ShardResponse:
+        request = ShardRequest(id=next(self._ids), **fields)
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[request.id] = future
+        await self._outbox.put(request)
+        return await asyncio.wait_for(future, timeout)
+
+
+async def wait_for_leader(group: ReplicaGroup, members=None, timeout: float = STARTUP_SECONDS) -> int:
+    """The member every given replica agrees leads, once that is one of them."""
+    deadline = time.monotonic() + timeout
+    members = list(members or group.processes)
+    while time.monotonic() < deadline:
+        leaders = set()
+        for member in members:
+            try:
+                async with ShardClient(group.api_address(member)) as client:
+                    leaders.add((await client.request(timeout=1.0, status={})).status.leader_id)
+            except (grpc.aio.AioRpcError, asyncio.TimeoutError):
+                leaders.add(None)
+        if len(leaders) == 1 and leaders <= set(members):  # agreed, and alive
+            return leaders.pop()
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no agreed leader within {timeout} s\n{group.logs()}")
