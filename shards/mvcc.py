@@ -41,6 +41,7 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import tempfile
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -48,6 +49,7 @@ import lmdb
 
 from native import codec, crc
 from native.keyindex import KeyIndex
+from shards.durable import fsync_directory
 from tessera.api import errors
 from tessera.api.kv_pb2 import Event, KeyValue
 from tessera.api.rpc_pb2 import (
@@ -471,6 +473,21 @@ class MvccStore:
         self.close()
         os.replace(copy / "data.mdb", self.path / "data.mdb")
         shutil.rmtree(copy)
+        self._open_environment()
+
+    def copy_bytes(self) -> tuple[int, bytes]:
+        """(applied raft index, a compact copy of the database as of it): a snapshot to send."""
+        with tempfile.TemporaryFile(dir=self.path) as copy:
+            applied_index = self.applied_index  # one thread applies; the copy sees this state
+            self._env.copyfd(copy.fileno(), compact=True)
+            copy.seek(0)
+            return applied_index, copy.read()
+
+    def replace_database(self, database_file: Path) -> None:
+        """Make `database_file` (a copy from copy_bytes, made durable) this store's database."""
+        self.close()
+        os.replace(database_file, self.path / "data.mdb")
+        fsync_directory(self.path)
         self._open_environment()
 
     def sync(self) -> None:

@@ -27,6 +27,17 @@ from its own store.
 
 Back-pressure as etcd: while committed minus applied exceeds
 `max_pending_applies` (5,000), new writes get "too many requests".
+
+Snapshots, as etcd takes them. Every `snapshot_count` applied entries the
+replica syncs its LMDB database, records a snapshot marker in the WAL,
+keeps `snapshot_catchup_entries` entries in memory for followers a little
+behind, and releases the WAL segments the snapshot covers. A follower further
+behind gets a snapshot message carrying a compact copy of the leader's
+database as of the leader's applied index, and stamped with that index, so
+data and metadata agree. The follower installs it crash-safely: the file is
+made durable as `snapshot.mdb`, then the WAL records the snapshot, then the
+file is renamed over the store's database. A restart between those steps
+finishes the install (the WAL's snapshot is newer than the store).
 """
 
 from __future__ import annotations
@@ -41,9 +52,10 @@ from pathlib import Path
 
 import grpc
 
+from shards.durable import write_file_durably
 from shards.mvcc import MvccStore, Proposal, RaiseRevision
 from shards.raft import Config, ProposalDropped, RawNode, Ready, Role
-from shards.raft.messages import ConfChange, Message
+from shards.raft.messages import ConfChange, Message, MessageType
 from shards.raft.storage import ConfState, EntryType, Snapshot, SnapshotMeta
 from shards.transport import PeerTransport
 from shards.wal import WriteAheadLog
@@ -62,6 +74,8 @@ log = logging.getLogger("tessera.replica")
 
 SHARD_SERVICE = "tessera.internal.Shard"
 MAX_PENDING_APPLIES = 5000  # etcd refuses proposals past this commit/apply gap
+SNAPSHOT_COUNT = 100_000  # etcd 3.5's --snapshot-count
+SNAPSHOT_CATCHUP_ENTRIES = 5000  # entries kept after a snapshot for slow followers, as etcd
 # How long a write may wait for its entry to apply: etcd's request timeout
 # (5 s) plus an election, so a leader change can complete before giving up.
 WRITE_TIMEOUT_SECONDS = 7.0
@@ -71,6 +85,10 @@ READ_TIMEOUT_SECONDS = 7.0
 STREAM_IN_FLIGHT_MAX = 10_000
 
 _WRITE_KINDS = {"put", "delete_range", "txn", "compaction", "raise_revision", "alarm"}
+
+
+class ReplicaStateError(Exception):
+    """The data directory contradicts itself; starting would risk raft's guarantees."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +107,8 @@ class ReplicaConfig:
     election_timeout_ms: int = 1000
     quota_backend_bytes: int = 2 * 1024**3
     max_pending_applies: int = MAX_PENDING_APPLIES
+    snapshot_count: int = SNAPSHOT_COUNT
+    snapshot_catchup_entries: int = SNAPSHOT_CATCHUP_ENTRIES
 
 
 @dataclass
@@ -111,6 +131,16 @@ class Replica:
         me = config.members[config.member_id]
         self.wal = WriteAheadLog.open(config.data_dir / "wal")
         self.store = MvccStore.open(config.data_dir / "mvcc", quota_bytes=config.quota_backend_bytes)
+        self._incoming_snapshot = config.data_dir / "snapshot.mdb"
+        self._finish_snapshot_install()
+        durable_commit = self.wal.storage.hard_state.commit
+        if self.store.applied_index > max(durable_commit, self.wal.storage.snapshot().meta.index):
+            # Entries are applied only after the WAL made them durable: the disk lost fsynced data.
+            raise ReplicaStateError(
+                f"the store has applied raft index {self.store.applied_index} but the write-ahead "
+                f"log in {config.data_dir / 'wal'} only commits up to {durable_commit}: "
+                f"it lost data that was synced; this replica must be replaced, not restarted"
+            )
         if self.wal.storage.last_index() == 0 and not self.wal.storage.snapshot().meta.conf_state.voters:
             # A new member of a new group: the initial membership is its first durable state.
             voters = tuple(sorted(config.members))
@@ -138,6 +168,7 @@ class Replica:
         self._read_rounds: dict[bytes, _ReadRound] = {}
         self._next_proposal_id = secrets.randbits(62)
         self._commit_index = self.store.applied_index
+        self._snapshot_index = self.wal.storage.snapshot().meta.index
         self._api_server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task] = []
         self.stopped = asyncio.Event()
@@ -232,22 +263,69 @@ class Replica:
     def _handle_ready(self, ready: Ready) -> None:
         if ready.soft_state is not None:
             self._leadership_changed(ready.soft_state.lead, ready.soft_state.role)
-        self.transport.send(ready.messages)
+        self._send(ready.messages)
         if ready.snapshot is not None:
-            raise NotImplementedError("installing a snapshot from the leader is not built yet")
+            self._install_snapshot(ready.snapshot)
         if ready.entries or ready.hard_state is not None:
             self.wal.append(ready.entries, ready.hard_state)
         if ready.hard_state is not None:
             self._commit_index = ready.hard_state.commit
-        self.transport.send(ready.persisted_messages)
+        self._send(ready.persisted_messages)
         if ready.committed_entries:
             self._apply(ready.committed_entries)
+            if self.store.applied_index - self._snapshot_index >= self.config.snapshot_count:
+                self._take_snapshot()
         for read_state in ready.read_states:
             round_ = self._read_rounds.get(read_state.context)
             if round_ is not None:
                 round_.index = read_state.index
         self.node.advance(ready)
         self._serve_read_rounds()
+
+    def _send(self, messages: list[Message]) -> None:
+        snapshots = [message for message in messages if message.type == MessageType.SNAP]
+        if snapshots:
+            # Send the database as it is now, stamped with the index it is at (etcd's merged
+            # snapshot): raft's own snapshot may be older than any copy that can still be made.
+            applied_index, data = self.store.copy_bytes()
+            meta = SnapshotMeta(applied_index, self.wal.storage.term(applied_index),
+                                self.node.status().conf_state)
+            messages = [
+                message._replace(snapshot=Snapshot(meta, data)) if message.type == MessageType.SNAP
+                else message
+                for message in messages
+            ]
+        self.transport.send(messages)
+        for message in snapshots:
+            # Queued for the stream; if it is lost the follower will need another, and ask.
+            self.node.report_snapshot(message.to, failed=False)
+
+    def _take_snapshot(self) -> None:
+        index = self.store.applied_index
+        self.store.sync()  # the WAL may drop what the store must not lose
+        self.wal.create_snapshot(index, self.node.status().conf_state, b"",
+                                 keep_entries=self.config.snapshot_catchup_entries)
+        released = self.wal.release_to(index)
+        self._snapshot_index = index
+        log.info("group %d member %d: snapshot at %d, %d WAL segments released",
+                 self.config.group_id, self.config.member_id, index, len(released))
+
+    def _install_snapshot(self, snapshot: Snapshot) -> None:
+        write_file_durably(self._incoming_snapshot, snapshot.data)
+        self.wal.save_snapshot(Snapshot(snapshot.meta))  # the data lives on as the store's file
+        self._finish_snapshot_install()
+        self._snapshot_index = snapshot.meta.index
+        log.info("group %d member %d: installed a snapshot at %d (%d bytes)", self.config.group_id,
+                 self.config.member_id, snapshot.meta.index, len(snapshot.data))
+
+    def _finish_snapshot_install(self) -> None:
+        """Put a received snapshot in place if the WAL has recorded it; drop it otherwise."""
+        if not self._incoming_snapshot.exists():
+            return
+        if self.wal.storage.snapshot().meta.index > self.store.applied_index:
+            self.store.replace_database(self._incoming_snapshot)
+        else:
+            self._incoming_snapshot.unlink()  # never recorded, or already in place
 
     def _apply(self, entries) -> None:
         proposals = []
@@ -430,6 +508,7 @@ class Replica:
             revision=self.store.revision, compacted_revision=self.store.compacted_revision,
             db_size=self.store.db_size_bytes(), db_size_in_use=self.store.db_size_in_use_bytes(),
             alarms=[{"memberID": member, "alarm": alarm} for member, alarm in sorted(self.store.alarms)],
+            wal_fsyncs=self.wal.fsync_count,
         )
 
 

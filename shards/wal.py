@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 from native import codec, walframe
+from shards.durable import fsync_directory
 from shards.raft.storage import (
     ConfState,
     Entry,
@@ -137,14 +138,6 @@ def decode_snapshot_marker(payload: bytes) -> tuple[SnapshotMeta, bool]:
     return SnapshotMeta(index, term, conf_state), bool(reset)
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _preallocate(fd: int, size: int) -> None:
     """Reserve `size` zero bytes; a filesystem without fallocate gets a sparse file."""
     try:
@@ -174,6 +167,7 @@ class WriteAheadLog:
         self._offset = 0  # where the next frame of the last segment goes
         self._head_end = 0  # where the last segment's head records end
         self._unsynced = False
+        self.fsync_count = 0  # fdatasyncs of appended data: shows whether batching works
 
     # --- opening -----------------------------------------------------------------
 
@@ -313,7 +307,7 @@ class WriteAheadLog:
             _pwrite_all(fd, head, 0)
             os.fsync(fd)
             os.rename(temporary, path)
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
         except BaseException:
             os.close(fd)
             raise
@@ -399,6 +393,7 @@ class WriteAheadLog:
         if self._unsynced:
             os.fdatasync(self._fd)
             self._unsynced = False
+            self.fsync_count += 1
 
     # --- releasing -------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import tessera
 from native import codec, crc, walframe
-from shards.replica import MemberAddresses, ReplicaConfig, run_until_stopped
+from shards.replica import MemberAddresses, ReplicaConfig, ReplicaStateError, run_until_stopped
+from shards.wal import WalCorruptionError
 
 
 def build_info() -> dict[str, str]:
@@ -63,12 +64,17 @@ def command_replica(args: argparse.Namespace) -> int:
     config = ReplicaConfig(
         group_id=args.group, member_id=args.member, data_dir=Path(args.data_dir), members=args.members,
         heartbeat_interval_ms=args.heartbeat_interval, election_timeout_ms=args.election_timeout,
-        quota_backend_bytes=args.quota_backend_bytes,
+        quota_backend_bytes=args.quota_backend_bytes, snapshot_count=args.snapshot_count,
+        snapshot_catchup_entries=args.snapshot_catchup_entries,
     )
     try:
         asyncio.run(run_until_stopped(config, parent_pid=args.parent_pid))
     except KeyboardInterrupt:
         pass
+    except (WalCorruptionError, ReplicaStateError) as error:
+        # Refuse to start rather than guess: the operator must look at the named file.
+        print(f"tessera replica: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -90,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     replica.add_argument("--heartbeat-interval", type=int, default=100, help="milliseconds (etcd's default)")
     replica.add_argument("--election-timeout", type=int, default=1000, help="milliseconds (etcd's default)")
     replica.add_argument("--quota-backend-bytes", type=int, default=2 * 1024**3)
+    replica.add_argument("--snapshot-count", type=int, default=100_000,
+                         help="applied entries between snapshots (etcd's default)")
+    replica.add_argument("--snapshot-catchup-entries", type=int, default=5000,
+                         help="entries kept after a snapshot for slow followers (etcd keeps 5000)")
     replica.add_argument("--parent-pid", type=int, default=None,
                          help="stop when this process is gone (test clusters stop themselves)")
     replica.set_defaults(run=command_replica)

@@ -36,9 +36,10 @@ def free_ports(count: int) -> list[int]:
 
 
 class ReplicaGroup:
-    def __init__(self, directory: Path, size: int = 3, group_id: int = 1):
+    def __init__(self, directory: Path, size: int = 3, group_id: int = 1, extra_arguments=()):
         self.directory = directory
         self.group_id = group_id
+        self.extra_arguments = list(extra_arguments)
         ports = free_ports(2 * size)
         self.peer_ports = dict(zip(range(1, size + 1), ports[:size]))
         self.api_ports = dict(zip(range(1, size + 1), ports[size:]))
@@ -58,7 +59,7 @@ class ReplicaGroup:
         self.processes[member] = subprocess.Popen(
             [sys.executable, "-m", "tessera.cli", "replica", "--group", str(self.group_id),
              "--member", str(member), "--data-dir", str(self.directory / f"member-{member}"),
-             "--members", self.members_argument, "--parent-pid", str(os.getpid())],
+             "--members", self.members_argument, "--parent-pid", str(os.getpid()), *self.extra_arguments],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )
 

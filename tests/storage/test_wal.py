@@ -150,7 +150,10 @@ def test_unsynced_appends_are_synced_on_request(tmp_path):
     wal = WriteAheadLog.open(tmp_path)
     for first in range(1, 50, 7):
         wal.append(batch(first, 7), sync=False)
+    assert wal.fsync_count == 0
     wal.sync()
+    wal.sync()  # nothing new to sync
+    assert wal.fsync_count == 1
     assert whole_log(reopen(wal)) == batch(1, 49)
 
 
