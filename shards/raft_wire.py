@@ -22,6 +22,13 @@ from native import codec
 from shards.raft.messages import Message, MessageType
 from shards.raft.storage import ConfState, Entry, Snapshot, SnapshotMeta
 
+# Never sent between replicas: the core makes these for itself.
+_LOCAL_ONLY = frozenset({MessageType.HUP, MessageType.BEAT, MessageType.CHECK_QUORUM,
+                         MessageType.SNAP_STATUS, MessageType.UNREACHABLE})
+# Forwarded to the leader as the follower received them, without a term. Any
+# other message with term 0 would be taken for a local one and skip the term checks.
+_TERMLESS = frozenset({MessageType.PROP, MessageType.READ_INDEX, MessageType.TRANSFER_LEADER})
+
 _COUNT = struct.Struct("<I")
 _HEAD = struct.Struct("<BBBQQQQQQQI")
 _LENGTH = struct.Struct("<I")
@@ -81,6 +88,9 @@ def _decode(view: memoryview) -> list[Message]:
         (kind, reject, has_snapshot, to, frm, term, log_term, index, commit, reject_hint,
          context_length) = _HEAD.unpack_from(view, position)
         position += _HEAD.size
+        kind = MessageType(kind)
+        if kind in _LOCAL_ONLY or (term == 0 and kind not in _TERMLESS):
+            raise WireError(f"a {kind.name} message with term {term} cannot come from a peer")
         context, position = _take(view, position, context_length)
         (entries_length,) = _LENGTH.unpack_from(view, position)
         entries_bytes, position = _take(view, position + _LENGTH.size, entries_length)
@@ -96,7 +106,7 @@ def _decode(view: memoryview) -> list[Message]:
             conf_state = ConfState(voters=ids[:voter_count], learners=ids[voter_count:])
             snapshot = Snapshot(SnapshotMeta(snap_index, snap_term, conf_state), snapshot_data)
         messages.append(Message(
-            type=MessageType(kind), to=to, frm=frm, term=term, log_term=log_term, index=index,
+            type=kind, to=to, frm=frm, term=term, log_term=log_term, index=index,
             entries=entries, commit=commit, reject=bool(reject), reject_hint=reject_hint,
             context=context, snapshot=snapshot,
         ))

@@ -151,7 +151,10 @@ class Replica:
                 election_ticks=config.election_timeout_ms // config.heartbeat_interval_ms,
                 heartbeat_ticks=1,
                 tick_interval_ms=config.heartbeat_interval_ms,
-                applied_index=self.store.applied_index,
+                # Restart at the snapshot, as etcd does: raft hands out every entry
+                # after it again, the store skips what it has applied, and membership
+                # changes in them reach the core again.
+                applied_index=self.wal.storage.snapshot().meta.index,
             ),
             self.wal.storage,
             random.Random(secrets.randbits(64)),

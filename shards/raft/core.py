@@ -176,6 +176,7 @@ class Raft:
                 )
             self.log.committed = hard_state.commit
         if config.applied_index:
+            self._refuse_skipping_conf_changes(storage, config.applied_index)
             self.log.applied_to(config.applied_index)
 
         self.role = Role.FOLLOWER
@@ -318,6 +319,27 @@ class Raft:
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
             self.heartbeat_elapsed = 0
             self.step(Message(MessageType.BEAT, frm=self.id))
+
+    def _refuse_skipping_conf_changes(self, storage: Storage, applied_index: int) -> None:
+        """Membership comes from the snapshot; changes after it must be applied again.
+
+        A restart may skip handing out entries its state machine has applied,
+        but not membership changes: the core learns those only when the caller
+        applies them. A caller must restart with applied_index at most the
+        snapshot's index when entries after it change membership (etcd
+        restarts at the snapshot and replays).
+        """
+        snapshot_index = storage.snapshot().meta.index
+        last = min(applied_index, self.log.last_index())
+        if last <= snapshot_index:
+            return
+        skipped = storage.entries(max(snapshot_index + 1, storage.first_index()), last + 1)
+        changes = [entry.index for entry in skipped if entry.type == EntryType.CONF_CHANGE]
+        if changes:
+            raise ConfigError(
+                f"applied_index {applied_index} would skip membership changes at {changes}: "
+                f"restart at or below the snapshot index {snapshot_index} and apply them again"
+            )
 
     # --- Sending -------------------------------------------------------------
 
@@ -594,14 +616,17 @@ class Raft:
         ):
             self._drop(m, "too many uncommitted entries")
             return
-        first_index = self.log.last_index() + 1
-        for position, entry in enumerate(m.entries):
-            if entry.type == EntryType.CONF_CHANGE:
-                refusal = self._conf_change_refusal(entry.data)
-                if refusal:
-                    self._drop(m, refusal)
-                    return
-                self.pending_conf_index = first_index + position
+        # Check the whole batch before changing anything: a refused batch leaves no trace.
+        changes = [position for position, entry in enumerate(m.entries) if entry.type == EntryType.CONF_CHANGE]
+        if len(changes) > 1:
+            self._drop(m, "one membership change at a time")
+            return
+        if changes:
+            refusal = self._conf_change_refusal(m.entries[changes[0]].data)
+            if refusal:
+                self._drop(m, refusal)
+                return
+            self.pending_conf_index = self.log.last_index() + 1 + changes[0]
         self._append_entries(m.entries)
         self.uncommitted_entries_bytes += proposal_bytes
         self.proposals_unsent = True
@@ -609,7 +634,10 @@ class Raft:
     def _conf_change_refusal(self, data: bytes) -> str:
         if self.pending_conf_index > self.log.applied:
             return "a membership change is still pending"
-        change = ConfChange.decode(data)
+        try:
+            change = ConfChange.decode(data)
+        except ValueError as error:
+            return f"malformed membership change: {error}"
         if change.type != ConfChangeType.ADD_VOTER and self.tracker.voters == {change.node_id}:
             return "cannot remove or demote the last voter"
         return ""
@@ -774,6 +802,7 @@ class Raft:
         self.read_rounds.append(ReadRound(self.read_seq, self.log.committed, self.unsent_reads))
         self.unsent_reads = []
         self._bcast_heartbeat()
+        self._confirm_reads()  # a lone voter is its own quorum: nobody else will answer
 
     def _confirm_reads(self) -> None:
         acks = dict(self.read_acks)
