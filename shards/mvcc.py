@@ -195,6 +195,7 @@ class MvccStore:
         self._compact_finished = meta.get(_META_COMPACT_FINISHED, 0)
         if self.compacted_revision:
             self._index.compact(self.compacted_revision)
+        self._in_use_bytes = self.db_size_in_use_bytes()
 
     def close(self) -> None:
         if self._env is not None:
@@ -280,7 +281,9 @@ class MvccStore:
         """Apply committed proposals in one write transaction; skip those applied before."""
         while True:
             try:
-                return self._apply_batch(proposals)
+                result = self._apply_batch(proposals)
+                self._in_use_bytes = self.db_size_in_use_bytes()
+                return result
             except lmdb.MapFullError:
                 self.map_size_bytes *= 2
                 self._env.set_mapsize(self.map_size_bytes)
@@ -461,8 +464,11 @@ class MvccStore:
         return pages * self._env.stat()["psize"]
 
     def quota_exceeded(self, incoming_bytes: int = 0) -> bool:
-        """Whether a write of about `incoming_bytes` would pass the quota (checked before proposing)."""
-        return self.db_size_in_use_bytes() + incoming_bytes > self.quota_bytes
+        """Whether a write of about `incoming_bytes` would pass the quota (checked before proposing).
+
+        Uses the pages in use as of the last applied batch, so the check costs nothing per request.
+        """
+        return self._in_use_bytes + incoming_bytes > self.quota_bytes
 
     def defragment(self) -> None:
         """Rewrite the database compactly, giving free pages back to the file system."""

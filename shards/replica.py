@@ -14,7 +14,8 @@ requests). Each turn of `_drive`:
      the WAL with one fdatasync, send what had to wait for it (votes, append
      acknowledgements), apply committed entries to the MVCC store in one
      LMDB transaction, answer the writes applied and the reads now servable,
-     and advance.
+     and advance;
+  4. removes one bounded batch of compacted history, if a compaction is pending.
 
 A write travels in its raft entry as ShardRequest bytes, under an id this
 replica chose; applying it answers whoever waits on that id here. A replica
@@ -68,7 +69,7 @@ from tessera.api.internal_pb2 import (
     ShardResponseBatch,
     StatusResponse,
 )
-from tessera.api.rpc_pb2 import ResponseHeader
+from tessera.api.rpc_pb2 import NOSPACE, AlarmRequest, ResponseHeader
 
 log = logging.getLogger("tessera.replica")
 
@@ -243,6 +244,10 @@ class Replica:
             self._propose_queued()
             while node.has_ready():
                 self._handle_ready(node.ready())
+            if self.store.compaction_pending:
+                # One bounded step per turn: applies never wait behind a whole compaction.
+                self.store.compact_step()
+                self._wake.set()
             # Yield so streams can queue more work before the next turn.
             await asyncio.sleep(0)
 
@@ -478,20 +483,31 @@ class Replica:
             validation.check_txn(request.txn)
         if self._commit_index - self.store.applied_index > self.config.max_pending_applies:
             raise errors.TooManyRequests()
-        proposal_id = self._next_proposal_id
-        self._next_proposal_id += 1
-        entry = ShardRequest()
-        entry.CopyFrom(request)
-        entry.id = proposal_id
+        if kind in ("put", "txn") and self.store.quota_exceeded(request.ByteSize()):
+            # As etcd: the alarm goes through raft, so every replica refuses the same writes.
+            if not self.store.space_exceeded:
+                self._queue_proposal(ShardRequest(alarm=AlarmRequest(
+                    action=AlarmRequest.ACTIVATE, memberID=self.config.member_id, alarm=NOSPACE)))
+            raise errors.NoSpace()
+        proposal_id = self._queue_proposal(request)
         future = asyncio.get_running_loop().create_future()
         self._waiting_writes[proposal_id] = future
-        self._writes.append((proposal_id, entry.SerializeToString()))
-        self._wake.set()
         try:
             return await asyncio.wait_for(asyncio.shield(future), WRITE_TIMEOUT_SECONDS)
         except asyncio.TimeoutError:
             self._waiting_writes.pop(proposal_id, None)
             return errors.RequestTimeout()
+
+    def _queue_proposal(self, request: ShardRequest) -> int:
+        """Queue a request for the next proposal batch, under a new proposal id."""
+        proposal_id = self._next_proposal_id
+        self._next_proposal_id += 1
+        entry = ShardRequest()
+        entry.CopyFrom(request)
+        entry.id = proposal_id
+        self._writes.append((proposal_id, entry.SerializeToString()))
+        self._wake.set()
+        return proposal_id
 
     async def _linearizable_read(self, request: ShardRequest):
         self._check_leader()

@@ -7,7 +7,14 @@ import pytest
 from replica_cluster import ReplicaGroup, ShardClient, wait_for_leader
 
 from native import codec, walframe
-from tessera.api.rpc_pb2 import PutRequest, RangeRequest
+from tessera.api.rpc_pb2 import (
+    NOSPACE,
+    AlarmRequest,
+    CompactionRequest,
+    DeleteRangeRequest,
+    PutRequest,
+    RangeRequest,
+)
 
 
 @pytest.fixture
@@ -286,6 +293,53 @@ def test_a_follower_too_far_behind_catches_up_by_snapshot(tmp_path):
                     pass
                 await asyncio.sleep(0.1)
             raise AssertionError(f"the follower lost its snapshot on restart\n{group.logs()}")
+
+        asyncio.run(scenario())
+    finally:
+        group.stop_all()
+
+
+def test_past_the_quota_writes_get_nospace_on_every_replica_until_disarmed(tmp_path):
+    group = ReplicaGroup(tmp_path, extra_arguments=["--quota-backend-bytes", str(512 * 1024)])
+    group.start_all()
+    try:
+        async def scenario():
+            leader = await wait_for_leader(group)
+            async with ShardClient(group.api_address(leader)) as client:
+                outcomes = []
+                for number in range(200):
+                    answer = await client.request(put=PutRequest(key=b"big-%03d" % number, value=bytes(8000)))
+                    outcomes.append(answer.error.message or "ok")
+                    if answer.error.message:
+                        break
+                assert outcomes[-1] == "etcdserver: mvcc: database space exceeded"
+                refused = await client.request(put=PutRequest(key=b"small", value=b"x"))
+                assert (refused.error.code, refused.error.message) == (
+                    "RESOURCE_EXHAUSTED", "etcdserver: mvcc: database space exceeded")
+                # Reads and deletes still work.
+                assert (await client.request(range=RangeRequest(key=b"big-000"))).range.count == 1
+                deleted = await client.request(delete_range=DeleteRangeRequest(key=b"big-", range_end=b"big."))
+                assert deleted.delete_range.deleted == len(outcomes) - 1
+                for member in group.processes:
+                    async with ShardClient(group.api_address(member)) as other:
+                        for _ in range(50):
+                            alarms = (await other.request(status={})).status.alarms
+                            if alarms:
+                                break
+                            await asyncio.sleep(0.05)
+                        assert [(a.memberID, a.alarm) for a in alarms] == [(leader, NOSPACE)]
+                # What an etcd operator does: free space (delete, compact), then disarm.
+                compaction = CompactionRequest(revision=deleted.delete_range.header.revision)
+                assert (await client.request(compaction=compaction)).WhichOneof("response") == "compaction"
+                for _ in range(100):
+                    status = (await client.request(status={})).status
+                    if status.db_size_in_use < 256 * 1024:
+                        break
+                    await asyncio.sleep(0.05)
+                disarm = AlarmRequest(action=AlarmRequest.DEACTIVATE, memberID=leader, alarm=NOSPACE)
+                assert (await client.request(alarm=disarm)).alarm.alarms[0].alarm == NOSPACE
+                answer = await client.request(put=PutRequest(key=b"small", value=b"x"))
+                assert answer.WhichOneof("response") == "put", answer
 
         asyncio.run(scenario())
     finally:
