@@ -127,6 +127,36 @@ async def read_all(group, member, serializable=False):
     return {kv.key: kv.value for kv in answer.range.kvs}
 
 
+async def stop_a_follower_after_writes(group):
+    """Write 50 keys, then kill a follower: (leader, follower, the follower's WAL directory)."""
+    leader = await wait_for_leader(group)
+    async with ShardClient(group.api_address(leader)) as client:
+        await put_many(client, b"a-", 50)
+    follower = next(member for member in group.processes if member != leader)
+    group.kill(follower)
+    return leader, follower, group.directory / f"member-{follower}" / "wal"
+
+
+def refused_start_log(group, follower) -> str:
+    """Start the member, expect it to refuse (exit 1), and return what it logged."""
+    group.start(follower)
+    assert group.processes.pop(follower).wait(timeout=30) == 1
+    return (group.directory / f"member-{follower}.log").read_text()
+
+
+async def wait_until_caught_up(group, follower, leader, what="catch up"):
+    """Until the follower's own state (a serializable read) equals the leader's."""
+    expected = await read_all(group, leader)
+    for _ in range(150):
+        try:
+            if await read_all(group, follower, serializable=True) == expected:
+                return
+        except (grpc.aio.AioRpcError, asyncio.TimeoutError):
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the follower did not {what}\n{group.logs()}")
+
+
 def test_a_killed_follower_restarts_and_catches_up(group):
     async def scenario():
         leader = await wait_for_leader(group)
@@ -136,15 +166,7 @@ def test_a_killed_follower_restarts_and_catches_up(group):
             group.kill(follower)
             await put_many(client, b"while-down-", 300)  # two of three still make a quorum
         group.start(follower)
-        expected = await read_all(group, leader)
-        for _ in range(100):
-            try:
-                if await read_all(group, follower, serializable=True) == expected:
-                    return
-            except (grpc.aio.AioRpcError, asyncio.TimeoutError):
-                pass
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"the restarted follower did not catch up\n{group.logs()}")
+        await wait_until_caught_up(group, follower, leader)
 
     asyncio.run(scenario())
 
@@ -180,12 +202,8 @@ def test_killing_every_replica_mid_load_loses_no_acknowledged_write(group):
 
 def test_a_torn_wal_tail_is_recovered_on_restart(group):
     async def scenario():
-        leader = await wait_for_leader(group)
-        follower = next(member for member in group.processes if member != leader)
-        async with ShardClient(group.api_address(leader)) as client:
-            await put_many(client, b"a-", 50)
-        group.kill(follower)
-        segment = sorted((group.directory / f"member-{follower}" / "wal").glob("*.wal"))[-1]
+        leader, follower, wal = await stop_a_follower_after_writes(group)
+        segment = sorted(wal.glob("*.wal"))[-1]
         data = bytearray(segment.read_bytes())
         end = len(data.rstrip(b"\0"))
         end += -end % 8
@@ -196,16 +214,7 @@ def test_a_torn_wal_tail_is_recovered_on_restart(group):
         group.start(follower)
         async with ShardClient(group.api_address(leader)) as client:
             await put_many(client, b"b-", 50)
-        expected = await read_all(group, leader)
-        for _ in range(100):
-            try:
-                if await read_all(group, follower, serializable=True) == expected:
-                    break
-            except (grpc.aio.AioRpcError, asyncio.TimeoutError):
-                pass
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError(f"the follower did not recover\n{group.logs()}")
+        await wait_until_caught_up(group, follower, leader, "recover")
         assert "torn tail" in (group.directory / f"member-{follower}.log").read_text()
 
     asyncio.run(scenario())
@@ -213,20 +222,12 @@ def test_a_torn_wal_tail_is_recovered_on_restart(group):
 
 def test_a_corrupted_wal_refuses_to_start_naming_file_and_offset(group):
     async def scenario():
-        leader = await wait_for_leader(group)
-        async with ShardClient(group.api_address(leader)) as client:
-            await put_many(client, b"a-", 50)
-        follower = next(member for member in group.processes if member != leader)
-        group.kill(follower)
-        segment = sorted((group.directory / f"member-{follower}" / "wal").glob("*.wal"))[-1]
+        _, follower, wal = await stop_a_follower_after_writes(group)
+        segment = sorted(wal.glob("*.wal"))[-1]
         data = bytearray(segment.read_bytes())
         data[200] ^= 0xFF  # inside an early frame, with whole frames after it
         segment.write_bytes(data)
-        group.start(follower)
-        assert group.processes[follower].wait(timeout=30) == 1
-        log = (group.directory / f"member-{follower}.log").read_text()
-        assert f"WAL corrupt: {segment} at byte offset" in log
-        group.processes.pop(follower)
+        assert f"WAL corrupt: {segment} at byte offset" in refused_start_log(group, follower)
 
     asyncio.run(scenario())
 
@@ -235,19 +236,11 @@ def test_a_wal_that_lost_synced_data_refuses_to_start(group):
     """The store applied entries the WAL no longer has: a lying disk, not a crash."""
 
     async def scenario():
-        leader = await wait_for_leader(group)
-        async with ShardClient(group.api_address(leader)) as client:
-            await put_many(client, b"a-", 50)
-        follower = next(member for member in group.processes if member != leader)
-        group.kill(follower)
-        wal = group.directory / f"member-{follower}" / "wal"
+        _, follower, wal = await stop_a_follower_after_writes(group)
         for segment in wal.glob("*.wal"):
             segment.unlink()
-        group.start(follower)
-        assert group.processes[follower].wait(timeout=30) == 1
-        log = (group.directory / f"member-{follower}.log").read_text()
+        log = refused_start_log(group, follower)
         assert "the store has applied raft index" in log and str(wal) in log
-        group.processes.pop(follower)
 
     asyncio.run(scenario())
 
@@ -267,16 +260,7 @@ def test_a_follower_too_far_behind_catches_up_by_snapshot(tmp_path):
             leader_wal = group.directory / f"member-{leader}" / "wal"
             assert "snapshot at" in (group.directory / f"member-{leader}.log").read_text()
             group.start(follower)
-            expected = await read_all(group, leader)
-            for _ in range(150):
-                try:
-                    if await read_all(group, follower, serializable=True) == expected:
-                        break
-                except (grpc.aio.AioRpcError, asyncio.TimeoutError):
-                    pass
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError(f"the follower did not catch up\n{group.logs()}")
+            await wait_until_caught_up(group, follower, leader)
             assert "installed a snapshot" in (group.directory / f"member-{follower}.log").read_text()
             assert leader_wal.exists()
             # It keeps up afterwards, by log, and survives a restart from the installed state.
@@ -284,15 +268,7 @@ def test_a_follower_too_far_behind_catches_up_by_snapshot(tmp_path):
                 await put_many(client, b"after-", 30)
             group.kill(follower)
             group.start(follower)
-            expected = await read_all(group, leader)
-            for _ in range(150):
-                try:
-                    if await read_all(group, follower, serializable=True) == expected:
-                        return
-                except (grpc.aio.AioRpcError, asyncio.TimeoutError):
-                    pass
-                await asyncio.sleep(0.1)
-            raise AssertionError(f"the follower lost its snapshot on restart\n{group.logs()}")
+            await wait_until_caught_up(group, follower, leader, "keep its snapshot over a restart")
 
         asyncio.run(scenario())
     finally:
