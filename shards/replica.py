@@ -54,7 +54,7 @@ from pathlib import Path
 import grpc
 
 from shards.durable import write_file_durably
-from shards.mvcc import MvccStore, Proposal, RaiseRevision
+from shards.mvcc import MvccStore, Proposal, RaiseRevision, RevokeLease
 from shards.raft import Config, ProposalDropped, RawNode, Ready, Role
 from shards.raft.messages import ConfChange, Message, MessageType
 from shards.raft.storage import ConfState, EntryType, Snapshot, SnapshotMeta
@@ -85,7 +85,9 @@ READ_TIMEOUT_SECONDS = 7.0
 # reading more: a router that floods is slowed, not buffered without bound.
 STREAM_IN_FLIGHT_MAX = 10_000
 
-_WRITE_KINDS = {"put", "delete_range", "txn", "compaction", "raise_revision", "alarm"}
+_WRITE_KINDS = {"put", "delete_range", "txn", "compaction", "raise_revision", "alarm", "revoke_lease"}
+# Requests the store answers with no response message of their own: the answer is a header.
+_HEADER_ANSWERS = {"raise_revision": "raised", "revoke_lease": "lease_revoked"}
 
 
 class ReplicaStateError(Exception):
@@ -350,6 +352,8 @@ class Replica:
             kind = request.WhichOneof("request")
             if kind == "raise_revision":
                 store_request = RaiseRevision(request.raise_revision)
+            elif kind == "revoke_lease":
+                store_request = RevokeLease(request.revoke_lease)
             else:
                 store_request = getattr(request, kind)
             waiting[len(proposals)] = request.id
@@ -462,8 +466,8 @@ class Replica:
                                           leader_address=leader.api if leader else ""))
         elif isinstance(outcome, errors.EtcdError):
             response.error.CopyFrom(Error(code=outcome.code, message=outcome.message))
-        elif kind == "raise_revision":
-            response.raised.CopyFrom(ResponseHeader(revision=self.store.revision))
+        elif kind in _HEADER_ANSWERS:
+            getattr(response, _HEADER_ANSWERS[kind]).CopyFrom(ResponseHeader(revision=self.store.revision))
         else:
             getattr(response, kind).CopyFrom(outcome)
         return response

@@ -37,6 +37,15 @@ def test_a_group_elects_replicates_and_serves(group):
             assert revisions == list(range(2, 202))
             read = await client.request(range=RangeRequest(key=b"key-", range_end=b"key.", count_only=True))
             assert read.range.count == 200 and read.range.header.revision == 201
+            # Keys attached to a lease go when it is revoked; the lease is refused afterwards.
+            await client.request(put=PutRequest(key=b"leased-1", value=b"v", lease=77))
+            await client.request(put=PutRequest(key=b"leased-2", value=b"v", lease=77))
+            revoked = await client.request(revoke_lease=77)
+            assert revoked.lease_revoked.revision == 204  # both keys deleted at one revision
+            gone = await client.request(range=RangeRequest(key=b"leased-", range_end=b"leased.", count_only=True))
+            assert gone.range.count == 0
+            late = await client.request(put=PutRequest(key=b"leased-3", value=b"v", lease=77))
+            assert (late.error.code, late.error.message) == ("NOT_FOUND", "etcdserver: requested lease not found")
         follower = next(member for member in group.processes if member != leader)
         async with ShardClient(group.api_address(follower)) as client:
             refused = await client.request(put=PutRequest(key=b"x", value=b"y"))
