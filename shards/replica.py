@@ -69,7 +69,7 @@ from tessera.api.internal_pb2 import (
     ShardResponseBatch,
     StatusResponse,
 )
-from tessera.api.rpc_pb2 import NOSPACE, AlarmRequest, ResponseHeader
+from tessera.api.rpc_pb2 import NOSPACE, AlarmRequest, MoveLeaderResponse, ResponseHeader
 
 log = logging.getLogger("tessera.replica")
 
@@ -166,6 +166,7 @@ class Replica:
         self.leader_id = 0
         self.role = Role.FOLLOWER
         self._wake = asyncio.Event()
+        self._leader_changed = asyncio.Event()  # set whenever who leads may have changed
         self._inbox: list[Message] = []
         self._ticks_due = 0
         self._writes: list[tuple[int, bytes]] = []  # (proposal id, entry data) to propose
@@ -367,6 +368,7 @@ class Replica:
     def _leadership_changed(self, leader_id: int, role: Role) -> None:
         was_leader = self.role == Role.LEADER
         self.leader_id, self.role = leader_id, role
+        self._leader_changed.set()
         if was_leader and role != Role.LEADER:
             self._fail_waiting(errors.LeaderChanged())
         log.info("group %d member %d: leader is %d, role %s", self.config.group_id,
@@ -443,7 +445,9 @@ class Replica:
         try:
             if kind == "status":
                 return ShardResponse(id=request.id, status=self.status())
-            if kind == "range":
+            if kind == "move_leader":
+                outcome = await self._move_leader(request.move_leader.targetID)
+            elif kind == "range":
                 validation.check_range(request.range)
                 if request.range.serializable:
                     outcome = self._local_range(request)
@@ -512,6 +516,25 @@ class Replica:
         self._writes.append((proposal_id, entry.SerializeToString()))
         self._wake.set()
         return proposal_id
+
+    async def _move_leader(self, target: int):
+        """Hand leadership to a caught-up voter (raft's TimeoutNow), as etcd's MoveLeader."""
+        self._check_leader()
+        status = self.node.status()
+        if target == self.config.member_id or target not in status.conf_state.voters:
+            raise errors.BadLeaderTransferee()
+        self.node.transfer_leader(target)
+        self._wake.set()
+        deadline = asyncio.get_running_loop().time() + WRITE_TIMEOUT_SECONDS
+        while self.leader_id != target:
+            if asyncio.get_running_loop().time() > deadline:
+                return errors.RequestTimeout()
+            self._leader_changed.clear()
+            try:
+                await asyncio.wait_for(self._leader_changed.wait(), deadline - asyncio.get_running_loop().time())
+            except asyncio.TimeoutError:
+                pass
+        return MoveLeaderResponse(header=ResponseHeader(revision=self.store.revision))
 
     async def _linearizable_read(self, request: ShardRequest):
         self._check_leader()

@@ -100,3 +100,8 @@ class TooManyRequests(EtcdError):
 class Stopped(EtcdError):
     code = "UNAVAILABLE"
     message = "etcdserver: server stopped"
+
+
+class BadLeaderTransferee(EtcdError):
+    code = "FAILED_PRECONDITION"
+    message = "etcdserver: bad leader transferee"

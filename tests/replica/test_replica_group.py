@@ -329,3 +329,28 @@ def test_past_the_quota_writes_get_nospace_on_every_replica_until_disarmed(tmp_p
         asyncio.run(scenario())
     finally:
         group.stop_all()
+
+
+def test_leadership_moves_to_a_chosen_voter_and_writes_follow(group):
+    async def scenario():
+        leader = await wait_for_leader(group)
+        target = max(member for member in group.processes if member != leader)
+        async with ShardClient(group.api_address(target)) as follower:
+            refused = await follower.request(move_leader={"targetID": leader})
+            assert refused.error.message == "etcdserver: not leader"
+        async with ShardClient(group.api_address(leader)) as client:
+            await put_many(client, b"before-", 20)
+            for bad_target in (leader, 99):
+                refused = await client.request(move_leader={"targetID": bad_target})
+                assert (refused.error.code, refused.error.message) == (
+                    "FAILED_PRECONDITION", "etcdserver: bad leader transferee")
+            moved = await client.request(move_leader={"targetID": target})
+            assert moved.WhichOneof("response") == "move_leader", moved
+            assert moved.move_leader.header.revision == 21
+        assert await wait_for_leader(group) == target
+        async with ShardClient(group.api_address(target)) as client:
+            await put_many(client, b"after-", 20)
+            count = await client.request(range=RangeRequest(key=b"\0", range_end=b"\0", count_only=True))
+            assert count.range.count == 40
+
+    asyncio.run(scenario())
