@@ -263,6 +263,42 @@ class MvccStore:
                 kv.value = b""
         return response
 
+    def changes(
+        self, start_revision: int, key: bytes, range_end: bytes = b"", limit: int = 10_000,
+    ) -> tuple[list[ChangeEvent], int]:
+        """The events at start_revision and after for keys in the range, as apply produced them.
+
+        Returns (events, next revision to read from): at most `limit` events,
+        but never part of a revision, so a watch that pages through history
+        with it sees every revision whole. Raises Compacted below the
+        compacted revision, as a watch from there must be cancelled.
+        """
+        if start_revision < self.compacted_revision:
+            raise errors.Compacted()
+        end = _range_end(key, range_end) if range_end else None
+        events: list[ChangeEvent] = []
+        with self._env.begin() as txn:
+            cursor = txn.cursor(db=self._history)
+            present = cursor.set_range(codec.encode_revision(max(start_revision, 1), 0))
+            while present:
+                revision_key, record = cursor.item()
+                main, _, tombstone = codec.decode_revision(revision_key)
+                if len(events) >= limit and events[-1].revision != main:
+                    return events, main
+                record_key = codec.decode_key_value(record)[KEY]
+                in_range = (
+                    record_key == key if not range_end
+                    else key <= record_key and (end is None or record_key < end)
+                )
+                if in_range and main > self.compacted_revision:
+                    previous = self._index.get(record_key, main - 1)
+                    events.append(ChangeEvent(
+                        Event.DELETE if tombstone else Event.PUT, main, record,
+                        self._record_bytes(txn, previous) if previous is not None else None,
+                    ))
+                present = cursor.next()
+        return events, self.revision + 1
+
     def _record(self, txn, revision_key: bytes) -> KeyValue:
         """The record at a revision the index gave, as the message a response carries."""
         return KeyValue.FromString(self._record_bytes(txn, revision_key))
