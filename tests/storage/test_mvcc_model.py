@@ -270,3 +270,15 @@ def test_changes_below_the_compacted_revision_are_refused(tmp_path):
     assert [event.revision for event in events] == [5, 6]
     assert codec.decode_key_value(events[0].prev_kv)[4] == b"3"  # the record visible at 4
     store.close()
+
+
+def test_a_page_of_changes_never_splits_a_revision(tmp_path):
+    store = MvccStore.open(tmp_path)
+    store.apply([Proposal(1, 0, [PutRequest(key=k, value=b"v") for k in (b"a", b"b", b"c")])])
+    store.apply([Proposal(2, 0, [DeleteRangeRequest(key=b"a", range_end=b"d")])])  # 3 events at 5
+    first, next_revision = store.changes(2, b"a", b"d", limit=2)
+    assert [event.revision for event in first] == [2, 3]
+    second, next_revision = store.changes(next_revision, b"a", b"d", limit=2)
+    assert [event.revision for event in second] == [4, 5, 5, 5]  # over the limit, but whole
+    assert next_revision == store.revision + 1
+    store.close()
