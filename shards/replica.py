@@ -136,12 +136,12 @@ class Replica:
         self.store = MvccStore.open(config.data_dir / "mvcc", quota_bytes=config.quota_backend_bytes)
         self._incoming_snapshot = config.data_dir / "snapshot.mdb"
         self._finish_snapshot_install()
-        durable_commit = self.wal.storage.hard_state.commit
-        if self.store.applied_index > max(durable_commit, self.wal.storage.snapshot().meta.index):
+        durable_last = max(self.wal.storage.last_index(), self.wal.storage.snapshot().meta.index)
+        if self.store.applied_index > durable_last:
             # Entries are applied only after the WAL made them durable: the disk lost fsynced data.
             raise ReplicaStateError(
                 f"the store has applied raft index {self.store.applied_index} but the write-ahead "
-                f"log in {config.data_dir / 'wal'} only commits up to {durable_commit}: "
+                f"log in {config.data_dir / 'wal'} only holds entries up to {durable_last}: "
                 f"it lost data that was synced; this replica must be replaced, not restarted"
             )
         if self.wal.storage.last_index() == 0 and not self.wal.storage.snapshot().meta.conf_state.voters:
@@ -278,7 +278,12 @@ class Replica:
         if ready.snapshot is not None:
             self._install_snapshot(ready.snapshot)
         if ready.entries or ready.hard_state is not None:
-            self.wal.append(ready.entries, ready.hard_state)
+            # As etcd (raft's MustSync): new entries, a vote or a term must be durable before
+            # anything depends on them; a commit index alone need not, raft learns it again.
+            previous = self.wal.storage.hard_state
+            must_sync = bool(ready.entries) or ready.hard_state is not None and (
+                ready.hard_state.term != previous.term or ready.hard_state.vote != previous.vote)
+            self.wal.append(ready.entries, ready.hard_state, sync=must_sync)
         if ready.hard_state is not None:
             self._commit_index = ready.hard_state.commit
         self._send(ready.persisted_messages)

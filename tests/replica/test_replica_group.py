@@ -249,7 +249,7 @@ def test_a_wal_that_lost_synced_data_refuses_to_start(group):
         for segment in wal.glob("*.wal"):
             segment.unlink()
         log = refused_start_log(group, follower)
-        assert "the store has applied raft index" in log and str(wal) in log
+        assert "the store has applied raft index" in log and str(wal) in log and "only holds entries up to" in log
 
     asyncio.run(scenario())
 
