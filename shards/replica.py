@@ -178,7 +178,6 @@ class Replica:
         self._snapshot_index = self.wal.storage.snapshot().meta.index
         self._api_server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task] = []
-        self.stopped = asyncio.Event()
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -213,7 +212,12 @@ class Replica:
         self._fail_waiting(errors.Stopped())
         self.wal.close()
         self.store.close()
-        self.stopped.set()
+
+    async def failed(self) -> None:
+        """Returns only by raising what ended the raft loop or the ticker (a broken invariant)."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
 
     # --- inputs ----------------------------------------------------------------------
 
@@ -564,13 +568,21 @@ class Replica:
 
 
 async def run_until_stopped(config: ReplicaConfig, parent_pid: int | None = None) -> None:
-    """Run a replica until cancelled, or until `parent_pid` is gone (tests' servers stop themselves)."""
+    """Run a replica until cancelled, or until `parent_pid` is gone (tests' servers stop themselves).
+
+    If the raft loop fails, the error propagates and the process exits: a broken
+    invariant is answered by restarting from disk, never by limping on.
+    """
     replica = Replica(config)
     await replica.start()
+    failure = asyncio.get_running_loop().create_task(replica.failed())
     try:
         while parent_pid is None or _alive(parent_pid):
-            await asyncio.sleep(0.5)
+            done, _ = await asyncio.wait([failure], timeout=0.5)
+            if done:
+                failure.result()
     finally:
+        failure.cancel()
         await replica.stop()
 
 
