@@ -167,6 +167,7 @@ class Replica:
         self.role = Role.FOLLOWER
         self._wake = asyncio.Event()
         self._leader_changed = asyncio.Event()  # set whenever who leads may have changed
+        self._compaction_finished = asyncio.Event()  # set when compacted history is all removed
         self._inbox: list[Message] = []
         self._ticks_due = 0
         self._writes: list[tuple[int, bytes]] = []  # (proposal id, entry data) to propose
@@ -253,7 +254,8 @@ class Replica:
                 self._handle_ready(node.ready())
             if self.store.compaction_pending:
                 # One bounded step per turn: applies never wait behind a whole compaction.
-                self.store.compact_step()
+                if self.store.compact_step():
+                    self._compaction_finished.set()
                 self._wake.set()
             # Yield so streams can queue more work before the next turn.
             await asyncio.sleep(0)
@@ -510,10 +512,16 @@ class Replica:
         future = asyncio.get_running_loop().create_future()
         self._waiting_writes[proposal_id] = future
         try:
-            return await asyncio.wait_for(asyncio.shield(future), WRITE_TIMEOUT_SECONDS)
+            outcome = await asyncio.wait_for(asyncio.shield(future), WRITE_TIMEOUT_SECONDS)
         except asyncio.TimeoutError:
             self._waiting_writes.pop(proposal_id, None)
             return errors.RequestTimeout()
+        if kind == "compaction" and request.compaction.physical and not isinstance(outcome, errors.EtcdError):
+            # etcd's physical compaction: answer once the superseded history is gone here.
+            while self.store.compaction_pending:
+                self._compaction_finished.clear()
+                await self._compaction_finished.wait()
+        return outcome
 
     def _queue_proposal(self, request: ShardRequest) -> int:
         """Queue a request for the next proposal batch, under a new proposal id."""
