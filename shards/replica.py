@@ -60,6 +60,7 @@ from shards.raft.messages import ConfChange, Message, MessageType
 from shards.raft.storage import ConfState, EntryType, Snapshot, SnapshotMeta
 from shards.transport import PeerTransport
 from shards.wal import WriteAheadLog
+from shards.watch import WatchHub
 from tessera.api import errors, validation
 from tessera.api.internal_pb2 import (
     Error,
@@ -69,7 +70,14 @@ from tessera.api.internal_pb2 import (
     ShardResponseBatch,
     StatusResponse,
 )
-from tessera.api.rpc_pb2 import NOSPACE, AlarmRequest, MoveLeaderResponse, ResponseHeader
+from tessera.api.rpc_pb2 import (
+    NOSPACE,
+    AlarmRequest,
+    MoveLeaderResponse,
+    ResponseHeader,
+    WatchRequest,
+    WatchResponse,
+)
 
 log = logging.getLogger("tessera.replica")
 
@@ -163,6 +171,7 @@ class Replica:
             random.Random(secrets.randbits(64)),
         )
         self.transport = PeerTransport(config.member_id, me.peer, self._receive)
+        self.watch_hub = WatchHub(self.store)
         self.leader_id = 0
         self.role = Role.FOLLOWER
         self._wake = asyncio.Event()
@@ -193,11 +202,17 @@ class Replica:
             request_deserializer=ShardRequestBatch.FromString,
             response_serializer=ShardResponseBatch.SerializeToString,
         )
+        watch = grpc.stream_stream_rpc_method_handler(
+            self._serve_watch,
+            request_deserializer=WatchRequest.FromString,
+            response_serializer=WatchResponse.SerializeToString,
+        )
         self._api_server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler(SHARD_SERVICE, {"Batch": handler})]
+            [grpc.method_handlers_generic_handler(SHARD_SERVICE, {"Batch": handler, "Watch": watch})]
         )
         self._api_server.add_insecure_port(self.config.members[self.config.member_id].api)
         await self._api_server.start()
+        self.watch_hub.start()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._tick()), loop.create_task(self._drive())]
         log.info("group %d member %d started: peers on %s, API on %s", self.config.group_id,
@@ -210,6 +225,7 @@ class Replica:
         if self._api_server is not None:
             await self._api_server.stop(grace=None)
         await self.transport.stop()
+        self.watch_hub.stop()
         self._fail_waiting(errors.Stopped())
         self.wal.close()
         self.store.close()
@@ -336,6 +352,7 @@ class Replica:
         write_file_durably(self._incoming_snapshot, snapshot.data)
         self.wal.save_snapshot(Snapshot(snapshot.meta))  # the data lives on as the store's file
         self._finish_snapshot_install()
+        self.watch_hub.resync_all()
         self._snapshot_index = snapshot.meta.index
         log.info("group %d member %d: installed a snapshot at %d (%d bytes)", self.config.group_id,
                  self.config.member_id, snapshot.meta.index, len(snapshot.data))
@@ -371,6 +388,8 @@ class Replica:
             waiting[len(proposals)] = request.id
             proposals.append(Proposal(entry.index, request.floor, (store_request,)))
         result = self.store.apply(proposals)
+        if result.events:
+            self.watch_hub.publish(result.events)
         for position, proposal_id in waiting.items():
             outcome = result.responses[position]
             if outcome is not None:  # None: applied before a restart, nobody waits here
@@ -450,6 +469,24 @@ class Replica:
                 yield batch
         finally:
             reader.cancel()
+
+    async def _serve_watch(self, request_iterator, context):
+        """One watch stream, in etcd's Watch protocol (see shards.watch)."""
+        stream = self.watch_hub.open_stream()
+
+        async def read_requests() -> None:
+            async for request in request_iterator:
+                stream.handle(request)
+
+        reader = asyncio.get_running_loop().create_task(read_requests())
+        try:
+            while True:
+                yield await stream.outbox.get()
+                if stream.outbox.empty():
+                    self.watch_hub.wake_catch_up()  # a stream that fell behind may go on
+        finally:
+            reader.cancel()
+            self.watch_hub.close_stream(stream)
 
     async def _handle(self, request: ShardRequest) -> ShardResponse:
         kind = request.WhichOneof("request")

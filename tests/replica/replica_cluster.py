@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 
 from tessera.api.internal_pb2 import ShardRequest, ShardRequestBatch, ShardResponse, ShardResponseBatch
+from tessera.api.rpc_pb2 import WatchRequest, WatchResponse
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_SECONDS = 15
@@ -151,3 +152,34 @@ async def wait_for_leader(group: ReplicaGroup, members=None, timeout: float = ST
             return leaders.pop()
         await asyncio.sleep(0.1)
     raise AssertionError(f"no agreed leader within {timeout} s\n{group.logs()}")
+
+
+class WatchClient:
+    """One watch stream to one replica, in etcd's Watch protocol."""
+
+    def __init__(self, address: str):
+        self._channel = grpc.aio.insecure_channel(address)
+        self._requests: asyncio.Queue = asyncio.Queue()
+
+    async def __aenter__(self) -> WatchClient:
+        method = self._channel.stream_stream(
+            "/tessera.internal.Shard/Watch",
+            request_serializer=WatchRequest.SerializeToString,
+            response_deserializer=WatchResponse.FromString,
+        )
+        self._call = method(self._outgoing())
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        self._call.cancel()
+        await self._channel.close()
+
+    async def _outgoing(self):
+        while True:
+            yield await self._requests.get()
+
+    async def send(self, **fields) -> None:
+        await self._requests.put(WatchRequest(**fields))
+
+    async def next(self, timeout: float = 10.0) -> WatchResponse:
+        return await asyncio.wait_for(self._call.read(), timeout)
