@@ -13,6 +13,8 @@ On disk, one LMDB environment with named databases:
     leases    lease id (8 bytes, big-endian) + key -> empty: the attachments
     revoked   lease id -> revision of the revoke: a put with it must fail
     alarms    member id (8 bytes) + alarm type (1 byte) -> empty
+    members   member id (8 bytes) -> the group member's record (opaque here):
+              membership applied with the rest, carried by snapshots
 
 In memory, a KeyIndex (native.keyindex) from key to its revisions, rebuilt
 from `history` on open; its lookups answer with the revision key to read. Records are encoded and decoded by native.codec
@@ -96,6 +98,17 @@ class RevokeLease(NamedTuple):
     lease_id: int
 
 
+class SetMember(NamedTuple):
+    """Record (or replace) a group member's record."""
+
+    member_id: int
+    record: bytes
+
+
+class RemoveMember(NamedTuple):
+    member_id: int
+
+
 class Proposal(NamedTuple):
     """What one committed raft entry asks of the store."""
 
@@ -177,6 +190,7 @@ class MvccStore:
         self._leases = env.open_db(b"leases")
         self._revoked = env.open_db(b"revoked")
         self._alarms_db = env.open_db(b"alarms")
+        self._members = env.open_db(b"members")
         self._load()
 
     def _load(self) -> None:
@@ -365,6 +379,12 @@ class MvccStore:
                 response = None
             elif isinstance(request, RevokeLease):
                 response = change.revoke_lease(request.lease_id)
+            elif isinstance(request, SetMember):
+                txn.put(_u64(request.member_id), request.record, db=self._members)
+                response = None
+            elif isinstance(request, RemoveMember):
+                txn.delete(_u64(request.member_id), db=self._members)
+                response = None
             else:
                 raise TypeError(f"the store does not apply {type(request).__name__}")
         except errors.EtcdError as error:
@@ -471,6 +491,11 @@ class MvccStore:
                 checksum = crc.crc32c(record, crc.crc32c(revision_key, checksum))
         return checksum, self.compacted_revision
 
+    def members(self) -> dict[int, bytes]:
+        """The group members' records, by member id."""
+        with self._env.begin() as txn:
+            return {_U64.unpack(key)[0]: value for key, value in txn.cursor(db=self._members)}
+
     def hash(self) -> int:
         """CRC32C over every record of the key space's databases (etcd's Hash).
 
@@ -494,7 +519,8 @@ class MvccStore:
         """The pages holding data; the rest of the file is free space a defragment gives back."""
         pages = 2  # LMDB's two meta pages
         with self._env.begin() as txn:
-            for db in (None, self._history, self._meta, self._leases, self._revoked, self._alarms_db):
+            for db in (None, self._history, self._meta, self._leases, self._revoked, self._alarms_db,
+                       self._members):
                 stat = txn.stat(db) if db is not None else self._env.stat()
                 pages += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
         return pages * self._env.stat()["psize"]

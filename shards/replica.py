@@ -54,16 +54,19 @@ from pathlib import Path
 import grpc
 
 from shards.durable import write_file_durably
-from shards.mvcc import MvccStore, Proposal, RaiseRevision, RevokeLease
+from shards.mvcc import MvccStore, Proposal, RaiseRevision, RemoveMember, RevokeLease, SetMember
 from shards.raft import Config, ProposalDropped, RawNode, Ready, Role
-from shards.raft.messages import ConfChange, Message, MessageType
-from shards.raft.storage import ConfState, EntryType, Snapshot, SnapshotMeta
+from shards.raft.messages import ConfChange, ConfChangeType, Message, MessageType
+from shards.raft.storage import Entry, EntryType, HardState, Snapshot, SnapshotMeta
 from shards.transport import PeerTransport
 from shards.wal import WriteAheadLog
 from shards.watch import WatchHub
 from tessera.api import errors, validation
 from tessera.api.internal_pb2 import (
     Error,
+    Member,
+    MemberChange,
+    MemberListResponse,
     ShardRequest,
     ShardRequestBatch,
     ShardResponse,
@@ -92,6 +95,8 @@ READ_TIMEOUT_SECONDS = 7.0
 # Requests one internal stream may have in flight before the stream stops
 # reading more: a router that floods is slowed, not buffered without bound.
 STREAM_IN_FLIGHT_MAX = 10_000
+# A learner may be promoted once it has this share of the leader's committed log (etcd's 90%).
+LEARNER_READY_FRACTION = 0.9
 
 _WRITE_KINDS = {"put", "delete_range", "txn", "compaction", "raise_revision", "alarm", "revoke_lease"}
 # Requests the store answers with no response message of their own: the answer is a header.
@@ -113,13 +118,16 @@ class ReplicaConfig:
     group_id: int
     member_id: int
     data_dir: Path
-    members: dict[int, MemberAddresses]  # the initial membership, this replica included
+    members: dict[int, MemberAddresses]  # the initial (or, to join, current) membership, this replica included
     heartbeat_interval_ms: int = 100
     election_timeout_ms: int = 1000
     quota_backend_bytes: int = 2 * 1024**3
     max_pending_applies: int = MAX_PENDING_APPLIES
     snapshot_count: int = SNAPSHOT_COUNT
     snapshot_catchup_entries: int = SNAPSHOT_CATCHUP_ENTRIES
+    # Join a running group (after a member add) instead of founding one: no bootstrap,
+    # membership comes from the leader's log or snapshot.
+    join: bool = False
 
 
 @dataclass
@@ -152,10 +160,9 @@ class Replica:
                 f"log in {config.data_dir / 'wal'} only holds entries up to {durable_last}: "
                 f"it lost data that was synced; this replica must be replaced, not restarted"
             )
-        if self.wal.storage.last_index() == 0 and not self.wal.storage.snapshot().meta.conf_state.voters:
-            # A new member of a new group: the initial membership is its first durable state.
-            voters = tuple(sorted(config.members))
-            self.wal.save_snapshot(Snapshot(SnapshotMeta(0, 0, ConfState(voters=voters))))
+        new = self.wal.storage.last_index() == 0 and not self.wal.storage.snapshot().meta.index
+        if new and not config.join:
+            self._bootstrap()
         self.node = RawNode(
             Config(
                 id=config.member_id,
@@ -170,6 +177,11 @@ class Replica:
             self.wal.storage,
             random.Random(secrets.randbits(64)),
         )
+        # Where to reach each member: what was applied (the store), over what we were told.
+        self.members = dict(config.members)
+        for record in self.store.members().values():
+            member = Member.FromString(record)
+            self.members[member.id] = MemberAddresses(member.peer_address, member.api_address)
         self.transport = PeerTransport(config.member_id, me.peer, self._receive)
         self.watch_hub = WatchHub(self.store)
         self.leader_id = 0
@@ -193,7 +205,7 @@ class Replica:
 
     async def start(self) -> None:
         await self.transport.start()
-        for member_id, addresses in self.config.members.items():
+        for member_id, addresses in self.members.items():
             if member_id != self.config.member_id:
                 self.transport.set_peer(member_id, addresses.peer)
         self._api_server = grpc.aio.server()
@@ -218,6 +230,23 @@ class Replica:
         log.info("group %d member %d started: peers on %s, API on %s", self.config.group_id,
                  self.config.member_id, self.config.members[self.config.member_id].peer,
                  self.config.members[self.config.member_id].api)
+
+    def _bootstrap(self) -> None:
+        """Found the group as etcd does: the initial members as committed conf changes 1..n.
+
+        Every founding member writes the same entries, so their logs agree; a
+        member that joins later replays them (or gets a snapshot) and learns
+        the whole membership, which a bootstrap outside the log would hide.
+        """
+        entries = [
+            Entry(1, index, EntryType.CONF_CHANGE, ConfChange(
+                ConfChangeType.ADD_VOTER, member_id,
+                MemberChange(member=Member(id=member_id, peer_address=addresses.peer,
+                                           api_address=addresses.api)).SerializeToString(),
+            ).encode())
+            for index, (member_id, addresses) in enumerate(sorted(self.config.members.items()), start=1)
+        ]
+        self.wal.append(entries, HardState(term=1, vote=0, commit=len(entries)))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -371,8 +400,7 @@ class Replica:
         waiting: dict[int, int] = {}  # position in proposals -> proposal id
         for entry in entries:
             if entry.type == EntryType.CONF_CHANGE:
-                self.node.apply_conf_change(ConfChange.decode(entry.data))
-                proposals.append(Proposal(entry.index, 0, ()))
+                proposals.append(Proposal(entry.index, 0, (self._apply_member_change(entry.data),)))
                 continue
             if not entry.data:  # a new leader's empty entry
                 proposals.append(Proposal(entry.index, 0, ()))
@@ -394,6 +422,35 @@ class Replica:
             outcome = result.responses[position]
             if outcome is not None:  # None: applied before a restart, nobody waits here
                 self._answer_write(proposal_id, outcome[0])
+
+    def _apply_member_change(self, data: bytes):
+        """Apply a committed membership change to raft and the transport; the store's part."""
+        change = ConfChange.decode(data)
+        self.node.apply_conf_change(change)
+        context = MemberChange.FromString(change.context)
+        member_id = change.node_id
+        if change.type == ConfChangeType.REMOVE:
+            self.members.pop(member_id, None)
+            self.transport.remove_peer(member_id)
+            store_request = RemoveMember(member_id)
+        else:
+            member = context.member
+            self.members[member_id] = MemberAddresses(member.peer_address, member.api_address)
+            if member_id != self.config.member_id:
+                self.transport.set_peer(member_id, member.peer_address)
+            store_request = SetMember(member_id, member.SerializeToString())
+        if context.proposal_id:
+            self._answer_write(context.proposal_id, self.member_list())
+        return store_request
+
+    def member_list(self) -> MemberListResponse:
+        conf_state = self.node.status().conf_state
+        return MemberListResponse(members=[
+            Member(id=member_id, peer_address=self.members[member_id].peer,
+                   api_address=self.members[member_id].api, is_learner=member_id in conf_state.learners)
+            for member_id in sorted((*conf_state.voters, *conf_state.learners))
+            if member_id in self.members
+        ])
 
     def _leadership_changed(self, leader_id: int, role: Role) -> None:
         was_leader = self.role == Role.LEADER
@@ -495,6 +552,10 @@ class Replica:
                 return ShardResponse(id=request.id, status=self.status())
             if kind == "move_leader":
                 outcome = await self._move_leader(request.move_leader.targetID)
+            elif kind == "member_list":
+                outcome = self.member_list()
+            elif kind in ("member_add", "member_promote", "member_remove"):
+                outcome = await self._change_membership(request)
             elif kind == "range":
                 validation.check_range(request.range)
                 if request.range.serializable:
@@ -518,6 +579,8 @@ class Replica:
                                           leader_address=leader.api if leader else ""))
         elif isinstance(outcome, errors.EtcdError):
             response.error.CopyFrom(Error(code=outcome.code, message=outcome.message))
+        elif kind.startswith("member_"):
+            response.members.CopyFrom(outcome)
         elif kind in _HEADER_ANSWERS:
             getattr(response, _HEADER_ANSWERS[kind]).CopyFrom(ResponseHeader(revision=self.store.revision))
         else:
@@ -570,6 +633,55 @@ class Replica:
         self._writes.append((proposal_id, entry.SerializeToString()))
         self._wake.set()
         return proposal_id
+
+    async def _change_membership(self, request: ShardRequest):
+        """Add, promote or remove a member (one change at a time), with etcd's checks and errors."""
+        self._check_leader()
+        kind = request.WhichOneof("request")
+        status = self.node.status()
+        voters, learners = status.conf_state
+        if kind == "member_add":
+            member = request.member_add
+            if member.id in voters or member.id in learners or member.id == 0:
+                raise errors.MemberExist()
+            if any(a.peer == member.peer_address for a in self.members.values()):
+                raise errors.PeerURLExist()
+            if member.is_learner and learners:
+                raise errors.TooManyLearners()  # etcd allows one learner
+            change_type = ConfChangeType.ADD_LEARNER if member.is_learner else ConfChangeType.ADD_VOTER
+            member_id, record = member.id, Member(id=member.id, peer_address=member.peer_address,
+                                                  api_address=member.api_address, is_learner=member.is_learner)
+        else:
+            member_id = getattr(request, kind)
+            if member_id not in voters and member_id not in learners:
+                raise errors.MemberNotFound()
+            addresses = self.members[member_id]
+            record = Member(id=member_id, peer_address=addresses.peer, api_address=addresses.api)
+            if kind == "member_promote":
+                if member_id not in learners:
+                    raise errors.MemberNotLearner()
+                progress = status.progress.get(member_id)
+                if progress is None or progress.match < status.commit * LEARNER_READY_FRACTION:
+                    raise errors.LearnerNotReady()
+                change_type = ConfChangeType.ADD_VOTER
+            else:
+                change_type = ConfChangeType.REMOVE
+        proposal_id = self._next_proposal_id
+        self._next_proposal_id += 1
+        context = MemberChange(proposal_id=proposal_id, member=record).SerializeToString()
+        future = asyncio.get_running_loop().create_future()
+        self._waiting_writes[proposal_id] = future
+        try:
+            self.node.propose_conf_change(ConfChange(change_type, member_id, context))
+        except ProposalDropped:
+            self._waiting_writes.pop(proposal_id, None)
+            raise errors.RequestTimeout() from None  # another change is pending: etcd times out too
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), WRITE_TIMEOUT_SECONDS)
+        except asyncio.TimeoutError:
+            self._waiting_writes.pop(proposal_id, None)
+            return errors.RequestTimeout()
 
     async def _move_leader(self, target: int):
         """Hand leadership to a caught-up voter (raft's TimeoutNow), as etcd's MoveLeader."""

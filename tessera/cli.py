@@ -65,7 +65,7 @@ def command_replica(args: argparse.Namespace) -> int:
         group_id=args.group, member_id=args.member, data_dir=Path(args.data_dir), members=args.members,
         heartbeat_interval_ms=args.heartbeat_interval, election_timeout_ms=args.election_timeout,
         quota_backend_bytes=args.quota_backend_bytes, snapshot_count=args.snapshot_count,
-        snapshot_catchup_entries=args.snapshot_catchup_entries,
+        snapshot_catchup_entries=args.snapshot_catchup_entries, join=args.join,
     )
     try:
         asyncio.run(run_until_stopped(config, parent_pid=args.parent_pid))
@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                          help="applied entries between snapshots (etcd's default)")
     replica.add_argument("--snapshot-catchup-entries", type=int, default=5000,
                          help="entries kept after a snapshot for slow followers (etcd keeps 5000)")
+    replica.add_argument("--join", action="store_true",
+                         help="join a running group (after a member add) instead of founding one")
     replica.add_argument("--parent-pid", type=int, default=None,
                          help="stop when this process is gone (test clusters stop themselves)")
     replica.set_defaults(run=command_replica)

@@ -79,18 +79,24 @@ class ConfChangeType(IntEnum):
 
 
 class ConfChange(NamedTuple):
-    """One single-server membership change."""
+    """One single-server membership change, with what the caller wants to carry along.
+
+    `context` is opaque to raft (the replica puts the member's addresses
+    there, as etcd puts its Member); it travels in the entry and comes back
+    when the entry is applied.
+    """
 
     type: ConfChangeType
     node_id: int
+    context: bytes = b""
 
-    ENCODED_SIZE_BYTES = 9
+    HEADER_BYTES = 9  # type (1) and node id (8, big-endian), then the context
 
     def encode(self) -> bytes:
-        return bytes((self.type,)) + self.node_id.to_bytes(8, "big")
+        return bytes((self.type,)) + self.node_id.to_bytes(8, "big") + self.context
 
     @classmethod
     def decode(cls, data: bytes) -> ConfChange:
-        if len(data) != cls.ENCODED_SIZE_BYTES:
-            raise ValueError(f"a conf change is {cls.ENCODED_SIZE_BYTES} bytes, got {len(data)}")
-        return cls(ConfChangeType(data[0]), int.from_bytes(data[1:], "big"))
+        if len(data) < cls.HEADER_BYTES:
+            raise ValueError(f"a conf change is at least {cls.HEADER_BYTES} bytes, got {len(data)}")
+        return cls(ConfChangeType(data[0]), int.from_bytes(data[1:9], "big"), bytes(data[9:]))

@@ -105,3 +105,33 @@ class Stopped(EtcdError):
 class BadLeaderTransferee(EtcdError):
     code = "FAILED_PRECONDITION"
     message = "etcdserver: bad leader transferee"
+
+
+class MemberExist(EtcdError):
+    code = "FAILED_PRECONDITION"
+    message = "etcdserver: member ID already exist"
+
+
+class PeerURLExist(EtcdError):
+    code = "FAILED_PRECONDITION"
+    message = "etcdserver: Peer URLs already exists"
+
+
+class MemberNotFound(EtcdError):
+    code = "NOT_FOUND"
+    message = "etcdserver: member not found"
+
+
+class MemberNotLearner(EtcdError):
+    code = "FAILED_PRECONDITION"
+    message = "etcdserver: can only promote a learner member"
+
+
+class LearnerNotReady(EtcdError):
+    code = "FAILED_PRECONDITION"
+    message = "etcdserver: can only promote a learner member which is in sync with leader"
+
+
+class TooManyLearners(EtcdError):
+    code = "FAILED_PRECONDITION"
+    message = "etcdserver: too many learner members in cluster"

@@ -122,3 +122,7 @@ def test_invalid_configuration_is_refused(settings):
 def test_conf_change_round_trips_through_its_encoding():
     change = ConfChange(ConfChangeType.ADD_LEARNER, 2**40 + 5)
     assert ConfChange.decode(change.encode()) == change
+    with_context = ConfChange(ConfChangeType.ADD_VOTER, 3, b"peer=127.0.0.1:7003")
+    assert ConfChange.decode(with_context.encode()) == with_context
+    with pytest.raises(ValueError):
+        ConfChange.decode(b"\x00" * 8)

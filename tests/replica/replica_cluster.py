@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 
 from tessera.api.internal_pb2 import ShardRequest, ShardRequestBatch, ShardResponse, ShardResponseBatch
-from tessera.api.rpc_pb2 import WatchRequest, WatchResponse
+from tessera.api.rpc_pb2 import PutRequest, RangeRequest, WatchRequest, WatchResponse
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_SECONDS = 15
@@ -45,12 +45,22 @@ class ReplicaGroup:
         self.peer_ports = dict(zip(range(1, size + 1), ports[:size]))
         self.api_ports = dict(zip(range(1, size + 1), ports[size:]))
         self.processes: dict[int, subprocess.Popen] = {}
+        self.joining: set[int] = set()
 
     @property
     def members_argument(self) -> str:
         return ",".join(
             f"{m}=127.0.0.1:{self.peer_ports[m]}/127.0.0.1:{self.api_ports[m]}" for m in self.peer_ports
         )
+
+    def add_member(self, member: int) -> None:
+        """Give a new member addresses (it joins once added through the API and started)."""
+        peer, api = free_ports(2)
+        self.peer_ports[member], self.api_ports[member] = peer, api
+        self.joining.add(member)
+
+    def peer_address(self, member: int) -> str:
+        return f"127.0.0.1:{self.peer_ports[member]}"
 
     def api_address(self, member: int) -> str:
         return f"127.0.0.1:{self.api_ports[member]}"
@@ -60,7 +70,8 @@ class ReplicaGroup:
         self.processes[member] = subprocess.Popen(
             [sys.executable, "-m", "tessera.cli", "replica", "--group", str(self.group_id),
              "--member", str(member), "--data-dir", str(self.directory / f"member-{member}"),
-             "--members", self.members_argument, "--parent-pid", str(os.getpid()), *self.extra_arguments],
+             "--members", self.members_argument, "--parent-pid", str(os.getpid()), *self.extra_arguments,
+             *(["--join"] if member in self.joining else [])],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )
 
@@ -183,3 +194,29 @@ class WatchClient:
 
     async def next(self, timeout: float = 10.0) -> WatchResponse:
         return await asyncio.wait_for(self._call.read(), timeout)
+
+
+async def put_many(client, prefix: bytes, count: int) -> None:
+    answers = await asyncio.gather(*[
+        client.request(put=PutRequest(key=prefix + b"%05d" % i, value=b"v%d" % i)) for i in range(count)
+    ])
+    assert all(answer.WhichOneof("response") == "put" for answer in answers), answers[0]
+
+
+async def read_all(group, member, serializable=False):
+    async with ShardClient(group.api_address(member)) as client:
+        answer = await client.request(range=RangeRequest(key=b"\0", range_end=b"\0", serializable=serializable))
+    return {kv.key: kv.value for kv in answer.range.kvs}
+
+
+async def wait_until_caught_up(group, follower, leader, what="catch up"):
+    """Until the follower's own state (a serializable read) equals the leader's."""
+    expected = await read_all(group, leader)
+    for _ in range(150):
+        try:
+            if await read_all(group, follower, serializable=True) == expected:
+                return
+        except (grpc.aio.AioRpcError, asyncio.TimeoutError):
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the follower did not {what}\n{group.logs()}")

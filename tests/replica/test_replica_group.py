@@ -4,7 +4,14 @@ import asyncio
 
 import grpc
 import pytest
-from replica_cluster import ReplicaGroup, ShardClient, wait_for_leader
+from replica_cluster import (
+    ReplicaGroup,
+    ShardClient,
+    put_many,
+    read_all,
+    wait_for_leader,
+    wait_until_caught_up,
+)
 
 from native import codec, walframe
 from tessera.api.rpc_pb2 import (
@@ -123,19 +130,6 @@ def test_killing_the_leader_under_load_loses_no_acknowledged_write(group):
     asyncio.run(scenario())
 
 
-async def put_many(client, prefix: bytes, count: int) -> None:
-    answers = await asyncio.gather(*[
-        client.request(put=PutRequest(key=prefix + b"%05d" % i, value=b"v%d" % i)) for i in range(count)
-    ])
-    assert all(answer.WhichOneof("response") == "put" for answer in answers), answers[0]
-
-
-async def read_all(group, member, serializable=False):
-    async with ShardClient(group.api_address(member)) as client:
-        answer = await client.request(range=RangeRequest(key=b"\0", range_end=b"\0", serializable=serializable))
-    return {kv.key: kv.value for kv in answer.range.kvs}
-
-
 async def stop_a_follower_after_writes(group):
     """Write 50 keys, then kill a follower: (leader, follower, the follower's WAL directory)."""
     leader = await wait_for_leader(group)
@@ -153,17 +147,6 @@ def refused_start_log(group, follower) -> str:
     return (group.directory / f"member-{follower}.log").read_text()
 
 
-async def wait_until_caught_up(group, follower, leader, what="catch up"):
-    """Until the follower's own state (a serializable read) equals the leader's."""
-    expected = await read_all(group, leader)
-    for _ in range(150):
-        try:
-            if await read_all(group, follower, serializable=True) == expected:
-                return
-        except (grpc.aio.AioRpcError, asyncio.TimeoutError):
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"the follower did not {what}\n{group.logs()}")
 
 
 def test_a_killed_follower_restarts_and_catches_up(group):

@@ -2,7 +2,15 @@
 
 import pytest
 
-from shards.mvcc import FIRST_REVISION, MvccStore, Proposal, RaiseRevision, RevokeLease
+from shards.mvcc import (
+    FIRST_REVISION,
+    MvccStore,
+    Proposal,
+    RaiseRevision,
+    RemoveMember,
+    RevokeLease,
+    SetMember,
+)
 from tessera.api import errors
 from tessera.api.kv_pb2 import Event, KeyValue
 from tessera.api.rpc_pb2 import (
@@ -437,6 +445,15 @@ def test_the_map_grows_when_a_batch_does_not_fit(tmp_path):
     assert store.mvcc.range(RangeRequest(key=b"k", range_end=b"l", count_only=True)).count == 2000
     assert store.mvcc.applied_index == 1
     store.mvcc.close()
+
+
+def test_members_are_recorded_with_the_applied_index_and_survive_reopen(store):
+    store.apply(SetMember(1, b"one"), SetMember(2, b"two"))
+    store.apply(RemoveMember(1), SetMember(3, b"three"))
+    assert store.mvcc.members() == {2: b"two", 3: b"three"}
+    assert store.mvcc.revision == 1  # membership is not a key-space change
+    store.reopen()
+    assert store.mvcc.members() == {2: b"two", 3: b"three"}
 
 
 def test_revoking_a_lease_deletes_its_keys_and_refuses_it_afterwards(store):
