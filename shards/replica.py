@@ -60,7 +60,7 @@ from shards.raft.messages import ConfChange, ConfChangeType, Message, MessageTyp
 from shards.raft.storage import Entry, EntryType, HardState, Snapshot, SnapshotMeta
 from shards.transport import PeerTransport
 from shards.wal import WriteAheadLog
-from shards.watch import WatchHub
+from shards.watch import PROGRESS_NOTIFY_INTERVAL_SECONDS, WatchHub
 from tessera.api import errors, validation
 from tessera.api.internal_pb2 import (
     Error,
@@ -128,6 +128,9 @@ class ReplicaConfig:
     # Join a running group (after a member add) instead of founding one: no bootstrap,
     # membership comes from the leader's log or snapshot.
     join: bool = False
+    watch_progress_notify_interval_seconds: float = PROGRESS_NOTIFY_INTERVAL_SECONDS
+    max_raft_message_bytes: int = 1 << 20  # etcd's MaxSizePerMsg
+    max_inflight_messages: int = 512  # etcd's MaxInflightMsgs
 
 
 @dataclass
@@ -169,6 +172,8 @@ class Replica:
                 election_ticks=config.election_timeout_ms // config.heartbeat_interval_ms,
                 heartbeat_ticks=1,
                 tick_interval_ms=config.heartbeat_interval_ms,
+                max_size_per_msg_bytes=config.max_raft_message_bytes,
+                max_inflight_msgs=config.max_inflight_messages,
                 # Restart at the snapshot, as etcd does: raft hands out every entry
                 # after it again, the store skips what it has applied, and membership
                 # changes in them reach the core again.
@@ -182,8 +187,10 @@ class Replica:
         for record in self.store.members().values():
             member = Member.FromString(record)
             self.members[member.id] = MemberAddresses(member.peer_address, member.api_address)
-        self.transport = PeerTransport(config.member_id, me.peer, self._receive)
-        self.watch_hub = WatchHub(self.store)
+        self.transport = PeerTransport(config.member_id, me.peer, self._receive,
+                                       on_snapshot_sent=self._snapshot_sent)
+        self.watch_hub = WatchHub(
+            self.store, progress_notify_interval_seconds=config.watch_progress_notify_interval_seconds)
         self.leader_id = 0
         self.role = Role.FOLLOWER
         self._wake = asyncio.Event()
@@ -363,9 +370,11 @@ class Replica:
                 for message in messages
             ]
         self.transport.send(messages)
-        for message in snapshots:
-            # Queued for the stream; if it is lost the follower will need another, and ask.
-            self.node.report_snapshot(message.to, failed=False)
+
+    def _snapshot_sent(self, member_id: int, failed: bool) -> None:
+        """The snapshot stream to a follower ended: raft retries or resumes replication."""
+        self.node.report_snapshot(member_id, failed)
+        self._wake.set()
 
     def _take_snapshot(self) -> None:
         index = self.store.applied_index

@@ -12,6 +12,12 @@ probes) recover. A broken stream is redialled with exponential backoff, from
 
 Received batches are decoded and handed to the `on_messages` callback;
 malformed ones are dropped and counted (`batches_malformed`), never trusted.
+
+Snapshots do not ride the raft stream: a snapshot message goes on a stream
+of its own, `/tessera.Peer/Snapshot`, as the message without its data and
+then the data in chunks of `SNAPSHOT_CHUNK_BYTES`, so a large database never
+holds up heartbeats. When that stream ends, `on_snapshot_sent(member, failed)`
+tells raft whether the follower got it.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from shards.raft_wire import WireError, decode_messages, encode_messages
 log = logging.getLogger("tessera.transport")
 
 RAFT_METHOD = "/tessera.Peer/Raft"
+SNAPSHOT_METHOD = "/tessera.Peer/Snapshot"
+SNAPSHOT_CHUNK_BYTES = 1 << 20
 # Batches waiting for one peer: at one batch per raft loop iteration this is
 # seconds of backlog; beyond it the peer is too slow and raft will resend.
 SEND_QUEUE_BATCHES_MAX = 1024
@@ -62,12 +70,14 @@ class PeerTransport:
 
     def __init__(
         self, member_id: int, listen_address: str, on_messages: Callable[[list[Message]], None],
-        *, redial_backoff_min_seconds: float = REDIAL_BACKOFF_MIN_SECONDS,
+        *, on_snapshot_sent: Callable[[int, bool], None] = lambda member_id, failed: None,
+        redial_backoff_min_seconds: float = REDIAL_BACKOFF_MIN_SECONDS,
         redial_backoff_max_seconds: float = REDIAL_BACKOFF_MAX_SECONDS,
     ):
         self.member_id = member_id
         self.listen_address = listen_address
         self.on_messages = on_messages
+        self.on_snapshot_sent = on_snapshot_sent
         self.redial_backoff_min_seconds = redial_backoff_min_seconds
         self.redial_backoff_max_seconds = redial_backoff_max_seconds
         self.batches_received = 0
@@ -84,9 +94,12 @@ class PeerTransport:
         handler = grpc.stream_unary_rpc_method_handler(
             self._receive, request_deserializer=_identity, response_serializer=_identity
         )
-        self._server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler("tessera.Peer", {"Raft": handler})]
+        snapshot_handler = grpc.stream_unary_rpc_method_handler(
+            self._receive_snapshot, request_deserializer=_identity, response_serializer=_identity
         )
+        self._server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+            "tessera.Peer", {"Raft": handler, "Snapshot": snapshot_handler}
+        )])
         self.port = self._server.add_insecure_port(self.listen_address)
         await self._server.start()
 
@@ -100,6 +113,24 @@ class PeerTransport:
                 continue
             self.batches_received += 1
             self.on_messages(messages)
+        return b""
+
+    async def _receive_snapshot(self, request_iterator, context) -> bytes:
+        chunks = []
+        async for chunk in request_iterator:
+            chunks.append(chunk)
+        try:
+            if not chunks:
+                raise WireError("an empty snapshot stream")
+            (message,) = decode_messages(chunks[0])
+            if message.snapshot is None:
+                raise WireError("a snapshot stream that does not start with a snapshot message")
+        except (WireError, ValueError) as error:
+            self.batches_malformed += 1
+            log.warning("dropping a malformed snapshot from %s: %s", context.peer(), error)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        data = b"".join(chunks[1:])
+        self.on_messages([message._replace(snapshot=message.snapshot._replace(data=data))])
         return b""
 
     # --- sending ---------------------------------------------------------------------
@@ -124,7 +155,10 @@ class PeerTransport:
         """Queue messages for their peers, one batch per peer; never blocks."""
         by_peer: dict[int, list[Message]] = {}
         for message in messages:
-            by_peer.setdefault(message.to, []).append(message)
+            if message.snapshot is not None:
+                self._send_snapshot(message)
+            else:
+                by_peer.setdefault(message.to, []).append(message)
         for member_id, batch in by_peer.items():
             peer = self._peers.get(member_id)
             if peer is None:
@@ -133,6 +167,33 @@ class PeerTransport:
                 peer.queue.put_nowait(encode_messages(batch))
             except asyncio.QueueFull:
                 peer.stats.batches_dropped += 1
+
+    def _send_snapshot(self, message: Message) -> None:
+        peer = self._peers.get(message.to)
+        if peer is None:
+            self.on_snapshot_sent(message.to, True)
+            return
+        asyncio.get_running_loop().create_task(self._stream_snapshot(peer.address, message))
+
+    async def _stream_snapshot(self, address: str, message: Message) -> None:
+        data = message.snapshot.data
+        head = encode_messages([message._replace(snapshot=message.snapshot._replace(data=b""))])
+
+        async def chunks():
+            yield head
+            for start in range(0, len(data), SNAPSHOT_CHUNK_BYTES):
+                yield data[start:start + SNAPSHOT_CHUNK_BYTES]
+
+        failed = True
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                stream = channel.stream_unary(SNAPSHOT_METHOD, request_serializer=_identity,
+                                              response_deserializer=_identity)
+                await stream(chunks())
+                failed = False
+        except (grpc.aio.AioRpcError, OSError) as error:
+            log.warning("snapshot to member %d at %s failed: %s", message.to, address, error)
+        self.on_snapshot_sent(message.to, failed)
 
     def stats(self, member_id: int) -> PeerStats:
         return self._peers[member_id].stats

@@ -41,6 +41,9 @@ PROGRESS_WATCH_ID = -1  # etcd 3.5's watch id on answers to a WatchProgressReque
 # reading history: a slow client costs reads later, not memory now.
 STREAM_RESPONSES_MAX = 1024
 HISTORY_PAGE_EVENTS = 1000  # events read from the store per catch-up step
+# How often a watcher created with progress_notify hears the revision when it
+# has no events: etcd's --experimental-watch-progress-notify-interval.
+PROGRESS_NOTIFY_INTERVAL_SECONDS = 600.0
 DUPLICATE_WATCH_ID = "mvcc: duplicate watch ID provided on the WatchStream"
 
 
@@ -51,6 +54,7 @@ class _Watcher:
     range_end: bytes  # b"" for the key alone; None end is expressed as b"\0"
     filters: frozenset[int]  # event types not wanted
     prev_kv: bool
+    progress_notify: bool
     next_revision: int
     synced: bool
 
@@ -107,7 +111,7 @@ class WatchStream:
         watcher = _Watcher(
             id=watch_id, key=request.key or b"\0", range_end=request.range_end,
             filters=_filtered_types(request), prev_kv=request.prev_kv,
-            next_revision=start, synced=start > store.revision,
+            progress_notify=request.progress_notify, next_revision=start, synced=start > store.revision,
         )
         self.watchers[watch_id] = watcher
         self.send(WatchResponse(watch_id=watch_id, created=True))
@@ -159,19 +163,33 @@ class WatchStream:
 class WatchHub:
     """The replica's watchers, fed by its applies and, for those behind, by its history."""
 
-    def __init__(self, store: MvccStore, *, stream_responses_max: int = STREAM_RESPONSES_MAX):
+    def __init__(
+        self, store: MvccStore, *, stream_responses_max: int = STREAM_RESPONSES_MAX,
+        progress_notify_interval_seconds: float = PROGRESS_NOTIFY_INTERVAL_SECONDS,
+    ):
         self.store = store
         self.stream_responses_max = stream_responses_max
+        self.progress_notify_interval_seconds = progress_notify_interval_seconds
         self.streams: set[WatchStream] = set()
         self._catch_up_wanted = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._catch_up_loop())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._catch_up_loop()), loop.create_task(self._notify_progress())]
 
     def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+
+    async def _notify_progress(self) -> None:
+        """Tell synced progress_notify watchers the revision every interval (a watermark each)."""
+        while True:
+            await asyncio.sleep(self.progress_notify_interval_seconds)
+            for stream in self.streams:
+                for watcher in stream.watchers.values():
+                    if watcher.progress_notify and watcher.synced and not stream.backed_up:
+                        stream.send(WatchResponse(watch_id=watcher.id))
 
     def open_stream(self) -> WatchStream:
         stream = WatchStream(self)

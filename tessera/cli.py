@@ -66,6 +66,9 @@ def command_replica(args: argparse.Namespace) -> int:
         heartbeat_interval_ms=args.heartbeat_interval, election_timeout_ms=args.election_timeout,
         quota_backend_bytes=args.quota_backend_bytes, snapshot_count=args.snapshot_count,
         snapshot_catchup_entries=args.snapshot_catchup_entries, join=args.join,
+        max_raft_message_bytes=args.max_raft_message_bytes,
+        max_inflight_messages=args.max_inflight_messages,
+        watch_progress_notify_interval_seconds=args.watch_progress_notify_interval,
     )
     try:
         asyncio.run(run_until_stopped(config, parent_pid=args.parent_pid))
@@ -100,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
                          help="applied entries between snapshots (etcd's default)")
     replica.add_argument("--snapshot-catchup-entries", type=int, default=5000,
                          help="entries kept after a snapshot for slow followers (etcd keeps 5000)")
+    replica.add_argument("--max-raft-message-bytes", type=int, default=1 << 20,
+                         help="entries per append message (etcd's MaxSizePerMsg)")
+    replica.add_argument("--max-inflight-messages", type=int, default=512,
+                         help="unacknowledged appends per follower (etcd's MaxInflightMsgs)")
+    replica.add_argument("--watch-progress-notify-interval", type=float, default=600.0,
+                         help="seconds between progress notifications to watches that ask (etcd: 10m)")
     replica.add_argument("--join", action="store_true",
                          help="join a running group (after a member add) instead of founding one")
     replica.add_argument("--parent-pid", type=int, default=None,

@@ -157,3 +157,24 @@ def test_a_follower_watch_sees_every_event_once_across_a_leader_change(group):
         assert [event[0] for event in events] == acknowledged
 
     asyncio.run(scenario())
+
+
+def test_progress_notify_watchers_hear_the_revision_when_idle(tmp_path):
+    group = ReplicaGroup(tmp_path, extra_arguments=["--watch-progress-notify-interval", "0.2"])
+    group.start_all()
+    try:
+        async def scenario():
+            leader = await wait_for_leader(group)
+            async with ShardClient(group.api_address(leader)) as client, \
+                    WatchClient(group.api_address(leader)) as watch:
+                await watch.send(create_request=dict(key=b"n", progress_notify=True))
+                assert (await watch.next()).created
+                await client.request(put=PutRequest(key=b"other", value=b"v"))
+                notified = await watch.next(timeout=5)
+                assert notified.watch_id == 0 and not notified.events and notified.header.revision == 2
+                silent = await watch.next(timeout=5)  # it keeps coming while nothing happens
+                assert not silent.events
+
+        asyncio.run(scenario())
+    finally:
+        group.stop_all()

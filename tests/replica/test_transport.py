@@ -6,7 +6,7 @@ import socket
 import grpc
 
 from shards.raft.messages import Message, MessageType
-from shards.raft.storage import Entry
+from shards.raft.storage import ConfState, Entry, Snapshot, SnapshotMeta
 from shards.raft_wire import encode_messages
 from shards.transport import RAFT_METHOD, SEND_QUEUE_BATCHES_MAX, PeerTransport
 
@@ -165,5 +165,34 @@ def test_stop_is_clean_and_idempotent():
         assert a.port > 0
         await a.stop()
         await a.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_snapshot_streams_in_chunks_apart_from_raft_traffic_and_reports_delivery():
+    async def scenario():
+        reports = []
+        inbox_b = Inbox()
+        a = PeerTransport(1, "127.0.0.1:0", Inbox(), on_snapshot_sent=lambda m, failed: reports.append((m, failed)),
+                          **FAST_REDIAL)
+        b = PeerTransport(2, "127.0.0.1:0", inbox_b, **FAST_REDIAL)
+        await a.start()
+        await b.start()
+        a.set_peer(2, f"127.0.0.1:{b.port}")
+        a.set_peer(3, f"127.0.0.1:{free_port()}")  # nobody there
+        try:
+            data = bytes(range(256)) * (3 * 4096 + 7)  # 3 MiB and a bit: several chunks
+            snapshot = Snapshot(SnapshotMeta(40, 2, ConfState((1, 2, 3))), data)
+            a.send([Message(MessageType.SNAP, to=2, frm=1, term=2, snapshot=snapshot), heartbeat(2, 2)])
+            a.send([Message(MessageType.SNAP, to=3, frm=1, term=2, snapshot=snapshot)])
+            await inbox_b.wait_for(2)
+            received = next(m for m in inbox_b.messages if m.type == MessageType.SNAP)
+            assert received.snapshot == snapshot
+            while len(reports) < 2:
+                await asyncio.sleep(0.02)
+            assert sorted(reports) == [(2, False), (3, True)]
+        finally:
+            await a.stop()
+            await b.stop()
 
     asyncio.run(scenario())
