@@ -59,7 +59,7 @@ from shards.raft import Config, ProposalDropped, RawNode, Ready, Role
 from shards.raft.messages import ConfChange, ConfChangeType, Message, MessageType
 from shards.raft.storage import Entry, EntryType, HardState, Snapshot, SnapshotMeta
 from shards.transport import PeerTransport
-from shards.wal import WriteAheadLog
+from shards.wal import SEGMENT_BYTES_DEFAULT, WriteAheadLog
 from shards.watch import PROGRESS_NOTIFY_INTERVAL_SECONDS, WatchHub
 from tessera.api import errors, validation
 from tessera.api.internal_pb2 import (
@@ -131,6 +131,7 @@ class ReplicaConfig:
     watch_progress_notify_interval_seconds: float = PROGRESS_NOTIFY_INTERVAL_SECONDS
     max_raft_message_bytes: int = 1 << 20  # etcd's MaxSizePerMsg
     max_inflight_messages: int = 512  # etcd's MaxInflightMsgs
+    wal_segment_bytes: int = SEGMENT_BYTES_DEFAULT
 
 
 @dataclass
@@ -151,7 +152,7 @@ class Replica:
     def __init__(self, config: ReplicaConfig):
         self.config = config
         me = config.members[config.member_id]
-        self.wal = WriteAheadLog.open(config.data_dir / "wal")
+        self.wal = WriteAheadLog.open(config.data_dir / "wal", segment_bytes=config.wal_segment_bytes)
         self.store = MvccStore.open(config.data_dir / "mvcc", quota_bytes=config.quota_backend_bytes)
         self._incoming_snapshot = config.data_dir / "snapshot.mdb"
         self._finish_snapshot_install()

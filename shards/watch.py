@@ -137,11 +137,13 @@ class WatchStream:
             response.header.revision = self.hub.store.revision
         self.outbox.put_nowait(response)
 
-    def deliver(self, watcher: _Watcher, events: list[ChangeEvent]) -> None:
-        """Send a watcher the events it wants of these (whole revisions), and move it past them."""
+    def deliver(self, watcher: _Watcher, events: list[ChangeEvent], keys: list[bytes]) -> None:
+        """Send a watcher the events it wants of these (whole revisions), and move it past them.
+
+        `keys` are the events' keys, decoded once for every watcher.
+        """
         response = WatchResponse(watch_id=watcher.id)
-        for event in events:
-            key = _record_key(event.kv)
+        for event, key in zip(events, keys):
             if watcher.wants(event, key):
                 added = response.events.add(type=event.type)
                 added.kv.MergeFromString(event.kv)
@@ -201,13 +203,14 @@ class WatchHub:
 
     def publish(self, events: list[ChangeEvent]) -> None:
         """Live events of one applied batch, in revision order, to every synced watcher."""
+        keys = _event_keys(events)
         for stream in self.streams:
             if stream.backed_up:
                 stream.fall_behind()
                 continue
             for watcher in stream.watchers.values():
                 if watcher.synced:
-                    stream.deliver(watcher, events)
+                    stream.deliver(watcher, events, keys)
 
     def resync_all(self) -> None:
         """After the store was replaced by a snapshot: its events were never published."""
@@ -244,12 +247,12 @@ class WatchHub:
                 watch_id=watcher.id, canceled=True, compact_revision=self.store.compacted_revision,
                 cancel_reason=errors.Compacted.message))
             return True
-        stream.deliver(watcher, events)
+        stream.deliver(watcher, events, _event_keys(events))
         watcher.next_revision = next_revision
         # Nothing is applied between the read and this check: at the head means synced.
         watcher.synced = next_revision > self.store.revision
         return watcher.synced
 
 
-def _record_key(record: bytes) -> bytes:
-    return codec.decode_key_value(record)[0]
+def _event_keys(events: list[ChangeEvent]) -> list[bytes]:
+    return [codec.decode_key_value(event.kv)[0] for event in events]

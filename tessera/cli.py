@@ -69,6 +69,7 @@ def command_replica(args: argparse.Namespace) -> int:
         max_raft_message_bytes=args.max_raft_message_bytes,
         max_inflight_messages=args.max_inflight_messages,
         watch_progress_notify_interval_seconds=args.watch_progress_notify_interval,
+        wal_segment_bytes=args.wal_segment_bytes,
     )
     try:
         asyncio.run(run_until_stopped(config, parent_pid=args.parent_pid))
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                          help="unacknowledged appends per follower (etcd's MaxInflightMsgs)")
     replica.add_argument("--watch-progress-notify-interval", type=float, default=600.0,
                          help="seconds between progress notifications to watches that ask (etcd: 10m)")
+    replica.add_argument("--wal-segment-bytes", type=int, default=64 * 1024 * 1024,
+                         help="size of each preallocated WAL segment file (etcd's 64 MB)")
     replica.add_argument("--join", action="store_true",
                          help="join a running group (after a member add) instead of founding one")
     replica.add_argument("--parent-pid", type=int, default=None,

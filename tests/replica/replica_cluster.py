@@ -23,6 +23,8 @@ from tessera.api.rpc_pb2 import PutRequest, RangeRequest, WatchRequest, WatchRes
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_SECONDS = 15
+# Small WAL segments: a test group takes MBs of disk, not 64 MB a member, and rolls segments.
+TEST_WAL_SEGMENT_BYTES = 4 * 1024 * 1024
 
 
 def free_ports(count: int) -> list[int]:
@@ -70,7 +72,8 @@ class ReplicaGroup:
         self.processes[member] = subprocess.Popen(
             [sys.executable, "-m", "tessera.cli", "replica", "--group", str(self.group_id),
              "--member", str(member), "--data-dir", str(self.directory / f"member-{member}"),
-             "--members", self.members_argument, "--parent-pid", str(os.getpid()), *self.extra_arguments,
+             "--members", self.members_argument, "--parent-pid", str(os.getpid()),
+             "--wal-segment-bytes", str(TEST_WAL_SEGMENT_BYTES), *self.extra_arguments,
              *(["--join"] if member in self.joining else [])],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )

@@ -10,7 +10,7 @@ from shards.replica import MemberAddresses, Replica, ReplicaConfig
 
 def test_a_failure_in_the_raft_loop_surfaces(tmp_path):
     peer, api = free_ports(2)
-    config = ReplicaConfig(group_id=1, member_id=1, data_dir=tmp_path,
+    config = ReplicaConfig(group_id=1, member_id=1, data_dir=tmp_path, wal_segment_bytes=1 << 20,
                            members={1: MemberAddresses(f"127.0.0.1:{peer}", f"127.0.0.1:{api}")})
 
     async def scenario():
