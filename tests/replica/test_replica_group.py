@@ -3,7 +3,6 @@
 import asyncio
 
 import grpc
-import pytest
 from replica_cluster import (
     ReplicaGroup,
     ShardClient,
@@ -22,14 +21,6 @@ from tessera.api.rpc_pb2 import (
     PutRequest,
     RangeRequest,
 )
-
-
-@pytest.fixture
-def group(tmp_path):
-    group = ReplicaGroup(tmp_path)
-    group.start_all()
-    yield group
-    group.stop_all()
 
 
 def test_a_group_elects_replicates_and_serves(group):

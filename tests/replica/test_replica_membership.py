@@ -2,16 +2,7 @@
 
 import asyncio
 
-import pytest
-from replica_cluster import ReplicaGroup, ShardClient, put_many, wait_for_leader, wait_until_caught_up
-
-
-@pytest.fixture
-def group(tmp_path):
-    group = ReplicaGroup(tmp_path)
-    group.start_all()
-    yield group
-    group.stop_all()
+from replica_cluster import ShardClient, put_many, wait_for_leader, wait_until_caught_up
 
 
 def member_table(answer):

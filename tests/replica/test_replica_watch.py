@@ -2,19 +2,10 @@
 
 import asyncio
 
-import pytest
 from replica_cluster import ReplicaGroup, ShardClient, WatchClient, wait_for_leader
 
 from tessera.api.kv_pb2 import Event
 from tessera.api.rpc_pb2 import CompactionRequest, DeleteRangeRequest, PutRequest, WatchCreateRequest
-
-
-@pytest.fixture
-def group(tmp_path):
-    group = ReplicaGroup(tmp_path)
-    group.start_all()
-    yield group
-    group.stop_all()
 
 
 async def collect(watch, count, timeout=10.0):
