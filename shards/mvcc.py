@@ -53,6 +53,7 @@ from native import codec, crc
 from native.keyindex import KeyIndex
 from shards.durable import fsync_directory
 from tessera.api import errors
+from tessera.api.validation import key_in_range
 from tessera.api.kv_pb2 import Event, KeyValue
 from tessera.api.rpc_pb2 import (
     NOSPACE,
@@ -144,8 +145,8 @@ def _last_key_of(main: int) -> bytes:
     return codec.encode_revision(main, SUB_REVISION_MAX, tombstone=True)
 
 
-def _range_end(key: bytes, range_end: bytes) -> bytes | None:
-    """The exclusive end of a request's range; None for "every key from key on"."""
+def _range_end(range_end: bytes) -> bytes | None:
+    """The exclusive end of a request's range; None for "every key from the start on"."""
     return None if range_end == b"\0" else range_end
 
 
@@ -238,7 +239,7 @@ class MvccStore:
         response = RangeResponse()
         response.header.revision = current
         if request.range_end:
-            found = self._index.range(request.key, _range_end(request.key, request.range_end), at)
+            found = self._index.range(request.key, _range_end(request.range_end), at)
         else:
             revision = self._index.get(request.key, at)
             found = [] if revision is None else [(request.key, revision)]
@@ -289,7 +290,6 @@ class MvccStore:
         """
         if start_revision < self.compacted_revision:
             raise errors.Compacted()
-        end = _range_end(key, range_end) if range_end else None
         events: list[ChangeEvent] = []
         with self._env.begin() as txn:
             cursor = txn.cursor(db=self._history)
@@ -300,11 +300,7 @@ class MvccStore:
                 if len(events) >= limit and events[-1].revision != main:
                     return events, main
                 record_key = codec.decode_key_value(record)[KEY]
-                in_range = (
-                    record_key == key if not range_end
-                    else key <= record_key and (end is None or record_key < end)
-                )
-                if in_range and main > self.compacted_revision:
+                if key_in_range(record_key, key, range_end) and main > self.compacted_revision:
                     previous = self._index.get(record_key, main - 1)
                     events.append(ChangeEvent(
                         Event.DELETE if tombstone else Event.PUT, main, record,
@@ -644,7 +640,7 @@ class _Change:
     def delete_range(self, request: DeleteRangeRequest) -> DeleteRangeResponse:
         index = self.store._index
         if request.range_end:
-            keys = [key for key, _ in index.range(request.key, _range_end(request.key, request.range_end))]
+            keys = [key for key, _ in index.range(request.key, _range_end(request.range_end))]
         else:
             keys = [request.key] if index.get(request.key) is not None else []
         response = DeleteRangeResponse(deleted=len(keys))
@@ -746,7 +742,7 @@ class _Change:
     def _compare(self, compare: Compare) -> bool:
         store = self.store
         if compare.range_end:
-            end = _range_end(compare.key, compare.range_end)
+            end = _range_end(compare.range_end)
             revisions = [revision for _, revision in store._index.range(compare.key, end)]
         else:
             revision = store._index.get(compare.key)

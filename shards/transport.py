@@ -42,7 +42,9 @@ SNAPSHOT_CHUNK_BYTES = 1 << 20
 SEND_QUEUE_BATCHES_MAX = 1024
 REDIAL_BACKOFF_MIN_SECONDS = 0.05
 REDIAL_BACKOFF_MAX_SECONDS = 2.0
-# A snapshot batch carries the whole LMDB file until snapshots stream in chunks.
+# One batch holds every message of a Ready for one peer: appends of up to
+# max_size_per_msg each, as many as the in-flight window allows. Raft bounds
+# that, so the stream takes any size gRPC can carry. (Snapshots go in chunks.)
 MESSAGE_BYTES_MAX = 2**31 - 1
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from native import codec
 from shards.mvcc import ChangeEvent, MvccStore
 from tessera.api import errors
+from tessera.api.validation import key_in_range
 from tessera.api.kv_pb2 import Event
 from tessera.api.rpc_pb2 import WatchCreateRequest, WatchRequest, WatchResponse
 
@@ -59,11 +60,10 @@ class _Watcher:
     synced: bool
 
     def wants(self, event: ChangeEvent, key: bytes) -> bool:
-        if event.revision < self.next_revision or event.type in self.filters:
-            return False
-        if not self.range_end:
-            return key == self.key
-        return self.key <= key and (self.range_end == b"\0" or key < self.range_end)
+        return (
+            event.revision >= self.next_revision and event.type not in self.filters
+            and key_in_range(key, self.key, self.range_end)
+        )
 
 
 def _filtered_types(request: WatchCreateRequest) -> frozenset[int]:

@@ -12,6 +12,13 @@ from tessera.api.rpc_pb2 import DeleteRangeRequest, PutRequest, RangeRequest, Re
 MAX_TXN_OPS_DEFAULT = 128  # etcd's --max-txn-ops
 
 
+def key_in_range(key: bytes, start: bytes, range_end: bytes) -> bool:
+    """etcd's key ranges: no range_end is `start` alone, "\0" every key from it on."""
+    if not range_end:
+        return key == start
+    return start <= key and (range_end == b"\0" or key < range_end)
+
+
 def check_range(request: RangeRequest) -> None:
     if not request.key:
         raise errors.EmptyKey()
@@ -67,19 +74,13 @@ class _DeletedRanges:
     """Key intervals deleted somewhere in a branch: a put may not fall in any of them."""
 
     def __init__(self) -> None:
-        self.intervals: list[tuple[bytes, bytes | None]] = []  # [start, end); None: one key
+        self.intervals: list[tuple[bytes, bytes]] = []  # (key, range_end) as requests give them
 
     def add(self, request: DeleteRangeRequest) -> None:
-        self.intervals.append((request.key, request.range_end or None))
+        self.intervals.append((request.key, request.range_end))
 
     def covers(self, key: bytes) -> bool:
-        for start, end in self.intervals:
-            if end is None:
-                if key == start:
-                    return True
-            elif start <= key and (end == b"\0" or key < end):
-                return True
-        return False
+        return any(key_in_range(key, start, range_end) for start, range_end in self.intervals)
 
 
 def _check_intervals(ops) -> tuple[set[bytes], _DeletedRanges]:
