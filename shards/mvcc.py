@@ -140,6 +140,16 @@ def _u64(value: int) -> bytes:
     return _U64.pack(value)
 
 
+def _keys_under(cursor, prefix: bytes) -> list[bytes]:
+    """From a cursor placed at `prefix`, the rest of each key that starts with it."""
+    keys = []
+    for attachment in cursor.iternext(values=False):
+        if not attachment.startswith(prefix):
+            break
+        keys.append(attachment[len(prefix):])
+    return keys
+
+
 def _last_key_of(main: int) -> bytes:
     """The greatest revision key with this main revision: history up to main sorts at or below it."""
     return codec.encode_revision(main, SUB_REVISION_MAX, tombstone=True)
@@ -308,6 +318,13 @@ class MvccStore:
                     ))
                 present = cursor.next()
         return events, self.revision + 1
+
+    def lease_keys(self, lease_id: int) -> list[bytes]:
+        """The keys attached to a lease, in key order."""
+        prefix = _u64(lease_id)
+        with self._env.begin() as txn:
+            cursor = txn.cursor(db=self._leases)
+            return _keys_under(cursor, prefix) if cursor.set_range(prefix) else []
 
     def _record(self, txn, revision_key: bytes) -> KeyValue:
         """The record at a revision the index gave, as the message a response carries."""
@@ -668,13 +685,7 @@ class _Change:
         store, txn = self.store, self.txn
         prefix = _u64(lease_id)
         cursor = txn.cursor(db=store._leases)
-        keys = []
-        if cursor.set_range(prefix):
-            for attachment in cursor.iternext(values=False):
-                if not attachment.startswith(prefix):
-                    break
-                keys.append(attachment[len(prefix):])
-        for key in keys:
+        for key in _keys_under(cursor, prefix) if cursor.set_range(prefix) else []:
             self._delete_key(key)
         txn.put(prefix, b"", db=store._revoked)
         return None

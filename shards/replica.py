@@ -64,6 +64,7 @@ from shards.watch import PROGRESS_NOTIFY_INTERVAL_SECONDS, WatchHub
 from tessera.api import errors, validation
 from tessera.api.internal_pb2 import (
     Error,
+    LeaseKeysResponse,
     Member,
     MemberChange,
     MemberListResponse,
@@ -564,6 +565,10 @@ class Replica:
                 outcome = await self._move_leader(request.move_leader.targetID)
             elif kind == "member_list":
                 outcome = self.member_list()
+            elif kind == "lease_keys":
+                self._check_leader()
+                outcome = LeaseKeysResponse(header=ResponseHeader(revision=self.store.revision),
+                                            keys=self.store.lease_keys(request.lease_keys))
             elif kind in ("member_add", "member_promote", "member_remove"):
                 outcome = await self._change_membership(request)
             elif kind == "range":

@@ -135,3 +135,75 @@ class LearnerNotReady(EtcdError):
 class TooManyLearners(EtcdError):
     code = "FAILED_PRECONDITION"
     message = "etcdserver: too many learner members in cluster"
+
+
+class LeaseExist(EtcdError):
+    code = "FAILED_PRECONDITION"
+    message = "etcdserver: lease already exists"
+
+
+class LeaseTTLTooLarge(EtcdError):
+    code = "OUT_OF_RANGE"
+    message = "etcdserver: too large lease TTL"
+
+
+class RequestTooLarge(EtcdError):
+    code = "INVALID_ARGUMENT"
+    message = "etcdserver: request is too large"
+
+
+class AuthNotEnabled(EtcdError):
+    code = "FAILED_PRECONDITION"
+    message = "etcdserver: authentication is not enabled"
+
+
+class RootUserNotExist(EtcdError):
+    code = "FAILED_PRECONDITION"
+    message = "etcdserver: root user does not exist"
+
+
+class UserNotFound(EtcdError):
+    code = "FAILED_PRECONDITION"
+    message = "etcdserver: user name not found"
+
+
+class RoleNotFound(EtcdError):
+    code = "FAILED_PRECONDITION"
+    message = "etcdserver: role name not found"
+
+
+class Reported(EtcdError):
+    """An error another process reported as (status code name, message): passed on unchanged."""
+
+    def __init__(self, code: str, message: str) -> None:
+        Exception.__init__(self, message)
+        self.code, self.message = code, message
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EtcdError) and (self.code, self.message) == (other.code, other.message)
+
+    def __hash__(self) -> int:
+        return hash((self.code, self.message))
+
+
+def from_report(code: str, message: str) -> EtcdError:
+    """The error class with this code and message, or a Reported one carrying them."""
+    kind = _BY_REPORT.get((code, message))
+    return kind() if kind else Reported(code, message)
+
+
+class TxnSpansGroups(EtcdError):
+    """Tessera's own: cross-group transactions are not built yet (ARCHITECTURE decision 7)."""
+
+    code = "FAILED_PRECONDITION"
+
+    def __init__(self, groups) -> None:
+        self.message = ("tessera: a transaction must keep its keys in one shard group; this one "
+                        f"touches groups {', '.join(str(group) for group in sorted(groups))}")
+        Exception.__init__(self, self.message)
+
+
+_BY_REPORT = {
+    (kind.code, kind.message): kind for kind in list(globals().values())
+    if isinstance(kind, type) and issubclass(kind, EtcdError) and "message" in kind.__dict__
+}

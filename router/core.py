@@ -1,0 +1,312 @@
+"""The router's request path: etcd's KV semantics over the groups of the shard map.
+
+A request that stays in one group goes to that group as it came. One that
+crosses groups is cut at the map's boundaries, scattered, and merged the way
+etcd would have answered it from one store (key order, sort, limit, count,
+`more`).
+
+Global revisions (ARCHITECTURE decision 3). `self.revision` is the highest
+revision this router has seen a group reach. Every write carries
+`floor = revision + 1`, so the group gives it a revision above everything
+handed out before it was sent. A read at revision R of a group still below R
+first raises that group to R through raft: nothing can then be written there
+at or below R, so the read is repeatable. A read across groups at the latest
+revision is pinned to `self.revision` in every group, which makes the merged
+answer one consistent cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Iterable
+
+from router.shard_client import REQUEST_TIMEOUT_SECONDS, GroupClient
+from router.shard_map import ShardMap
+from tessera.api import errors, validation
+from tessera.api.internal_pb2 import ShardRequest, StatusResponse as GroupStatus
+from tessera.api.rpc_pb2 import (
+    CompactionRequest,
+    CompactionResponse,
+    DeleteRangeRequest,
+    DeleteRangeResponse,
+    PutRequest,
+    PutResponse,
+    RangeRequest,
+    RangeResponse,
+    RequestOp,
+    ResponseHeader,
+    TxnRequest,
+    TxnResponse,
+)
+
+log = logging.getLogger("tessera.router")
+
+MAX_REQUEST_BYTES = 1536 * 1024  # etcd's --max-request-bytes default (1.5 MiB)
+RAISE_ATTEMPTS = 20  # a follower may need a moment to apply a raise before it can read there
+
+
+class Router:
+    """Routing state: the groups, the shard map, the revision; what every front end calls."""
+
+    def __init__(self, cluster_id: int, member_id: int, shard_map: ShardMap,
+                 groups: dict[int, GroupClient], meta: GroupClient):
+        self.cluster_id = cluster_id
+        self.member_id = member_id
+        self.shard_map = shard_map
+        self.groups = groups  # data groups
+        self.meta = meta
+        self.revision = 0
+        self.group_revisions: dict[int, int] = {}  # the highest revision seen of each group
+        self.leases = None  # router.leases.Lessor, set by the server
+
+    # --- revisions and headers -------------------------------------------------------
+
+    def observe(self, revision: int) -> None:
+        if revision > self.revision:
+            self.revision = revision
+
+    def observe_group(self, group: int, revision: int) -> None:
+        if revision > self.group_revisions.get(group, 0):
+            self.group_revisions[group] = revision
+        self.observe(revision)
+
+    def header(self, revision: int, group: int | None = None) -> ResponseHeader:
+        term = self.groups[group].term if group in self.groups else max(
+            (client.term for client in self.groups.values()), default=0)
+        return ResponseHeader(cluster_id=self.cluster_id, member_id=self.member_id, revision=revision,
+                              raft_term=term)
+
+    def _stamp(self, header: ResponseHeader, group: int) -> None:
+        self.observe_group(group, header.revision)
+        header.cluster_id = self.cluster_id
+        header.member_id = self.member_id
+        header.raft_term = self.groups[group].term
+
+    async def sync_revision(self) -> None:
+        """Start from the highest revision any group has reached (a new router knows none)."""
+        groups = sorted(self.groups)
+        for group, status in zip(groups, await asyncio.gather(*(self.group_status(g) for g in groups))):
+            self.observe_group(group, status.revision)
+
+    async def group_status(self, group: int, timeout: float = REQUEST_TIMEOUT_SECONDS) -> GroupStatus:
+        client = self.groups[group] if group in self.groups else self.meta
+        status = (await client.call(ShardRequest(status={}), write=False, any_member=True,
+                                    timeout=timeout)).status
+        if status.leader_id:
+            client.leader_id = status.leader_id if status.leader_id in client.member_ids else 0
+            client.term = max(client.term, status.term)
+        return status
+
+    async def raise_group(self, group: int, revision: int) -> None:
+        """Lift a group's revision to `revision` (no key changes, no event); idempotent."""
+        response = await self.groups[group].call(ShardRequest(raise_revision=revision), write=False)
+        self.observe_group(group, response.raised.revision)
+
+    async def track_leaders(self, interval: float) -> None:
+        """Keep each group's leader and term current, and note groups left without a leader."""
+        loop = asyncio.get_running_loop()
+        while True:
+            for group, client in [*self.groups.items(), (self.meta.group_id, self.meta)]:
+                try:
+                    status = await self.group_status(group, timeout=interval)
+                    has_leader = bool(status.leader_id)
+                except errors.EtcdError:
+                    has_leader = False
+                if has_leader:
+                    client.leaderless_since = None
+                elif client.leaderless_since is None:
+                    log.warning("group %d has no leader", group)
+                    client.leaderless_since = loop.time()
+            await asyncio.sleep(interval)
+
+    # --- writes ------------------------------------------------------------------------
+
+    async def write(self, group: int, request: ShardRequest) -> object:
+        """Send a write with the floor of global revisions; the group's answer of that kind."""
+        request.floor = self.revision + 1
+        response = await self.groups[group].call(request, write=True)
+        answer = getattr(response, response.WhichOneof("response"))
+        self._stamp(answer.header, group)
+        return answer
+
+    async def put(self, request: PutRequest) -> PutResponse:
+        validation.check_put(request)
+        if request.lease:
+            self.leases.check(request.lease)
+        return await self.write(self.shard_map.group_of(request.key), ShardRequest(put=request))
+
+    async def delete_range(self, request: DeleteRangeRequest) -> DeleteRangeResponse:
+        validation.check_delete(request)
+        pieces = self.shard_map.pieces(request.key, request.range_end)
+        if len(pieces) == 1:
+            return await self.write(pieces[0].group, ShardRequest(delete_range=request))
+        answers = await asyncio.gather(*(
+            self.write(piece.group, ShardRequest(delete_range=DeleteRangeRequest(
+                key=piece.key, range_end=piece.range_end, prev_kv=request.prev_kv)))
+            for piece in pieces))
+        merged = DeleteRangeResponse(header=self.header(self.revision))
+        for answer in answers:  # pieces are in key order, so prev_kvs are too
+            merged.deleted += answer.deleted
+            merged.prev_kvs.extend(answer.prev_kvs)
+        return merged
+
+    async def txn(self, request: TxnRequest) -> TxnResponse:
+        validation.check_txn(request)
+        groups = set()
+        for key, range_end in _txn_keys(request):
+            groups |= self.shard_map.groups_of(key, range_end)
+        if len(groups) > 1:
+            raise errors.TxnSpansGroups(groups)
+        group = groups.pop() if groups else self.shard_map.default_group
+        for lease in _txn_leases(request):
+            self.leases.check(lease)
+        read_at = max(_txn_read_revisions(request), default=0)
+        if read_at > self.revision:
+            raise errors.FutureRevision()
+        try:
+            return await self.write(group, ShardRequest(txn=request))
+        except errors.FutureRevision:
+            # A range inside reads above the group's revision, but not above ours: a
+            # failed transaction changed nothing, so raise the group and run it again.
+            await self.raise_group(group, read_at)
+            return await self.write(group, ShardRequest(txn=request))
+
+    async def compact(self, request: CompactionRequest) -> CompactionResponse:
+        if request.revision > self.revision:
+            raise errors.FutureRevision()
+
+        async def compact_group(group: int) -> None:
+            try:
+                await self.write(group, ShardRequest(compaction=request))
+            except errors.FutureRevision:
+                await self.raise_group(group, request.revision)
+                await self.write(group, ShardRequest(compaction=request))
+
+        outcomes = await asyncio.gather(*(compact_group(group) for group in self.groups), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return CompactionResponse(header=self.header(self.revision))
+
+    # --- reads -------------------------------------------------------------------------
+
+    async def range(self, request: RangeRequest) -> RangeResponse:
+        validation.check_range(request)
+        if request.revision > self.revision:
+            raise errors.FutureRevision()
+        pieces = self.shard_map.pieces(request.key, request.range_end)
+        if not pieces:
+            return RangeResponse(header=self.header(self.revision))
+        if len(pieces) == 1:
+            return await self.read(pieces[0].group, request)
+        at = request.revision or self.revision
+        answers = await asyncio.gather(*(self.read(piece.group, _piece_of(request, piece, at)) for piece in pieces))
+        return self._merge_ranges(request, answers, at)
+
+    async def read(self, group: int, request: RangeRequest) -> RangeResponse:
+        """One group's answer to a range, raising the group first if it is below the revision asked."""
+        client = self.groups[group]
+        shard_request = ShardRequest(range=request)
+        for _ in range(RAISE_ATTEMPTS):
+            try:
+                response = await client.call(shard_request, write=False, any_member=request.serializable)
+            except errors.FutureRevision:
+                await self.raise_group(group, request.revision)
+                if request.serializable:
+                    await asyncio.sleep(0.01)  # a follower applies the raise a moment later
+                continue
+            answer = response.range
+            self._stamp(answer.header, group)
+            return answer
+        raise errors.RequestTimeout()
+
+    def _merge_ranges(self, request: RangeRequest, answers: list[RangeResponse], at: int) -> RangeResponse:
+        merged = RangeResponse(header=self.header(at))
+        merged.count = sum(answer.count for answer in answers)
+        if request.count_only:
+            return merged
+        kvs = [kv for answer in answers for kv in answer.kvs]  # pieces in key order: kvs by key
+        order, target = _effective_sort(request)
+        if order != RangeRequest.NONE:
+            kvs.sort(key=_SORT_KEYS[target], reverse=order == RangeRequest.DESCEND)
+        limit = request.limit
+        merged.more = any(answer.more for answer in answers) or (0 < limit < len(kvs))
+        merged.kvs.extend(kvs[:limit] if limit > 0 else kvs)
+        return merged
+
+    # --- status ------------------------------------------------------------------------
+
+    async def statuses(self) -> dict[int, GroupStatus | errors.EtcdError]:
+        """Each data group's status from its leader, or the error that kept it from answering."""
+        groups = sorted(self.groups)
+        answers = await asyncio.gather(*(self._leader_status(group) for group in groups), return_exceptions=True)
+        return dict(zip(groups, answers))
+
+    async def _leader_status(self, group: int) -> GroupStatus:
+        client = self.groups[group]
+        status = (await client.call(ShardRequest(status={}), write=False)).status
+        if status.leader_id != status.member_id:  # asked a member that does not lead: ask the leader
+            status = await self.group_status(group)
+            if status.leader_id and status.leader_id != status.member_id:
+                status = (await client.call(ShardRequest(status={}), write=False)).status
+        client.term = max(client.term, status.term)
+        return status
+
+
+def _piece_of(request: RangeRequest, piece, at: int) -> RangeRequest:
+    sub = RangeRequest()
+    sub.CopyFrom(request)
+    sub.key, sub.range_end, sub.revision = piece.key, piece.range_end, at
+    return sub
+
+
+def _effective_sort(request: RangeRequest) -> tuple[int, int]:
+    """etcd's rule: a non-key target with no order sorts ascending; key ascending is the store's order."""
+    order, target = request.sort_order, request.sort_target
+    if target != RangeRequest.KEY and order == RangeRequest.NONE:
+        order = RangeRequest.ASCEND
+    elif target == RangeRequest.KEY and order == RangeRequest.ASCEND:
+        order = RangeRequest.NONE
+    return order, target
+
+
+_SORT_KEYS = {
+    RangeRequest.KEY: lambda kv: kv.key,
+    RangeRequest.VERSION: lambda kv: kv.version,
+    RangeRequest.CREATE: lambda kv: kv.create_revision,
+    RangeRequest.MOD: lambda kv: kv.mod_revision,
+    RangeRequest.VALUE: lambda kv: kv.value,
+}
+
+
+def _txn_ops(request: TxnRequest) -> Iterable[RequestOp]:
+    for op in (*request.success, *request.failure):
+        yield op
+        if op.WhichOneof("request") == "request_txn":
+            yield from _txn_ops(op.request_txn)
+
+
+def _txn_keys(request: TxnRequest) -> Iterable[tuple[bytes, bytes]]:
+    """Every (key, range_end) a transaction compares, reads or writes, nested ones included."""
+    for compare in request.compare:
+        yield compare.key, compare.range_end
+    for op in (*request.success, *request.failure):
+        kind = op.WhichOneof("request")
+        if kind == "request_txn":
+            yield from _txn_keys(op.request_txn)
+        elif kind is not None:
+            inner = getattr(op, kind)
+            yield inner.key, getattr(inner, "range_end", b"")
+
+
+def _txn_leases(request: TxnRequest) -> Iterable[int]:
+    for op in _txn_ops(request):
+        if op.WhichOneof("request") == "request_put" and op.request_put.lease:
+            yield op.request_put.lease
+
+
+def _txn_read_revisions(request: TxnRequest) -> Iterable[int]:
+    for op in _txn_ops(request):
+        if op.WhichOneof("request") == "request_range":
+            yield op.request_range.revision

@@ -1,0 +1,359 @@
+"""The router process: etcd's v3 gRPC services on one address, over the groups of the meta group's map.
+
+The gRPC front end is thin on purpose (ARCHITECTURE decision 2): each method
+is registered with no deserializer, so a handler gets the request's bytes,
+parses the message it needs, calls the routing core, and returns the
+answer's bytes. Errors are etcd's (tessera.api.errors), turned into a gRPC
+status at this edge and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import signal
+
+import grpc
+
+import tessera
+from router.core import MAX_REQUEST_BYTES, Router
+from router.leases import Lessor
+from router.meta import (
+    META_GROUP,
+    SYSTEM_PREFIX,
+    MetaClient,
+    MetaState,
+    prefix_range,
+    router_key,
+    wait_until_bootstrapped,
+)
+from router.shard_client import WATCH_METHOD, GroupClient
+from router.watch_proxy import WatchProxy
+from tessera.api import errors
+from tessera.api.internal_pb2 import RouterRecord, ShardRequest
+from tessera.api.rpc_pb2 import (
+    NONE,
+    AlarmRequest,
+    AlarmResponse,
+    AlarmType,
+    AuthDisableRequest,
+    AuthDisableResponse,
+    AuthEnableRequest,
+    AuthenticateRequest,
+    AuthRoleGetRequest,
+    AuthRoleListRequest,
+    AuthRoleListResponse,
+    AuthStatusRequest,
+    AuthStatusResponse,
+    AuthUserGetRequest,
+    AuthUserListRequest,
+    AuthUserListResponse,
+    CompactionRequest,
+    DeleteRangeRequest,
+    LeaseGrantRequest,
+    LeaseKeepAliveRequest,
+    LeaseLeasesRequest,
+    LeaseRevokeRequest,
+    LeaseTimeToLiveRequest,
+    Member,
+    MemberListRequest,
+    MemberListResponse,
+    PutRequest,
+    RangeRequest,
+    StatusRequest,
+    StatusResponse,
+    TxnRequest,
+    WatchCreateRequest,
+    WatchRequest,
+    WatchResponse,
+)
+
+log = logging.getLogger("tessera.router")
+
+# The etcd API level Tessera implements. Kubernetes turns on progress requests
+# (consistent reads from its cache) only from 3.5.13 on.
+ETCD_VERSION = "3.5.13"
+LEADER_CHECK_SECONDS = 0.5
+META_RETRY_SECONDS = 0.5
+SERVER_OPTIONS = [
+    # As etcd: a request may be max-request-bytes plus gRPC's overhead allowance.
+    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES + 512 * 1024),
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5000),  # etcd's keepalive min time
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+def router_id(name: str) -> int:
+    """A stable member id for a router, from its name."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") >> 1 or 1
+
+
+class RouterServer:
+    def __init__(self, listen: str, meta_members: dict[int, str], name: str | None = None):
+        self.listen = listen
+        self.name = name or f"router-{listen}"
+        self.meta_client = GroupClient(META_GROUP, meta_members)
+        self.meta = MetaClient(self.meta_client)
+        self.router: Router | None = None
+        self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        state = await wait_until_bootstrapped(self.meta)
+        self.state = state
+        groups = {group: GroupClient(group, _api_addresses(record))
+                  for group, record in state.groups.items() if group != META_GROUP}
+        router = self.router = Router(state.cluster_id, router_id(self.name), state.shard_map, groups,
+                                      self.meta_client)
+        await router.sync_revision()
+        router.leases = Lessor(router, self.meta, state.leases)
+        await self.meta.put(router_key(router.member_id), RouterRecord(
+            id=router.member_id, name=self.name, client_address=self.listen))
+        self._server = grpc.aio.server(options=SERVER_OPTIONS)
+        self._server.add_generic_rpc_handlers(self._handlers())
+        if not self._server.add_insecure_port(self.listen):
+            raise OSError(f"cannot listen on {self.listen}")
+        await self._server.start()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(router.leases.run()),
+                       loop.create_task(router.track_leaders(LEADER_CHECK_SECONDS)),
+                       loop.create_task(self._follow_meta())]
+        log.info("router %s serving etcd's API on %s: %d groups, revision %d", self.name, self.listen,
+                 len(groups), router.revision)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.stop(grace=1.0)
+        if self.router is not None:
+            await asyncio.gather(*(client.close() for client in self.router.groups.values()))
+        await self.meta_client.close()
+
+    # --- the meta group ---------------------------------------------------------------------
+
+    async def _follow_meta(self) -> None:
+        """Watch the meta group's records; reload the map and the groups when they change."""
+        start, end = prefix_range(SYSTEM_PREFIX)
+        while True:
+            member = self.meta_client.leader_id or self.meta_client.member_ids[0]
+            call = self.meta_client.connection(member).channel.stream_stream(
+                WATCH_METHOD, request_serializer=WatchRequest.SerializeToString,
+                response_deserializer=WatchResponse.FromString,
+            )(iter([WatchRequest(create_request=WatchCreateRequest(
+                key=start, range_end=end, start_revision=self.state.revision + 1))]))
+            try:
+                async for response in call:
+                    if any(not event.kv.key.startswith(b"tessera/leases/") for event in response.events):
+                        self._apply_meta(await self.meta.load())
+            except grpc.aio.AioRpcError:
+                pass
+            except errors.EtcdError as error:
+                log.info("reloading the meta records failed: %s", error.message)
+            call.cancel()
+            await asyncio.sleep(META_RETRY_SECONDS)
+            try:
+                self._apply_meta(await self.meta.load())
+            except errors.EtcdError:
+                pass
+
+    def _apply_meta(self, state: MetaState) -> None:
+        router = self.router
+        if state.shard_map != router.shard_map:
+            log.info("shard map changed at meta revision %d", state.revision)
+            router.shard_map = state.shard_map
+        for group, record in state.groups.items():
+            if group == META_GROUP:
+                self.meta_client.set_members(_api_addresses(record))
+            elif group in router.groups:
+                router.groups[group].set_members(_api_addresses(record))
+            else:
+                router.groups[group] = GroupClient(group, _api_addresses(record))
+        self.state = state
+
+    # --- handlers ---------------------------------------------------------------------------
+
+    def _handlers(self):
+        router = self.router
+
+        def unary(parse, answer, limit_bytes: bool = False):
+            async def handle(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+                try:
+                    if limit_bytes and len(data) > MAX_REQUEST_BYTES:
+                        raise errors.RequestTooLarge()
+                    return (await answer(parse(data))).SerializeToString()
+                except errors.EtcdError as error:
+                    await context.abort(grpc.StatusCode[error.code], error.message)
+
+            return grpc.unary_unary_rpc_method_handler(handle)
+
+        async def constant(response):
+            return response
+
+        kv = {
+            "Range": unary(RangeRequest.FromString, router.range),
+            "Put": unary(PutRequest.FromString, router.put, limit_bytes=True),
+            "DeleteRange": unary(DeleteRangeRequest.FromString, router.delete_range, limit_bytes=True),
+            "Txn": unary(TxnRequest.FromString, router.txn, limit_bytes=True),
+            "Compact": unary(CompactionRequest.FromString, router.compact),
+        }
+        lease = {
+            "LeaseGrant": unary(LeaseGrantRequest.FromString, lambda r: router.leases.grant(r)),
+            "LeaseRevoke": unary(LeaseRevokeRequest.FromString, lambda r: router.leases.revoke(r.ID)),
+            "LeaseTimeToLive": unary(LeaseTimeToLiveRequest.FromString, lambda r: router.leases.time_to_live(r)),
+            "LeaseLeases": unary(LeaseLeasesRequest.FromString, lambda r: constant(router.leases.leases())),
+            "LeaseKeepAlive": grpc.stream_stream_rpc_method_handler(self._keep_alive),
+        }
+        cluster = {"MemberList": unary(MemberListRequest.FromString, self._member_list)}
+        maintenance = {
+            "Status": unary(StatusRequest.FromString, self._status),
+            "Alarm": unary(AlarmRequest.FromString, self._alarm),
+        }
+
+        def auth_disabled(parse, response_type=None):
+            async def answer(_):
+                if response_type is None:
+                    raise errors.AuthNotEnabled()
+                return response_type(header=router.header(router.revision))
+            return unary(parse, answer)
+
+        async def auth_status(_):
+            return AuthStatusResponse(header=router.header(router.revision), enabled=False)
+
+        async def user_not_found(_):
+            raise errors.UserNotFound()
+
+        async def role_not_found(_):
+            raise errors.RoleNotFound()
+
+        async def auth_enable(_):
+            raise errors.RootUserNotExist()  # no users exist, so no root user
+
+        auth = {  # answers of an etcd whose auth is disabled and that has no users or roles
+            "AuthStatus": unary(AuthStatusRequest.FromString, auth_status),
+            "Authenticate": auth_disabled(AuthenticateRequest.FromString),
+            "AuthEnable": unary(AuthEnableRequest.FromString, auth_enable),
+            "AuthDisable": auth_disabled(AuthDisableRequest.FromString, AuthDisableResponse),
+            "UserList": auth_disabled(AuthUserListRequest.FromString, AuthUserListResponse),
+            "RoleList": auth_disabled(AuthRoleListRequest.FromString, AuthRoleListResponse),
+            "UserGet": unary(AuthUserGetRequest.FromString, user_not_found),
+            "RoleGet": unary(AuthRoleGetRequest.FromString, role_not_found),
+        }
+        return [
+            grpc.method_handlers_generic_handler("etcdserverpb.KV", kv),
+            grpc.method_handlers_generic_handler("etcdserverpb.Watch", {
+                "Watch": grpc.stream_stream_rpc_method_handler(self._watch)}),
+            grpc.method_handlers_generic_handler("etcdserverpb.Lease", lease),
+            grpc.method_handlers_generic_handler("etcdserverpb.Cluster", cluster),
+            grpc.method_handlers_generic_handler("etcdserverpb.Maintenance", maintenance),
+            grpc.method_handlers_generic_handler("etcdserverpb.Auth", auth),
+        ]
+
+    async def _watch(self, request_iterator, context: grpc.aio.ServicerContext):
+        metadata = dict(context.invocation_metadata() or ())
+        proxy = WatchProxy(self.router, require_leader=metadata.get("hasleader") == "true")
+
+        async def read_requests() -> None:
+            async for data in request_iterator:
+                await proxy.handle(WatchRequest.FromString(data))
+
+        reader = asyncio.get_running_loop().create_task(read_requests())
+        try:
+            while True:
+                item = await proxy.outbox.get()
+                if isinstance(item, errors.EtcdError):
+                    await context.abort(grpc.StatusCode[item.code], item.message)
+                yield item.SerializeToString()
+        finally:
+            reader.cancel()
+            await proxy.close()
+
+    async def _keep_alive(self, request_iterator, context):
+        async for data in request_iterator:
+            yield self.router.leases.keep_alive(LeaseKeepAliveRequest.FromString(data).ID).SerializeToString()
+
+    async def _member_list(self, _request) -> MemberListResponse:
+        state = await self.meta.load()
+        return MemberListResponse(header=self.router.header(self.router.revision), members=[
+            Member(ID=record.id, name=record.name, clientURLs=[f"http://{record.client_address}"])
+            for record in sorted(state.routers.values(), key=lambda r: r.id)])
+
+    async def _status(self, _request) -> StatusResponse:
+        router = self.router
+        response = StatusResponse(header=router.header(router.revision), version=ETCD_VERSION,
+                                  leader=router.member_id)
+        for group, status in sorted((await router.statuses()).items()):
+            if isinstance(status, BaseException):
+                response.errors.append(f"group {group}: {getattr(status, 'message', status)}")
+                continue
+            response.dbSize += status.db_size
+            response.dbSizeInUse += status.db_size_in_use
+            response.raftIndex += status.commit_index
+            response.raftAppliedIndex += status.applied_index
+            response.raftTerm = max(response.raftTerm, status.term)
+            response.errors.extend(f"memberID:{alarm.memberID} alarm:{AlarmType.Name(alarm.alarm)} "
+                                   f"(group {group})" for alarm in status.alarms)
+        return response
+
+    async def _alarm(self, request: AlarmRequest) -> AlarmResponse:
+        router = self.router
+        response = AlarmResponse(header=router.header(router.revision))
+        if request.action == AlarmRequest.GET:
+            for status in (await router.statuses()).values():
+                if isinstance(status, BaseException):
+                    raise status
+                response.alarms.extend(alarm for alarm in status.alarms
+                                       if request.alarm in (NONE, alarm.alarm))
+            return response
+        answers = await asyncio.gather(*(router.write(group, ShardRequest(alarm=request))
+                                         for group in sorted(router.groups)))
+        for answer in answers:
+            response.alarms.extend(answer.alarms)
+        return response
+
+
+def _api_addresses(record) -> dict[int, str]:
+    return {member.id: member.api_address for member in record.members}
+
+
+async def serve(listen: str, meta_members: dict[int, str], name: str | None = None,
+                parent_pid: int | None = None) -> None:
+    """Run a router until SIGTERM/SIGINT, or until `parent_pid` is gone."""
+    server = RouterServer(listen, meta_members, name)
+    await server.start()
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopped.set)
+    try:
+        while not stopped.is_set():
+            if parent_pid is not None and not _alive(parent_pid):
+                break
+            try:
+                await asyncio.wait_for(stopped.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        await server.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def run(listen: str, meta_addresses, name: str | None = None, parent_pid: int | None = None) -> None:
+    """The `tessera router` command: `meta_addresses` maps group 0's member ids to API addresses
+    (a list is numbered from 1)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not isinstance(meta_addresses, dict):
+        meta_addresses = dict(enumerate(meta_addresses, start=1))
+    log.info("tessera %s router starting on %s", tessera.__version__, listen)
+    asyncio.run(serve(listen, meta_addresses, name, parent_pid))

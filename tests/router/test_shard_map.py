@@ -1,0 +1,82 @@
+"""The shard map: lookups, cutting ranges at group boundaries, and the changes it refuses."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from router.shard_map import Piece, ShardMap, ShardMapError, prefix_end
+from tessera.api.validation import key_in_range
+
+KUBERNETES = ShardMap([], 1).assign(b"/registry/pods/", 2).assign(b"/registry/events/", 3)
+
+
+def test_prefix_end_is_etcds():
+    assert prefix_end(b"/a/") == b"/a0"
+    assert prefix_end(b"a\xff") == b"b"
+    assert prefix_end(b"\xff\xff") == b""  # to the end of the keyspace
+
+
+def test_keys_go_to_their_prefix_group_and_the_rest_to_the_default():
+    assert KUBERNETES.group_of(b"/registry/pods/default/nginx") == 2
+    assert KUBERNETES.group_of(b"/registry/events/x") == 3
+    assert KUBERNETES.group_of(b"/registry/pods") == 1  # not under the prefix
+    assert KUBERNETES.group_of(b"compact_rev_key") == 1
+    assert KUBERNETES.groups == {1, 2, 3}
+
+
+def test_a_single_key_is_one_piece():
+    assert KUBERNETES.pieces(b"/registry/pods/a", b"") == [Piece(2, b"/registry/pods/a", b"")]
+
+
+def test_a_prefix_inside_one_group_is_not_cut():
+    assert KUBERNETES.pieces(b"/registry/pods/", b"/registry/pods0") == [
+        Piece(2, b"/registry/pods/", b"/registry/pods0")]
+
+
+def test_the_whole_keyspace_is_cut_at_every_boundary_in_key_order():
+    assert KUBERNETES.pieces(b"\0", b"\0") == [
+        Piece(1, b"\0", b"/registry/events/"),
+        Piece(3, b"/registry/events/", b"/registry/events0"),
+        Piece(1, b"/registry/events0", b"/registry/pods/"),
+        Piece(2, b"/registry/pods/", b"/registry/pods0"),
+        Piece(1, b"/registry/pods0", b"\0"),
+    ]
+
+
+def test_an_empty_range_has_no_pieces():
+    assert KUBERNETES.pieces(b"b", b"a") == []
+
+
+def test_overlapping_assignments_are_refused():
+    with pytest.raises(ShardMapError, match="overlaps"):
+        KUBERNETES.assign(b"/registry/", 4)
+    with pytest.raises(ShardMapError, match="overlaps"):
+        KUBERNETES.assign(b"/registry/pods/x/", 4)
+    with pytest.raises(ShardMapError, match="empty prefix"):
+        KUBERNETES.assign(b"", 4)
+
+
+def test_the_map_survives_its_record():
+    assert ShardMap.from_record(KUBERNETES.to_record()) == KUBERNETES
+
+
+keys = st.binary(min_size=1, max_size=3)
+
+
+@given(prefixes=st.lists(st.binary(min_size=1, max_size=2), max_size=4), key=keys,
+       range_end=st.one_of(st.just(b""), st.just(b"\0"), keys), probes=st.lists(keys, max_size=20))
+def test_pieces_partition_a_range_by_owner(prefixes, key, range_end, probes):
+    shard_map = ShardMap([], 1)
+    for number, prefix in enumerate(prefixes, start=2):
+        try:
+            shard_map = shard_map.assign(prefix, number)
+        except ShardMapError:
+            pass
+    pieces = shard_map.pieces(key, range_end)
+    assert [p.key for p in pieces] == sorted(p.key for p in pieces)
+    for probe in [key, *probes]:
+        owners = [p.group for p in pieces if key_in_range(probe, p.key, p.range_end)]
+        if key_in_range(probe, key, range_end):
+            assert owners == [shard_map.group_of(probe)], (probe, pieces)
+        else:
+            assert owners == [], (probe, pieces)
