@@ -105,20 +105,22 @@ class Router:
 
     async def track_leaders(self, interval: float) -> None:
         """Keep each group's leader and term current, and note groups left without a leader."""
-        loop = asyncio.get_running_loop()
+        clients = {**self.groups, self.meta.group_id: self.meta}
         while True:
-            for group, client in [*self.groups.items(), (self.meta.group_id, self.meta)]:
-                try:
-                    status = await self.group_status(group, timeout=interval)
-                    has_leader = bool(status.leader_id)
-                except errors.EtcdError:
-                    has_leader = False
-                if has_leader:
+            groups = sorted(clients)
+            answers = await asyncio.gather(*(self.group_status(group, timeout=interval) for group in groups),
+                                           return_exceptions=True)
+            now = asyncio.get_running_loop().time()
+            for group, answer in zip(groups, answers):
+                client = clients[group]
+                if isinstance(answer, GroupStatus) and answer.leader_id:
                     client.leaderless_since = None
                 elif client.leaderless_since is None:
-                    log.warning("group %d has no leader", group)
-                    client.leaderless_since = loop.time()
+                    log.warning("group %d has no leader (%s)", group,
+                                answer if isinstance(answer, BaseException) else "none elected")
+                    client.leaderless_since = now
             await asyncio.sleep(interval)
+            clients = {**self.groups, self.meta.group_id: self.meta}
 
     # --- writes ------------------------------------------------------------------------
 
@@ -238,20 +240,10 @@ class Router:
     # --- status ------------------------------------------------------------------------
 
     async def statuses(self) -> dict[int, GroupStatus | errors.EtcdError]:
-        """Each data group's status from its leader, or the error that kept it from answering."""
+        """Each data group's status (its leader's, when known), or the error that kept it from answering."""
         groups = sorted(self.groups)
-        answers = await asyncio.gather(*(self._leader_status(group) for group in groups), return_exceptions=True)
+        answers = await asyncio.gather(*(self.group_status(group) for group in groups), return_exceptions=True)
         return dict(zip(groups, answers))
-
-    async def _leader_status(self, group: int) -> GroupStatus:
-        client = self.groups[group]
-        status = (await client.call(ShardRequest(status={}), write=False)).status
-        if status.leader_id != status.member_id:  # asked a member that does not lead: ask the leader
-            status = await self.group_status(group)
-            if status.leader_id and status.leader_id != status.member_id:
-                status = (await client.call(ShardRequest(status={}), write=False)).status
-        client.term = max(client.term, status.term)
-        return status
 
 
 def _piece_of(request: RangeRequest, piece, at: int) -> RangeRequest:

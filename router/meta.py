@@ -79,16 +79,13 @@ def _put_op(key: bytes, record) -> RequestOp:
     return RequestOp(request_put=PutRequest(key=key, value=record.SerializeToString()))
 
 
-async def bootstrap_cluster(meta_addresses: list[str], groups: dict[int, dict[int, tuple[str, str]]],
-                            prefixes: dict[bytes, int], default_group: int) -> None:
+async def bootstrap_cluster(groups: dict[int, dict[int, tuple[str, str]]], prefixes: dict[bytes, int],
+                            default_group: int) -> None:
     """Write a new cluster's records into the meta group, once; a bootstrapped cluster is left alone.
 
     `groups`: group -> member -> (peer address, internal API address), group 0 included.
-    `meta_addresses` are group 0's API addresses (the same as in `groups[0]`).
     """
     members = {member: api for member, (_, api) in groups[META_GROUP].items()}
-    if sorted(members.values()) != sorted(meta_addresses):
-        raise ValueError("meta_addresses must be group 0's API addresses")
     shard_map = ShardMap([], default_group)
     for prefix, group in sorted(prefixes.items()):
         shard_map = shard_map.assign(prefix, group)

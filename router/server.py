@@ -17,7 +17,6 @@ import signal
 
 import grpc
 
-import tessera
 from router.core import MAX_REQUEST_BYTES, Router
 from router.leases import Lessor
 from router.meta import (
@@ -349,11 +348,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def run(listen: str, meta_addresses, name: str | None = None, parent_pid: int | None = None) -> None:
-    """The `tessera router` command: `meta_addresses` maps group 0's member ids to API addresses
-    (a list is numbered from 1)."""
+def run(listen: str, meta_addresses: dict[int, str], name: str | None = None,
+        parent_pid: int | None = None) -> None:
+    """The `tessera router` command: `meta_addresses` maps group 0's member ids to API addresses."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not isinstance(meta_addresses, dict):
-        meta_addresses = dict(enumerate(meta_addresses, start=1))
-    log.info("tessera %s router starting on %s", tessera.__version__, listen)
+    log.info("router starting on %s", listen)
     asyncio.run(serve(listen, meta_addresses, name, parent_pid))

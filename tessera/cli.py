@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import platform
+import signal
 import sys
 from pathlib import Path
 
@@ -13,6 +14,15 @@ import tessera
 from native import codec, crc, walframe
 from shards.replica import MemberAddresses, ReplicaConfig, ReplicaStateError, run_until_stopped
 from shards.wal import WalCorruptionError
+from tessera.launcher import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_LISTEN,
+    LAYOUT_FILE,
+    META_GROUP,
+    Launcher,
+    LauncherError,
+    Layout,
+)
 
 
 def build_info() -> dict[str, str]:
@@ -33,15 +43,52 @@ def command_version(_: argparse.Namespace) -> int:
 
 
 def command_up(args: argparse.Namespace) -> int:
-    command_version(args)
-    # The local cluster (meta group, data groups, router) is not built yet: say so
-    # plainly instead of pretending to serve.
-    print(
-        "tessera up: the local cluster and router are not available in this build yet; "
-        "the native hot path and write-ahead log above are installed and working.",
-        file=sys.stderr,
-    )
+    try:
+        launcher = Launcher(args.data_dir, listen=args.listen, wal_segment_bytes=args.wal_segment_bytes)
+        return asyncio.run(serve_up(launcher))
+    except LauncherError as error:
+        print(f"tessera up: {error}", file=sys.stderr)
+        return 1
+
+
+async def serve_up(launcher: Launcher) -> int:
+    """Start the cluster, keep it supervised until SIGINT, SIGTERM or SIGHUP, then stop it."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(signum, stopping.set)
+    starting = loop.create_task(launcher.start())
+    stop_requested = loop.create_task(stopping.wait())
+    try:
+        # A signal during the start stops it too, rather than after the start's deadline.
+        done, _ = await asyncio.wait([starting, stop_requested], return_when=asyncio.FIRST_COMPLETED)
+        if starting in done:
+            starting.result()  # a failed start raises here
+            print_cluster(launcher)
+            await stop_requested
+        print("tessera up: stopping", flush=True)
+    finally:
+        for task in (starting, stop_requested):
+            task.cancel()
+        await asyncio.gather(starting, stop_requested, return_exceptions=True)
+        await launcher.stop()
     return 0
+
+
+def print_cluster(launcher: Launcher) -> None:
+    layout = launcher.layout
+    shard_map = [
+        f"{prefix.decode(errors='backslashreplace')} -> group {group}"
+        for prefix, group in sorted(layout.prefixes.items())
+    ]
+    shard_map.append(f"every other key -> group {layout.default_group}")
+    replicas = sum(len(members) for members in layout.groups.values())
+    print(f"tessera up: {len(layout.groups)} raft groups ({replicas} replicas; "
+          f"group {META_GROUP} is the meta group) and a router")
+    print(f"  endpoint   etcdctl --endpoints={layout.listen} put greeting hello")
+    print("  shard map  " + "\n             ".join(shard_map))
+    print(f"  data dir   {launcher.data_dir} (logs in {launcher.logs_dir})")
+    print("Ctrl-C stops the cluster.", flush=True)
 
 
 def parse_members(text: str):
@@ -54,6 +101,17 @@ def parse_members(text: str):
             raise argparse.ArgumentTypeError(f"{item!r} is not MEMBER_ID=PEER_ADDRESS/API_ADDRESS")
         members[int(member)] = MemberAddresses(peer=peer, api=api)
     return members
+
+
+def parse_meta(text: str) -> dict[int, str]:
+    """`1=API,2=API,...` -> the meta group's API addresses by member id."""
+    addresses = {}
+    for item in text.split(","):
+        member, _, api = item.partition("=")
+        if not member.isdigit() or not api:
+            raise argparse.ArgumentTypeError(f"{item!r} is not MEMBER_ID=API_ADDRESS")
+        addresses[int(member)] = api
+    return addresses
 
 
 def command_replica(args: argparse.Namespace) -> int:
@@ -72,7 +130,7 @@ def command_replica(args: argparse.Namespace) -> int:
         wal_segment_bytes=args.wal_segment_bytes,
     )
     try:
-        asyncio.run(run_until_stopped(config, parent_pid=args.parent_pid))
+        asyncio.run(run_replica(config, args.parent_pid))
     except KeyboardInterrupt:
         pass
     except (WalCorruptionError, ReplicaStateError) as error:
@@ -82,15 +140,91 @@ def command_replica(args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_replica(config: ReplicaConfig, parent_pid: int | None) -> None:
+    """Run until stopped; SIGTERM (how the launcher stops replicas) closes the WAL and store as Ctrl-C does."""
+    main_task = asyncio.current_task()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    try:
+        await run_until_stopped(config, parent_pid=parent_pid)
+    except asyncio.CancelledError:
+        pass
+
+
+def command_router(args: argparse.Namespace) -> int:
+    # Imported here: the router is its own part, and `tessera version` must work without it.
+    from router.server import run
+
+    try:
+        run(listen=args.listen, meta_addresses=args.meta, parent_pid=args.parent_pid)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def meta_members(args: argparse.Namespace) -> dict[int, str]:
+    """The meta group's API addresses: --meta, or the layout `tessera up` saved in --data-dir."""
+    if args.meta:
+        return args.meta
+    layout_path = Path(args.data_dir) / LAYOUT_FILE
+    if not layout_path.exists():
+        raise SystemExit(f"tessera shards: no cluster in {args.data_dir} (give --data-dir or --meta)")
+    return {member: api for member, (_, api) in Layout.load(layout_path).groups[META_GROUP].items()}
+
+
+def command_shards_list(args: argparse.Namespace) -> int:
+    from router import admin
+
+    shard_map, groups = asyncio.run(admin.describe(meta_members(args)))
+    print("PREFIX / RANGE                          GROUP")
+    for start, end, group in shard_map.ranges:
+        print(f"{_show_range(start, end):40} {group}")
+    print(f"{'(every other key)':40} {shard_map.default_group}")
+    print()
+    print("GROUP  LEADER  MEMBERS  HEALTH     KEYS")
+    for state in groups:
+        health = "healthy" if state.healthy else f"unhealthy: {state.error}"
+        keys = "-" if state.keys is None else state.keys
+        print(f"{state.group:<6} {state.leader or '-':<7} {state.members:<8} {health:10} {keys}")
+    return 0
+
+
+def _show_range(start: bytes, end: bytes) -> str:
+    from router.shard_map import prefix_end
+
+    if end == prefix_end(start):
+        return start.decode(errors="backslashreplace")
+    return f"[{start!r}, {end!r})"
+
+
+def command_shards_assign(args: argparse.Namespace) -> int:
+    from router import admin
+    from router.shard_map import ShardMapError
+
+    try:
+        shard_map = asyncio.run(admin.assign(meta_members(args), args.prefix.encode(), args.group))
+    except ShardMapError as refused:
+        print(f"tessera shards assign: {refused}", file=sys.stderr)
+        return 1
+    print(f"{args.prefix} -> group {args.group}; the map now has {len(shard_map.ranges)} prefixes")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tessera", description=tessera.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("version", help="print version and native build info").set_defaults(
         run=command_version
     )
-    commands.add_parser("up", help="start a local cluster and router on 127.0.0.1").set_defaults(
-        run=command_up
-    )
+    up = commands.add_parser("up", help="start a local cluster and router on 127.0.0.1")
+    up.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                    help="layout, data and logs; a second run resumes from it (default ./%(default)s)")
+    up.add_argument("--listen", default=None,
+                    help=f"the router's etcd endpoint HOST:PORT (default {DEFAULT_LISTEN}, or the one saved "
+                         "in the data dir; port 0 picks a free one at first start)")
+    up.add_argument("--wal-segment-bytes", type=int, default=None,
+                    help="each replica's WAL segment size (default the replica's: etcd's 64 MB, "
+                         "preallocated, 768 MB for the 12 replicas)")
+    up.set_defaults(run=command_up)
     replica = commands.add_parser("replica", help="run one replica of one raft group")
     replica.add_argument("--group", type=int, required=True, help="the group's id")
     replica.add_argument("--member", type=int, required=True, help="this replica's member id")
@@ -117,6 +251,28 @@ def main(argv: list[str] | None = None) -> int:
     replica.add_argument("--parent-pid", type=int, default=None,
                          help="stop when this process is gone (test clusters stop themselves)")
     replica.set_defaults(run=command_replica)
+    router = commands.add_parser("router", help="serve etcd's v3 API in front of the cluster's groups")
+    router.add_argument("--listen", required=True, help="HOST:PORT of the etcd endpoint")
+    router.add_argument("--meta", type=parse_meta, required=True,
+                        help="the meta group's replicas: ID=API_ADDRESS,...")
+    router.add_argument("--parent-pid", type=int, default=None,
+                        help="stop when this process is gone (the launcher's routers stop themselves)")
+    router.set_defaults(run=command_router)
+    shards = commands.add_parser("shards", help="the shard map: list it, assign an empty prefix to a group")
+    shard_commands = shards.add_subparsers(dest="shards_command", required=True)
+    for name, help_text, run in (
+        ("list", "the map, and each group's leader, health and key count", command_shards_list),
+        ("assign", "give an empty key prefix to a data group", command_shards_assign),
+    ):
+        command = shard_commands.add_parser(name, help=help_text)
+        if name == "assign":
+            command.add_argument("prefix", help="the key prefix, e.g. /registry/leases/")
+            command.add_argument("group", type=int, help="the data group that will own it")
+        command.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                             help="the data dir of `tessera up` (default ./%(default)s)")
+        command.add_argument("--meta", type=parse_meta, default=None,
+                             help="instead of --data-dir: the meta group's replicas, ID=API_ADDRESS,...")
+        command.set_defaults(run=run)
     args = parser.parse_args(argv)
     return args.run(args)
 

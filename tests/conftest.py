@@ -4,6 +4,8 @@
 --seeds N  run N simulation seeds (0 .. N-1)
 """
 
+import pytest
+
 # About 15 s of simulation on one core; the 10,000-seed run is done by hand.
 DEFAULT_SIMULATION_SEEDS = 500
 
@@ -27,3 +29,16 @@ def pytest_generate_tests(metafunc):
         else:
             seeds = range(metafunc.config.getoption("--seeds"))
         metafunc.parametrize("simulation_seed", seeds)
+
+
+@pytest.fixture(scope="session")
+def tessera_cluster(tmp_path_factory):
+    """One Tessera cluster (meta + 3 data groups x 3 replicas + router) shared by a session's tests.
+
+    Its shard map: /registry/pods/ -> group 2, /registry/events/ -> group 3, all else -> group 1.
+    Tests that kill processes start a cluster of their own.
+    """
+    from cluster import ClusterThread
+
+    with ClusterThread(tmp_path_factory.mktemp("tessera-cluster")) as cluster:
+        yield cluster

@@ -1,0 +1,521 @@
+"""The embedded local cluster of `tessera up`, also what process-level tests start.
+
+One meta group (0) and three data groups, three replica processes each, and one
+router serving etcd's v3 API, all on 127.0.0.1. The layout (groups, members,
+ports, the initial shard map, the router's address) is chosen at first start and
+kept in `<data dir>/cluster.json`, so a second start resumes the same cluster on
+the same ports with the same data.
+
+Every child gets `--parent-pid` of the launcher: if the launcher dies, they stop
+by themselves. The launcher supervises them: a process that exits is reported and
+(with `supervise=True`) started again after a backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from tessera.api.internal_pb2 import (
+    ShardRequest,
+    ShardRequestBatch,
+    ShardResponse,
+    ShardResponseBatch,
+    StatusRequest,
+    StatusResponse,
+)
+from tessera.api.rpc_pb2 import RangeRequest, RangeResponse
+
+HOST = "127.0.0.1"
+META_GROUP = 0
+DEFAULT_GROUP = 1  # every key no prefix maps elsewhere
+INITIAL_PREFIXES = {b"/registry/pods/": 2, b"/registry/events/": 3}
+GROUPS = (META_GROUP, 1, 2, 3)
+MEMBERS = (1, 2, 3)
+DEFAULT_DATA_DIR = "tessera-data"
+DEFAULT_LISTEN = f"{HOST}:2379"
+LAYOUT_FILE = "cluster.json"
+LOCK_FILE = "launcher.lock"
+
+STARTUP_SECONDS = 30.0  # 13 processes on a 2-core host elect well within this
+PORTS_FREE_SECONDS = 5.0  # children of a launcher that died stop within 0.5 s and free their ports
+STOP_GRACE_SECONDS = 5.0
+POLL_SECONDS = 0.1
+CALL_SECONDS = 1.0
+FIRST_RESTART_DELAY = 0.5
+MAX_RESTART_DELAY = 10.0
+STAYED_UP_SECONDS = 10.0  # up this long: the next crash is a new one, restarted after the first delay
+
+RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+SHARD_BATCH_METHOD = "/tessera.internal.Shard/Batch"
+KV_RANGE_METHOD = "/etcdserverpb.KV/Range"
+
+
+class LauncherError(Exception):
+    """The cluster cannot be started as asked; the message says why and where to look."""
+
+
+def report_to_stdout(line: str) -> None:
+    print(f"tessera: {line}", flush=True)
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct ports free right now (all probes are held open together so none repeats)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind((HOST, 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+def port_in_use(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, int(port)))
+        except OSError:
+            return True
+    return False
+
+
+@dataclass
+class Layout:
+    """Where everything lives; persisted at first start and reused afterwards."""
+
+    groups: dict[int, dict[int, tuple[str, str]]]  # group -> member -> (peer address, api address)
+    prefixes: dict[bytes, int]  # the initial shard map: key prefix -> group
+    default_group: int
+    listen: str  # the router's etcd endpoint
+
+    @classmethod
+    def new(cls, listen: str) -> Layout:
+        ports = iter(free_ports(2 * len(GROUPS) * len(MEMBERS) + 1))
+        groups = {
+            group: {member: (f"{HOST}:{next(ports)}", f"{HOST}:{next(ports)}") for member in MEMBERS}
+            for group in GROUPS
+        }
+        host, _, port = listen.rpartition(":")
+        if port == "0":  # any free port, fixed from now on
+            listen = f"{host}:{next(ports)}"
+        return cls(groups=groups, prefixes=dict(INITIAL_PREFIXES), default_group=DEFAULT_GROUP, listen=listen)
+
+    @classmethod
+    def load(cls, path: Path) -> Layout:
+        saved = json.loads(path.read_text())
+        return cls(
+            groups={
+                int(group): {
+                    int(member): (addresses["peer"], addresses["api"]) for member, addresses in members.items()
+                }
+                for group, members in saved["groups"].items()
+            },
+            prefixes={prefix.encode(): group for prefix, group in saved["prefixes"].items()},
+            default_group=saved["default_group"],
+            listen=saved["listen"],
+        )
+
+    def save(self, path: Path) -> None:
+        saved = {
+            "groups": {
+                str(group): {str(member): {"peer": peer, "api": api} for member, (peer, api) in members.items()}
+                for group, members in self.groups.items()
+            },
+            "prefixes": {prefix.decode(): group for prefix, group in self.prefixes.items()},
+            "default_group": self.default_group,
+            "listen": self.listen,
+        }
+        # Written whole or not at all: a torn layout would move a member to other ports.
+        temporary = path.with_suffix(".tmp")
+        with open(temporary, "w") as file:
+            json.dump(saved, file, indent=2)
+            file.write("\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+
+    def members_argument(self, group: int) -> str:
+        return ",".join(f"{member}={peer}/{api}" for member, (peer, api) in self.groups[group].items())
+
+    def api_address(self, group: int, member: int) -> str:
+        return self.groups[group][member][1]
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every address the cluster listens on."""
+        replicas = [address for members in self.groups.values() for pair in members.values() for address in pair]
+        return [*replicas, self.listen]
+
+
+@dataclass
+class Supervised:
+    """One child process: how to start it, and its restart state."""
+
+    name: str  # as reported: "group 1 member 2", "router"
+    command: list[str]
+    log_path: Path
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restart_at: float | None = None  # when a process that exited is due to start again
+    restart_delay: float = FIRST_RESTART_DELAY
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+def describe_exit(code: int) -> str:
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"signal {signal.Signals(-code).name}"
+    except ValueError:
+        return f"signal {-code}"
+
+
+async def call_shard(channel: grpc.aio.Channel, request: ShardRequest, timeout: float) -> ShardResponse:
+    """One request on a fresh internal-API stream (the launcher only polls; routers keep streams)."""
+    method = channel.stream_stream(
+        SHARD_BATCH_METHOD,
+        request_serializer=ShardRequestBatch.SerializeToString,
+        response_deserializer=ShardResponseBatch.FromString,
+    )
+    call = method(iter([ShardRequestBatch(requests=[request])]), timeout=timeout)
+    try:
+        batch = await call.read()
+    finally:
+        call.cancel()
+    if batch is grpc.aio.EOF or not batch.responses:
+        raise LauncherError(f"no answer to {request.WhichOneof('request')}")
+    return batch.responses[0]
+
+
+class Launcher:
+    """Starts, supervises and stops the local cluster. Use as `async with Launcher(...) as cluster:`.
+
+    `start_router=False` starts only the replicas (no meta bootstrap, no router).
+    `supervise=False` reports a process that exits but leaves it down until `restart()`.
+    `listen` with port 0 picks a free port at first start (tests); None keeps the
+    saved address, or 127.0.0.1:2379 at first start.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path = DEFAULT_DATA_DIR,
+        *,
+        listen: str | None = None,
+        start_router: bool = True,
+        supervise: bool = True,
+        wal_segment_bytes: int | None = None,
+        replica_arguments: Sequence[str] = (),
+        report: Callable[[str], None] = report_to_stdout,
+    ):
+        self.data_dir = Path(data_dir).resolve()
+        self.layout_path = self.data_dir / LAYOUT_FILE
+        self.logs_dir = self.data_dir / "logs"
+        self._listen = listen
+        self.start_router = start_router
+        self.supervise = supervise
+        self.replica_arguments = list(replica_arguments)
+        if wal_segment_bytes is not None:
+            self.replica_arguments += ["--wal-segment-bytes", str(wal_segment_bytes)]
+        self.report = report
+        self.layout: Layout | None = None
+        self._replicas: dict[tuple[int, int], Supervised] = {}
+        self._router: Supervised | None = None
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._supervision: asyncio.Task | None = None
+        # kill() and restart() may come from a test's thread while the supervision loop runs.
+        self._children_lock = threading.Lock()
+        self._lock_file = None
+
+    async def __aenter__(self) -> Launcher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.stop()
+
+    # --- starting ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every replica, wait for a leader in every group, bootstrap meta, start the router."""
+        try:
+            self._lock_data_dir()
+            self.layout = self._load_or_create_layout()
+            await self._wait_until_ports_free()
+            for group, members in self.layout.groups.items():
+                for member in members:
+                    replica = self._replica_process(group, member)
+                    self._replicas[group, member] = replica
+                    self._spawn(replica)
+            self._supervision = asyncio.get_running_loop().create_task(self._supervise())
+            for group in self.layout.groups:
+                await self.leader(group)
+            if self.start_router:
+                await self._bootstrap_meta()
+                self._router = self._router_process()
+                self._spawn(self._router)
+                await self._wait_for_router()
+        except BaseException:
+            await self.stop()  # nothing may outlive a failed start
+            raise
+
+    def _lock_data_dir(self) -> None:
+        """One launcher per data directory: two would run two processes on one member's files."""
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.data_dir / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.seek(0)
+            holder = self._lock_file.read().strip() or "another process"
+            self._lock_file.close()
+            self._lock_file = None
+            raise LauncherError(f"{self.data_dir} is in use by a running launcher (pid {holder})") from None
+        self._lock_file.truncate(0)
+        self._lock_file.write(f"{os.getpid()}\n")
+        self._lock_file.flush()
+
+    def _load_or_create_layout(self) -> Layout:
+        if self.layout_path.exists():
+            layout = Layout.load(self.layout_path)
+            if self._listen is not None and not self._listen.endswith(":0") and self._listen != layout.listen:
+                layout.listen = self._listen
+                layout.save(self.layout_path)
+            return layout
+        layout = Layout.new(self._listen or DEFAULT_LISTEN)
+        layout.save(self.layout_path)
+        return layout
+
+    async def _wait_until_ports_free(self) -> None:
+        deadline = time.monotonic() + PORTS_FREE_SECONDS
+        while busy := [address for address in self.layout.addresses if port_in_use(address)]:
+            if time.monotonic() > deadline:
+                raise LauncherError(
+                    f"{', '.join(busy)} in use; the cluster in {self.data_dir} is fixed to these ports "
+                    f"(see {self.layout_path})"
+                )
+            await asyncio.sleep(POLL_SECONDS)
+
+    def _replica_process(self, group: int, member: int) -> Supervised:
+        return Supervised(
+            name=f"group {group} member {member}",
+            command=[
+                sys.executable, "-m", "tessera.cli", "replica", "--group", str(group), "--member", str(member),
+                "--data-dir", str(self.data_dir / f"group-{group}" / f"member-{member}"),
+                "--members", self.layout.members_argument(group), "--parent-pid", str(os.getpid()),
+                *self.replica_arguments,
+            ],
+            log_path=self.logs_dir / f"group-{group}-member-{member}.log",
+        )
+
+    def _router_process(self) -> Supervised:
+        meta = ",".join(f"{member}={api}" for member, (_, api) in self.layout.groups[META_GROUP].items())
+        return Supervised(
+            name="router",
+            command=[
+                sys.executable, "-m", "tessera.cli", "router", "--listen", self.layout.listen,
+                "--meta", meta, "--parent-pid", str(os.getpid()),
+            ],
+            log_path=self.logs_dir / "router.log",
+        )
+
+    def _spawn(self, child: Supervised) -> None:
+        with open(child.log_path, "ab") as log:
+            started = time.strftime("%Y-%m-%d %H:%M:%S")
+            log.write(f"--- {started} started by the launcher (pid {os.getpid()})\n".encode())
+            log.flush()
+            # A session of its own: Ctrl-C reaches only the launcher, which stops children in order.
+            child.process = subprocess.Popen(
+                child.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        child.started_at = time.monotonic()
+        child.restart_at = None
+
+    async def _bootstrap_meta(self) -> None:
+        from router.meta import bootstrap_cluster
+
+        await bootstrap_cluster(
+            self.layout.groups, dict(self.layout.prefixes), self.layout.default_group
+        )
+
+    async def _wait_for_router(self) -> None:
+        """Until a Range through the router succeeds: it serves, and reaches the default group."""
+        channel = self._channel(self.layout.listen)
+        method = channel.unary_unary(
+            KV_RANGE_METHOD, request_serializer=RangeRequest.SerializeToString,
+            response_deserializer=RangeResponse.FromString,
+        )
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            try:
+                await method(RangeRequest(key=b"/", limit=1), timeout=CALL_SECONDS)
+                return
+            except grpc.aio.AioRpcError as error:
+                if time.monotonic() > deadline:
+                    raise LauncherError(
+                        f"the router on {self.layout.listen} does not serve "
+                        f"({error.code().name}: {error.details()}); see {self._router.log_path}"
+                    ) from None
+            await asyncio.sleep(POLL_SECONDS)
+
+    # --- what tests use ---------------------------------------------------------------
+
+    def pid(self, group: int, member: int) -> int | None:
+        """The member's process id while it runs, else None."""
+        replica = self._replicas[group, member]
+        return replica.process.pid if replica.running else None
+
+    @property
+    def router_pid(self) -> int | None:
+        return self._router.process.pid if self._router is not None and self._router.running else None
+
+    def kill(self, group: int, member: int) -> None:
+        """SIGKILL the member and reap it; supervision then reports it (and restarts it if supervising)."""
+        self._kill(self._replicas[group, member])
+
+    def kill_router(self) -> None:
+        self._kill(self._router)
+
+    def restart(self, group: int, member: int) -> None:
+        """Start a member that is down now, without waiting for (or without) supervision."""
+        self._restart(self._replicas[group, member])
+
+    def restart_router(self) -> None:
+        self._restart(self._router)
+
+    def _kill(self, child: Supervised) -> None:
+        if not child.running:
+            raise LauncherError(f"{child.name} is not running")
+        child.process.send_signal(signal.SIGKILL)
+        child.process.wait()
+
+    def _restart(self, child: Supervised) -> None:
+        with self._children_lock:
+            if child.running:
+                raise LauncherError(f"{child.name} is already running (pid {child.process.pid})")
+            self._notice_exit(child)  # if the supervision loop has not yet
+            self._spawn(child)
+            self.report(f"{child.name} started again (pid {child.process.pid})")
+
+    async def request(self, group: int, member: int, timeout: float = CALL_SECONDS, **fields) -> ShardResponse:
+        """One internal-API request to one replica, e.g. `status=StatusRequest()` or `put=PutRequest(...)`."""
+        channel = self._channel(self.layout.api_address(group, member))
+        return await call_shard(channel, ShardRequest(id=1, **fields), timeout)
+
+    async def status(self, group: int, member: int) -> StatusResponse:
+        return (await self.request(group, member, status=StatusRequest())).status
+
+    async def leader(self, group: int, timeout: float = STARTUP_SECONDS) -> int:
+        """The member that every running member of the group answers is the leader (itself running)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            running = [member for (g, member), replica in self._replicas.items() if g == group and replica.running]
+            answers = await asyncio.gather(
+                *[self.status(group, member) for member in running], return_exceptions=True
+            )
+            leaders = {answer.leader_id if isinstance(answer, StatusResponse) else None for answer in answers}
+            if len(leaders) == 1 and leaders <= set(running):
+                return leaders.pop()
+            if time.monotonic() > deadline:
+                logs = ", ".join(str(self._replicas[group, member].log_path) for member in MEMBERS)
+                raise LauncherError(f"group {group} has no agreed leader after {timeout:g} s; see {logs}")
+            await asyncio.sleep(POLL_SECONDS)
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        if address not in self._channels:
+            # Short reconnect backoff: a member that was down a while is seen again as soon as it serves.
+            self._channels[address] = grpc.aio.insecure_channel(address, options=RECONNECT_OPTIONS)
+        return self._channels[address]
+
+    # --- supervision ------------------------------------------------------------------
+
+    def _children(self) -> list[Supervised]:
+        return [*self._replicas.values(), *([self._router] if self._router is not None else [])]
+
+    async def _supervise(self) -> None:
+        while True:
+            with self._children_lock:
+                now = time.monotonic()
+                for child in self._children():
+                    if child.process is not None and child.process.poll() is not None:
+                        self._notice_exit(child)
+                    elif child.restart_at is not None and now >= child.restart_at:
+                        self._spawn(child)
+                        self.report(f"{child.name} restarted (pid {child.process.pid})")
+            await asyncio.sleep(POLL_SECONDS)
+
+    def _notice_exit(self, child: Supervised) -> None:
+        """Report a process that exited and, when supervising, schedule its restart with backoff."""
+        if child.process is None or child.process.poll() is None:
+            return
+        pid, code = child.process.pid, child.process.returncode
+        child.process = None
+        if not self.supervise:
+            self.report(f"{child.name} (pid {pid}) exited with {describe_exit(code)}; not restarted")
+            return
+        if time.monotonic() - child.started_at >= STAYED_UP_SECONDS:
+            child.restart_delay = FIRST_RESTART_DELAY
+        child.restart_at = time.monotonic() + child.restart_delay
+        self.report(
+            f"{child.name} (pid {pid}) exited with {describe_exit(code)}; restarting in {child.restart_delay:g} s"
+        )
+        child.restart_delay = min(2 * child.restart_delay, MAX_RESTART_DELAY)
+
+    # --- stopping ---------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """SIGTERM the router, then every replica; SIGKILL what is still up after a grace period."""
+        if self._supervision is not None:
+            self._supervision.cancel()
+            await asyncio.gather(self._supervision, return_exceptions=True)
+            self._supervision = None
+        for channel in self._channels.values():  # before the servers go: no GOAWAY noise in the logs
+            await channel.close()
+        self._channels.clear()
+        if self._router is not None:
+            await self._terminate([self._router])
+        await self._terminate(list(self._replicas.values()))
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the lock
+            self._lock_file = None
+
+    async def _terminate(self, children: list[Supervised]) -> None:
+        for child in children:
+            child.restart_at = None
+            if child.running:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while any(child.process is not None and child.process.poll() is None for child in children):
+            if time.monotonic() > deadline:
+                for child in children:
+                    if child.running:
+                        self.report(f"{child.name} (pid {child.process.pid}) ignored SIGTERM; killing it")
+                        child.process.send_signal(signal.SIGKILL)
+                        child.process.wait()
+                break
+            await asyncio.sleep(POLL_SECONDS / 2)
+        for child in children:
+            child.process = None

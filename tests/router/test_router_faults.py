@@ -1,0 +1,129 @@
+"""The router while replicas die: no wrong answer, no lost acknowledged write, watches go on.
+
+These tests kill processes, so they run on a cluster of their own, without
+supervision: each test restarts what it killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+
+from cluster import ClusterThread
+from etcd_client import EtcdClient
+from tessera.api.rpc_pb2 import PutRequest, RangeRequest
+
+# What a client may see while a group elects a new leader: retry later, outcome unknown.
+TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with ClusterThread(tmp_path_factory.mktemp("faults")) as running:
+        yield running
+
+
+def test_killing_a_group_leader_under_load_loses_no_acknowledged_write(cluster):
+    group = 2
+    leader = cluster.leader(group)
+
+    async def load():
+        async with EtcdClient(cluster.endpoint) as client:
+            acknowledged: dict[bytes, bytes] = {}
+            failures: list[grpc.StatusCode] = []
+            stop = asyncio.Event()
+
+            async def writer(number: int) -> None:
+                round_ = 0
+                while not stop.is_set():
+                    key, value = b"/registry/pods/load/%d" % number, b"%d" % round_
+                    try:
+                        await client.kv.Put(PutRequest(key=key, value=value), timeout=10)
+                        acknowledged[key] = value
+                    except grpc.aio.AioRpcError as error:
+                        failures.append(error.code())
+                        await asyncio.sleep(0.05)
+                    round_ += 1
+
+            writers = [asyncio.create_task(writer(n)) for n in range(32)]
+            await asyncio.sleep(1.0)
+            before = len(acknowledged)
+            cluster.kill(group, leader)
+            killed_at = time.monotonic()
+            await asyncio.sleep(4.0)
+            stop.set()
+            await asyncio.gather(*writers)
+            return acknowledged, failures, before, killed_at
+
+    acknowledged, failures, before, _ = asyncio.run(load())
+    assert before > 0
+    assert set(failures) <= TRANSIENT, failures
+    cluster.restart(group, leader)
+    assert cluster.leader(group) in (1, 2, 3)
+
+    async def check():
+        async with EtcdClient(cluster.endpoint) as client:
+            stored = await client.kv.Range(RangeRequest(key=b"/registry/pods/load/", range_end=b"/registry/pods/load0"))
+            values = {kv.key: kv.value for kv in stored.kvs}
+        # Each writer's last acknowledged round is stored, or a later one whose answer was lost.
+        for key, value in acknowledged.items():
+            assert int(values[key]) >= int(value), (key, value, values.get(key))
+    asyncio.run(check())
+
+
+def test_a_watch_goes_on_when_the_replica_serving_it_dies(cluster):
+    group = 3
+    prefix = b"/registry/events/failover/"
+
+    async def scenario():
+        async with EtcdClient(cluster.endpoint) as client:
+            watch = client.watch()
+            await watch.create(key=prefix, range_end=prefix[:-1] + b"0")
+            revisions = []
+            for n in range(5):
+                revisions.append((await client.kv.Put(PutRequest(key=prefix + b"%d" % n, value=b"a"))).header.revision)
+            leader = cluster.leader(group)  # the router watches at the leader it knows
+            cluster.kill(group, leader)
+            for n in range(5, 10):
+                for _ in range(100):
+                    try:
+                        response = await client.kv.Put(PutRequest(key=prefix + b"%d" % n, value=b"b"), timeout=10)
+                        revisions.append(response.header.revision)
+                        break
+                    except grpc.aio.AioRpcError as error:
+                        assert error.code() in TRANSIENT
+                        await asyncio.sleep(0.1)
+            events = await watch.events_until(lambda events: len(events) >= len(revisions), timeout=30)
+            watch.cancel()
+            return leader, revisions, [event.kv.mod_revision for event in events]
+
+    leader, written, seen = asyncio.run(scenario())
+    cluster.restart(group, leader)
+    assert seen == written  # every event once, in order, across the move to another replica
+
+
+def test_a_hasleader_watch_ends_when_its_group_loses_its_leader(cluster):
+    group = 3
+    survivors = [1, 2, 3]
+
+    async def scenario():
+        async with EtcdClient(cluster.endpoint) as client:
+            watch = client.watch(metadata=(("hasleader", "true"),))
+            await watch.create(key=b"/registry/events/", range_end=b"/registry/events0")
+            for member in survivors[:2]:
+                cluster.kill(group, member)
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                while True:
+                    await watch.next(timeout=20)
+            return ended.value, time.monotonic() - started
+
+    error, seconds = asyncio.run(scenario())
+    for member in survivors[:2]:
+        cluster.restart(group, member)
+    assert (error.code(), error.details()) == (grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
+    assert seconds < 10  # etcd: three election timeouts without a leader
+    assert cluster.leader(group) in survivors
