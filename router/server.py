@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import signal
 
 import grpc
@@ -319,9 +318,8 @@ def _api_addresses(record) -> dict[int, str]:
     return {member.id: member.api_address for member in record.members}
 
 
-async def serve(listen: str, meta_members: dict[int, str], name: str | None = None,
-                parent_pid: int | None = None) -> None:
-    """Run a router until SIGTERM/SIGINT, or until `parent_pid` is gone."""
+async def serve(listen: str, meta_members: dict[int, str], name: str | None = None) -> None:
+    """Run a router until SIGTERM or SIGINT."""
     server = RouterServer(listen, meta_members, name)
     await server.start()
     stopped = asyncio.Event()
@@ -329,28 +327,13 @@ async def serve(listen: str, meta_members: dict[int, str], name: str | None = No
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopped.set)
     try:
-        while not stopped.is_set():
-            if parent_pid is not None and not _alive(parent_pid):
-                break
-            try:
-                await asyncio.wait_for(stopped.wait(), 0.5)
-            except asyncio.TimeoutError:
-                pass
+        await stopped.wait()
     finally:
         await server.stop()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def run(listen: str, meta_addresses: dict[int, str], name: str | None = None,
-        parent_pid: int | None = None) -> None:
+def run(listen: str, meta_addresses: dict[int, str], name: str | None = None) -> None:
     """The `tessera router` command: `meta_addresses` maps group 0's member ids to API addresses."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("router starting on %s", listen)
-    asyncio.run(serve(listen, meta_addresses, name, parent_pid))
+    asyncio.run(serve(listen, meta_addresses, name))

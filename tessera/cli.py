@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
+import os
 import platform
 import signal
 import sys
@@ -23,6 +25,8 @@ from tessera.launcher import (
     LauncherError,
     Layout,
 )
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def build_info() -> dict[str, str]:
@@ -129,6 +133,7 @@ def command_replica(args: argparse.Namespace) -> int:
         watch_progress_notify_interval_seconds=args.watch_progress_notify_interval,
         wal_segment_bytes=args.wal_segment_bytes,
     )
+    stop_with_parent(args.parent_pid)
     try:
         asyncio.run(run_replica(config, args.parent_pid))
     except KeyboardInterrupt:
@@ -150,12 +155,24 @@ async def run_replica(config: ReplicaConfig, parent_pid: int | None) -> None:
         pass
 
 
+def stop_with_parent(parent_pid: int | None) -> None:
+    """Have the kernel send SIGTERM when the parent (a launcher, a test) dies, even by SIGKILL."""
+    if parent_pid is None:
+        return
+    if platform.system() == "Linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:
+        raise SystemExit(f"tessera: the parent process {parent_pid} is gone (or is not this one's parent)")
+
+
 def command_router(args: argparse.Namespace) -> int:
     # Imported here: the router is its own part, and `tessera version` must work without it.
     from router.server import run
 
+    stop_with_parent(args.parent_pid)
     try:
-        run(listen=args.listen, meta_addresses=args.meta, parent_pid=args.parent_pid)
+        run(listen=args.listen, meta_addresses=args.meta)
     except KeyboardInterrupt:
         pass
     return 0
