@@ -129,7 +129,8 @@ class Router:
         request.floor = self.revision + 1
         response = await self.groups[group].call(request, write=True)
         answer = getattr(response, response.WhichOneof("response"))
-        self._stamp(answer.header, group)
+        # Some writes (a lease revoke) are answered by a header alone.
+        self._stamp(answer if isinstance(answer, ResponseHeader) else answer.header, group)
         return answer
 
     async def put(self, request: PutRequest) -> PutResponse:
@@ -143,15 +144,29 @@ class Router:
         pieces = self.shard_map.pieces(request.key, request.range_end)
         if len(pieces) == 1:
             return await self.write(pieces[0].group, ShardRequest(delete_range=request))
-        answers = await asyncio.gather(*(
-            self.write(piece.group, ShardRequest(delete_range=DeleteRangeRequest(
-                key=piece.key, range_end=piece.range_end, prev_kv=request.prev_kv)))
-            for piece in pieces))
+        by_group: dict[int, list[DeleteRangeRequest]] = {}
+        for piece in pieces:
+            by_group.setdefault(piece.group, []).append(
+                DeleteRangeRequest(key=piece.key, range_end=piece.range_end, prev_kv=request.prev_kv))
+        answers = await asyncio.gather(*(self._delete_in_group(group, deletes)
+                                         for group, deletes in by_group.items()))
         merged = DeleteRangeResponse(header=self.header(self.revision))
-        for answer in answers:  # pieces are in key order, so prev_kvs are too
+        for answer in answers:
             merged.deleted += answer.deleted
-            merged.prev_kvs.extend(answer.prev_kvs)
+        merged.prev_kvs.extend(sorted((kv for answer in answers for kv in answer.prev_kvs), key=lambda kv: kv.key))
         return merged
+
+    async def _delete_in_group(self, group: int, deletes: list[DeleteRangeRequest]) -> DeleteRangeResponse:
+        """One group's share of a delete: several ranges go as one transaction, so one revision."""
+        if len(deletes) == 1:
+            return await self.write(group, ShardRequest(delete_range=deletes[0]))
+        answer = await self.write(group, ShardRequest(txn=TxnRequest(
+            success=[RequestOp(request_delete_range=delete) for delete in deletes])))
+        combined = DeleteRangeResponse(header=answer.header)
+        for response in answer.responses:
+            combined.deleted += response.response_delete_range.deleted
+            combined.prev_kvs.extend(response.response_delete_range.prev_kvs)
+        return combined
 
     async def txn(self, request: TxnRequest) -> TxnResponse:
         validation.check_txn(request)
@@ -163,15 +178,14 @@ class Router:
         group = groups.pop() if groups else self.shard_map.default_group
         for lease in _txn_leases(request):
             self.leases.check(lease)
-        read_at = max(_txn_read_revisions(request), default=0)
-        if read_at > self.revision:
-            raise errors.FutureRevision()
         try:
             return await self.write(group, ShardRequest(txn=request))
         except errors.FutureRevision:
-            # A range inside reads above the group's revision, but not above ours: a
-            # failed transaction changed nothing, so raise the group and run it again.
-            await self.raise_group(group, read_at)
+            # A range on the branch taken reads above the group's revision. If not above
+            # ours, raise the group and run it again: a failed transaction changed nothing.
+            if self.group_revisions.get(group, 0) >= self.revision:
+                raise
+            await self.raise_group(group, self.revision)
             return await self.write(group, ShardRequest(txn=request))
 
     async def compact(self, request: CompactionRequest) -> CompactionResponse:
@@ -203,8 +217,16 @@ class Router:
         if len(pieces) == 1:
             return await self.read(pieces[0].group, request)
         at = request.revision or self.revision
-        answers = await asyncio.gather(*(self.read(piece.group, _piece_of(request, piece, at)) for piece in pieces))
-        return self._merge_ranges(request, answers, at)
+        # Merging by value needs the values, even for a keys-only answer (etcd sorts, then drops them).
+        order, target = _effective_sort(request)
+        need_values = request.keys_only and order != RangeRequest.NONE and target == RangeRequest.VALUE
+        answers = await asyncio.gather(*(self.read(piece.group, _piece_of(request, piece, at, need_values))
+                                         for piece in pieces))
+        merged = self._merge_ranges(request, answers, at)
+        if need_values:
+            for kv in merged.kvs:
+                kv.ClearField("value")
+        return merged
 
     async def read(self, group: int, request: RangeRequest) -> RangeResponse:
         """One group's answer to a range, raising the group first if it is below the revision asked."""
@@ -246,10 +268,12 @@ class Router:
         return dict(zip(groups, answers))
 
 
-def _piece_of(request: RangeRequest, piece, at: int) -> RangeRequest:
+def _piece_of(request: RangeRequest, piece, at: int, with_values: bool) -> RangeRequest:
     sub = RangeRequest()
     sub.CopyFrom(request)
     sub.key, sub.range_end, sub.revision = piece.key, piece.range_end, at
+    if with_values:
+        sub.keys_only = False
     return sub
 
 
@@ -296,9 +320,3 @@ def _txn_leases(request: TxnRequest) -> Iterable[int]:
     for op in _txn_ops(request):
         if op.WhichOneof("request") == "request_put" and op.request_put.lease:
             yield op.request_put.lease
-
-
-def _txn_read_revisions(request: TxnRequest) -> Iterable[int]:
-    for op in _txn_ops(request):
-        if op.WhichOneof("request") == "request_range":
-            yield op.request_range.revision

@@ -1,7 +1,7 @@
 """One client's Watch stream at the router: watches passed through to a group, or merged over several.
 
-Each watch is cut, like a range, into *parts*: one per piece of the shard
-map its key range crosses, each a watch on one group's replica. The router
+Each watch is cut, like a range, into *parts*: one per group its key range
+crosses, each a watch on one of the group's replicas. The router
 keeps one upstream Watch stream per group for the client stream, and gives
 each part an upstream watch id of its own.
 
@@ -29,6 +29,7 @@ client sees nothing but a pause.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -177,8 +178,13 @@ class WatchProxy:
                                    for group in {piece.group for piece in pieces}
                                    if self.router.group_revisions.get(group, 0) < at))
             start = at + 1
+        # One part per group, over the span of its pieces: a group stores only the keys it
+        # owns, so the span holds nothing else, and the group's events keep their order.
+        spans: dict[int, list[bytes]] = {}
         for piece in pieces:
-            part = _Part(watch, piece.group, piece.key, piece.range_end, start, watermark=max(0, start - 1))
+            spans.setdefault(piece.group, [piece.key, piece.range_end])[1] = piece.range_end
+        for group, (key, range_end) in spans.items():
+            part = _Part(watch, group, key, range_end, start, watermark=max(0, start - 1))
             watch.parts.append(part)
             self._attach(part)
 
@@ -264,6 +270,8 @@ class WatchProxy:
                 if not watch.merged:
                     created.header.revision = response.header.revision
                 self._send(created)
+                if watch.merged:
+                    self._release(watch, notify=False)  # events that came before the last part's creation
             return
         if response.canceled:  # refused or dropped by the replica (a compacted revision): the whole watch ends
             self.watches.pop(watch.id, None)
@@ -296,12 +304,13 @@ class WatchProxy:
         ready = []
         for part in watch.parts:
             if part.pending and part.pending[0].kv.mod_revision <= watermark:
-                keep = [event for event in part.pending if event.kv.mod_revision > watermark]
-                ready.extend(event for event in part.pending if event.kv.mod_revision <= watermark)
-                part.pending = keep
+                ready.append([event for event in part.pending if event.kv.mod_revision <= watermark])
+                part.pending = [event for event in part.pending if event.kv.mod_revision > watermark]
         if ready:
-            ready.sort(key=lambda event: event.kv.mod_revision)  # stable: parts are in key order
-            response = WatchResponse(watch_id=watch.id, events=ready)
+            # In revision order; a revision shared by groups (a delete across them) in key
+            # order, each group's own events in the order the group made them.
+            events = heapq.merge(*ready, key=lambda event: (event.kv.mod_revision, event.kv.key))
+            response = WatchResponse(watch_id=watch.id, events=events)
             response.header.revision = watermark
             watch.notified = watermark
             self._send(response, watch)

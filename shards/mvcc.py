@@ -610,12 +610,18 @@ class _Change:
 
     @property
     def read_revision(self) -> int:
-        """What reads inside the request see: its own changes included."""
-        return self.main if self.sub else self.store.revision
+        """The revision reads inside the request are at: its own changes included.
+
+        Before any change that is main - 1, which the floor makes the store's
+        revision (see finish), so a read here is at the revision etcd would name.
+        """
+        return self.main if self.sub else self.main - 1
 
     def finish(self) -> None:
-        if self.sub:
-            self.store.revision = self.main
+        # A request that changes nothing still lifts the store to its floor - 1: the
+        # router told its client about revisions up to there, so nothing may be written
+        # at or below them later (ARCHITECTURE decision 3).
+        self.store.revision = self.main if self.sub else max(self.store.revision, self.main - 1)
 
     def _next_revision(self) -> tuple[int, int]:
         revision = (self.main, self.sub)
@@ -744,9 +750,13 @@ class _Change:
                 )
             elif kind == "request_put":
                 result.response_put.CopyFrom(self.put(op.request_put))
+                result.response_put.header.revision = self.main  # as etcd: the revision it wrote
             elif kind == "request_delete_range":
                 result.response_delete_range.CopyFrom(self.delete_range(op.request_delete_range))
+                # As etcd: the transaction's new revision once anything changed, else the current one.
+                result.response_delete_range.header.revision = self.read_revision
             else:
+                result.response_txn.header.SetInParent()  # etcd sends a nested answer an empty header
                 position = self._run(op.request_txn, path, result.response_txn, position)
         return position
 

@@ -243,9 +243,9 @@ class WatchHub:
                 watcher.next_revision, watcher.key, watcher.range_end, limit=HISTORY_PAGE_EVENTS)
         except errors.Compacted:
             del stream.watchers[watcher.id]
+            # As etcd: the compacted revision says why; cancel_reason stays empty.
             stream.send(WatchResponse(
-                watch_id=watcher.id, canceled=True, compact_revision=self.store.compacted_revision,
-                cancel_reason=errors.Compacted.message))
+                watch_id=watcher.id, canceled=True, compact_revision=self.store.compacted_revision))
             return True
         stream.deliver(watcher, events, _event_keys(events))
         watcher.next_revision = next_revision

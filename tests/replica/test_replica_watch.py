@@ -91,7 +91,7 @@ def test_a_watch_from_a_compacted_revision_is_canceled_with_the_compact_revision
             assert (await watch.next()).created
             canceled = await watch.next()
             assert canceled.canceled and canceled.compact_revision == 4
-            assert canceled.cancel_reason == "etcdserver: mvcc: required revision has been compacted"
+            assert canceled.cancel_reason == ""  # etcd leaves it empty: the compact revision says why
             await watch.send(create_request=dict(key=b"k", start_revision=-1))
             refused = await watch.next()
             assert refused.created and refused.canceled

@@ -334,3 +334,18 @@ def test_an_empty_prefix_is_assigned_online_and_a_full_one_refused(tessera_clust
     listed = subprocess.run([sys.executable, "-m", "tessera.cli", "shards", "list", "--data-dir", data_dir],
                             capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0 and fresh in listed.stdout and "/registry/pods/" in listed.stdout
+
+
+def test_merged_watch_from_the_past_delivers_history_with_no_new_writes(tessera_cluster, space):
+    """History in some groups only, nothing written after the watch: the idle groups are nudged."""
+    async def scenario():
+        async with EtcdClient(tessera_cluster.endpoint) as client:
+            first = await put(client, space[2] + b"h", b"1")  # group 3
+            second = await put(client, space[0] + b"h", b"2")  # group 1; group 2 stays idle
+            watch = client.watch()
+            await watch.create(key=b"/", range_end=b"/\xff", start_revision=first)
+            events = await watch.events_until(lambda events: len(events) >= 2)
+            assert [(e.kv.key, e.kv.mod_revision) for e in events] == [(space[2] + b"h", first),
+                                                                       (space[0] + b"h", second)]
+            watch.cancel()
+    run(scenario())
