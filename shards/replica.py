@@ -11,7 +11,9 @@ requests). Each turn of `_drive`:
      one ReadIndex for every linearizable read queued (they share a round);
   3. handles the Ready, in the order raft requires: send what may go before
      the local write (a leader's appends), append entries and hard state to
-     the WAL with one fdatasync, send what had to wait for it (votes, append
+     the WAL with one fdatasync (in a thread: the streams keep queueing work
+     meanwhile, so the next turn's batch grows with the load), send what had
+     to wait for it (votes, append
      acknowledgements), apply committed entries to the MVCC store in one
      LMDB transaction, answer the writes applied and the reads now servable,
      and advance;
@@ -48,6 +50,7 @@ import logging
 import os
 import random
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,6 +212,7 @@ class Replica:
         self._snapshot_index = self.wal.storage.snapshot().meta.index
         self._api_server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task] = []
+        self._wal_syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal-sync")
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -260,6 +264,8 @@ class Replica:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._wal_syncer.shutdown(wait=True)  # no fdatasync may still run when the WAL closes
         if self._api_server is not None:
             await self._api_server.stop(grace=None)
         await self.transport.stop()
@@ -305,7 +311,7 @@ class Replica:
                 node.step(message)
             self._propose_queued()
             while node.has_ready():
-                self._handle_ready(node.ready())
+                await self._handle_ready(node.ready())
             if self.store.compaction_pending:
                 # One bounded step per turn: applies never wait behind a whole compaction.
                 if self.store.compact_step():
@@ -331,7 +337,7 @@ class Replica:
             except ProposalDropped:
                 self._finish_round(context, errors.LeaderChanged())
 
-    def _handle_ready(self, ready: Ready) -> None:
+    async def _handle_ready(self, ready: Ready) -> None:
         if ready.soft_state is not None:
             self._leadership_changed(ready.soft_state.lead, ready.soft_state.role)
         self._send(ready.messages)
@@ -343,7 +349,11 @@ class Replica:
             previous = self.wal.storage.hard_state
             must_sync = bool(ready.entries) or ready.hard_state is not None and (
                 ready.hard_state.term != previous.term or ready.hard_state.vote != previous.vote)
-            self.wal.append(ready.entries, ready.hard_state, sync=must_sync)
+            self.wal.append(ready.entries, ready.hard_state, sync=False)
+            if must_sync:
+                # The fdatasync runs off the event loop: meanwhile the streams go on reading
+                # requests, and the next turn proposes all of them at once (group commit).
+                await asyncio.get_running_loop().run_in_executor(self._wal_syncer, self.wal.sync)
         if ready.hard_state is not None:
             self._commit_index = ready.hard_state.commit
         self._send(ready.persisted_messages)
