@@ -2,11 +2,15 @@
 
 A benchmark test calls `report_rate(amount_per_call, unit)` after timing; the
 derived rates (MB/s, entries/s) are printed after pytest-benchmark's table.
+A load-generator test calls `report_load(result, **more_figures)` with a
+bench.loadgen.LoadResult: its figures (and more_figures, e.g. the server's CPU
+per request) go to `benchmark.extra_info`, its summary line to a "load" section.
 """
 
 import pytest
 
 RATES: list[tuple[str, float, str]] = []
+LOADS: list[tuple[str, str]] = []  # (test name, LoadResult.summary())
 
 
 @pytest.fixture
@@ -21,10 +25,24 @@ def report_rate(benchmark, request):
     return report
 
 
+@pytest.fixture
+def report_load(benchmark, request):
+    def report(result, **more_figures) -> None:
+        benchmark.extra_info.update(result.figures(), **more_figures)
+        more = "".join(f"  {name} {value:,.0f}" for name, value in more_figures.items())
+        LOADS.append((request.node.name, result.summary() + more))
+
+    return report
+
+
 def pytest_terminal_summary(terminalreporter):
-    if not RATES:
-        return
-    terminalreporter.section("rates")
-    width = max(len(name) for name, _, _ in RATES)
-    for name, rate, unit in RATES:
-        terminalreporter.write_line(f"{name:<{width}}  {rate:>14,.0f} {unit}/s")
+    if RATES:
+        terminalreporter.section("rates")
+        width = max(len(name) for name, _, _ in RATES)
+        for name, rate, unit in RATES:
+            terminalreporter.write_line(f"{name:<{width}}  {rate:>14,.0f} {unit}/s")
+    if LOADS:
+        terminalreporter.section("load")
+        width = max(len(name) for name, _ in LOADS)
+        for name, summary in LOADS:
+            terminalreporter.write_line(f"{name:<{width}}  {summary}")
