@@ -28,10 +28,11 @@ from pathlib import Path
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from etcd_tools import ToolUnavailable, etcd_path, free_ports  # noqa: E402
+from etcd_tools import ToolUnavailable, etcd_path  # noqa: E402
 
 from bench.loadgen import process_cpu_seconds  # noqa: E402
 from tessera.api import rpc_pb2, rpc_pb2_grpc  # noqa: E402
+from tessera.launcher import free_ports  # noqa: E402
 
 __all__ = ["EtcdCluster", "ToolUnavailable"]  # ToolUnavailable: callers skip on it
 STARTUP_S = 30.0

@@ -31,8 +31,15 @@ log = logging.getLogger("tessera.router")
 
 BATCH_METHOD = "/tessera.internal.Shard/Batch"
 WATCH_METHOD = "/tessera.internal.Shard/Watch"
-# Replicas may answer with big ranges and watch batches; the router decides what clients get.
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+CHANNEL_OPTIONS = [
+    # Replicas may answer with big ranges and watch batches; the router decides what clients get.
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    # A short reconnect backoff: a replica that was down a while is used again as soon as it serves.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 # How long a request may spend finding a leader and being answered: etcd's
 # request timeout (5 s) plus an election.
 REQUEST_TIMEOUT_SECONDS = 7.0

@@ -29,14 +29,9 @@ from pathlib import Path
 
 import grpc
 
-from tessera.api.internal_pb2 import (
-    ShardRequest,
-    ShardRequestBatch,
-    ShardResponse,
-    ShardResponseBatch,
-    StatusRequest,
-    StatusResponse,
-)
+from router.meta import bootstrap_cluster
+from router.shard_client import CHANNEL_OPTIONS, ReplicaUnreachable, ShardConnection
+from tessera.api.internal_pb2 import ShardRequest, ShardResponse, StatusRequest, StatusResponse
 from tessera.api.rpc_pb2 import RangeRequest, RangeResponse
 
 HOST = "127.0.0.1"
@@ -59,12 +54,6 @@ FIRST_RESTART_DELAY = 0.5
 MAX_RESTART_DELAY = 10.0
 STAYED_UP_SECONDS = 10.0  # up this long: the next crash is a new one, restarted after the first delay
 
-RECONNECT_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
-SHARD_BATCH_METHOD = "/tessera.internal.Shard/Batch"
 KV_RANGE_METHOD = "/etcdserverpb.KV/Range"
 
 
@@ -193,23 +182,6 @@ def describe_exit(code: int) -> str:
         return f"signal {-code}"
 
 
-async def call_shard(channel: grpc.aio.Channel, request: ShardRequest, timeout: float) -> ShardResponse:
-    """One request on a fresh internal-API stream (the launcher only polls; routers keep streams)."""
-    method = channel.stream_stream(
-        SHARD_BATCH_METHOD,
-        request_serializer=ShardRequestBatch.SerializeToString,
-        response_deserializer=ShardResponseBatch.FromString,
-    )
-    call = method(iter([ShardRequestBatch(requests=[request])]), timeout=timeout)
-    try:
-        batch = await call.read()
-    finally:
-        call.cancel()
-    if batch is grpc.aio.EOF or not batch.responses:
-        raise LauncherError(f"no answer to {request.WhichOneof('request')}")
-    return batch.responses[0]
-
-
 class Launcher:
     """Starts, supervises and stops the local cluster. Use as `async with Launcher(...) as cluster:`.
 
@@ -243,7 +215,8 @@ class Launcher:
         self.layout: Layout | None = None
         self._replicas: dict[tuple[int, int], Supervised] = {}
         self._router: Supervised | None = None
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}  # to the router
+        self._connections: dict[str, ShardConnection] = {}  # to replicas
         self._supervision: asyncio.Task | None = None
         # kill() and restart() may come from a test's thread while the supervision loop runs.
         self._children_lock = threading.Lock()
@@ -355,8 +328,6 @@ class Launcher:
         child.restart_at = None
 
     async def _bootstrap_meta(self) -> None:
-        from router.meta import bootstrap_cluster
-
         await bootstrap_cluster(
             self.layout.groups, dict(self.layout.prefixes), self.layout.default_group
         )
@@ -422,8 +393,13 @@ class Launcher:
 
     async def request(self, group: int, member: int, timeout: float = CALL_SECONDS, **fields) -> ShardResponse:
         """One internal-API request to one replica, e.g. `status=StatusRequest()` or `put=PutRequest(...)`."""
-        channel = self._channel(self.layout.api_address(group, member))
-        return await call_shard(channel, ShardRequest(id=1, **fields), timeout)
+        address = self.layout.api_address(group, member)
+        if address not in self._connections:
+            self._connections[address] = ShardConnection(address)
+        try:
+            return await self._connections[address].request(ShardRequest(**fields), timeout)
+        except ReplicaUnreachable as unreachable:
+            raise LauncherError(f"group {group} member {member}: {unreachable}") from None
 
     async def status(self, group: int, member: int) -> StatusResponse:
         return (await self.request(group, member, status=StatusRequest())).status
@@ -446,8 +422,7 @@ class Launcher:
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         if address not in self._channels:
-            # Short reconnect backoff: a member that was down a while is seen again as soon as it serves.
-            self._channels[address] = grpc.aio.insecure_channel(address, options=RECONNECT_OPTIONS)
+            self._channels[address] = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         return self._channels[address]
 
     # --- supervision ------------------------------------------------------------------
@@ -492,7 +467,10 @@ class Launcher:
             self._supervision.cancel()
             await asyncio.gather(self._supervision, return_exceptions=True)
             self._supervision = None
-        for channel in self._channels.values():  # before the servers go: no GOAWAY noise in the logs
+        for connection in self._connections.values():  # before the servers go: no GOAWAY noise in the logs
+            await connection.close()
+        self._connections.clear()
+        for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
         if self._router is not None:

@@ -30,7 +30,6 @@ import os
 import queue
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -38,6 +37,8 @@ import time
 import urllib.request
 from importlib.util import find_spec
 from pathlib import Path
+
+from tessera.launcher import free_ports
 
 CACHE_DIR = Path(os.environ.get("TESSERA_TEST_CACHE") or Path.home() / ".cache" / "tessera-tests")
 ETCDCTL34_DIR = CACHE_DIR / "etcd-client-3.4"
@@ -183,17 +184,6 @@ def _clean_env(extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCDCTL_", "ETCD_"))}
     env.update(extra or {})
     return env
-
-
-def free_ports(count: int) -> list[int]:
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
 
 
 def run_etcdctl(binary, endpoint: str, *args: str, stdin: str | None = None, timeout: float = 30,

@@ -10,7 +10,6 @@ import asyncio
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,22 +19,12 @@ import grpc
 
 from tessera.api.internal_pb2 import ShardRequest, ShardRequestBatch, ShardResponse, ShardResponseBatch
 from tessera.api.rpc_pb2 import PutRequest, RangeRequest, WatchRequest, WatchResponse
+from tessera.launcher import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_SECONDS = 15
 # Small WAL segments: a test group takes MBs of disk, not 64 MB a member, and rolls segments.
 TEST_WAL_SEGMENT_BYTES = 4 * 1024 * 1024
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for probe in sockets:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in sockets]
-    finally:
-        for probe in sockets:
-            probe.close()
 
 
 class ReplicaGroup:
