@@ -14,7 +14,6 @@ and removes the data directory.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ from pathlib import Path
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from etcd_tools import ToolUnavailable, etcd_path  # noqa: E402
+from etcd_tools import ToolUnavailable, dying_with_parent, etcd_path  # noqa: E402
 
 from bench.loadgen import process_cpu_seconds  # noqa: E402
 from tessera.api import rpc_pb2, rpc_pb2_grpc  # noqa: E402
@@ -36,12 +35,6 @@ from tessera.launcher import free_ports  # noqa: E402
 
 __all__ = ["EtcdCluster", "ToolUnavailable"]  # ToolUnavailable: callers skip on it
 STARTUP_S = 30.0
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-
 
 class EtcdCluster:
     def __init__(self, directory: Path, members: int = 3, extra_args=()) -> None:
@@ -66,16 +59,15 @@ class EtcdCluster:
             for name, client_port, peer_port in zip(names, self.client_ports, peer_ports):
                 client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
                 with open(self.directory / f"{name}.log", "ab") as log:
-                    self.processes.append(subprocess.Popen(
+                    self.processes.append(subprocess.Popen(dying_with_parent(
                         [str(etcd_path()), "--name", name, "--data-dir", str(self.directory / name),
                          "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
                          "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
                          "--initial-cluster", initial_cluster, "--initial-cluster-state", "new",
                          "--initial-cluster-token", token,
-                         "--log-level", "warn", *self.extra_args],
+                         "--log-level", "warn", *self.extra_args]),
                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                         env={k: v for k, v in os.environ.items() if not k.startswith("ETCD")},
-                        preexec_fn=_die_with_parent,
                     ))
             self._wait_healthy()
         except BaseException:

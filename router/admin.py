@@ -1,8 +1,7 @@
 """Operator commands on the shard map: list it with each group's state, assign an empty prefix.
 
 Both talk to the meta group and the data groups over the internal API, as a
-router does. Routers follow the meta group, so an assignment reaches them
-within moments.
+router does. An assignment completes only once every router routes by it.
 """
 
 from __future__ import annotations
@@ -15,9 +14,11 @@ from router.shard_client import GroupClient
 from router.shard_map import ShardMap, ShardMapError, prefix_end
 from tessera.api import errors
 from tessera.api.internal_pb2 import ShardRequest
-from tessera.api.rpc_pb2 import RangeRequest
+from tessera.api.rpc_pb2 import RangeRequest, RequestOp, TxnRequest
 
 STATUS_TIMEOUT_SECONDS = 2.0
+ROUTERS_TIMEOUT_SECONDS = 10.0
+ROUTER_POLL_SECONDS = 0.05
 
 
 @dataclass
@@ -55,8 +56,18 @@ async def describe(meta_members: dict[int, str]) -> tuple[ShardMap, list[GroupSt
         await asyncio.gather(meta.client.close(), *(client.close() for client in clients.values()))
 
 
-async def assign(meta_members: dict[int, str], prefix: bytes, group: int) -> ShardMap:
-    """Give an empty prefix to a group; a prefix that holds keys is refused (moving data comes later)."""
+async def assign(meta_members: dict[int, str], prefix: bytes, group: int,
+                 routers_timeout: float = ROUTERS_TIMEOUT_SECONDS) -> ShardMap:
+    """Give an empty prefix to a group; a prefix that holds keys is refused (moving data comes later).
+
+    In three steps, so that no acknowledged write is left behind in the old group:
+    1. the prefix is marked moving: routers refuse writes under it, and each one
+       says (in its meta record) once it routes by that map and every write it
+       sent under the older one is answered;
+    2. the old group is asked, through its raft log (after every write it took),
+       how many keys it has under the prefix: any, and the change is undone;
+    3. the new map goes in, and the routers are waited for again.
+    """
     meta = MetaClient(GroupClient(META_GROUP, meta_members))
     clients = {}
     try:
@@ -67,18 +78,51 @@ async def assign(meta_members: dict[int, str], prefix: bytes, group: int) -> Sha
         new_map = state.shard_map.assign(prefix, group)
         if new_map == state.shard_map:
             return new_map
-        end = prefix_end(prefix) or b"\0"
-        clients = {g: GroupClient(g, {m.id: m.api_address for m in state.groups[g].members})
-                   for g in state.shard_map.groups_of(prefix, end)}
-        for piece in state.shard_map.pieces(prefix, end):
-            answer = await clients[piece.group].call(ShardRequest(range=RangeRequest(
-                key=piece.key, range_end=piece.range_end, count_only=True)), write=False)
-            if answer.range.count:
-                raise ShardMapError(
-                    f"{answer.range.count} keys under {prefix!r} live in group {piece.group}; moving a "
-                    f"prefix that holds data is not supported yet, so it stays where it is")
-        if not await meta.replace_shard_map(new_map, state.shard_map_revision):
+        end = prefix_end(prefix)
+        frozen = state.shard_map.with_moving([(prefix, end, group)])
+        frozen_revision = await meta.replace_shard_map(frozen, state.shard_map_revision)
+        if not frozen_revision:
             raise ShardMapError("the shard map changed meanwhile; look at it again and retry")
+        try:
+            await _wait_for_routers(meta, frozen_revision, routers_timeout)
+            clients = {g: GroupClient(g, {m.id: m.api_address for m in state.groups[g].members})
+                       for g in state.shard_map.groups_of(prefix, end or b"\0")}
+            for piece in state.shard_map.pieces(prefix, end or b"\0"):
+                count = await _count_in_log_order(clients[piece.group], piece.key, piece.range_end)
+                if count:
+                    raise ShardMapError(
+                        f"{count} keys under {prefix!r} live in group {piece.group}; moving a prefix that "
+                        f"holds data is not supported yet, so it stays where it is")
+        except BaseException:
+            await meta.replace_shard_map(state.shard_map, frozen_revision)  # undo the freeze
+            raise
+        final_revision = await meta.replace_shard_map(new_map, frozen_revision)
+        if not final_revision:
+            raise ShardMapError("the shard map changed during the assignment; look at it again")
+        await _wait_for_routers(meta, final_revision, routers_timeout)
         return new_map
     finally:
         await asyncio.gather(meta.client.close(), *(client.close() for client in clients.values()))
+
+
+async def _wait_for_routers(meta: MetaClient, revision: int, timeout: float) -> None:
+    """Until every router routes by the map at `revision` (or a later one)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        behind = [router for router in (await meta.load()).routers.values()
+                  if router.shard_map_revision < revision]
+        if not behind:
+            return
+        if loop.time() > deadline:
+            names = ", ".join(f"{router.name} ({router.client_address})" for router in behind)
+            raise ShardMapError(f"routers did not take the new shard map within {timeout:g} s: {names}; "
+                                f"a router that is gone for good must be removed first")
+        await asyncio.sleep(ROUTER_POLL_SECONDS)
+
+
+async def _count_in_log_order(client: GroupClient, key: bytes, range_end: bytes) -> int:
+    """Keys in a range, counted by a transaction: it runs after every write the group took before."""
+    answer = await client.call(ShardRequest(txn=TxnRequest(success=[RequestOp(request_range=RangeRequest(
+        key=key, range_end=range_end, count_only=True))])), write=True)
+    return answer.txn.responses[0].response_range.count

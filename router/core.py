@@ -18,6 +18,7 @@ answer one consistent cut.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from typing import Iterable
 
@@ -58,6 +59,11 @@ class Router:
         self.meta = meta
         self.revision = 0
         self.group_revisions: dict[int, int] = {}  # the highest revision seen of each group
+        # Writes not yet answered, by the generation of the shard map that routed them: a
+        # map change completes once none routed by an older map is still on its way.
+        self._map_generation = 0
+        self._writes_in_flight: collections.Counter[int] = collections.Counter()
+        self._writes_answered = asyncio.Event()
         self.leases = None  # router.leases.Lessor, set by the server
 
     # --- revisions and headers -------------------------------------------------------
@@ -124,8 +130,34 @@ class Router:
 
     # --- writes ------------------------------------------------------------------------
 
-    async def write(self, group: int, request: ShardRequest) -> object:
-        """Send a write with the floor of global revisions; the group's answer of that kind."""
+    async def change_shard_map(self, shard_map: ShardMap) -> None:
+        """Route by a new map; return once every write routed by an older one is answered."""
+        self.shard_map = shard_map
+        self._map_generation += 1
+        while any(generation < self._map_generation for generation in self._writes_in_flight):
+            self._writes_answered.clear()
+            await self._writes_answered.wait()
+
+    def _check_not_moving(self, key: bytes, range_end: bytes = b"") -> None:
+        if self.shard_map.is_moving(key, range_end):
+            raise errors.KeysMoving()
+
+    async def write(self, group: int, request: ShardRequest, generation: int | None = None) -> object:
+        """Send a write with the floor of global revisions; the group's answer of that kind.
+
+        `generation`: of the shard map that chose the group, if not the current one.
+        """
+        generation = self._map_generation if generation is None else generation
+        self._writes_in_flight[generation] += 1
+        try:
+            return await self._write(group, request)
+        finally:
+            self._writes_in_flight[generation] -= 1
+            if not self._writes_in_flight[generation]:
+                del self._writes_in_flight[generation]
+                self._writes_answered.set()
+
+    async def _write(self, group: int, request: ShardRequest) -> object:
         request.floor = self.revision + 1
         response = await self.groups[group].call(request, write=True)
         answer = getattr(response, response.WhichOneof("response"))
@@ -135,12 +167,14 @@ class Router:
 
     async def put(self, request: PutRequest) -> PutResponse:
         validation.check_put(request)
+        self._check_not_moving(request.key)
         if request.lease:
             self.leases.check(request.lease)
         return await self.write(self.shard_map.group_of(request.key), ShardRequest(put=request))
 
     async def delete_range(self, request: DeleteRangeRequest) -> DeleteRangeResponse:
         validation.check_delete(request)
+        self._check_not_moving(request.key, request.range_end)
         pieces = self.shard_map.pieces(request.key, request.range_end)
         if len(pieces) == 1:
             return await self.write(pieces[0].group, ShardRequest(delete_range=request))
@@ -148,7 +182,8 @@ class Router:
         for piece in pieces:
             by_group.setdefault(piece.group, []).append(
                 DeleteRangeRequest(key=piece.key, range_end=piece.range_end, prev_kv=request.prev_kv))
-        answers = await asyncio.gather(*(self._delete_in_group(group, deletes)
+        generation = self._map_generation
+        answers = await asyncio.gather(*(self._delete_in_group(group, deletes, generation)
                                          for group, deletes in by_group.items()))
         merged = DeleteRangeResponse(header=self.header(self.revision))
         for answer in answers:
@@ -156,12 +191,13 @@ class Router:
         merged.prev_kvs.extend(sorted((kv for answer in answers for kv in answer.prev_kvs), key=lambda kv: kv.key))
         return merged
 
-    async def _delete_in_group(self, group: int, deletes: list[DeleteRangeRequest]) -> DeleteRangeResponse:
+    async def _delete_in_group(self, group: int, deletes: list[DeleteRangeRequest],
+                               generation: int) -> DeleteRangeResponse:
         """One group's share of a delete: several ranges go as one transaction, so one revision."""
         if len(deletes) == 1:
-            return await self.write(group, ShardRequest(delete_range=deletes[0]))
+            return await self.write(group, ShardRequest(delete_range=deletes[0]), generation)
         answer = await self.write(group, ShardRequest(txn=TxnRequest(
-            success=[RequestOp(request_delete_range=delete) for delete in deletes])))
+            success=[RequestOp(request_delete_range=delete) for delete in deletes])), generation)
         combined = DeleteRangeResponse(header=answer.header)
         for response in answer.responses:
             combined.deleted += response.response_delete_range.deleted
@@ -172,21 +208,21 @@ class Router:
         validation.check_txn(request)
         groups = set()
         for key, range_end in _txn_keys(request):
+            self._check_not_moving(key, range_end)
             groups |= self.shard_map.groups_of(key, range_end)
         if len(groups) > 1:
             raise errors.TxnSpansGroups(groups)
         group = groups.pop() if groups else self.shard_map.default_group
-        for lease in _txn_leases(request):
-            self.leases.check(lease)
+        unknown_leases = sorted({lease for lease in _txn_leases(request) if not self.leases.known(lease)})
         try:
-            return await self.write(group, ShardRequest(txn=request))
+            return await self.write(group, ShardRequest(txn=request, unknown_leases=unknown_leases))
         except errors.FutureRevision:
             # A range on the branch taken reads above the group's revision. If not above
             # ours, raise the group and run it again: a failed transaction changed nothing.
             if self.group_revisions.get(group, 0) >= self.revision:
                 raise
             await self.raise_group(group, self.revision)
-            return await self.write(group, ShardRequest(txn=request))
+            return await self.write(group, ShardRequest(txn=request, unknown_leases=unknown_leases))
 
     async def compact(self, request: CompactionRequest) -> CompactionResponse:
         if request.revision > self.revision:
@@ -200,9 +236,14 @@ class Router:
                 await self.write(group, ShardRequest(compaction=request))
 
         outcomes = await asyncio.gather(*(compact_group(group) for group in self.groups), return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        # "Compacted" from every group: the revision was compacted before. From some only:
+        # a retry after a partial failure, which the other groups have now completed.
+        if failures and (len(failures) < len(outcomes) and all(
+                isinstance(failure, errors.Compacted) for failure in failures)):
+            failures = []
+        if failures:
+            raise next((f for f in failures if not isinstance(f, errors.Compacted)), failures[0])
         return CompactionResponse(header=self.header(self.revision))
 
     # --- reads -------------------------------------------------------------------------
@@ -216,13 +257,13 @@ class Router:
             return RangeResponse(header=self.header(self.revision))
         if len(pieces) == 1:
             return await self.read(pieces[0].group, request)
-        at = request.revision or self.revision
+        at = request.revision if request.revision > 0 else self.revision  # etcd: <= 0 is the latest
         # Merging by value needs the values, even for a keys-only answer (etcd sorts, then drops them).
         order, target = _effective_sort(request)
         need_values = request.keys_only and order != RangeRequest.NONE and target == RangeRequest.VALUE
         answers = await asyncio.gather(*(self.read(piece.group, _piece_of(request, piece, at, need_values))
                                          for piece in pieces))
-        merged = self._merge_ranges(request, answers, at)
+        merged = self._merge_ranges(request, answers)
         if need_values:
             for kv in merged.kvs:
                 kv.ClearField("value")
@@ -245,8 +286,9 @@ class Router:
             return answer
         raise errors.RequestTimeout()
 
-    def _merge_ranges(self, request: RangeRequest, answers: list[RangeResponse], at: int) -> RangeResponse:
-        merged = RangeResponse(header=self.header(at))
+    def _merge_ranges(self, request: RangeRequest, answers: list[RangeResponse]) -> RangeResponse:
+        # As etcd: the header names the current revision, also for a read in the past.
+        merged = RangeResponse(header=self.header(max(answer.header.revision for answer in answers)))
         merged.count = sum(answer.count for answer in answers)
         if request.count_only:
             return merged

@@ -63,6 +63,9 @@ class Lessor:
         self._deadline = {lease: now + ttl for lease, ttl in self._ttl.items()}
         self._unfinished = {lease for lease, record in records.items() if record.revoked}
 
+    def known(self, lease_id: int) -> bool:
+        return lease_id in self._ttl
+
     def check(self, lease_id: int) -> None:
         if lease_id not in self._ttl:
             raise errors.LeaseNotFound()
@@ -78,17 +81,25 @@ class Lessor:
                 lease_id = 0
         if lease_id in self._ttl or lease_id in self._unfinished:
             raise errors.LeaseExist()
-        if not await self.meta.create(lease_key(lease_id), LeaseRecord(id=lease_id, ttl=ttl)):
-            raise errors.LeaseExist()
+        try:
+            if not await self.meta.create(lease_key(lease_id), LeaseRecord(id=lease_id, ttl=ttl)):
+                raise errors.LeaseExist()
+        except (errors.RequestTimeout, errors.LeaderChanged):
+            # The record may exist: keep a deadline for it, so that it expires and is revoked.
+            self._track(lease_id, ttl)
+            raise
+        self._track(lease_id, ttl)
+        return LeaseGrantResponse(header=self.router.header(self.router.revision), ID=lease_id, TTL=ttl)
+
+    def _track(self, lease_id: int, ttl: int) -> None:
         self._ttl[lease_id] = ttl
         self._deadline[lease_id] = self.clock() + ttl
-        return LeaseGrantResponse(header=self.router.header(self.router.revision), ID=lease_id, TTL=ttl)
 
     def keep_alive(self, lease_id: int) -> LeaseKeepAliveResponse:
         response = LeaseKeepAliveResponse(header=self.router.header(self.router.revision), ID=lease_id)
         ttl = self._ttl.get(lease_id)
         if ttl is not None:
-            self._deadline[lease_id] = self.clock() + ttl
+            self._track(lease_id, ttl)
             response.TTL = ttl
         return response
 

@@ -158,12 +158,13 @@ class MetaClient:
         response = await self.client.call(ShardRequest(delete_range=DeleteRangeRequest(key=key)), write=True)
         return response.delete_range.deleted > 0
 
-    async def replace_shard_map(self, shard_map: ShardMap, expected_revision: int) -> bool:
-        """Swap in a new map if nobody changed it since `expected_revision`."""
+    async def replace_shard_map(self, shard_map: ShardMap, expected_revision: int) -> int:
+        """Swap in a new map if nobody changed it since `expected_revision`: its revision, or 0."""
         txn = TxnRequest(compare=[Compare(key=SHARDS_KEY, target=Compare.MOD, result=Compare.EQUAL,
                                           mod_revision=expected_revision)],
                          success=[_put_op(SHARDS_KEY, shard_map.to_record())])
-        return (await self.client.call(ShardRequest(txn=txn), write=True)).txn.succeeded
+        answer = (await self.client.call(ShardRequest(txn=txn), write=True)).txn
+        return answer.header.revision if answer.succeeded else 0
 
 
 async def wait_until_bootstrapped(meta: MetaClient, timeout: float = BOOTSTRAP_TIMEOUT_SECONDS) -> MetaState:

@@ -15,6 +15,7 @@ import logging
 import signal
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from router.core import MAX_REQUEST_BYTES, Router
 from router.leases import Lessor
@@ -96,6 +97,8 @@ class RouterServer:
         self.meta_client = GroupClient(META_GROUP, meta_members)
         self.meta = MetaClient(self.meta_client)
         self.router: Router | None = None
+        self._watch_proxies: set[WatchProxy] = set()
+        self._registered_map_revision = 0
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -108,8 +111,7 @@ class RouterServer:
                                       self.meta_client)
         await router.sync_revision()
         router.leases = Lessor(router, self.meta, state.leases)
-        await self.meta.put(router_key(router.member_id), RouterRecord(
-            id=router.member_id, name=self.name, client_address=self.listen))
+        await self._register(state.shard_map_revision)
         self._server = grpc.aio.server(options=SERVER_OPTIONS)
         self._server.add_generic_rpc_handlers(self._handlers())
         if not self._server.add_insecure_port(self.listen):
@@ -147,7 +149,7 @@ class RouterServer:
             try:
                 async for response in call:
                     if any(not event.kv.key.startswith(b"tessera/leases/") for event in response.events):
-                        self._apply_meta(await self.meta.load())
+                        await self._apply_meta(await self.meta.load())
             except grpc.aio.AioRpcError:
                 pass
             except errors.EtcdError as error:
@@ -155,15 +157,24 @@ class RouterServer:
             call.cancel()
             await asyncio.sleep(META_RETRY_SECONDS)
             try:
-                self._apply_meta(await self.meta.load())
+                await self._apply_meta(await self.meta.load())
             except errors.EtcdError:
                 pass
 
-    def _apply_meta(self, state: MetaState) -> None:
+    async def _register(self, shard_map_revision: int) -> None:
+        """Tell the meta group this router's address and the shard map it routes by."""
+        await self.meta.put(router_key(self.router.member_id), RouterRecord(
+            id=self.router.member_id, name=self.name, client_address=self.listen,
+            shard_map_revision=shard_map_revision))
+        self._registered_map_revision = shard_map_revision
+
+    async def _apply_meta(self, state: MetaState) -> None:
         router = self.router
         if state.shard_map != router.shard_map:
-            log.info("shard map changed at meta revision %d", state.revision)
-            router.shard_map = state.shard_map
+            log.info("shard map changed at meta revision %d", state.shard_map_revision)
+            await router.change_shard_map(state.shard_map)
+            for proxy in self._watch_proxies:
+                proxy.shard_map_changed()
         for group, record in state.groups.items():
             if group == META_GROUP:
                 self.meta_client.set_members(_api_addresses(record))
@@ -172,6 +183,8 @@ class RouterServer:
             else:
                 router.groups[group] = GroupClient(group, _api_addresses(record))
         self.state = state
+        if state.shard_map_revision > self._registered_map_revision:
+            await self._register(state.shard_map_revision)  # what `tessera shards assign` waits for
 
     # --- handlers ---------------------------------------------------------------------------
 
@@ -183,7 +196,13 @@ class RouterServer:
                 try:
                     if limit_bytes and len(data) > MAX_REQUEST_BYTES:
                         raise errors.RequestTooLarge()
-                    return (await answer(parse(data))).SerializeToString()
+                    request = parse(data)
+                except DecodeError as error:
+                    await context.abort(grpc.StatusCode.INTERNAL, _unmarshal_error(error))
+                except errors.EtcdError as error:
+                    await context.abort(grpc.StatusCode[error.code], error.message)
+                try:
+                    return (await answer(request)).SerializeToString()
                 except errors.EtcdError as error:
                     await context.abort(grpc.StatusCode[error.code], error.message)
 
@@ -254,10 +273,14 @@ class RouterServer:
     async def _watch(self, request_iterator, context: grpc.aio.ServicerContext):
         metadata = dict(context.invocation_metadata() or ())
         proxy = WatchProxy(self.router, require_leader=metadata.get("hasleader") == "true")
+        self._watch_proxies.add(proxy)
 
         async def read_requests() -> None:
-            async for data in request_iterator:
-                await proxy.handle(WatchRequest.FromString(data))
+            try:
+                async for data in request_iterator:
+                    await proxy.handle(WatchRequest.FromString(data))
+            except DecodeError as error:
+                proxy.outbox.put_nowait(errors.Reported("INTERNAL", _unmarshal_error(error)))
 
         reader = asyncio.get_running_loop().create_task(read_requests())
         try:
@@ -268,6 +291,7 @@ class RouterServer:
                 yield item.SerializeToString()
         finally:
             reader.cancel()
+            self._watch_proxies.discard(proxy)
             await proxy.close()
 
     async def _keep_alive(self, request_iterator, context):
@@ -307,11 +331,17 @@ class RouterServer:
                 response.alarms.extend(alarm for alarm in status.alarms
                                        if request.alarm in (NONE, alarm.alarm))
             return response
+        if request.alarm not in AlarmType.values():
+            return response  # etcd too accepts an alarm it does not know, and does nothing
         answers = await asyncio.gather(*(router.write(group, ShardRequest(alarm=request))
                                          for group in sorted(router.groups)))
         for answer in answers:
             response.alarms.extend(answer.alarms)
         return response
+
+
+def _unmarshal_error(error: DecodeError) -> str:
+    return f"grpc: error unmarshalling request: {error}"  # grpc-go's words for it
 
 
 def _api_addresses(record) -> dict[int, str]:

@@ -187,6 +187,7 @@ class GroupClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         tried: set[int] = set()
+        hints_followed = 0
         last_error: errors.EtcdError = errors.NoLeader()
         while True:
             remaining = deadline - loop.time()
@@ -211,6 +212,10 @@ class GroupClient:
             error = response.error
             if error.leader_id and error.leader_id in self._connections:
                 self.leader_id = error.leader_id  # "not leader" names who is
+                hints_followed += 1
+                if hints_followed > len(self._connections):  # replicas disagree: let an election settle
+                    hints_followed = 0
+                    await asyncio.sleep(RETRY_PAUSE_SECONDS)
                 tried.discard(error.leader_id)
                 continue
             reported = errors.from_report(error.code, error.message)

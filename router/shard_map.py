@@ -38,10 +38,15 @@ def prefix_end(prefix: bytes) -> bytes:
 
 
 class ShardMap:
-    def __init__(self, ranges: list[tuple[bytes, bytes, int]], default_group: int):
-        """`ranges`: (start, end, group), end b"" meaning to the end of the keyspace."""
+    def __init__(self, ranges: list[tuple[bytes, bytes, int]], default_group: int,
+                 moving: list[tuple[bytes, bytes, int]] = ()):
+        """`ranges`: (start, end, group), end b"" meaning to the end of the keyspace.
+
+        `moving`: ranges on their way to the group named; writes there wait (see is_moving).
+        """
         self.ranges = sorted(ranges)
         self.default_group = default_group
+        self.moving = sorted(moving)
         for (_, end, _), (next_start, _, _) in zip(self.ranges, self.ranges[1:]):
             if not end or end > next_start:
                 raise ShardMapError("shard ranges overlap")
@@ -59,16 +64,31 @@ class ShardMap:
 
     @classmethod
     def from_record(cls, record: ShardMapRecord) -> ShardMap:
-        return cls([(r.start, r.end, r.group) for r in record.ranges], record.default_group)
+        return cls([(r.start, r.end, r.group) for r in record.ranges], record.default_group,
+                   [(r.start, r.end, r.group) for r in record.moving])
 
     def to_record(self) -> ShardMapRecord:
-        return ShardMapRecord(ranges=[ShardRange(start=start, end=end, group=group)
-                                      for start, end, group in self.ranges],
-                              default_group=self.default_group)
+        return ShardMapRecord(
+            ranges=[ShardRange(start=start, end=end, group=group) for start, end, group in self.ranges],
+            default_group=self.default_group,
+            moving=[ShardRange(start=start, end=end, group=group) for start, end, group in self.moving])
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ShardMap) and (self.ranges, self.default_group) == (
-            other.ranges, other.default_group)
+        return isinstance(other, ShardMap) and (self.ranges, self.default_group, self.moving) == (
+            other.ranges, other.default_group, other.moving)
+
+    def with_moving(self, moving: list[tuple[bytes, bytes, int]]) -> ShardMap:
+        return ShardMap(self.ranges, self.default_group, moving)
+
+    def is_moving(self, key: bytes, range_end: bytes) -> bool:
+        """Whether (key, range_end) touches a range that is changing groups."""
+        for start, end, _ in self.moving:
+            if not range_end:
+                if start <= key and (not end or key < end):
+                    return True
+            elif (range_end == b"\0" or start < range_end) and (not end or key < end):
+                return True
+        return False
 
     @property
     def groups(self) -> set[int]:

@@ -38,6 +38,7 @@ import grpc
 
 from router.shard_client import WATCH_METHOD
 from tessera.api import errors
+from tessera.api.validation import key_in_range
 from tessera.api.kv_pb2 import Event
 from tessera.api.rpc_pb2 import WatchCreateRequest, WatchRequest, WatchResponse
 
@@ -62,7 +63,8 @@ class _Part:
     start_revision: int
     upstream: _Upstream | None = None
     upstream_id: int = 0
-    created: bool = False
+    created: bool = False  # the client's watch exists upstream (or did, before a move)
+    attached: bool = False  # its current upstream watch was created: progress there covers it
     watermark: int = 0
     pending: list[Event] = field(default_factory=list)  # merged watches: events not yet released
 
@@ -147,7 +149,12 @@ class WatchProxy:
         elif kind == "cancel_request":
             self._cancel(request.cancel_request.watch_id)
         elif kind == "progress_request":
-            self._tasks.add(asyncio.get_running_loop().create_task(self._answer_progress()))
+            self._spawn(self._answer_progress())
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _create(self, request: WatchCreateRequest) -> None:
         watch_id = request.watch_id
@@ -174,9 +181,15 @@ class WatchProxy:
         start = request.start_revision
         if len(pieces) > 1 and not start:
             at = self.router.revision
-            await asyncio.gather(*(self.router.raise_group(group, at)
-                                   for group in {piece.group for piece in pieces}
-                                   if self.router.group_revisions.get(group, 0) < at))
+            try:
+                await asyncio.gather(*(self.router.raise_group(group, at)
+                                       for group in {piece.group for piece in pieces}
+                                       if self.router.group_revisions.get(group, 0) < at))
+            except errors.EtcdError as error:  # a group without a leader: the watch cannot start
+                del self.watches[watch_id]
+                self._send(WatchResponse(watch_id=watch_id, created=True, canceled=True,
+                                         cancel_reason=error.message))
+                return
             start = at + 1
         # One part per group, over the span of its pieces: a group stores only the keys it
         # owns, so the span holds nothing else, and the group's events keep their order.
@@ -188,10 +201,29 @@ class WatchProxy:
             watch.parts.append(part)
             self._attach(part)
 
+    def shard_map_changed(self) -> None:
+        """Give each watch a part where the new map put its keys in a group it does not watch yet.
+
+        A prefix changes groups only while empty and with writes to it refused, so the
+        new part misses nothing by starting after what the watch has delivered.
+        """
+        for watch in self.watches.values():
+            if not watch.created_sent or not watch.parts:
+                continue
+            request = watch.request
+            for piece in self.router.shard_map.pieces(request.key or b"\0", request.range_end):
+                if any(part.group == piece.group and _covers(part, piece) for part in watch.parts):
+                    continue
+                start = min(part.watermark for part in watch.parts) + 1
+                part = _Part(watch, piece.group, piece.key, piece.range_end, start, created=True,
+                             watermark=start - 1)
+                watch.parts.append(part)
+                self._attach(part)
+
     def _attach(self, part: _Part) -> None:
         """Create a part's watch on the group's upstream stream, from where it must go on."""
         upstream = self._upstream(part.group)
-        part.upstream, part.upstream_id = upstream, next(self._upstream_ids)
+        part.upstream, part.upstream_id, part.attached = upstream, next(self._upstream_ids), False
         upstream.parts[part.upstream_id] = part
         request = part.watch.request
         start = part.watermark + 1 if part.created else part.start_revision
@@ -224,21 +256,22 @@ class WatchProxy:
     async def _answer_progress(self) -> None:
         """Progress at a revision every watch of the stream has delivered all events up to."""
         at = self.router.revision
-        upstreams = list(self.upstreams.values())
         try:
-            await asyncio.gather(*(self.router.raise_group(u.group, at) for u in upstreams
-                                   if self.router.group_revisions.get(u.group, 0) < at))
+            await asyncio.gather(*(self.router.raise_group(group, at) for group in list(self.upstreams)
+                                   if self.router.group_revisions.get(group, 0) < at))
         except errors.EtcdError as error:
             log.info("progress request: raising a group failed (%s)", error.message)
         waiters = []
-        for upstream in upstreams:
+        for upstream in list(self.upstreams.values()):  # after the raise: the streams alive now
             waiter = asyncio.get_running_loop().create_future()
             upstream.progress_waiters.append(waiter)
             upstream.send(WatchRequest(progress_request={}))
             waiters.append(waiter)
-        revisions = await asyncio.gather(*waiters)
+        await asyncio.gather(*waiters)  # their answers moved the parts' watermarks
         response = WatchResponse(watch_id=PROGRESS_WATCH_ID)
-        response.header.revision = min(revisions, default=at)
+        response.header.revision = min(
+            (part.watermark for watch in self.watches.values() if watch.created_sent for part in watch.parts),
+            default=at)
         self._send(response)
 
     # --- upstream responses ------------------------------------------------------------
@@ -246,8 +279,10 @@ class WatchProxy:
     def on_upstream(self, upstream: _Upstream, response: WatchResponse) -> None:
         self.router.observe_group(upstream.group, response.header.revision)
         if response.watch_id == PROGRESS_WATCH_ID:
+            # It covers the upstream watches created before it; one still catching up is not.
             for part in upstream.parts.values():
-                part.watermark = max(part.watermark, response.header.revision)
+                if part.attached:
+                    part.watermark = max(part.watermark, response.header.revision)
             for watch in {id(p.watch): p.watch for p in upstream.parts.values() if p.watch.merged}.values():
                 self._release(watch, notify=False)
             waiters, upstream.progress_waiters = upstream.progress_waiters, []
@@ -260,6 +295,7 @@ class WatchProxy:
             return  # a watch the client canceled
         watch = part.watch
         if response.created and not response.canceled:
+            part.attached = True
             if not part.created:
                 part.created = True
                 if not part.start_revision:
@@ -335,7 +371,7 @@ class WatchProxy:
         if parts:
             log.info("watch stream to group %d member %d failed (%s); moving %d watches",
                      upstream.group, upstream.member, detail, len(parts))
-            self._tasks.add(asyncio.get_running_loop().create_task(self._reattach(parts)))
+            self._spawn(self._reattach(parts))
 
     async def _reattach(self, parts: list[_Part]) -> None:
         await asyncio.sleep(RECREATE_PAUSE_SECONDS)
@@ -398,6 +434,15 @@ class WatchProxy:
                 self.outbox.put_nowait(fragment)
             return
         self.outbox.put_nowait(response)
+
+
+def _covers(part: _Part, piece) -> bool:
+    """Whether a part's key range holds all of a piece's."""
+    if not piece.range_end:
+        return key_in_range(piece.key, part.key, part.range_end)
+    if not part.range_end or piece.key < part.key:
+        return False
+    return part.range_end == b"\0" or (piece.range_end != b"\0" and piece.range_end <= part.range_end)
 
 
 def _fragments(response: WatchResponse) -> list[WatchResponse]:

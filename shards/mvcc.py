@@ -116,6 +116,8 @@ class Proposal(NamedTuple):
     index: int  # raft index
     floor: int  # the lowest main revision its changes may take
     requests: Sequence  # PutRequest, DeleteRangeRequest, TxnRequest, CompactionRequest, ...
+    # Leases the router does not know: a put with one, on the path a txn takes, is refused.
+    unknown_leases: frozenset = frozenset()
 
 
 class ChangeEvent(NamedTuple):
@@ -138,6 +140,11 @@ KEY, CREATE, MOD, VERSION, VALUE, LEASE = range(6)
 
 def _u64(value: int) -> bytes:
     return _U64.pack(value)
+
+
+def _lease_prefix(lease_id: int) -> bytes:
+    """A lease id (etcd's int64, negative ones included) as 8 bytes: its two's complement."""
+    return _U64.pack(lease_id & 0xFFFF_FFFF_FFFF_FFFF)
 
 
 def _keys_under(cursor, prefix: bytes) -> list[bytes]:
@@ -321,7 +328,7 @@ class MvccStore:
 
     def lease_keys(self, lease_id: int) -> list[bytes]:
         """The keys attached to a lease, in key order."""
-        prefix = _u64(lease_id)
+        prefix = _lease_prefix(lease_id)
         with self._env.begin() as txn:
             cursor = txn.cursor(db=self._leases)
             return _keys_under(cursor, prefix) if cursor.set_range(prefix) else []
@@ -365,7 +372,7 @@ class MvccStore:
                     responses.append(None)
                     continue
                 responses.append([
-                    self._apply_request(txn, request, proposal.floor, events)
+                    self._apply_request(txn, request, proposal.floor, events, proposal.unknown_leases)
                     for request in proposal.requests
                 ])
                 self.applied_index = proposal.index
@@ -373,11 +380,11 @@ class MvccStore:
             txn.put(_META_REVISION, _u64(self.revision), db=self._meta)
         return ApplyResult(responses, events)
 
-    def _apply_request(self, txn, request, floor: int, events: list[ChangeEvent]):
-        change = _Change(self, txn, floor, events)
+    def _apply_request(self, txn, request, floor: int, events: list[ChangeEvent], unknown_leases=frozenset()):
+        change = _Change(self, txn, floor, events, unknown_leases)
         try:
             if isinstance(request, PutRequest):
-                self._check_put(txn, request)
+                self._check_put(txn, request, unknown_leases)
                 response = change.put(request)
             elif isinstance(request, DeleteRangeRequest):
                 response = change.delete_range(request)
@@ -407,12 +414,13 @@ class MvccStore:
             response.header.revision = self.revision
         return response
 
-    def _check_put(self, txn, request: PutRequest) -> None:
+    def _check_put(self, txn, request: PutRequest, unknown_leases=frozenset()) -> None:
         if self.space_exceeded:
             raise errors.NoSpace()
         if (request.ignore_value or request.ignore_lease) and self._index.get(request.key) is None:
             raise errors.KeyNotFound()
-        if request.lease and txn.get(_u64(request.lease), db=self._revoked) is not None:
+        if request.lease and (request.lease in unknown_leases
+                              or txn.get(_lease_prefix(request.lease), db=self._revoked) is not None):
             raise errors.LeaseNotFound()
 
     def _compact(self, txn, revision: int) -> CompactionResponse:
@@ -601,9 +609,10 @@ _SORT_KEYS = {
 class _Change:
     """The changes one request makes: they share a main revision and count sub revisions."""
 
-    def __init__(self, store: MvccStore, txn, floor: int, events: list[ChangeEvent]):
+    def __init__(self, store: MvccStore, txn, floor: int, events: list[ChangeEvent], unknown_leases=frozenset()):
         self.store = store
         self.txn = txn
+        self.unknown_leases = unknown_leases
         self.main = max(store.revision + 1, floor)
         self.sub = 0
         self.events = events
@@ -651,9 +660,9 @@ class _Change:
         previous_lease = previous[LEASE] if previous else 0
         if previous_lease != lease:
             if previous_lease:
-                txn.delete(_u64(previous_lease) + request.key, db=store._leases)
+                txn.delete(_lease_prefix(previous_lease) + request.key, db=store._leases)
             if lease:
-                txn.put(_u64(lease) + request.key, b"", db=store._leases)
+                txn.put(_lease_prefix(lease) + request.key, b"", db=store._leases)
         self.events.append(ChangeEvent(Event.PUT, main, record, previous_bytes))
         response = PutResponse()
         if request.prev_kv and previous is not None:
@@ -683,13 +692,13 @@ class _Change:
         txn.put(codec.encode_revision(main, sub, tombstone=True), tombstone, db=store._history)
         store._index.add(key, main, sub, tombstone=True)
         if lease:
-            txn.delete(_u64(lease) + key, db=store._leases)
+            txn.delete(_lease_prefix(lease) + key, db=store._leases)
         self.events.append(ChangeEvent(Event.DELETE, main, tombstone, previous_bytes))
         return previous_bytes
 
     def revoke_lease(self, lease_id: int):
         store, txn = self.store, self.txn
-        prefix = _u64(lease_id)
+        prefix = _lease_prefix(lease_id)
         cursor = txn.cursor(db=store._leases)
         for key in _keys_under(cursor, prefix) if cursor.set_range(prefix) else []:
             self._delete_key(key)
@@ -725,7 +734,7 @@ class _Change:
         for op in request.success if succeeded else request.failure:
             kind = op.WhichOneof("request")
             if kind == "request_put":
-                self.store._check_put(self.txn, op.request_put)
+                self.store._check_put(self.txn, op.request_put, self.unknown_leases)
             elif kind == "request_range":
                 self._check_range_revision(op.request_range)
             elif kind == "request_txn":

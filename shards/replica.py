@@ -435,7 +435,7 @@ class Replica:
             else:
                 store_request = getattr(request, kind)
             waiting[len(proposals)] = request.id
-            proposals.append(Proposal(entry.index, request.floor, (store_request,)))
+            proposals.append(Proposal(entry.index, request.floor, (store_request,), frozenset(request.unknown_leases)))
         result = self.store.apply(proposals)
         if result.events:
             self.watch_hub.publish(result.events)

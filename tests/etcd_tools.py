@@ -22,7 +22,6 @@ killed -9; the normal path stops them by PID.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import functools
 import json
@@ -159,24 +158,16 @@ def etcdctl34_path() -> Path:
 
 # ---------------------------------------------------------------- processes
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
+def dying_with_parent(command: list[str]) -> list[str]:
+    """`command`, run so that it gets SIGKILL when the process that started it dies.
 
-
-def _die_with_parent(parent_pid: int):
-    """A preexec_fn: the child gets SIGKILL when the process that started it dies.
-
-    The death signal follows the *thread* that forked; tests start servers from
-    the main thread (fixtures), which lives as long as the test process.
+    util-linux's setpriv sets the death signal and execs the command: no Python
+    runs between fork and exec (a preexec_fn there crashed children of this
+    multi-threaded test process). The signal follows the thread that started the
+    process; tests start them from the main thread, which lives as long as they do.
     """
-    prctl = _libc.prctl
-
-    def preexec():
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *command] if setpriv else command
 
 
 def _clean_env(extra: dict | None = None) -> dict:
@@ -209,9 +200,8 @@ class EtcdctlProcess:
     def __init__(self, binary, endpoint: str, *args: str, env: dict | None = None):
         self.command = [str(binary), f"--endpoints={endpoint}", *args]
         self.process = subprocess.Popen(
-            self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=_clean_env({"ETCDCTL_API": "3", **(env or {})}),
-            preexec_fn=_die_with_parent(os.getpid()),
+            dying_with_parent(self.command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env=_clean_env({"ETCDCTL_API": "3", **(env or {})}),
         )
         self._lines: queue.Queue = queue.Queue()
         self._stderr: list[str] = []
@@ -335,8 +325,8 @@ class EtcdServer:
             log = open(self.directory / "etcd.log", "ab")
             try:
                 self.process = subprocess.Popen(
-                    self._command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    env=_clean_env(), preexec_fn=_die_with_parent(os.getpid()),
+                    dying_with_parent(self._command()), stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT, env=_clean_env(),
                 )
             finally:
                 log.close()

@@ -52,6 +52,11 @@ class DuplicateKey(EtcdError):
     message = "etcdserver: duplicate key given in txn request"
 
 
+class InvalidSortOption(EtcdError):
+    code = "INVALID_ARGUMENT"
+    message = "etcdserver: invalid sort option"
+
+
 class Compacted(EtcdError):
     code = "OUT_OF_RANGE"
     message = "etcdserver: mvcc: required revision has been compacted"
@@ -170,6 +175,13 @@ class UserNotFound(EtcdError):
 class RoleNotFound(EtcdError):
     code = "FAILED_PRECONDITION"
     message = "etcdserver: role name not found"
+
+
+class KeysMoving(EtcdError):
+    """Tessera's own: the keys are changing shard groups; the write may be retried at once."""
+
+    code = "UNAVAILABLE"
+    message = "tessera: these keys are moving to another shard group; retry in a moment"
 
 
 class Reported(EtcdError):

@@ -22,6 +22,9 @@ def key_in_range(key: bytes, start: bytes, range_end: bytes) -> bool:
 def check_range(request: RangeRequest) -> None:
     if not request.key:
         raise errors.EmptyKey()
+    if request.sort_order not in RangeRequest.SortOrder.values() or \
+            request.sort_target not in RangeRequest.SortTarget.values():
+        raise errors.InvalidSortOption()
 
 
 def check_put(request: PutRequest) -> None:

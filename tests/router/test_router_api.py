@@ -349,3 +349,43 @@ def test_merged_watch_from_the_past_delivers_history_with_no_new_writes(tessera_
                                                                        (space[0] + b"h", second)]
             watch.cancel()
     run(scenario())
+
+
+def test_writes_under_a_prefix_that_is_changing_groups_are_refused_until_it_is_done(tessera_cluster, space):
+    """The first step of `tessera shards assign`: routers refuse writes under the prefix, retryably."""
+    from router.meta import META_GROUP, MetaClient
+    from router.shard_client import GroupClient
+
+    prefix = space[0] + b"moving/"
+    layout = tessera_cluster.launcher.layout
+
+    async def scenario():
+        meta = MetaClient(GroupClient(META_GROUP, {m: layout.api_address(META_GROUP, m) for m in (1, 2, 3)}))
+        state = await meta.load()
+        frozen = await meta.replace_shard_map(state.shard_map.with_moving([(prefix, prefix[:-1] + b"0", 3)]),
+                                              state.shard_map_revision)
+        try:
+            async with EtcdClient(tessera_cluster.endpoint) as client:
+                for _ in range(100):  # the router follows the meta group within moments
+                    try:
+                        await put(client, prefix + b"k")
+                    except grpc.aio.AioRpcError as error:
+                        assert (error.code(), error.details()) == (
+                            grpc.StatusCode.UNAVAILABLE,
+                            "tessera: these keys are moving to another shard group; retry in a moment")
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("writes under a moving prefix were never refused")
+                assert await put(client, space[0] + b"elsewhere")  # other keys are not held up
+        finally:
+            await meta.replace_shard_map(state.shard_map, frozen)
+            await meta.client.close()
+        async with EtcdClient(tessera_cluster.endpoint) as client:
+            for _ in range(100):  # and once the router has the map back, they go through again
+                try:
+                    return await put(client, prefix + b"k")
+                except grpc.aio.AioRpcError:
+                    await asyncio.sleep(0.05)
+            raise AssertionError("writes under the prefix stayed refused after the change was undone")
+    tessera_cluster.run(scenario())

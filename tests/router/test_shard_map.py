@@ -80,3 +80,13 @@ def test_pieces_partition_a_range_by_owner(prefixes, key, range_end, probes):
             assert owners == [shard_map.group_of(probe)], (probe, pieces)
         else:
             assert owners == [], (probe, pieces)
+
+
+def test_a_moving_range_is_seen_by_keys_and_ranges_that_touch_it():
+    moving = KUBERNETES.with_moving([(b"/registry/leases/", b"/registry/leases0", 3)])
+    assert moving.is_moving(b"/registry/leases/a", b"")
+    assert moving.is_moving(b"/registry/", b"/registry0")  # a range over it
+    assert moving.is_moving(b"\0", b"\0")
+    assert not moving.is_moving(b"/registry/pods/a", b"")
+    assert not moving.is_moving(b"/registry/leases0", b"/registry/pods/")
+    assert ShardMap.from_record(moving.to_record()) == moving != KUBERNETES
