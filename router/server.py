@@ -17,6 +17,7 @@ import signal
 import grpc
 from google.protobuf.message import DecodeError
 
+from router.concurrency import Concurrency
 from router.core import MAX_REQUEST_BYTES, Router
 from router.leases import Lessor
 from router.meta import (
@@ -68,6 +69,8 @@ from tessera.api.rpc_pb2 import (
     WatchRequest,
     WatchResponse,
 )
+from tessera.api.v3election_pb2 import CampaignRequest, LeaderRequest, ProclaimRequest, ResignRequest
+from tessera.api.v3lock_pb2 import LockRequest, UnlockRequest
 
 log = logging.getLogger("tessera.router")
 
@@ -260,7 +263,21 @@ class RouterServer:
             "UserGet": unary(AuthUserGetRequest.FromString, user_not_found),
             "RoleGet": unary(AuthRoleGetRequest.FromString, role_not_found),
         }
+        concurrency = self._concurrency = Concurrency(router)
+        lock = {
+            "Lock": unary(LockRequest.FromString, concurrency.lock),
+            "Unlock": unary(UnlockRequest.FromString, concurrency.unlock),
+        }
+        election = {
+            "Campaign": unary(CampaignRequest.FromString, concurrency.campaign),
+            "Proclaim": unary(ProclaimRequest.FromString, concurrency.proclaim),
+            "Leader": unary(LeaderRequest.FromString, concurrency.leader),
+            "Resign": unary(ResignRequest.FromString, concurrency.resign),
+            "Observe": grpc.unary_stream_rpc_method_handler(self._observe),
+        }
         return [
+            grpc.method_handlers_generic_handler("v3lockpb.Lock", lock),
+            grpc.method_handlers_generic_handler("v3electionpb.Election", election),
             grpc.method_handlers_generic_handler("etcdserverpb.KV", kv),
             grpc.method_handlers_generic_handler("etcdserverpb.Watch", {
                 "Watch": grpc.stream_stream_rpc_method_handler(self._watch)}),
@@ -293,6 +310,15 @@ class RouterServer:
             reader.cancel()
             self._watch_proxies.discard(proxy)
             await proxy.close()
+
+    async def _observe(self, data: bytes, context: grpc.aio.ServicerContext):
+        try:
+            async for response in self._concurrency.observe(LeaderRequest.FromString(data)):
+                yield response.SerializeToString()
+        except DecodeError as error:
+            await context.abort(grpc.StatusCode.INTERNAL, _unmarshal_error(error))
+        except errors.EtcdError as error:
+            await context.abort(grpc.StatusCode[error.code], error.message)
 
     async def _keep_alive(self, request_iterator, context):
         async for data in request_iterator:
