@@ -22,7 +22,8 @@ import collections
 import logging
 from typing import Iterable
 
-from router.shard_client import REQUEST_TIMEOUT_SECONDS, GroupClient
+from native import crc
+from router.shard_client import REQUEST_TIMEOUT_SECONDS, GroupClient, ReplicaUnreachable
 from router.shard_map import ShardMap
 from tessera.api import errors, validation
 from tessera.api.internal_pb2 import ShardRequest, StatusResponse as GroupStatus
@@ -31,6 +32,8 @@ from tessera.api.rpc_pb2 import (
     CompactionResponse,
     DeleteRangeRequest,
     DeleteRangeResponse,
+    HashKVRequest,
+    HashKVResponse,
     PutRequest,
     PutResponse,
     RangeRequest,
@@ -45,6 +48,7 @@ log = logging.getLogger("tessera.router")
 
 MAX_REQUEST_BYTES = 1536 * 1024  # etcd's --max-request-bytes default (1.5 MiB)
 RAISE_ATTEMPTS = 20  # a follower may need a moment to apply a raise before it can read there
+DEFRAGMENT_TIMEOUT_SECONDS = 300.0  # a replica rewrites its whole database
 
 
 class Router:
@@ -300,6 +304,62 @@ class Router:
         merged.more = any(answer.more for answer in answers) or (0 < limit < len(kvs))
         merged.kvs.extend(kvs[:limit] if limit > 0 else kvs)
         return merged
+
+    # --- maintenance -------------------------------------------------------------------
+
+    async def hash_kv(self, request: HashKVRequest) -> HashKVResponse:
+        """One hash of every group's history at one revision; the replicas of each group must agree."""
+        at = request.revision if request.revision > 0 else self.revision
+        if at > self.revision:
+            raise errors.FutureRevision()
+        answers = await asyncio.gather(*(self._group_hash_kv(group, at) for group in sorted(self.groups)))
+        combined = 0
+        for group, answer in zip(sorted(self.groups), answers):
+            combined = crc.crc32c(b"%d:%d;" % (group, answer.hash), combined)
+        return HashKVResponse(header=self.header(self.revision), hash=combined,
+                              compact_revision=max(answer.compact_revision for answer in answers))
+
+    async def _group_hash_kv(self, group: int, at: int) -> HashKVResponse:
+        if self.group_revisions.get(group, 0) < at:
+            await self.raise_group(group, at)
+        client = self.groups[group]
+        answers = {}
+        for member in client.member_ids:
+            for _ in range(RAISE_ATTEMPTS):  # a follower may not have applied up to `at` yet
+                try:
+                    response = await client.connection(member).request(
+                        ShardRequest(hash_kv=HashKVRequest(revision=at)), REQUEST_TIMEOUT_SECONDS)
+                except ReplicaUnreachable:
+                    break  # a member that is down is compared when it is back
+                if response.WhichOneof("response") == "hash_kv":
+                    answers[member] = response.hash_kv
+                    break
+                reported = errors.from_report(response.error.code, response.error.message)
+                if not isinstance(reported, errors.FutureRevision):
+                    raise reported
+                await asyncio.sleep(0.01)
+        if not answers:
+            raise errors.NoLeader()
+        if len({answer.hash for answer in answers.values()}) > 1:
+            log.error("group %d: replicas disagree on HashKV at revision %d: %s", group, at,
+                      {member: answer.hash for member, answer in answers.items()})
+            raise errors.Corrupt()
+        return next(iter(answers.values()))
+
+    async def defragment(self) -> None:
+        """Defragment every replica of every group, one at a time (each is busy while it runs)."""
+        failures = []
+        for group, client in sorted([*self.groups.items(), (self.meta.group_id, self.meta)]):
+            for member in client.member_ids:
+                try:
+                    response = await client.connection(member).request(ShardRequest(defragment={}),
+                                                                        DEFRAGMENT_TIMEOUT_SECONDS)
+                    if response.WhichOneof("response") == "error":
+                        failures.append(f"group {group} member {member}: {response.error.message}")
+                except ReplicaUnreachable as unreachable:
+                    failures.append(f"group {group} member {member}: {unreachable}")
+        if failures:
+            raise errors.Reported("UNAVAILABLE", "tessera: defragment failed on " + "; ".join(failures))
 
     # --- status ------------------------------------------------------------------------
 

@@ -51,7 +51,10 @@ from tessera.api.rpc_pb2 import (
     AuthUserListRequest,
     AuthUserListResponse,
     CompactionRequest,
+    DefragmentRequest,
+    DefragmentResponse,
     DeleteRangeRequest,
+    HashKVRequest,
     LeaseGrantRequest,
     LeaseKeepAliveRequest,
     LeaseLeasesRequest,
@@ -229,9 +232,15 @@ class RouterServer:
             "LeaseKeepAlive": grpc.stream_stream_rpc_method_handler(self._keep_alive),
         }
         cluster = {"MemberList": unary(MemberListRequest.FromString, self._member_list)}
+        async def defragment(_request) -> DefragmentResponse:
+            await router.defragment()
+            return DefragmentResponse(header=router.header(router.revision))
+
         maintenance = {
             "Status": unary(StatusRequest.FromString, self._status),
             "Alarm": unary(AlarmRequest.FromString, self._alarm),
+            "HashKV": unary(HashKVRequest.FromString, router.hash_kv),
+            "Defragment": unary(DefragmentRequest.FromString, defragment),
         }
 
         def auth_disabled(parse, response_type=None):

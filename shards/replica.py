@@ -80,6 +80,8 @@ from tessera.api.internal_pb2 import (
 from tessera.api.rpc_pb2 import (
     NOSPACE,
     AlarmRequest,
+    DefragmentResponse,
+    HashKVResponse,
     MoveLeaderResponse,
     ResponseHeader,
     WatchRequest,
@@ -579,6 +581,14 @@ class Replica:
                 self._check_leader()
                 outcome = LeaseKeysResponse(header=ResponseHeader(revision=self.store.revision),
                                             keys=self.store.lease_keys(request.lease_keys))
+            elif kind == "hash_kv":
+                hash_value, compacted = self.store.hash_kv(request.hash_kv.revision)
+                outcome = HashKVResponse(header=ResponseHeader(revision=self.store.revision), hash=hash_value,
+                                         compact_revision=compacted)
+            elif kind == "defragment":
+                # As etcd: the member is busy while it rewrites its database (nothing else runs).
+                self.store.defragment()
+                outcome = DefragmentResponse(header=ResponseHeader(revision=self.store.revision))
             elif kind in ("member_add", "member_promote", "member_remove"):
                 outcome = await self._change_membership(request)
             elif kind == "range":

@@ -52,6 +52,11 @@ class DuplicateKey(EtcdError):
     message = "etcdserver: duplicate key given in txn request"
 
 
+class Corrupt(EtcdError):
+    code = "DATA_LOSS"
+    message = "etcdserver: corrupt cluster"
+
+
 class InvalidSortOption(EtcdError):
     code = "INVALID_ARGUMENT"
     message = "etcdserver: invalid sort option"
