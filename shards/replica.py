@@ -50,6 +50,7 @@ import logging
 import os
 import random
 import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,7 @@ from pathlib import Path
 import grpc
 
 from shards.durable import write_file_durably
+from shards.metrics import Gauges, MetricsServer, ReplicaMetrics
 from shards.mvcc import MvccStore, Proposal, RaiseRevision, RemoveMember, RevokeLease, SetMember
 from shards.raft import Config, ProposalDropped, RawNode, Ready, Role
 from shards.raft.messages import ConfChange, ConfChangeType, Message, MessageType
@@ -80,9 +82,11 @@ from tessera.api.internal_pb2 import (
 from tessera.api.rpc_pb2 import (
     NOSPACE,
     AlarmRequest,
+    AlarmType,
     DefragmentResponse,
     HashKVResponse,
     MoveLeaderResponse,
+    RangeRequest,
     ResponseHeader,
     WatchRequest,
     WatchResponse,
@@ -138,6 +142,7 @@ class ReplicaConfig:
     max_raft_message_bytes: int = 1 << 20  # etcd's MaxSizePerMsg
     max_inflight_messages: int = 512  # etcd's MaxInflightMsgs
     wal_segment_bytes: int = SEGMENT_BYTES_DEFAULT
+    metrics_listen: str | None = None  # HOST:PORT for /metrics and /health; None serves neither
 
 
 @dataclass
@@ -160,8 +165,11 @@ class Replica:
         me = config.members[config.member_id]
         self.wal = WriteAheadLog.open(config.data_dir / "wal", segment_bytes=config.wal_segment_bytes)
         self.store = MvccStore.open(config.data_dir / "mvcc", quota_bytes=config.quota_backend_bytes)
+        self.metrics = ReplicaMetrics(config.group_id, config.member_id, self._gauges)
+        self.wal.on_fsync = self.metrics.wal_fsync.observe
         self._incoming_snapshot = config.data_dir / "snapshot.mdb"
         self._finish_snapshot_install()
+        self.metrics.keys = self._count_keys()
         durable_last = max(self.wal.storage.last_index(), self.wal.storage.snapshot().meta.index)
         if self.store.applied_index > durable_last:
             # Entries are applied only after the WAL made them durable: the disk lost fsynced data.
@@ -213,6 +221,7 @@ class Replica:
         self._commit_index = self.store.applied_index
         self._snapshot_index = self.wal.storage.snapshot().meta.index
         self._api_server: grpc.aio.Server | None = None
+        self._metrics_server: MetricsServer | None = None
         self._tasks: list[asyncio.Task] = []
         self._wal_syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal-sync")
 
@@ -239,6 +248,9 @@ class Replica:
         )
         self._api_server.add_insecure_port(self.config.members[self.config.member_id].api)
         await self._api_server.start()
+        if self.config.metrics_listen is not None:
+            self._metrics_server = MetricsServer(self.config.metrics_listen, self.metrics, self.health)
+            await self._metrics_server.start()
         self.watch_hub.start()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._tick()), loop.create_task(self._drive())]
@@ -267,6 +279,8 @@ class Replica:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._metrics_server is not None:
+            await self._metrics_server.stop()
         self._wal_syncer.shutdown(wait=True)  # no fdatasync may still run when the WAL closes
         if self._api_server is not None:
             await self._api_server.stop(grace=None)
@@ -328,6 +342,7 @@ class Replica:
             try:
                 self.node.propose_batch([data for _, data in writes])
             except ProposalDropped:
+                self.metrics.proposals_failed += len(writes)
                 for proposal_id, _ in writes:
                     self._answer_write(proposal_id, errors.LeaderChanged())
         reads, self._read_queue = self._read_queue, []
@@ -405,6 +420,7 @@ class Replica:
         self.wal.save_snapshot(Snapshot(snapshot.meta))  # the data lives on as the store's file
         self._finish_snapshot_install()
         self.watch_hub.resync_all()
+        self.metrics.keys = self._count_keys()
         self._snapshot_index = snapshot.meta.index
         log.info("group %d member %d: installed a snapshot at %d (%d bytes)", self.config.group_id,
                  self.config.member_id, snapshot.meta.index, len(snapshot.data))
@@ -438,8 +454,11 @@ class Replica:
                 store_request = getattr(request, kind)
             waiting[len(proposals)] = request.id
             proposals.append(Proposal(entry.index, request.floor, (store_request,), frozenset(request.unknown_leases)))
+        started = time.perf_counter()
         result = self.store.apply(proposals)
+        self.metrics.observe_apply(time.perf_counter() - started)
         if result.events:
+            self.metrics.count_changes(result.events)
             self.watch_hub.publish(result.events)
         for position, proposal_id in waiting.items():
             outcome = result.responses[position]
@@ -477,9 +496,12 @@ class Replica:
 
     def _leadership_changed(self, leader_id: int, role: Role) -> None:
         was_leader = self.role == Role.LEADER
+        if leader_id and leader_id != self.leader_id:  # etcd counts a new leader, not the loss of one
+            self.metrics.leader_changes += 1
         self.leader_id, self.role = leader_id, role
         self._leader_changed.set()
         if was_leader and role != Role.LEADER:
+            self.metrics.proposals_failed += len(self._waiting_writes)
             self._fail_waiting(errors.LeaderChanged())
         log.info("group %d member %d: leader is %d, role %s", self.config.group_id,
                  self.config.member_id, leader_id, role.name)
@@ -650,6 +672,7 @@ class Replica:
             outcome = await asyncio.wait_for(asyncio.shield(future), WRITE_TIMEOUT_SECONDS)
         except asyncio.TimeoutError:
             self._waiting_writes.pop(proposal_id, None)
+            self.metrics.proposals_failed += 1
             return errors.RequestTimeout()
         if kind == "compaction" and request.compaction.physical and not isinstance(outcome, errors.EtcdError):
             # etcd's physical compaction: answer once the superseded history is gone here.
@@ -710,12 +733,14 @@ class Replica:
             self.node.propose_conf_change(ConfChange(change_type, member_id, context))
         except ProposalDropped:
             self._waiting_writes.pop(proposal_id, None)
+            self.metrics.proposals_failed += 1
             raise errors.RequestTimeout() from None  # another change is pending: etcd times out too
         self._wake.set()
         try:
             return await asyncio.wait_for(asyncio.shield(future), WRITE_TIMEOUT_SECONDS)
         except asyncio.TimeoutError:
             self._waiting_writes.pop(proposal_id, None)
+            self.metrics.proposals_failed += 1
             return errors.RequestTimeout()
 
     async def _move_leader(self, target: int):
@@ -757,6 +782,46 @@ class Replica:
             alarms=[{"memberID": member, "alarm": alarm} for member, alarm in sorted(self.store.alarms)],
             wal_fsyncs=self.wal.fsync_count,
         )
+
+    # --- observability ------------------------------------------------------------------
+
+    def _gauges(self) -> Gauges:
+        return Gauges(
+            has_leader=bool(self.leader_id), is_leader=self.role == Role.LEADER,
+            committed_index=self._commit_index, applied_index=self.store.applied_index,
+            proposals_pending=len(self._waiting_writes),
+            db_size_bytes=self.store.db_size_bytes(), db_size_in_use_bytes=self.store.db_size_in_use_bytes(),
+            peer_sent_bytes=dict(self.transport.bytes_sent), peer_received_bytes=dict(self.transport.bytes_received),
+        )
+
+    def _count_keys(self) -> int:
+        """Live keys, counted in full (at start and after a snapshot; applies keep the count after)."""
+        return self.store.range(RangeRequest(key=b"\0", range_end=b"\0", count_only=True)).count
+
+    async def health(self, serializable: bool, excluded_alarms: set[str]) -> tuple[bool, str]:
+        """etcd's /health verdict and reason: an alarm, no leader, or a read that fails, in that order.
+
+        The read is etcd's too: linearizable on the leader (it confirms a quorum
+        still follows), local otherwise, since a follower's linearizable reads
+        are the leader's to serve.
+        """
+        for _, alarm in sorted(self.store.alarms):
+            name = AlarmType.Name(alarm)
+            if name not in excluded_alarms:
+                return False, f"ALARM {name}"
+        if not serializable and not self.leader_id:
+            return False, "RAFT NO LEADER"
+        request = ShardRequest(range=RangeRequest(key=b"\0", keys_only=True, limit=1, serializable=serializable))
+        if serializable or self.role != Role.LEADER:
+            outcome = self._local_range(request)
+        else:
+            try:
+                outcome = await self._linearizable_read(request)
+            except errors.EtcdError as error:
+                outcome = error
+        if isinstance(outcome, errors.EtcdError):
+            return False, f"RANGE ERROR:{outcome.message}"
+        return True, ""
 
 
 async def run_until_stopped(config: ReplicaConfig, parent_pid: int | None = None) -> None:

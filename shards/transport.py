@@ -84,6 +84,9 @@ class PeerTransport:
         self.redial_backoff_max_seconds = redial_backoff_max_seconds
         self.batches_received = 0
         self.batches_malformed = 0
+        # Raft stream bytes by peer member id (snapshots not included); kept across a peer's redials.
+        self.bytes_sent: dict[int, int] = {}
+        self.bytes_received: dict[int, int] = {}
         self._peers: dict[int, _Peer] = {}
         self._server: grpc.aio.Server | None = None
         self.port = 0
@@ -114,6 +117,9 @@ class PeerTransport:
                 log.warning("dropping a malformed raft batch from %s: %s", context.peer(), error)
                 continue
             self.batches_received += 1
+            if messages:
+                sender = messages[0].frm  # a batch comes from one replica
+                self.bytes_received[sender] = self.bytes_received.get(sender, 0) + len(batch)
             self.on_messages(messages)
         return b""
 
@@ -211,7 +217,7 @@ class PeerTransport:
                 await asyncio.wait_for(channel.channel_ready(), backoff)
                 stream = channel.stream_unary(RAFT_METHOD, request_serializer=_identity,
                                               response_deserializer=_identity)
-                call = stream(self._drain(peer))
+                call = stream(self._drain(member_id, peer))
                 backoff = self.redial_backoff_min_seconds
                 await call
             except (grpc.aio.AioRpcError, asyncio.TimeoutError, OSError) as error:
@@ -223,10 +229,11 @@ class PeerTransport:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.redial_backoff_max_seconds)
 
-    async def _drain(self, peer: _Peer):
+    async def _drain(self, member_id: int, peer: _Peer):
         while True:
             batch = await peer.queue.get()
             peer.stats.batches_sent += 1
+            self.bytes_sent[member_id] = self.bytes_sent.get(member_id, 0) + len(batch)
             yield batch
 
     @staticmethod

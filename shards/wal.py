@@ -48,9 +48,10 @@ import logging
 import os
 import re
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from native import codec, walframe
 from shards.durable import fsync_directory
@@ -168,6 +169,8 @@ class WriteAheadLog:
         self._head_end = 0  # where the last segment's head records end
         self._unsynced = False
         self.fsync_count = 0  # fdatasyncs of appended data: shows whether batching works
+        # Told each fdatasync's duration in seconds, on the thread that ran it (for a latency histogram).
+        self.on_fsync: Callable[[float], None] = lambda seconds: None
 
     # --- opening -----------------------------------------------------------------
 
@@ -391,7 +394,9 @@ class WriteAheadLog:
     def sync(self) -> None:
         """Make everything written so far durable (one fdatasync)."""
         if self._unsynced:
+            started = time.perf_counter()
             os.fdatasync(self._fd)
+            self.on_fsync(time.perf_counter() - started)
             self._unsynced = False
             self.fsync_count += 1
 

@@ -91,6 +91,9 @@ def print_cluster(launcher: Launcher) -> None:
           f"group {META_GROUP} is the meta group) and a router")
     print(f"  endpoint   etcdctl --endpoints={layout.listen} put greeting hello")
     print("  shard map  " + "\n             ".join(shard_map))
+    first = layout.metrics_address(META_GROUP, min(layout.groups[META_GROUP]))
+    print(f"  metrics    http://{first}/metrics and /health (group {META_GROUP}); every replica serves "
+          f"its own, addresses in {launcher.layout_path}")
     print(f"  data dir   {launcher.data_dir} (logs in {launcher.logs_dir})")
     print("Ctrl-C stops the cluster.", flush=True)
 
@@ -131,7 +134,7 @@ def command_replica(args: argparse.Namespace) -> int:
         max_raft_message_bytes=args.max_raft_message_bytes,
         max_inflight_messages=args.max_inflight_messages,
         watch_progress_notify_interval_seconds=args.watch_progress_notify_interval,
-        wal_segment_bytes=args.wal_segment_bytes,
+        wal_segment_bytes=args.wal_segment_bytes, metrics_listen=args.metrics_listen,
     )
     stop_with_parent(args.parent_pid)
     try:
@@ -263,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                          help="seconds between progress notifications to watches that ask (etcd: 10m)")
     replica.add_argument("--wal-segment-bytes", type=int, default=64 * 1024 * 1024,
                          help="size of each preallocated WAL segment file (etcd's 64 MB)")
+    replica.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
+                         help="serve Prometheus /metrics (etcd's metric names) and etcd's /health here "
+                              "(default: not served)")
     replica.add_argument("--join", action="store_true",
                          help="join a running group (after a member add) instead of founding one")
     replica.add_argument("--parent-pid", type=int, default=None,

@@ -96,21 +96,25 @@ class Layout:
     prefixes: dict[bytes, int]  # the initial shard map: key prefix -> group
     default_group: int
     listen: str  # the router's etcd endpoint
+    metrics: dict[int, dict[int, str]]  # group -> member -> where it serves /metrics and /health
 
     @classmethod
     def new(cls, listen: str) -> Layout:
-        ports = iter(free_ports(2 * len(GROUPS) * len(MEMBERS) + 1))
+        ports = iter(free_ports(3 * len(GROUPS) * len(MEMBERS) + 1))
         groups = {
             group: {member: (f"{HOST}:{next(ports)}", f"{HOST}:{next(ports)}") for member in MEMBERS}
             for group in GROUPS
         }
+        metrics = {group: {member: f"{HOST}:{next(ports)}" for member in MEMBERS} for group in GROUPS}
         host, _, port = listen.rpartition(":")
         if port == "0":  # any free port, fixed from now on
             listen = f"{host}:{next(ports)}"
-        return cls(groups=groups, prefixes=dict(INITIAL_PREFIXES), default_group=DEFAULT_GROUP, listen=listen)
+        return cls(groups=groups, prefixes=dict(INITIAL_PREFIXES), default_group=DEFAULT_GROUP, listen=listen,
+                   metrics=metrics)
 
     @classmethod
     def load(cls, path: Path) -> Layout:
+        """The saved layout; a member saved without a metrics address (an older layout) has none yet."""
         saved = json.loads(path.read_text())
         return cls(
             groups={
@@ -122,12 +126,33 @@ class Layout:
             prefixes={prefix.encode(): group for prefix, group in saved["prefixes"].items()},
             default_group=saved["default_group"],
             listen=saved["listen"],
+            metrics={
+                int(group): {int(member): addresses["metrics"]
+                             for member, addresses in members.items() if "metrics" in addresses}
+                for group, members in saved["groups"].items()
+            },
         )
+
+    def add_missing_metrics_addresses(self) -> bool:
+        """Give a free port to every member without a metrics address; whether any was missing."""
+        missing = [(group, member) for group, members in self.groups.items() for member in members
+                   if member not in self.metrics.get(group, {})]
+        if not missing:
+            return False
+        # Free now is not enough: the cluster is down, so its own ports are free too.
+        taken = {address.rpartition(":")[2] for address in self.addresses}
+        ports = iter(port for port in free_ports(len(missing) + len(taken)) if str(port) not in taken)
+        for group, member in missing:
+            self.metrics.setdefault(group, {})[member] = f"{HOST}:{next(ports)}"
+        return True
 
     def save(self, path: Path) -> None:
         saved = {
             "groups": {
-                str(group): {str(member): {"peer": peer, "api": api} for member, (peer, api) in members.items()}
+                str(group): {
+                    str(member): {"peer": peer, "api": api, "metrics": self.metrics[group][member]}
+                    for member, (peer, api) in members.items()
+                }
                 for group, members in self.groups.items()
             },
             "prefixes": {prefix.decode(): group for prefix, group in self.prefixes.items()},
@@ -149,11 +174,15 @@ class Layout:
     def api_address(self, group: int, member: int) -> str:
         return self.groups[group][member][1]
 
+    def metrics_address(self, group: int, member: int) -> str:
+        return self.metrics[group][member]
+
     @property
     def addresses(self) -> list[str]:
         """Every address the cluster listens on."""
         replicas = [address for members in self.groups.values() for pair in members.values() for address in pair]
-        return [*replicas, self.listen]
+        metrics = [address for members in self.metrics.values() for address in members.values()]
+        return [*replicas, *metrics, self.listen]
 
 
 @dataclass
@@ -273,8 +302,11 @@ class Launcher:
     def _load_or_create_layout(self) -> Layout:
         if self.layout_path.exists():
             layout = Layout.load(self.layout_path)
+            changed = layout.add_missing_metrics_addresses()
             if self._listen is not None and not self._listen.endswith(":0") and self._listen != layout.listen:
                 layout.listen = self._listen
+                changed = True
+            if changed:
                 layout.save(self.layout_path)
             return layout
         layout = Layout.new(self._listen or DEFAULT_LISTEN)
@@ -298,7 +330,7 @@ class Launcher:
                 sys.executable, "-m", "tessera.cli", "replica", "--group", str(group), "--member", str(member),
                 "--data-dir", str(self.data_dir / f"group-{group}" / f"member-{member}"),
                 "--members", self.layout.members_argument(group), "--parent-pid", str(os.getpid()),
-                *self.replica_arguments,
+                "--metrics-listen", self.layout.metrics_address(group, member), *self.replica_arguments,
             ],
             log_path=self.logs_dir / f"group-{group}-member-{member}.log",
         )

@@ -28,13 +28,15 @@ TEST_WAL_SEGMENT_BYTES = 4 * 1024 * 1024
 
 
 class ReplicaGroup:
-    def __init__(self, directory: Path, size: int = 3, group_id: int = 1, extra_arguments=()):
+    def __init__(self, directory: Path, size: int = 3, group_id: int = 1, extra_arguments=(), metrics=False):
         self.directory = directory
         self.group_id = group_id
         self.extra_arguments = list(extra_arguments)
-        ports = free_ports(2 * size)
+        ports = free_ports(3 * size)
         self.peer_ports = dict(zip(range(1, size + 1), ports[:size]))
-        self.api_ports = dict(zip(range(1, size + 1), ports[size:]))
+        self.api_ports = dict(zip(range(1, size + 1), ports[size:2 * size]))
+        # With metrics=True each founding member serves /metrics and /health on a port of its own.
+        self.metrics_ports = dict(zip(range(1, size + 1), ports[2 * size:])) if metrics else {}
         self.processes: dict[int, subprocess.Popen] = {}
         self.joining: set[int] = set()
 
@@ -63,6 +65,7 @@ class ReplicaGroup:
              "--member", str(member), "--data-dir", str(self.directory / f"member-{member}"),
              "--members", self.members_argument, "--parent-pid", str(os.getpid()),
              "--wal-segment-bytes", str(TEST_WAL_SEGMENT_BYTES), *self.extra_arguments,
+             *([f"--metrics-listen=127.0.0.1:{self.metrics_ports[member]}"] if member in self.metrics_ports else []),
              *(["--join"] if member in self.joining else [])],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )
