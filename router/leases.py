@@ -2,8 +2,10 @@
 
 A grant writes a LeaseRecord into the meta group. Deadlines live in the
 router's memory, as they live in an etcd leader's: keep-alives renew them
-without a write, and a router that starts gives every lease a full TTL
-again (etcd does the same when leadership moves).
+without a write. Every checkpoint interval the router records each lease's
+remaining TTL in its record (etcd's lease checkpointing), and a router that
+starts resumes from there: a restart neither expires a lease early nor
+gives it a whole new TTL.
 
 A revoke, asked for or by expiry (ARCHITECTURE decision 5): the lease leaves
 the router's table, so puts with it fail here at once; its record is marked
@@ -43,6 +45,8 @@ log = logging.getLogger("tessera.router")
 
 MAX_LEASE_TTL_SECONDS = 9_000_000_000  # etcd's MaxLeaseTTL
 EXPIRY_CHECK_SECONDS = 0.25
+CHECKPOINT_INTERVAL_SECONDS = 300.0  # etcd's lease checkpoint interval (5 minutes)
+CHECKPOINT_BATCH = 64  # records per meta transaction (two operations each, under etcd's 128)
 RETRY_REVOKE_SECONDS = 1.0
 
 
@@ -53,15 +57,21 @@ def minimum_ttl_seconds(election_timeout_ms: int = 1000) -> int:
 
 class Lessor:
     def __init__(self, router, meta: MetaClient, records: dict[int, LeaseRecord],
-                 clock=time.monotonic, minimum_ttl: int = minimum_ttl_seconds()):
+                 clock=time.monotonic, minimum_ttl: int = minimum_ttl_seconds(),
+                 checkpoint_interval: float = CHECKPOINT_INTERVAL_SECONDS):
         self.router = router
         self.meta = meta
         self.clock = clock
         self.minimum_ttl = minimum_ttl
+        self.checkpoint_interval = checkpoint_interval
         now = clock()
-        self._ttl = {lease: record.ttl for lease, record in records.items() if not record.revoked}
-        self._deadline = {lease: now + ttl for lease, ttl in self._ttl.items()}
+        live = [record for record in records.values() if not record.revoked]
+        self._ttl = {record.id: record.ttl for record in live}
+        self._deadline = {record.id: now + (record.remaining_ttl or record.ttl) for record in live}
         self._unfinished = {lease for lease, record in records.items() if record.revoked}
+        # A checkpoint and a revoke never write a lease's record at the same time: a checkpoint
+        # must not bring back a record a revoke just marked.
+        self._records_lock = asyncio.Lock()
 
     def known(self, lease_id: int) -> bool:
         return lease_id in self._ttl
@@ -128,7 +138,8 @@ class Lessor:
             raise errors.LeaseNotFound()
         self._deadline.pop(lease_id, None)
         self._unfinished.add(lease_id)
-        await self.meta.put(lease_key(lease_id), LeaseRecord(id=lease_id, ttl=ttl, revoked=True))
+        async with self._records_lock:
+            await self.meta.put(lease_key(lease_id), LeaseRecord(id=lease_id, ttl=ttl, revoked=True))
         await self._finish_revoke(lease_id)
         return LeaseRevokeResponse(header=self.router.header(self.router.revision))
 
@@ -139,12 +150,29 @@ class Lessor:
         await self.meta.delete(lease_key(lease_id))
         self._unfinished.discard(lease_id)
 
+    async def checkpoint(self) -> None:
+        """Record every lease's remaining TTL in its meta record (only records that still exist)."""
+        async with self._records_lock:
+            now = self.clock()
+            records = [LeaseRecord(id=lease, ttl=ttl, remaining_ttl=max(1, math.ceil(self._deadline[lease] - now)))
+                       for lease, ttl in self._ttl.items()]
+            for start in range(0, len(records), CHECKPOINT_BATCH):
+                await self.meta.update_existing([(lease_key(record.id), record)
+                                                 for record in records[start:start + CHECKPOINT_BATCH]])
+
     async def run(self) -> None:
-        """Revoke leases whose deadline passed; finish revokes that were cut short."""
+        """Revoke leases whose deadline passed; finish revokes that were cut short; checkpoint."""
         last_retry = 0.0
+        last_checkpoint = self.clock()
         while True:
             await asyncio.sleep(EXPIRY_CHECK_SECONDS)
             now = self.clock()
+            if now - last_checkpoint >= self.checkpoint_interval:
+                last_checkpoint = now
+                try:
+                    await self.checkpoint()
+                except errors.EtcdError as error:
+                    log.warning("checkpointing leases failed (%s); the next interval tries again", error.message)
             for lease_id in [lease for lease, deadline in self._deadline.items() if deadline <= now]:
                 try:
                     await self.revoke(lease_id)

@@ -153,6 +153,14 @@ class MetaClient:
                                           create_revision=0)], success=[_put_op(key, record)])
         return (await self.client.call(ShardRequest(txn=txn), write=True)).txn.succeeded
 
+    async def update_existing(self, records: list[tuple[bytes, object]]) -> None:
+        """Put each record whose key exists, in one transaction; keys deleted meanwhile stay so."""
+        await self.client.call(ShardRequest(txn=TxnRequest(success=[
+            RequestOp(request_txn=TxnRequest(
+                compare=[Compare(key=key, target=Compare.CREATE, result=Compare.GREATER, create_revision=0)],
+                success=[_put_op(key, record)]))
+            for key, record in records])), write=True)
+
     async def delete(self, key: bytes) -> bool:
         """Delete `key`; whether it existed."""
         response = await self.client.call(ShardRequest(delete_range=DeleteRangeRequest(key=key)), write=True)

@@ -15,11 +15,13 @@ import logging
 import signal
 
 import grpc
+from aiohttp import web
 from google.protobuf.message import DecodeError
 
 from router.concurrency import Concurrency
 from router.core import MAX_REQUEST_BYTES, Router
-from router.leases import Lessor
+from router.gateway import Gateway
+from router.leases import CHECKPOINT_INTERVAL_SECONDS, Lessor
 from router.meta import (
     META_GROUP,
     SYSTEM_PREFIX,
@@ -29,6 +31,7 @@ from router.meta import (
     router_key,
     wait_until_bootstrapped,
 )
+from router.metrics import METRICS_CONTENT_TYPE, RouterMetrics, health, health_body
 from router.shard_client import WATCH_METHOD, GroupClient
 from router.watch_proxy import WatchProxy
 from tessera.api import errors
@@ -81,6 +84,7 @@ log = logging.getLogger("tessera.router")
 # (consistent reads from its cache) only from 3.5.13 on.
 ETCD_VERSION = "3.5.13"
 LEADER_CHECK_SECONDS = 0.5
+DEREGISTER_SECONDS = 2.0
 META_RETRY_SECONDS = 0.5
 SERVER_OPTIONS = [
     # As etcd: a request may be max-request-bytes plus gRPC's overhead allowance.
@@ -97,8 +101,13 @@ def router_id(name: str) -> int:
 
 
 class RouterServer:
-    def __init__(self, listen: str, meta_members: dict[int, str], name: str | None = None):
+    def __init__(self, listen: str, meta_members: dict[int, str], name: str | None = None,
+                 gateway_listen: str | None = None,
+                 lease_checkpoint_interval: float = CHECKPOINT_INTERVAL_SECONDS):
         self.listen = listen
+        self.lease_checkpoint_interval = lease_checkpoint_interval
+        self.gateway_listen = gateway_listen  # etcd's HTTP/JSON gateway, if given an address
+        self._gateway: Gateway | None = None
         self.name = name or f"router-{listen}"
         self.meta_client = GroupClient(META_GROUP, meta_members)
         self.meta = MetaClient(self.meta_client)
@@ -116,13 +125,20 @@ class RouterServer:
         router = self.router = Router(state.cluster_id, router_id(self.name), state.shard_map, groups,
                                       self.meta_client)
         await router.sync_revision()
-        router.leases = Lessor(router, self.meta, state.leases)
+        router.leases = Lessor(router, self.meta, state.leases, checkpoint_interval=self.lease_checkpoint_interval)
         await self._register(state.shard_map_revision)
+        self.metrics = RouterMetrics(router)
         self._server = grpc.aio.server(options=SERVER_OPTIONS)
-        self._server.add_generic_rpc_handlers(self._handlers())
+        handlers = self._handlers()
+        self._server.add_generic_rpc_handlers(handlers)
         if not self._server.add_insecure_port(self.listen):
             raise OSError(f"cannot listen on {self.listen}")
         await self._server.start()
+        if self.gateway_listen:
+            # The same handlers as gRPC's: one state (locks, elections) behind both.
+            self._gateway = Gateway(handlers, ETCD_VERSION, {"/metrics": self._serve_metrics,
+                                                             "/health": self._serve_health})
+            await self._gateway.start(self.gateway_listen)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(router.leases.run()),
                        loop.create_task(router.track_leaders(LEADER_CHECK_SECONDS)),
@@ -134,9 +150,15 @@ class RouterServer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._gateway is not None:
+            await self._gateway.stop()
         if self._server is not None:
             await self._server.stop(grace=1.0)
         if self.router is not None:
+            try:  # a router that leaves says so: shard-map changes no longer wait for it
+                await asyncio.wait_for(self.meta.delete(router_key(self.router.member_id)), DEREGISTER_SECONDS)
+            except (errors.EtcdError, asyncio.TimeoutError) as error:
+                log.warning("could not remove this router's record from the meta group: %s", error)
             await asyncio.gather(*(client.close() for client in self.router.groups.values()))
         await self.meta_client.close()
 
@@ -284,17 +306,19 @@ class RouterServer:
             "Resign": unary(ResignRequest.FromString, concurrency.resign),
             "Observe": grpc.unary_stream_rpc_method_handler(self._observe),
         }
-        return [
-            grpc.method_handlers_generic_handler("v3lockpb.Lock", lock),
-            grpc.method_handlers_generic_handler("v3electionpb.Election", election),
-            grpc.method_handlers_generic_handler("etcdserverpb.KV", kv),
-            grpc.method_handlers_generic_handler("etcdserverpb.Watch", {
-                "Watch": grpc.stream_stream_rpc_method_handler(self._watch)}),
-            grpc.method_handlers_generic_handler("etcdserverpb.Lease", lease),
-            grpc.method_handlers_generic_handler("etcdserverpb.Cluster", cluster),
-            grpc.method_handlers_generic_handler("etcdserverpb.Maintenance", maintenance),
-            grpc.method_handlers_generic_handler("etcdserverpb.Auth", auth),
-        ]
+        services = {
+            "v3lockpb.Lock": lock,
+            "v3electionpb.Election": election,
+            "etcdserverpb.KV": kv,
+            "etcdserverpb.Watch": {"Watch": grpc.stream_stream_rpc_method_handler(self._watch)},
+            "etcdserverpb.Lease": lease,
+            "etcdserverpb.Cluster": cluster,
+            "etcdserverpb.Maintenance": maintenance,
+            "etcdserverpb.Auth": auth,
+        }
+        return [grpc.method_handlers_generic_handler(service, {
+            method: counted(self.metrics, service, method, handler) for method, handler in methods.items()})
+            for service, methods in services.items()]
 
     async def _watch(self, request_iterator, context: grpc.aio.ServicerContext):
         metadata = dict(context.invocation_metadata() or ())
@@ -319,6 +343,16 @@ class RouterServer:
             reader.cancel()
             self._watch_proxies.discard(proxy)
             await proxy.close()
+
+    async def _serve_metrics(self, request: web.BaseRequest) -> web.Response:
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    async def _serve_health(self, request: web.BaseRequest) -> web.Response:
+        """etcd's /health, for the whole cluster behind this router."""
+        excluded = set(request.query.getall("exclude", []))
+        healthy, reason = await health(self.router, excluded)
+        return web.Response(status=200 if healthy else 503, body=health_body(healthy, reason),
+                            headers={"Content-Type": "text/plain; charset=utf-8"})
 
     async def _observe(self, data: bytes, context: grpc.aio.ServicerContext):
         try:
@@ -375,6 +409,49 @@ class RouterServer:
         return response
 
 
+def counted(metrics: RouterMetrics, service: str, method: str, handler: grpc.RpcMethodHandler):
+    """The handler, counting its calls as go-grpc-prometheus does (started; handled, by code)."""
+    kind = ("bidi_stream" if handler.request_streaming and handler.response_streaming
+            else "client_stream" if handler.request_streaming
+            else "server_stream" if handler.response_streaming else "unary")
+    inner = handler.unary_unary or handler.unary_stream or handler.stream_stream
+
+    def finished(context, error: BaseException | None) -> None:
+        code = getattr(context, "code", lambda: None)() if error is not None else grpc.StatusCode.OK
+        metrics.call_handled(kind, service, method, _GO_CODE_NAMES.get(code, "Unknown"))
+
+    if not handler.response_streaming:
+        async def call(request, context):
+            metrics.call_started(kind, service, method)
+            try:
+                answer = await inner(request, context)
+            except BaseException as error:
+                finished(context, error)
+                raise
+            finished(context, None)
+            return answer
+
+        return grpc.unary_unary_rpc_method_handler(call)
+
+    async def stream(request, context):
+        metrics.call_started(kind, service, method)
+        try:
+            async for answer in inner(request, context):
+                yield answer
+        except BaseException as error:
+            finished(context, error)
+            raise
+        finished(context, None)
+
+    make = grpc.stream_stream_rpc_method_handler if handler.request_streaming else grpc.unary_stream_rpc_method_handler
+    return make(stream)
+
+
+# grpc_code label values as Go's codes name them.
+_GO_CODE_NAMES = {code: "".join(part.title() for part in code.name.split("_")) for code in grpc.StatusCode}
+_GO_CODE_NAMES.update({grpc.StatusCode.OK: "OK", grpc.StatusCode.CANCELLED: "Canceled"})
+
+
 def _unmarshal_error(error: DecodeError) -> str:
     return f"grpc: error unmarshalling request: {error}"  # grpc-go's words for it
 
@@ -383,9 +460,12 @@ def _api_addresses(record) -> dict[int, str]:
     return {member.id: member.api_address for member in record.members}
 
 
-async def serve(listen: str, meta_members: dict[int, str], name: str | None = None) -> None:
+async def serve(listen: str, meta_members: dict[int, str], name: str | None = None,
+                gateway_listen: str | None = None,
+                lease_checkpoint_interval: float = CHECKPOINT_INTERVAL_SECONDS) -> None:
     """Run a router until SIGTERM or SIGINT."""
-    server = RouterServer(listen, meta_members, name)
+    server = RouterServer(listen, meta_members, name, gateway_listen=gateway_listen,
+                          lease_checkpoint_interval=lease_checkpoint_interval)
     await server.start()
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -397,8 +477,10 @@ async def serve(listen: str, meta_members: dict[int, str], name: str | None = No
         await server.stop()
 
 
-def run(listen: str, meta_addresses: dict[int, str], name: str | None = None) -> None:
+def run(listen: str, meta_addresses: dict[int, str], name: str | None = None,
+        gateway_listen: str | None = None,
+        lease_checkpoint_interval: float = CHECKPOINT_INTERVAL_SECONDS) -> None:
     """The `tessera router` command: `meta_addresses` maps group 0's member ids to API addresses."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("router starting on %s", listen)
-    asyncio.run(serve(listen, meta_addresses, name))
+    asyncio.run(serve(listen, meta_addresses, name, gateway_listen, lease_checkpoint_interval))

@@ -94,6 +94,7 @@ def print_cluster(launcher: Launcher) -> None:
     first = layout.metrics_address(META_GROUP, min(layout.groups[META_GROUP]))
     print(f"  metrics    http://{first}/metrics and /health (group {META_GROUP}); every replica serves "
           f"its own, addresses in {launcher.layout_path}")
+    print(f"  gateway    curl -d '{{\"key\": \"Zm9v\"}}' http://{layout.gateway}/v3/kv/range  (etcd's JSON API)")
     print(f"  data dir   {launcher.data_dir} (logs in {launcher.logs_dir})")
     print("Ctrl-C stops the cluster.", flush=True)
 
@@ -175,7 +176,8 @@ def command_router(args: argparse.Namespace) -> int:
 
     stop_with_parent(args.parent_pid)
     try:
-        run(listen=args.listen, meta_addresses=args.meta)
+        run(listen=args.listen, meta_addresses=args.meta, gateway_listen=args.gateway_listen,
+            lease_checkpoint_interval=args.lease_checkpoint_interval)
     except KeyboardInterrupt:
         pass
     return 0
@@ -278,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     router.add_argument("--listen", required=True, help="HOST:PORT of the etcd endpoint")
     router.add_argument("--meta", type=parse_meta, required=True,
                         help="the meta group's replicas: ID=API_ADDRESS,...")
+    router.add_argument("--gateway-listen", default=None,
+                        help="HOST:PORT for etcd's HTTP/JSON gateway (/v3/...), /metrics and /health")
+    router.add_argument("--lease-checkpoint-interval", type=float, default=300.0,
+                        help="seconds between records of leases' remaining TTLs (etcd's 5 minutes)")
     router.add_argument("--parent-pid", type=int, default=None,
                         help="stop when this process is gone (the launcher's routers stop themselves)")
     router.set_defaults(run=command_router)

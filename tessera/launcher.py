@@ -97,10 +97,11 @@ class Layout:
     default_group: int
     listen: str  # the router's etcd endpoint
     metrics: dict[int, dict[int, str]]  # group -> member -> where it serves /metrics and /health
+    gateway: str | None  # the router's HTTP address: etcd's JSON gateway
 
     @classmethod
     def new(cls, listen: str) -> Layout:
-        ports = iter(free_ports(3 * len(GROUPS) * len(MEMBERS) + 1))
+        ports = iter(free_ports(3 * len(GROUPS) * len(MEMBERS) + 2))
         groups = {
             group: {member: (f"{HOST}:{next(ports)}", f"{HOST}:{next(ports)}") for member in MEMBERS}
             for group in GROUPS
@@ -110,11 +111,11 @@ class Layout:
         if port == "0":  # any free port, fixed from now on
             listen = f"{host}:{next(ports)}"
         return cls(groups=groups, prefixes=dict(INITIAL_PREFIXES), default_group=DEFAULT_GROUP, listen=listen,
-                   metrics=metrics)
+                   metrics=metrics, gateway=f"{HOST}:{next(ports)}")
 
     @classmethod
     def load(cls, path: Path) -> Layout:
-        """The saved layout; a member saved without a metrics address (an older layout) has none yet."""
+        """The saved layout; an older one may lack metrics and gateway addresses (add_missing_addresses)."""
         saved = json.loads(path.read_text())
         return cls(
             groups={
@@ -131,19 +132,21 @@ class Layout:
                              for member, addresses in members.items() if "metrics" in addresses}
                 for group, members in saved["groups"].items()
             },
+            gateway=saved.get("gateway"),
         )
 
-    def add_missing_metrics_addresses(self) -> bool:
-        """Give a free port to every member without a metrics address; whether any was missing."""
+    def add_missing_addresses(self) -> bool:
+        """Free ports for metrics and gateway addresses an older layout lacks; whether any was missing."""
         missing = [(group, member) for group, members in self.groups.items() for member in members
                    if member not in self.metrics.get(group, {})]
-        if not missing:
+        if not missing and self.gateway:
             return False
         # Free now is not enough: the cluster is down, so its own ports are free too.
         taken = {address.rpartition(":")[2] for address in self.addresses}
-        ports = iter(port for port in free_ports(len(missing) + len(taken)) if str(port) not in taken)
+        ports = iter(port for port in free_ports(len(missing) + 1 + len(taken)) if str(port) not in taken)
         for group, member in missing:
             self.metrics.setdefault(group, {})[member] = f"{HOST}:{next(ports)}"
+        self.gateway = self.gateway or f"{HOST}:{next(ports)}"
         return True
 
     def save(self, path: Path) -> None:
@@ -158,6 +161,7 @@ class Layout:
             "prefixes": {prefix.decode(): group for prefix, group in self.prefixes.items()},
             "default_group": self.default_group,
             "listen": self.listen,
+            "gateway": self.gateway,
         }
         # Written whole or not at all: a torn layout would move a member to other ports.
         temporary = path.with_suffix(".tmp")
@@ -182,7 +186,7 @@ class Layout:
         """Every address the cluster listens on."""
         replicas = [address for members in self.groups.values() for pair in members.values() for address in pair]
         metrics = [address for members in self.metrics.values() for address in members.values()]
-        return [*replicas, *metrics, self.listen]
+        return [*replicas, *metrics, self.listen, *([self.gateway] if self.gateway else [])]
 
 
 @dataclass
@@ -302,7 +306,7 @@ class Launcher:
     def _load_or_create_layout(self) -> Layout:
         if self.layout_path.exists():
             layout = Layout.load(self.layout_path)
-            changed = layout.add_missing_metrics_addresses()
+            changed = layout.add_missing_addresses()
             if self._listen is not None and not self._listen.endswith(":0") and self._listen != layout.listen:
                 layout.listen = self._listen
                 changed = True
@@ -341,7 +345,7 @@ class Launcher:
             name="router",
             command=[
                 sys.executable, "-m", "tessera.cli", "router", "--listen", self.layout.listen,
-                "--meta", meta, "--parent-pid", str(os.getpid()),
+                "--gateway-listen", self.layout.gateway, "--meta", meta, "--parent-pid", str(os.getpid()),
             ],
             log_path=self.logs_dir / "router.log",
         )

@@ -155,7 +155,7 @@ def test_health_is_503_without_quorum(tmp_path):
         group.stop_all()
 
 
-def test_a_saved_layout_without_metrics_addresses_gets_them(tmp_path):
+def test_a_saved_layout_without_metrics_or_gateway_addresses_gets_them(tmp_path):
     layout = Layout.new("127.0.0.1:0")
     path = tmp_path / LAYOUT_FILE
     layout.save(path)
@@ -163,15 +163,17 @@ def test_a_saved_layout_without_metrics_addresses_gets_them(tmp_path):
     for members in older["groups"].values():
         for addresses in members.values():
             del addresses["metrics"]
+    del older["gateway"]
     path.write_text(json.dumps(older))
 
     resumed = Layout.load(path)
-    assert resumed.add_missing_metrics_addresses()
+    assert resumed.add_missing_addresses()
     assert resumed.groups == layout.groups
     metrics = [address for members in resumed.metrics.values() for address in members.values()]
     assert len(set(metrics)) == len(metrics) == 12
     others = {address for members in resumed.groups.values() for pair in members.values() for address in pair}
     assert not set(metrics) & (others | {resumed.listen})
+    assert resumed.gateway and resumed.gateway not in {*metrics, *others, resumed.listen}
     resumed.save(path)
     assert Layout.load(path).metrics == resumed.metrics
-    assert not Layout.load(path).add_missing_metrics_addresses()
+    assert not Layout.load(path).add_missing_addresses()

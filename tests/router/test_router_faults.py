@@ -14,7 +14,14 @@ import pytest
 
 from cluster import ClusterThread
 from etcd_client import EtcdClient
-from tessera.api.rpc_pb2 import PutRequest, RangeRequest
+from tessera.api.rpc_pb2 import (
+    LeaseGrantRequest,
+    LeaseKeepAliveRequest,
+    LeaseRevokeRequest,
+    LeaseTimeToLiveRequest,
+    PutRequest,
+    RangeRequest,
+)
 
 # What a client may see while a group elects a new leader: retry later, outcome unknown.
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -127,3 +134,37 @@ def test_a_hasleader_watch_ends_when_its_group_loses_its_leader(cluster):
     assert (error.code(), error.details()) == (grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
     assert seconds < 10  # etcd: three election timeouts without a leader
     assert cluster.leader(group) in survivors
+
+
+def test_leases_expire_or_live_on_through_a_meta_leader_failover(cluster):
+    """No key outlives its lease by more than the failover; a lease kept alive survives it."""
+    keys = [b"/top/leased", b"/registry/pods/leased", b"/registry/events/leased"]
+    meta_leader = cluster.leader(0)
+
+    async def scenario():
+        async with EtcdClient(cluster.endpoint) as client:
+            lapsing = (await client.lease.LeaseGrant(LeaseGrantRequest(TTL=2))).ID
+            kept = (await client.lease.LeaseGrant(LeaseGrantRequest(TTL=2))).ID
+            for key in keys:
+                await client.kv.Put(PutRequest(key=key + b"-lapsing", lease=lapsing))
+                await client.kv.Put(PutRequest(key=key + b"-kept", lease=kept))
+            keepalive = client.lease.LeaseKeepAlive()
+            cluster.kill(0, meta_leader)
+            granted = time.monotonic()
+            while time.monotonic() - granted < 6:  # 2 s of TTL, and a failover's worth more
+                await keepalive.write(LeaseKeepAliveRequest(ID=kept))
+                assert (await keepalive.read()).TTL == 2
+                await asyncio.sleep(0.5)
+            keepalive.cancel()
+            for key in keys:
+                assert not (await client.kv.Range(RangeRequest(key=key + b"-lapsing"))).kvs, key
+                assert (await client.kv.Range(RangeRequest(key=key + b"-kept"))).kvs, key
+            alive = await client.lease.LeaseTimeToLive(LeaseTimeToLiveRequest(ID=kept, keys=True))
+            assert sorted(alive.keys) == sorted(key + b"-kept" for key in keys)
+            await client.lease.LeaseRevoke(LeaseRevokeRequest(ID=kept))
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        cluster.restart(0, meta_leader)
+    assert cluster.leader(0) in (1, 2, 3)

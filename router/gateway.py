@@ -1,0 +1,446 @@
+"""etcd 3.5's HTTP/JSON gateway (grpc-gateway v1) in front of the router's own gRPC method handlers.
+
+etcd's gateway is an HTTP mux that turns JSON into the gRPC request and the
+answer back into JSON. This one does the same without the loopback: it
+calls the very handlers the gRPC server registers (byte-level, see
+router/server.py) with a stand-in for the gRPC context, so every answer and
+error is the gRPC front end's. It serves the /v3 paths of every method the
+router serves (_PATHS), and GET /version, by which gateway clients (etcd3gw)
+pick the API path.
+
+What etcd 3.5's gateway does (observed on etcd 3.5.1 with curl):
+- Only POST: another method on a known path gets 405 "Method Not Allowed\n",
+  an unknown path 404 "Not Found\n" (text/plain). OPTIONS gets 200 and no
+  body. Every answer carries the CORS headers below. The query is ignored.
+- The body is a JSON request; only its first value is read (trailing bytes
+  are ignored); an empty body or `null` is the empty request. Unknown fields
+  are ignored. Fields may be named as in the .proto or lowerCamel; int64 a
+  JSON number or string; enums a name or a number; bytes standard base64.
+- The answer is compact JSON (Content-Type application/json) with the .proto
+  field names, int64/uint64 as strings, enums as names, bytes as base64,
+  fields at their default left out, and <, >, & escaped as Go does (\u003c).
+- An error answers {"error": M, "code": C, "message": M}, C the gRPC code's
+  number, with the HTTP status grpc-gateway derives from it (_HTTP_STATUS:
+  INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE -> 400, NOT_FOUND ->
+  404, RESOURCE_EXHAUSTED -> 429, ...). A body that is not valid JSON is
+  INVALID_ARGUMENT with Go's decoder's words ("invalid character 'b' looking
+  for beginning of object key string", "unexpected EOF").
+- Streams (/v3/watch, /v3/lease/keepalive): the body is a sequence of JSON
+  requests, read as they arrive; each answer is a chunk `{"result": {...}}\n`.
+  Headers go out with the first answer (200). A first request that does not
+  decode gets the plain error body with code 2 (UNKNOWN), HTTP 500; a later
+  one just ends the request side. The end of the body ends the request side
+  only: a watch stays open, a keep-alive stream ends. An error on the stream
+  is a last chunk {"error": {"grpc_code": C, "http_code": H, "message": M,
+  "http_status": "Too Many Requests"}} (status H if nothing went before).
+- HTTP headers become gRPC metadata: `Grpc-Metadata-<Name>` as `<name>` (so
+  `Grpc-Metadata-Hasleader: true` is clientv3's WithRequireLeader), and
+  Authorization as `authorization`.
+
+Where this differs: JSON that parses but does not fit the request (a string
+where a bool goes, an unknown enum name) gets protobuf's message, not Go's
+(still INVALID_ARGUMENT, 400); base64 that etcd rejects (URL-safe alphabet,
+no padding) is accepted; a stream's requests are not held to gRPC's message
+size limit.
+"""
+
+from __future__ import annotations
+
+import codecs
+import http
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import NamedTuple
+
+import grpc
+from aiohttp import web
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from router.core import MAX_REQUEST_BYTES
+from tessera.api import rpc_pb2 as rpc, v3election_pb2 as election, v3lock_pb2 as lock
+
+log = logging.getLogger("tessera.router")
+
+# grpc-go's receive limit on etcd's server, which the gateway's loopback call meets:
+# max-request-bytes plus gRPC's overhead allowance (as SERVER_OPTIONS in router/server.py).
+MAX_MESSAGE_BYTES = MAX_REQUEST_BYTES + 512 * 1024
+SHUTDOWN_SECONDS = 1.0
+CORS_HEADERS = {  # etcd's default --cors "*"
+    "Access-Control-Allow-Headers": "accept, content-type, authorization",
+    "Access-Control-Allow-Methods": "POST, GET, OPTIONS, PUT, DELETE",
+    "Access-Control-Allow-Origin": "*",
+}
+# grpc-gateway forwards the gRPC server's header metadata; etcd's answers all carry this one.
+ANSWER_HEADERS = {**CORS_HEADERS, "Content-Type": "application/json",
+                  "Grpc-Metadata-Content-Type": "application/grpc"}
+JSON_HEADERS = {**CORS_HEADERS, "Content-Type": "application/json"}
+
+# grpc-gateway v1's HTTPStatusFromCode.
+_HTTP_STATUS = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 408,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+
+# path -> (gRPC method, request type, answer type): etcd 3.5's gateway paths of the methods
+# the router serves.
+_PATHS = {
+    "/v3/kv/range": ("/etcdserverpb.KV/Range", rpc.RangeRequest, rpc.RangeResponse),
+    "/v3/kv/put": ("/etcdserverpb.KV/Put", rpc.PutRequest, rpc.PutResponse),
+    "/v3/kv/deleterange": ("/etcdserverpb.KV/DeleteRange", rpc.DeleteRangeRequest, rpc.DeleteRangeResponse),
+    "/v3/kv/txn": ("/etcdserverpb.KV/Txn", rpc.TxnRequest, rpc.TxnResponse),
+    "/v3/kv/compaction": ("/etcdserverpb.KV/Compact", rpc.CompactionRequest, rpc.CompactionResponse),
+    "/v3/watch": ("/etcdserverpb.Watch/Watch", rpc.WatchRequest, rpc.WatchResponse),
+    "/v3/lease/grant": ("/etcdserverpb.Lease/LeaseGrant", rpc.LeaseGrantRequest, rpc.LeaseGrantResponse),
+    "/v3/lease/revoke": ("/etcdserverpb.Lease/LeaseRevoke", rpc.LeaseRevokeRequest, rpc.LeaseRevokeResponse),
+    "/v3/kv/lease/revoke": ("/etcdserverpb.Lease/LeaseRevoke", rpc.LeaseRevokeRequest,
+                            rpc.LeaseRevokeResponse),
+    "/v3/lease/keepalive": ("/etcdserverpb.Lease/LeaseKeepAlive", rpc.LeaseKeepAliveRequest,
+                            rpc.LeaseKeepAliveResponse),
+    "/v3/lease/timetolive": ("/etcdserverpb.Lease/LeaseTimeToLive", rpc.LeaseTimeToLiveRequest,
+                             rpc.LeaseTimeToLiveResponse),
+    "/v3/kv/lease/timetolive": ("/etcdserverpb.Lease/LeaseTimeToLive", rpc.LeaseTimeToLiveRequest,
+                                rpc.LeaseTimeToLiveResponse),
+    "/v3/lease/leases": ("/etcdserverpb.Lease/LeaseLeases", rpc.LeaseLeasesRequest, rpc.LeaseLeasesResponse),
+    "/v3/kv/lease/leases": ("/etcdserverpb.Lease/LeaseLeases", rpc.LeaseLeasesRequest,
+                            rpc.LeaseLeasesResponse),
+    "/v3/cluster/member/list": ("/etcdserverpb.Cluster/MemberList", rpc.MemberListRequest,
+                                rpc.MemberListResponse),
+    "/v3/maintenance/status": ("/etcdserverpb.Maintenance/Status", rpc.StatusRequest, rpc.StatusResponse),
+    "/v3/maintenance/alarm": ("/etcdserverpb.Maintenance/Alarm", rpc.AlarmRequest, rpc.AlarmResponse),
+    "/v3/maintenance/hashkv": ("/etcdserverpb.Maintenance/HashKV", rpc.HashKVRequest, rpc.HashKVResponse),
+    "/v3/maintenance/defragment": ("/etcdserverpb.Maintenance/Defragment", rpc.DefragmentRequest,
+                                   rpc.DefragmentResponse),
+    "/v3/auth/status": ("/etcdserverpb.Auth/AuthStatus", rpc.AuthStatusRequest, rpc.AuthStatusResponse),
+    "/v3/auth/authenticate": ("/etcdserverpb.Auth/Authenticate", rpc.AuthenticateRequest,
+                              rpc.AuthenticateResponse),
+    "/v3/auth/enable": ("/etcdserverpb.Auth/AuthEnable", rpc.AuthEnableRequest, rpc.AuthEnableResponse),
+    "/v3/auth/disable": ("/etcdserverpb.Auth/AuthDisable", rpc.AuthDisableRequest, rpc.AuthDisableResponse),
+    "/v3/auth/user/list": ("/etcdserverpb.Auth/UserList", rpc.AuthUserListRequest, rpc.AuthUserListResponse),
+    "/v3/auth/user/get": ("/etcdserverpb.Auth/UserGet", rpc.AuthUserGetRequest, rpc.AuthUserGetResponse),
+    "/v3/auth/role/list": ("/etcdserverpb.Auth/RoleList", rpc.AuthRoleListRequest, rpc.AuthRoleListResponse),
+    "/v3/auth/role/get": ("/etcdserverpb.Auth/RoleGet", rpc.AuthRoleGetRequest, rpc.AuthRoleGetResponse),
+    "/v3/lock/lock": ("/v3lockpb.Lock/Lock", lock.LockRequest, lock.LockResponse),
+    "/v3/lock/unlock": ("/v3lockpb.Lock/Unlock", lock.UnlockRequest, lock.UnlockResponse),
+    "/v3/election/campaign": ("/v3electionpb.Election/Campaign", election.CampaignRequest,
+                              election.CampaignResponse),
+    "/v3/election/proclaim": ("/v3electionpb.Election/Proclaim", election.ProclaimRequest,
+                              election.ProclaimResponse),
+    "/v3/election/leader": ("/v3electionpb.Election/Leader", election.LeaderRequest, election.LeaderResponse),
+    "/v3/election/observe": ("/v3electionpb.Election/Observe", election.LeaderRequest,
+                             election.LeaderResponse),
+    "/v3/election/resign": ("/v3electionpb.Election/Resign", election.ResignRequest, election.ResignResponse),
+}
+
+
+class _Route(NamedTuple):
+    handler: grpc.RpcMethodHandler
+    request_type: type[Message]
+    answer_type: type[Message]
+
+
+class _CallDetails(NamedTuple):  # grpc.HandlerCallDetails, to look a method up
+    method: str
+    invocation_metadata: tuple
+
+
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _BadBody(Exception):
+    """A request body that does not decode to the request; the message is etcd's gateway's for it."""
+
+
+class _Context:
+    """What the router's gRPC handlers use of grpc.aio.ServicerContext."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]):
+        self._metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        raise _Aborted(code, details)
+
+
+class Gateway:
+    """The gateway over `handlers`, the generic handlers the router's gRPC server registers.
+
+    `version` is the etcd version the router answers as, for GET /version.
+    """
+
+    def __init__(self, handlers: Sequence[grpc.GenericRpcHandler], version: str,
+                 get_routes: dict[str, Callable[[web.BaseRequest], Awaitable[web.Response]]] | None = None):
+        """`get_routes`: more paths answered to GET (the router's /metrics and /health)."""
+        self._routes = {path: _Route(_find(handlers, method), request_type, answer_type)
+                        for path, (method, request_type, answer_type) in _PATHS.items()}
+        self._get_routes = get_routes or {}
+        major, minor, _ = version.split(".", 2)
+        self._version = _json({"etcdserver": version, "etcdcluster": f"{major}.{minor}.0"})
+        self._runner: web.ServerRunner | None = None
+
+    async def start(self, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        # Cancelling a handler when its client goes away is what ends an idle watch.
+        server = web.Server(self._handle, handler_cancellation=True, access_log=None)
+        self._runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_SECONDS)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host.strip("[]"), int(port)).start()
+        log.info("etcd's HTTP gateway on %s", listen)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "OPTIONS":  # a CORS preflight
+            return web.Response(headers=CORS_HEADERS)
+        if request.path == "/version":  # etcd's own HTTP endpoint; gateway clients discover the API by it
+            if request.method != "GET":
+                return _text(405, "Method Not Allowed", {"Allow": "GET"})
+            return web.Response(body=self._version, headers=JSON_HEADERS)
+        if request.path in self._get_routes:
+            if request.method != "GET":
+                return _text(405, "Method Not Allowed", {"Allow": "GET"})
+            return await self._get_routes[request.path](request)
+        route = self._routes.get(request.path)
+        if route is None:
+            return _text(404, "Not Found")
+        if request.method != "POST":
+            return _text(405, "Method Not Allowed")
+        context = _Context(_metadata(request))
+        handler = route.handler
+        if handler.stream_stream is not None:
+            return await self._bidi_stream(request, route, context)
+        try:
+            data = await _unary_request(request, route.request_type)
+        except _Aborted as error:
+            return _error(error.code, error.message)
+        if handler.unary_stream is not None:
+            return await _stream_answers(request, route, handler.unary_stream(data, context))
+        try:
+            answer = await handler.unary_unary(data, context)
+        except _Aborted as error:
+            return _error(error.code, error.message)
+        except Exception as error:  # a bug: what grpc would answer, and a trace in the log
+            log.exception("gateway call %s failed", request.path)
+            return _error(grpc.StatusCode.UNKNOWN, f"Unexpected {type(error)}: {error}")
+        return web.Response(body=_json(_to_json(route.answer_type.FromString(answer))),
+                            headers=ANSWER_HEADERS)
+
+    async def _bidi_stream(self, request: web.BaseRequest, route: _Route,
+                           context: _Context) -> web.StreamResponse:
+        values = _json_values(request.content)
+        try:  # grpc-gateway decodes the first request before it opens the stream
+            first = await anext(values, NOTHING)
+            first_data = None if first is NOTHING else \
+                _to_message(first, route.request_type).SerializeToString()
+        except _BadBody as error:
+            return _error(grpc.StatusCode.UNKNOWN, str(error))
+
+        async def requests():
+            if first_data is None:
+                return
+            yield first_data
+            try:
+                async for value in values:
+                    yield _to_message(value, route.request_type).SerializeToString()
+            except _BadBody:
+                pass  # grpc-gateway stops sending, and the stream goes on
+
+        return await _stream_answers(request, route, route.handler.stream_stream(requests(), context))
+
+
+async def _unary_request(request: web.BaseRequest, request_type: type[Message]) -> bytes:
+    """The request's message, from its whole body; _Aborted with what etcd's gateway answers if it fails."""
+    text = codecs.decode(await request.content.read(), "utf-8", errors="replace")
+    try:
+        value, _ = _first_value(text, complete=True)
+        data = _to_message(None if value is NOTHING else value, request_type).SerializeToString()
+    except _BadBody as error:
+        raise _Aborted(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise _Aborted(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       f"grpc: received message larger than max ({len(data)} vs. {MAX_MESSAGE_BYTES})")
+    return data
+
+
+async def _stream_answers(request: web.BaseRequest, route: _Route, answers) -> web.StreamResponse:
+    """Each answer as a chunk {"result": ...}; an error as a last chunk {"error": ...}."""
+    response = web.StreamResponse(headers=ANSWER_HEADERS)
+    try:
+        async for data in answers:
+            if not response.prepared:
+                await response.prepare(request)
+            await response.write(_json({"result": _to_json(route.answer_type.FromString(data))}) + b"\n")
+    except _Aborted as error:
+        status = _HTTP_STATUS.get(error.code, 500)
+        if not response.prepared:
+            response.set_status(status)
+            await response.prepare(request)
+        await response.write(_json({"error": {
+            "grpc_code": error.code.value[0], "http_code": status, "message": error.message,
+            "http_status": http.HTTPStatus(status).phrase}}) + b"\n")
+    finally:
+        await answers.aclose()
+    if not response.prepared:
+        await response.prepare(request)
+    await response.write_eof()
+    return response
+
+
+def _find(handlers: Sequence[grpc.GenericRpcHandler], method: str) -> grpc.RpcMethodHandler:
+    details = _CallDetails(method, ())
+    for handler in handlers:
+        found = handler.service(details)
+        if found is not None:
+            return found
+    raise LookupError(f"the router's gRPC server has no {method}")
+
+
+def _metadata(request: web.BaseRequest) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for name, value in request.headers.items():
+        lowered = name.lower()
+        if lowered.startswith("grpc-metadata-"):
+            pairs.append((lowered[len("grpc-metadata-"):], value))
+        elif lowered == "authorization":
+            pairs.append(("authorization", value))
+    return tuple(pairs)
+
+
+# --- JSON in ---------------------------------------------------------------------------------
+
+_JSON_SPACE = " \t\r\n"
+_DECODER = json.JSONDecoder()
+NOTHING = object()  # no whole JSON value (yet)
+# Python's decoder's complaint -> Go's encoding/json words for the same place.
+_GO_SYNTAX_ERRORS = {
+    "Expecting value": "looking for beginning of value",
+    "Expecting property name enclosed in double quotes": "looking for beginning of object key string",
+    "Expecting ':' delimiter": "after object key",
+    "Invalid control character at": "in string literal",
+}
+
+
+def _first_value(text: str, complete: bool) -> tuple[object, str]:
+    """The first JSON value of `text` and what follows it; NOTHING if there is none (yet).
+
+    When `complete` is false more text may follow, so a value cut short is not an error.
+    """
+    text = text.lstrip(_JSON_SPACE)
+    if not text:
+        return NOTHING, ""
+    try:
+        value, end = _DECODER.raw_decode(text)
+    except json.JSONDecodeError as error:
+        cut_short = error.pos >= len(text) or error.msg.startswith("Unterminated string")
+        if cut_short and not complete:
+            return NOTHING, text
+        raise _BadBody("unexpected EOF" if cut_short else _go_syntax_error(error)) from None
+    return value, text[end:]
+
+
+def _go_syntax_error(error: json.JSONDecodeError) -> str:
+    character = error.doc[error.pos]
+    quoted = "'\\''" if character == "'" else f"'{character}'"
+    if error.msg == "Expecting ',' delimiter":
+        after = "after array element" if _innermost_bracket(error.doc[:error.pos]) == "[" \
+            else "after object key:value pair"
+        return f"invalid character {quoted} {after}"
+    if error.msg in _GO_SYNTAX_ERRORS:
+        return f"invalid character {quoted} {_GO_SYNTAX_ERRORS[error.msg]}"
+    return error.msg
+
+
+def _innermost_bracket(text: str) -> str:
+    """The innermost '{' or '[' still open at the end of `text`."""
+    open_brackets, in_string, escaped = [], False, False
+    for character in text:
+        if escaped:
+            escaped = False
+        elif in_string:
+            escaped = character == "\\"
+            in_string = character != '"'
+        elif character == '"':
+            in_string = True
+        elif character in "{[":
+            open_brackets.append(character)
+        elif character in "}]" and open_brackets:
+            open_brackets.pop()
+    return open_brackets[-1] if open_brackets else ""
+
+
+async def _json_values(content):
+    """The JSON values of a body as each is whole: a stream's requests may arrive over time."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    text, ended = "", False
+    while True:
+        value, text = _first_value(text, complete=ended)
+        if value is not NOTHING:
+            yield value
+        elif ended:
+            return
+        else:
+            chunk = await content.readany()
+            ended = not chunk
+            text += decoder.decode(chunk, final=ended)
+
+
+def _to_message(value: object, message_type: type[Message]) -> Message:
+    if value is None:  # JSON null decodes to the empty request in Go
+        value = {}
+    if not isinstance(value, dict):
+        kind = {list: "array", str: "string", bool: "bool"}.get(type(value), "number")
+        raise _BadBody(f"json: cannot unmarshal {kind} into Go value of type map[string]json.RawMessage")
+    try:
+        return json_format.ParseDict(value, message_type(), ignore_unknown_fields=True)
+    except json_format.ParseError as error:
+        raise _BadBody(str(error)) from None
+
+
+# --- JSON out --------------------------------------------------------------------------------
+
+def _to_json(message: Message) -> dict:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _json(value: object) -> bytes:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    # Go's encoder escapes these in strings (for HTML and JavaScript); they occur nowhere else.
+    for character, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                               ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(character, escaped)
+    return text.encode()
+
+
+def _error(code: grpc.StatusCode, message: str) -> web.Response:
+    return web.Response(status=_HTTP_STATUS.get(code, 500), headers=JSON_HEADERS,
+                        body=_json({"error": message, "code": code.value[0], "message": message}))
+
+
+def _text(status: int, text: str, headers: dict | None = None) -> web.Response:
+    return web.Response(status=status, body=f"{text}\n".encode(), headers={
+        **CORS_HEADERS, **(headers or {}), "Content-Type": "text/plain; charset=utf-8",
+        "X-Content-Type-Options": "nosniff"})
