@@ -81,11 +81,15 @@ class Router:
             self.group_revisions[group] = revision
         self.observe(revision)
 
-    def header(self, revision: int, group: int | None = None) -> ResponseHeader:
-        term = self.groups[group].term if group in self.groups else max(
-            (client.term for client in self.groups.values()), default=0)
-        return ResponseHeader(cluster_id=self.cluster_id, member_id=self.member_id, revision=revision,
-                              raft_term=term)
+    @property
+    def raft_term(self) -> int:
+        """The term a header shows for an answer that is no single group's: the highest."""
+        return max((client.term for client in self.groups.values()), default=0)
+
+    def header(self, revision: int | None = None) -> ResponseHeader:
+        """A header of this router's, at `revision` (the highest revision seen, if none)."""
+        return ResponseHeader(cluster_id=self.cluster_id, member_id=self.member_id,
+                              revision=self.revision if revision is None else revision, raft_term=self.raft_term)
 
     def _stamp(self, header: ResponseHeader, group: int) -> None:
         self.observe_group(group, header.revision)
@@ -115,8 +119,8 @@ class Router:
 
     async def track_leaders(self, interval: float) -> None:
         """Keep each group's leader and term current, and note groups left without a leader."""
-        clients = {**self.groups, self.meta.group_id: self.meta}
         while True:
+            clients = {**self.groups, self.meta.group_id: self.meta}  # groups may join meanwhile
             groups = sorted(clients)
             answers = await asyncio.gather(*(self.group_status(group, timeout=interval) for group in groups),
                                            return_exceptions=True)
@@ -130,7 +134,6 @@ class Router:
                                 answer if isinstance(answer, BaseException) else "none elected")
                     client.leaderless_since = now
             await asyncio.sleep(interval)
-            clients = {**self.groups, self.meta.group_id: self.meta}
 
     # --- writes ------------------------------------------------------------------------
 
@@ -189,7 +192,7 @@ class Router:
         generation = self._map_generation
         answers = await asyncio.gather(*(self._delete_in_group(group, deletes, generation)
                                          for group, deletes in by_group.items()))
-        merged = DeleteRangeResponse(header=self.header(self.revision))
+        merged = DeleteRangeResponse(header=self.header())
         for answer in answers:
             merged.deleted += answer.deleted
         merged.prev_kvs.extend(sorted((kv for answer in answers for kv in answer.prev_kvs), key=lambda kv: kv.key))
@@ -248,7 +251,7 @@ class Router:
             failures = []
         if failures:
             raise next((f for f in failures if not isinstance(f, errors.Compacted)), failures[0])
-        return CompactionResponse(header=self.header(self.revision))
+        return CompactionResponse(header=self.header())
 
     # --- reads -------------------------------------------------------------------------
 
@@ -258,7 +261,7 @@ class Router:
             raise errors.FutureRevision()
         pieces = self.shard_map.pieces(request.key, request.range_end)
         if not pieces:
-            return RangeResponse(header=self.header(self.revision))
+            return RangeResponse(header=self.header())
         if len(pieces) == 1:
             return await self.read(pieces[0].group, request)
         at = request.revision if request.revision > 0 else self.revision  # etcd: <= 0 is the latest
@@ -316,7 +319,7 @@ class Router:
         combined = 0
         for group, answer in zip(sorted(self.groups), answers):
             combined = crc.crc32c(b"%d:%d;" % (group, answer.hash), combined)
-        return HashKVResponse(header=self.header(self.revision), hash=combined,
+        return HashKVResponse(header=self.header(), hash=combined,
                               compact_revision=max(answer.compact_revision for answer in answers))
 
     async def _group_hash_kv(self, group: int, at: int) -> HashKVResponse:

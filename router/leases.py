@@ -99,14 +99,14 @@ class Lessor:
             self._track(lease_id, ttl)
             raise
         self._track(lease_id, ttl)
-        return LeaseGrantResponse(header=self.router.header(self.router.revision), ID=lease_id, TTL=ttl)
+        return LeaseGrantResponse(header=self.router.header(), ID=lease_id, TTL=ttl)
 
     def _track(self, lease_id: int, ttl: int) -> None:
         self._ttl[lease_id] = ttl
         self._deadline[lease_id] = self.clock() + ttl
 
     def keep_alive(self, lease_id: int) -> LeaseKeepAliveResponse:
-        response = LeaseKeepAliveResponse(header=self.router.header(self.router.revision), ID=lease_id)
+        response = LeaseKeepAliveResponse(header=self.router.header(), ID=lease_id)
         ttl = self._ttl.get(lease_id)
         if ttl is not None:
             self._track(lease_id, ttl)
@@ -114,7 +114,7 @@ class Lessor:
         return response
 
     async def time_to_live(self, request: LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse:
-        response = LeaseTimeToLiveResponse(header=self.router.header(self.router.revision), ID=request.ID)
+        response = LeaseTimeToLiveResponse(header=self.router.header(), ID=request.ID)
         ttl = self._ttl.get(request.ID)
         if ttl is None:
             response.TTL = -1
@@ -129,7 +129,7 @@ class Lessor:
         return response
 
     def leases(self) -> LeaseLeasesResponse:
-        return LeaseLeasesResponse(header=self.router.header(self.router.revision),
+        return LeaseLeasesResponse(header=self.router.header(),
                                    leases=[LeaseStatus(ID=lease) for lease in sorted(self._ttl)])
 
     async def revoke(self, lease_id: int) -> LeaseRevokeResponse:
@@ -141,7 +141,7 @@ class Lessor:
         async with self._records_lock:
             await self.meta.put(lease_key(lease_id), LeaseRecord(id=lease_id, ttl=ttl, revoked=True))
         await self._finish_revoke(lease_id)
-        return LeaseRevokeResponse(header=self.router.header(self.router.revision))
+        return LeaseRevokeResponse(header=self.router.header())
 
     async def _finish_revoke(self, lease_id: int) -> None:
         """Delete the lease's keys in every group, then its record."""

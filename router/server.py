@@ -256,7 +256,7 @@ class RouterServer:
         cluster = {"MemberList": unary(MemberListRequest.FromString, self._member_list)}
         async def defragment(_request) -> DefragmentResponse:
             await router.defragment()
-            return DefragmentResponse(header=router.header(router.revision))
+            return DefragmentResponse(header=router.header())
 
         maintenance = {
             "Status": unary(StatusRequest.FromString, self._status),
@@ -269,11 +269,11 @@ class RouterServer:
             async def answer(_):
                 if response_type is None:
                     raise errors.AuthNotEnabled()
-                return response_type(header=router.header(router.revision))
+                return response_type(header=router.header())
             return unary(parse, answer)
 
         async def auth_status(_):
-            return AuthStatusResponse(header=router.header(router.revision), enabled=False)
+            return AuthStatusResponse(header=router.header(), enabled=False)
 
         async def user_not_found(_):
             raise errors.UserNotFound()
@@ -369,13 +369,13 @@ class RouterServer:
 
     async def _member_list(self, _request) -> MemberListResponse:
         state = await self.meta.load()
-        return MemberListResponse(header=self.router.header(self.router.revision), members=[
+        return MemberListResponse(header=self.router.header(), members=[
             Member(ID=record.id, name=record.name, clientURLs=[f"http://{record.client_address}"])
             for record in sorted(state.routers.values(), key=lambda r: r.id)])
 
     async def _status(self, _request) -> StatusResponse:
         router = self.router
-        response = StatusResponse(header=router.header(router.revision), version=ETCD_VERSION,
+        response = StatusResponse(header=router.header(), version=ETCD_VERSION,
                                   leader=router.member_id)
         for group, status in sorted((await router.statuses()).items()):
             if isinstance(status, BaseException):
@@ -392,7 +392,7 @@ class RouterServer:
 
     async def _alarm(self, request: AlarmRequest) -> AlarmResponse:
         router = self.router
-        response = AlarmResponse(header=router.header(router.revision))
+        response = AlarmResponse(header=router.header())
         if request.action == AlarmRequest.GET:
             for status in (await router.statuses()).values():
                 if isinstance(status, BaseException):

@@ -426,6 +426,7 @@ class WatchProxy:
     def _send(self, response: WatchResponse, watch: _ClientWatch | None = None) -> None:
         header = response.header
         header.cluster_id, header.member_id = self.router.cluster_id, self.router.member_id
+        header.raft_term = self.router.raft_term
         if not header.revision:
             header.revision = self.router.revision
         if watch is not None and watch.request.fragment and len(response.events) > 1 \

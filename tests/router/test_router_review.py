@@ -79,6 +79,7 @@ class _FakeRouter:
         self.groups = {group: _FakeGroupClient() for group in shard_map.groups}
         self.cluster_id = 7
         self.member_id = 9
+        self.raft_term = 3
         self.raise_gate: asyncio.Event | None = None
         self.raise_error: errors.EtcdError | None = None
 
