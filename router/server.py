@@ -18,6 +18,7 @@ import grpc
 from aiohttp import web
 from google.protobuf.message import DecodeError
 
+from router.compactor import AutoCompactor
 from router.concurrency import Concurrency
 from router.core import MAX_REQUEST_BYTES, Router
 from router.gateway import Gateway
@@ -103,9 +104,12 @@ def router_id(name: str) -> int:
 class RouterServer:
     def __init__(self, listen: str, meta_members: dict[int, str], name: str | None = None,
                  gateway_listen: str | None = None,
-                 lease_checkpoint_interval: float = CHECKPOINT_INTERVAL_SECONDS):
+                 lease_checkpoint_interval: float = CHECKPOINT_INTERVAL_SECONDS,
+                 auto_compaction: tuple[str, float] | None = None):
+        """`auto_compaction`: (mode, retention) as router.compactor.AutoCompactor takes them."""
         self.listen = listen
         self.lease_checkpoint_interval = lease_checkpoint_interval
+        self.auto_compaction = auto_compaction
         self.gateway_listen = gateway_listen  # etcd's HTTP/JSON gateway, if given an address
         self._gateway: Gateway | None = None
         self.name = name or f"router-{listen}"
@@ -143,6 +147,8 @@ class RouterServer:
         self._tasks = [loop.create_task(router.leases.run()),
                        loop.create_task(router.track_leaders(LEADER_CHECK_SECONDS)),
                        loop.create_task(self._follow_meta())]
+        if self.auto_compaction is not None:
+            self._tasks.append(loop.create_task(AutoCompactor(router, *self.auto_compaction).run()))
         log.info("router %s serving etcd's API on %s: %d groups, revision %d", self.name, self.listen,
                  len(groups), router.revision)
 
@@ -460,12 +466,9 @@ def _api_addresses(record) -> dict[int, str]:
     return {member.id: member.api_address for member in record.members}
 
 
-async def serve(listen: str, meta_members: dict[int, str], name: str | None = None,
-                gateway_listen: str | None = None,
-                lease_checkpoint_interval: float = CHECKPOINT_INTERVAL_SECONDS) -> None:
-    """Run a router until SIGTERM or SIGINT."""
-    server = RouterServer(listen, meta_members, name, gateway_listen=gateway_listen,
-                          lease_checkpoint_interval=lease_checkpoint_interval)
+async def serve(listen: str, meta_members: dict[int, str], **options) -> None:
+    """Run a router until SIGTERM or SIGINT; `options` as RouterServer takes them."""
+    server = RouterServer(listen, meta_members, **options)
     await server.start()
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -477,10 +480,8 @@ async def serve(listen: str, meta_members: dict[int, str], name: str | None = No
         await server.stop()
 
 
-def run(listen: str, meta_addresses: dict[int, str], name: str | None = None,
-        gateway_listen: str | None = None,
-        lease_checkpoint_interval: float = CHECKPOINT_INTERVAL_SECONDS) -> None:
+def run(listen: str, meta_addresses: dict[int, str], **options) -> None:
     """The `tessera router` command: `meta_addresses` maps group 0's member ids to API addresses."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("router starting on %s", listen)
-    asyncio.run(serve(listen, meta_addresses, name, gateway_listen, lease_checkpoint_interval))
+    asyncio.run(serve(listen, meta_addresses, **options))

@@ -48,7 +48,12 @@ def command_version(_: argparse.Namespace) -> int:
 
 def command_up(args: argparse.Namespace) -> int:
     try:
-        launcher = Launcher(args.data_dir, listen=args.listen, wal_segment_bytes=args.wal_segment_bytes)
+        router_arguments = []
+        if args.auto_compaction_mode:
+            router_arguments = ["--auto-compaction-mode", args.auto_compaction_mode,
+                                "--auto-compaction-retention", args.auto_compaction_retention]
+        launcher = Launcher(args.data_dir, listen=args.listen, wal_segment_bytes=args.wal_segment_bytes,
+                            router_arguments=router_arguments)
         return asyncio.run(serve_up(launcher))
     except LauncherError as error:
         print(f"tessera up: {error}", file=sys.stderr)
@@ -176,11 +181,33 @@ def command_router(args: argparse.Namespace) -> int:
 
     stop_with_parent(args.parent_pid)
     try:
+        auto_compaction = None
+        if args.auto_compaction_mode:
+            auto_compaction = (args.auto_compaction_mode,
+                               compaction_retention(args.auto_compaction_mode, args.auto_compaction_retention))
         run(listen=args.listen, meta_addresses=args.meta, gateway_listen=args.gateway_listen,
-            lease_checkpoint_interval=args.lease_checkpoint_interval)
+            lease_checkpoint_interval=args.lease_checkpoint_interval, auto_compaction=auto_compaction)
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def add_auto_compaction_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--auto-compaction-mode", choices=["periodic", "revision"], default=None,
+                        help="compact every group by itself, as etcd's option of the same name")
+    parser.add_argument("--auto-compaction-retention", default="0",
+                        help="revisions to keep (revision mode), or how long (periodic: 30m, 1h; a number is hours)")
+
+
+def compaction_retention(mode: str, text: str) -> float:
+    """etcd's --auto-compaction-retention: revisions in revision mode; in periodic mode a
+    duration (e.g. 30m, 1h, 90s), a bare number counting hours."""
+    if mode == "revision":
+        return float(int(text))
+    units = {"s": 1, "m": 60, "h": 3600}
+    if text and text[-1] in units:
+        return float(text[:-1]) * units[text[-1]]
+    return float(text) * 3600
 
 
 def meta_members(args: argparse.Namespace) -> dict[int, str]:
@@ -246,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--wal-segment-bytes", type=int, default=None,
                     help="each replica's WAL segment size (default the replica's: etcd's 64 MB, "
                          "preallocated, 768 MB for the 12 replicas)")
+    add_auto_compaction_arguments(up)
     up.set_defaults(run=command_up)
     replica = commands.add_parser("replica", help="run one replica of one raft group")
     replica.add_argument("--group", type=int, required=True, help="the group's id")
@@ -282,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the meta group's replicas: ID=API_ADDRESS,...")
     router.add_argument("--gateway-listen", default=None,
                         help="HOST:PORT for etcd's HTTP/JSON gateway (/v3/...), /metrics and /health")
+    add_auto_compaction_arguments(router)
     router.add_argument("--lease-checkpoint-interval", type=float, default=300.0,
                         help="seconds between records of leases' remaining TTLs (etcd's 5 minutes)")
     router.add_argument("--parent-pid", type=int, default=None,

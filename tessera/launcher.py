@@ -233,6 +233,7 @@ class Launcher:
         supervise: bool = True,
         wal_segment_bytes: int | None = None,
         replica_arguments: Sequence[str] = (),
+        router_arguments: Sequence[str] = (),
         report: Callable[[str], None] = report_to_stdout,
     ):
         self.data_dir = Path(data_dir).resolve()
@@ -242,6 +243,7 @@ class Launcher:
         self.start_router = start_router
         self.supervise = supervise
         self.replica_arguments = list(replica_arguments)
+        self.router_arguments = list(router_arguments)
         if wal_segment_bytes is not None:
             self.replica_arguments += ["--wal-segment-bytes", str(wal_segment_bytes)]
         self.report = report
@@ -346,6 +348,7 @@ class Launcher:
             command=[
                 sys.executable, "-m", "tessera.cli", "router", "--listen", self.layout.listen,
                 "--gateway-listen", self.layout.gateway, "--meta", meta, "--parent-pid", str(os.getpid()),
+                *self.router_arguments,
             ],
             log_path=self.logs_dir / "router.log",
         )
