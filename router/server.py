@@ -482,6 +482,5 @@ async def serve(listen: str, meta_members: dict[int, str], **options) -> None:
 
 def run(listen: str, meta_addresses: dict[int, str], **options) -> None:
     """The `tessera router` command: `meta_addresses` maps group 0's member ids to API addresses."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("router starting on %s", listen)
     asyncio.run(serve(listen, meta_addresses, **options))

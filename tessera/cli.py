@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
-import logging
 import os
 import platform
 import signal
@@ -13,6 +12,7 @@ import sys
 from pathlib import Path
 
 import tessera
+from tessera import logs
 from native import codec, crc, walframe
 from shards.replica import MemberAddresses, ReplicaConfig, ReplicaStateError, run_until_stopped
 from shards.wal import WalCorruptionError
@@ -128,7 +128,7 @@ def parse_meta(text: str) -> dict[int, str]:
 
 
 def command_replica(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure("replica", group=args.group, member=args.member)
     if args.member not in args.members:
         print(f"tessera replica: member {args.member} is not in --members", file=sys.stderr)
         return 2
@@ -180,6 +180,7 @@ def command_router(args: argparse.Namespace) -> int:
     from router.server import run
 
     stop_with_parent(args.parent_pid)
+    logs.configure("router", listen=args.listen)
     try:
         auto_compaction = None
         if args.auto_compaction_mode:

@@ -65,3 +65,16 @@ def test_the_gateway_serves_json_where_tessera_up_says(tessera_cluster):
     assert status == 200
     status, text = http(f"http://{gateway}/v3/kv/range", {"key": key})
     assert status == 200 and json.loads(text)["kvs"][0]["value"] == base64.b64encode(b"v").decode()
+
+
+def test_every_process_logs_json_lines_that_say_where_they_come_from(tessera_cluster):
+    logs = tessera_cluster.launcher.logs_dir
+    expected = {"router.log": {"component": "router"},
+                "group-1-member-2.log": {"component": "replica", "group": 1, "member": 2}}
+    for name, fields in expected.items():
+        lines = [line for line in (logs / name).read_text().splitlines()
+                 if line and not line.startswith("--- ")]  # the launcher's start markers
+        assert lines, name
+        for line in lines:
+            record = json.loads(line)  # a traceback would be inside "error", never a line of its own
+            assert {"ts", "level", "caller", "msg"} <= set(record) and fields.items() <= record.items(), line
