@@ -323,6 +323,13 @@ class Router:
                               compact_revision=max(answer.compact_revision for answer in answers))
 
     async def _group_hash_kv(self, group: int, at: int) -> HashKVResponse:
+        answers = await self.replica_hashes(group, at)
+        if len({answer.hash for answer in answers.values()}) > 1:
+            raise errors.Corrupt()
+        return next(iter(answers.values()))
+
+    async def replica_hashes(self, group: int, at: int) -> dict[int, HashKVResponse]:
+        """Each reachable replica's HashKV at `at` (the group raised to it first), by member id."""
         if self.group_revisions.get(group, 0) < at:
             await self.raise_group(group, at)
         client = self.groups[group]
@@ -346,8 +353,7 @@ class Router:
         if len({answer.hash for answer in answers.values()}) > 1:
             log.error("group %d: replicas disagree on HashKV at revision %d: %s", group, at,
                       {member: answer.hash for member, answer in answers.items()})
-            raise errors.Corrupt()
-        return next(iter(answers.values()))
+        return answers
 
     async def defragment(self) -> None:
         """Defragment every replica of every group, one at a time (each is busy while it runs)."""

@@ -18,6 +18,7 @@ import grpc
 from aiohttp import web
 from google.protobuf.message import DecodeError
 
+from router import corruption
 from router.compactor import AutoCompactor
 from router.concurrency import Concurrency
 from router.core import MAX_REQUEST_BYTES, Router
@@ -105,9 +106,11 @@ class RouterServer:
     def __init__(self, listen: str, meta_members: dict[int, str], name: str | None = None,
                  gateway_listen: str | None = None,
                  lease_checkpoint_interval: float = CHECKPOINT_INTERVAL_SECONDS,
-                 auto_compaction: tuple[str, float] | None = None):
+                 auto_compaction: tuple[str, float] | None = None,
+                 corruption_check_interval: float = corruption.CHECK_INTERVAL_SECONDS):
         """`auto_compaction`: (mode, retention) as router.compactor.AutoCompactor takes them."""
         self.listen = listen
+        self.corruption_check_interval = corruption_check_interval
         self.lease_checkpoint_interval = lease_checkpoint_interval
         self.auto_compaction = auto_compaction
         self.gateway_listen = gateway_listen  # etcd's HTTP/JSON gateway, if given an address
@@ -147,6 +150,7 @@ class RouterServer:
         self._tasks = [loop.create_task(router.leases.run()),
                        loop.create_task(router.track_leaders(LEADER_CHECK_SECONDS)),
                        loop.create_task(self._follow_meta())]
+        self._tasks.append(loop.create_task(corruption.run(router, self.corruption_check_interval)))
         if self.auto_compaction is not None:
             self._tasks.append(loop.create_task(AutoCompactor(router, *self.auto_compaction).run()))
         log.info("router %s serving etcd's API on %s: %d groups, revision %d", self.name, self.listen,

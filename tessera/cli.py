@@ -187,7 +187,8 @@ def command_router(args: argparse.Namespace) -> int:
             auto_compaction = (args.auto_compaction_mode,
                                compaction_retention(args.auto_compaction_mode, args.auto_compaction_retention))
         run(listen=args.listen, meta_addresses=args.meta, gateway_listen=args.gateway_listen,
-            lease_checkpoint_interval=args.lease_checkpoint_interval, auto_compaction=auto_compaction)
+            lease_checkpoint_interval=args.lease_checkpoint_interval, auto_compaction=auto_compaction,
+            corruption_check_interval=args.corruption_check_interval)
     except KeyboardInterrupt:
         pass
     return 0
@@ -312,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     router.add_argument("--gateway-listen", default=None,
                         help="HOST:PORT for etcd's HTTP/JSON gateway (/v3/...), /metrics and /health")
     add_auto_compaction_arguments(router)
+    router.add_argument("--corruption-check-interval", type=float, default=300.0,
+                        help="seconds between comparisons of each group's replicas (HashKV); also at start")
     router.add_argument("--lease-checkpoint-interval", type=float, default=300.0,
                         help="seconds between records of leases' remaining TTLs (etcd's 5 minutes)")
     router.add_argument("--parent-pid", type=int, default=None,

@@ -10,11 +10,17 @@ import asyncio
 import time
 
 import grpc
+import lmdb
 import pytest
 
 from cluster import ClusterThread
 from etcd_client import EtcdClient
+from router.meta import META_GROUP
+from router.server import RouterServer
+from tessera.api.kv_pb2 import KeyValue
 from tessera.api.rpc_pb2 import (
+    CORRUPT,
+    AlarmRequest,
     LeaseGrantRequest,
     LeaseKeepAliveRequest,
     LeaseRevokeRequest,
@@ -22,6 +28,7 @@ from tessera.api.rpc_pb2 import (
     PutRequest,
     RangeRequest,
 )
+from tessera.launcher import free_ports
 
 # What a client may see while a group elects a new leader: retry later, outcome unknown.
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -168,3 +175,63 @@ def test_leases_expire_or_live_on_through_a_meta_leader_failover(cluster):
     finally:
         cluster.restart(0, meta_leader)
     assert cluster.leader(0) in (1, 2, 3)
+
+
+def test_a_replica_whose_data_differs_is_found_and_alarmed_corrupt(cluster):
+    """One follower's stored value is changed behind raft's back; the check names that member."""
+    group = 2
+    leader = cluster.leader(group)
+    follower = next(member for member in (1, 2, 3) if member != leader)
+    layout = cluster.launcher.layout
+
+    async def write():
+        async with EtcdClient(cluster.endpoint) as client:
+            await client.kv.Put(PutRequest(key=b"/registry/pods/checked", value=b"true"))
+    asyncio.run(write())
+    wait_until_caught_up(cluster, group, follower)
+    cluster.kill(group, follower)
+    store = lmdb.open(str(cluster.launcher.data_dir / f"group-{group}" / f"member-{follower}" / "mvcc"),
+                      max_dbs=8, map_size=1 << 30)
+    history = store.open_db(b"history")
+    with store.begin(write=True, db=history) as txn:
+        cursor = txn.cursor()
+        assert cursor.last()
+        revision_key, record = cursor.item()
+        changed = KeyValue.FromString(record)
+        changed.value = b"flipped"
+        txn.put(revision_key, changed.SerializeToString())
+    store.close()
+    cluster.restart(group, follower)
+    cluster.leader(group)
+
+    async def check():
+        meta = {member: layout.api_address(META_GROUP, member) for member in (1, 2, 3)}
+        server = RouterServer(f"127.0.0.1:{free_ports(1)[0]}", meta, name="corruption-check-test",
+                              corruption_check_interval=0.2)
+        await server.start()
+        try:
+            async with EtcdClient(server.listen) as client:
+                for _ in range(100):
+                    alarms = (await client.maintenance.Alarm(AlarmRequest(action=AlarmRequest.GET))).alarms
+                    if alarms:
+                        break
+                    await asyncio.sleep(0.1)
+                assert [(alarm.memberID, alarm.alarm) for alarm in alarms] == [(follower, CORRUPT)]
+                await client.maintenance.Alarm(AlarmRequest(action=AlarmRequest.DEACTIVATE, memberID=follower,
+                                                            alarm=CORRUPT))
+        finally:
+            await server.stop()
+    cluster.run(check())
+
+
+def wait_until_caught_up(cluster, group: int, member: int) -> None:
+    """Until the member has applied what its leader has."""
+    async def caught_up() -> bool:
+        leader = await cluster.launcher.leader(group)
+        wanted = (await cluster.launcher.status(group, leader)).applied_index
+        for _ in range(200):
+            if (await cluster.launcher.status(group, member)).applied_index >= wanted:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+    assert cluster.run(caught_up())
