@@ -69,6 +69,7 @@ class Router:
         self._writes_in_flight: collections.Counter[int] = collections.Counter()
         self._writes_answered = asyncio.Event()
         self.leases = None  # router.leases.Lessor, set by the server
+        self.read_only = False  # a proxy beside clients: reads and watches only
 
     # --- revisions and headers -------------------------------------------------------
 
@@ -145,6 +146,10 @@ class Router:
             self._writes_answered.clear()
             await self._writes_answered.wait()
 
+    def check_writable(self) -> None:
+        if self.read_only:
+            raise errors.ReadOnlyRouter()
+
     def _check_not_moving(self, key: bytes, range_end: bytes = b"") -> None:
         if self.shard_map.is_moving(key, range_end):
             raise errors.KeysMoving()
@@ -174,6 +179,7 @@ class Router:
 
     async def put(self, request: PutRequest) -> PutResponse:
         validation.check_put(request)
+        self.check_writable()
         self._check_not_moving(request.key)
         if request.lease:
             self.leases.check(request.lease)
@@ -181,6 +187,7 @@ class Router:
 
     async def delete_range(self, request: DeleteRangeRequest) -> DeleteRangeResponse:
         validation.check_delete(request)
+        self.check_writable()
         self._check_not_moving(request.key, request.range_end)
         pieces = self.shard_map.pieces(request.key, request.range_end)
         if len(pieces) == 1:
@@ -213,6 +220,8 @@ class Router:
 
     async def txn(self, request: TxnRequest) -> TxnResponse:
         validation.check_txn(request)
+        if any(op.WhichOneof("request") in ("request_put", "request_delete_range") for op in _txn_ops(request)):
+            self.check_writable()
         groups = set()
         for key, range_end in _txn_keys(request):
             self._check_not_moving(key, range_end)
@@ -232,6 +241,7 @@ class Router:
             return await self.write(group, ShardRequest(txn=request, unknown_leases=unknown_leases))
 
     async def compact(self, request: CompactionRequest) -> CompactionResponse:
+        self.check_writable()
         if request.revision > self.revision:
             raise errors.FutureRevision()
 

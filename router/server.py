@@ -37,6 +37,7 @@ from router.metrics import METRICS_CONTENT_TYPE, RouterMetrics, health, health_b
 from router.shard_client import WATCH_METHOD, GroupClient
 from router.watch_proxy import WatchProxy
 from tessera.api import errors
+from tessera.api.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from tessera.api.internal_pb2 import RouterRecord, ShardRequest
 from tessera.api.rpc_pb2 import (
     NONE,
@@ -107,9 +108,16 @@ class RouterServer:
                  gateway_listen: str | None = None,
                  lease_checkpoint_interval: float = CHECKPOINT_INTERVAL_SECONDS,
                  auto_compaction: tuple[str, float] | None = None,
-                 corruption_check_interval: float = corruption.CHECK_INTERVAL_SECONDS):
-        """`auto_compaction`: (mode, retention) as router.compactor.AutoCompactor takes them."""
+                 corruption_check_interval: float = corruption.CHECK_INTERVAL_SECONDS,
+                 read_only: bool = False):
+        """`auto_compaction`: (mode, retention) as router.compactor.AutoCompactor takes them.
+
+        `read_only`: a proxy beside clients, knowing only the meta group: it serves reads and
+        watches and refuses writes and leases; the cluster's tasks (lease expiry, compaction,
+        corruption checks) are the other routers'.
+        """
         self.listen = listen
+        self.read_only = read_only
         self.corruption_check_interval = corruption_check_interval
         self.lease_checkpoint_interval = lease_checkpoint_interval
         self.auto_compaction = auto_compaction
@@ -131,6 +139,7 @@ class RouterServer:
                   for group, record in state.groups.items() if group != META_GROUP}
         router = self.router = Router(state.cluster_id, router_id(self.name), state.shard_map, groups,
                                       self.meta_client)
+        router.read_only = self.read_only
         await router.sync_revision()
         router.leases = Lessor(router, self.meta, state.leases, checkpoint_interval=self.lease_checkpoint_interval)
         await self._register(state.shard_map_revision)
@@ -147,12 +156,13 @@ class RouterServer:
                                                              "/health": self._serve_health})
             await self._gateway.start(self.gateway_listen)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(router.leases.run()),
-                       loop.create_task(router.track_leaders(LEADER_CHECK_SECONDS)),
+        self._tasks = [loop.create_task(router.track_leaders(LEADER_CHECK_SECONDS)),
                        loop.create_task(self._follow_meta())]
-        self._tasks.append(loop.create_task(corruption.run(router, self.corruption_check_interval)))
-        if self.auto_compaction is not None:
-            self._tasks.append(loop.create_task(AutoCompactor(router, *self.auto_compaction).run()))
+        if not self.read_only:
+            self._tasks += [loop.create_task(router.leases.run()),
+                            loop.create_task(corruption.run(router, self.corruption_check_interval))]
+            if self.auto_compaction is not None:
+                self._tasks.append(loop.create_task(AutoCompactor(router, *self.auto_compaction).run()))
         log.info("router %s serving etcd's API on %s: %d groups, revision %d", self.name, self.listen,
                  len(groups), router.revision)
 
@@ -263,8 +273,19 @@ class RouterServer:
             "LeaseLeases": unary(LeaseLeasesRequest.FromString, lambda r: constant(router.leases.leases())),
             "LeaseKeepAlive": grpc.stream_stream_rpc_method_handler(self._keep_alive),
         }
+        if self.read_only:  # leases are kept by the routers that take writes
+            async def refuse(_request):
+                raise errors.ReadOnlyRouter()
+
+            async def refuse_stream(request_iterator, context):
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, errors.ReadOnlyRouter.message)
+                yield b""  # an async generator, as a stream handler must be
+
+            lease = {method: unary(bytes, refuse) for method in lease if method != "LeaseKeepAlive"}
+            lease["LeaseKeepAlive"] = grpc.stream_stream_rpc_method_handler(refuse_stream)
         cluster = {"MemberList": unary(MemberListRequest.FromString, self._member_list)}
         async def defragment(_request) -> DefragmentResponse:
+            router.check_writable()
             await router.defragment()
             return DefragmentResponse(header=router.header())
 
@@ -316,7 +337,17 @@ class RouterServer:
             "Resign": unary(ResignRequest.FromString, concurrency.resign),
             "Observe": grpc.unary_stream_rpc_method_handler(self._observe),
         }
+        async def health_check(request: HealthCheckRequest) -> HealthCheckResponse:
+            if request.service:
+                raise errors.Reported("NOT_FOUND", "unknown service")
+            return HealthCheckResponse(status=self._serving_status())
+
+        health_service = {
+            "Check": unary(HealthCheckRequest.FromString, health_check),
+            "Watch": grpc.unary_stream_rpc_method_handler(self._health_watch),
+        }
         services = {
+            "grpc.health.v1.Health": health_service,
             "v3lockpb.Lock": lock,
             "v3electionpb.Election": election,
             "etcdserverpb.KV": kv,
@@ -329,6 +360,25 @@ class RouterServer:
         return [grpc.method_handlers_generic_handler(service, {
             method: counted(self.metrics, service, method, handler) for method, handler in methods.items()})
             for service, methods in services.items()]
+
+    def _serving_status(self) -> int:
+        """gRPC health: serving while every group, the meta group included, has a leader."""
+        clients = [*self.router.groups.values(), self.router.meta]
+        leaderless = any(client.leaderless_since is not None for client in clients)
+        return HealthCheckResponse.NOT_SERVING if leaderless else HealthCheckResponse.SERVING
+
+    async def _health_watch(self, data: bytes, context: grpc.aio.ServicerContext):
+        """The status now, then each change of it (gRPC's Health.Watch)."""
+        if HealthCheckRequest.FromString(data).service:
+            yield HealthCheckResponse(status=HealthCheckResponse.SERVICE_UNKNOWN).SerializeToString()
+            return
+        last = None
+        while True:
+            status = self._serving_status()
+            if status != last:
+                last = status
+                yield HealthCheckResponse(status=status).SerializeToString()
+            await asyncio.sleep(LEADER_CHECK_SECONDS)
 
     async def _watch(self, request_iterator, context: grpc.aio.ServicerContext):
         metadata = dict(context.invocation_metadata() or ())
@@ -410,6 +460,7 @@ class RouterServer:
                 response.alarms.extend(alarm for alarm in status.alarms
                                        if request.alarm in (NONE, alarm.alarm))
             return response
+        router.check_writable()
         if request.alarm not in AlarmType.values():
             return response  # etcd too accepts an alarm it does not know, and does nothing
         answers = await asyncio.gather(*(router.write(group, ShardRequest(alarm=request))

@@ -188,7 +188,7 @@ def command_router(args: argparse.Namespace) -> int:
                                compaction_retention(args.auto_compaction_mode, args.auto_compaction_retention))
         run(listen=args.listen, meta_addresses=args.meta, gateway_listen=args.gateway_listen,
             lease_checkpoint_interval=args.lease_checkpoint_interval, auto_compaction=auto_compaction,
-            corruption_check_interval=args.corruption_check_interval)
+            corruption_check_interval=args.corruption_check_interval, read_only=args.read_only)
     except KeyboardInterrupt:
         pass
     return 0
@@ -313,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     router.add_argument("--gateway-listen", default=None,
                         help="HOST:PORT for etcd's HTTP/JSON gateway (/v3/...), /metrics and /health")
     add_auto_compaction_arguments(router)
+    router.add_argument("--read-only", action="store_true",
+                        help="a proxy beside clients: serve reads and watches, refuse writes and leases")
     router.add_argument("--corruption-check-interval", type=float, default=300.0,
                         help="seconds between comparisons of each group's replicas (HashKV); also at start")
     router.add_argument("--lease-checkpoint-interval", type=float, default=300.0,

@@ -182,6 +182,13 @@ class RoleNotFound(EtcdError):
     message = "etcdserver: role name not found"
 
 
+class ReadOnlyRouter(EtcdError):
+    """Tessera's own: a router started with --read-only (a proxy beside clients) takes no writes."""
+
+    code = "FAILED_PRECONDITION"
+    message = "tessera: this router is read-only; send writes to a router that is not"
+
+
 class KeysMoving(EtcdError):
     """Tessera's own: the keys are changing shard groups; the write may be retried at once."""
 

@@ -8,9 +8,12 @@ import json
 import urllib.request
 
 import grpc
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from etcd_client import EtcdClient
+from tessera.api import health_pb2_grpc
+from tessera.api.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from tessera.api.rpc_pb2 import PutRequest
 
 
@@ -78,3 +81,17 @@ def test_every_process_logs_json_lines_that_say_where_they_come_from(tessera_clu
         for line in lines:
             record = json.loads(line)  # a traceback would be inside "error", never a line of its own
             assert {"ts", "level", "caller", "msg"} <= set(record) and fields.items() <= record.items(), line
+
+
+def test_the_grpc_health_service_answers_serving(tessera_cluster):
+    async def scenario():
+        async with grpc.aio.insecure_channel(tessera_cluster.endpoint) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            assert (await health.Check(HealthCheckRequest())).status == HealthCheckResponse.SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as unknown:
+                await health.Check(HealthCheckRequest(service="no.such.Service"))
+            assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+            watch = health.Watch(HealthCheckRequest())
+            assert (await watch.read()).status == HealthCheckResponse.SERVING
+            watch.cancel()
+    asyncio.run(scenario())
