@@ -1,6 +1,7 @@
-"""Operator commands on the shard map: list it with each group's state, assign an empty prefix.
+"""Operator commands: the shard map (list it, assign an empty prefix), every replica's status,
+leadership transfer.
 
-Both talk to the meta group and the data groups over the internal API, as a
+They talk to the meta group and the data groups over the internal API, as a
 router does. An assignment completes only once every router routes by it.
 """
 
@@ -10,11 +11,11 @@ import asyncio
 from dataclasses import dataclass
 
 from router.meta import META_GROUP, MetaClient
-from router.shard_client import GroupClient
+from router.shard_client import GroupClient, ReplicaUnreachable
 from router.shard_map import ShardMap, ShardMapError, prefix_end
 from tessera.api import errors
-from tessera.api.internal_pb2 import ShardRequest
-from tessera.api.rpc_pb2 import RangeRequest, RequestOp, TxnRequest
+from tessera.api.internal_pb2 import ShardRequest, StatusResponse
+from tessera.api.rpc_pb2 import MoveLeaderRequest, RangeRequest, RequestOp, TxnRequest
 
 STATUS_TIMEOUT_SECONDS = 2.0
 ROUTERS_TIMEOUT_SECONDS = 10.0
@@ -126,3 +127,40 @@ async def _count_in_log_order(client: GroupClient, key: bytes, range_end: bytes)
     answer = await client.call(ShardRequest(txn=TxnRequest(success=[RequestOp(request_range=RangeRequest(
         key=key, range_end=range_end, count_only=True))])), write=True)
     return answer.txn.responses[0].response_range.count
+
+
+async def replica_statuses(meta_members: dict[int, str]) -> list[tuple[int, int, StatusResponse | str]]:
+    """(group, member, its status or why it did not answer) for every replica, the meta group's too."""
+    meta = MetaClient(GroupClient(META_GROUP, meta_members))
+    clients = {}
+    try:
+        state = await meta.load()
+        clients = {group: GroupClient(group, {m.id: m.api_address for m in record.members})
+                   for group, record in state.groups.items()}
+
+        async def one(group: int, member: int):
+            try:
+                answer = await clients[group].connection(member).request(ShardRequest(status={}),
+                                                                         STATUS_TIMEOUT_SECONDS)
+                return group, member, answer.status
+            except ReplicaUnreachable as unreachable:
+                return group, member, f"unreachable ({unreachable})"
+
+        return list(await asyncio.gather(*(one(group, member) for group, client in sorted(clients.items())
+                                           for member in client.member_ids)))
+    finally:
+        await asyncio.gather(meta.client.close(), *(client.close() for client in clients.values()))
+
+
+async def transfer_leadership(meta_members: dict[int, str], group: int, member: int) -> None:
+    """Hand a group's leadership to one of its voters (etcd's MoveLeader, for one group)."""
+    meta = MetaClient(GroupClient(META_GROUP, meta_members))
+    client = None
+    try:
+        state = await meta.load()
+        if group not in state.groups:
+            raise ShardMapError(f"there is no group {group}")
+        client = GroupClient(group, {m.id: m.api_address for m in state.groups[group].members})
+        await client.call(ShardRequest(move_leader=MoveLeaderRequest(targetID=member)), write=True)
+    finally:
+        await asyncio.gather(meta.client.close(), *([client.close()] if client else []))

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import tessera
 from tessera import logs
+from tessera.api.errors import EtcdError
+from tessera.api.rpc_pb2 import AlarmType
 from native import codec, crc, walframe
 from shards.replica import MemberAddresses, ReplicaConfig, ReplicaStateError, run_until_stopped
 from shards.wal import WalCorruptionError
@@ -194,6 +196,14 @@ def command_router(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """How an operator command finds the cluster: the data dir of `tessera up`, or the meta group."""
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                        help="the data dir of `tessera up` (default ./%(default)s)")
+    parser.add_argument("--meta", type=parse_meta, default=None,
+                        help="instead of --data-dir: the meta group's replicas, ID=API_ADDRESS,...")
+
+
 def add_auto_compaction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--auto-compaction-mode", choices=["periodic", "revision"], default=None,
                         help="compact every group by itself, as etcd's option of the same name")
@@ -218,7 +228,7 @@ def meta_members(args: argparse.Namespace) -> dict[int, str]:
         return args.meta
     layout_path = Path(args.data_dir) / LAYOUT_FILE
     if not layout_path.exists():
-        raise SystemExit(f"tessera shards: no cluster in {args.data_dir} (give --data-dir or --meta)")
+        raise SystemExit(f"tessera: no cluster in {args.data_dir} (give --data-dir or --meta)")
     return {member: api for member, (_, api) in Layout.load(layout_path).groups[META_GROUP].items()}
 
 
@@ -245,6 +255,49 @@ def _show_range(start: bytes, end: bytes) -> str:
     if end == prefix_end(start):
         return start.decode(errors="backslashreplace")
     return f"[{start!r}, {end!r})"
+
+
+def command_status(args: argparse.Namespace) -> int:
+    """Every replica: role, term, indexes, revision, db size, and how far it trails its leader."""
+    from router import admin
+
+    rows = asyncio.run(admin.replica_statuses(meta_members(args)))
+    leaders_commit = {group: status.commit_index for group, member, status in rows
+                      if not isinstance(status, str) and status.leader_id == member}
+    print(f"{'GROUP':<6}{'MEMBER':<7}{'ROLE':<9}{'TERM':>5}{'COMMIT':>9}{'APPLIED':>9}{'LAG':>6}"
+          f"{'REVISION':>10}{'DB SIZE':>10}{'IN USE':>10}  ALARMS")
+    for group, member, status in rows:
+        if isinstance(status, str):
+            print(f"{group:<6}{member:<7}{status}")
+            continue
+        role = "leader" if status.leader_id == member else "follower" if status.leader_id else "no leader"
+        lag = leaders_commit.get(group, status.commit_index) - status.applied_index
+        alarms = ", ".join(AlarmType.Name(alarm.alarm) for alarm in status.alarms) or "-"
+        print(f"{group:<6}{member:<7}{role:<9}{status.term:>5}{status.commit_index:>9}{status.applied_index:>9}"
+              f"{max(lag, 0):>6}{status.revision:>10}{_size(status.db_size):>10}{_size(status.db_size_in_use):>10}"
+              f"  {alarms}")
+    return 0
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return ""
+
+
+def command_leader_transfer(args: argparse.Namespace) -> int:
+    from router import admin
+    from router.shard_map import ShardMapError
+
+    try:
+        asyncio.run(admin.transfer_leadership(meta_members(args), args.group, args.member))
+    except (ShardMapError, EtcdError) as failure:
+        print(f"tessera leader transfer: {getattr(failure, 'message', failure)}", file=sys.stderr)
+        return 1
+    print(f"group {args.group}: member {args.member} leads")
+    return 0
 
 
 def command_shards_assign(args: argparse.Namespace) -> int:
@@ -322,6 +375,16 @@ def main(argv: list[str] | None = None) -> int:
     router.add_argument("--parent-pid", type=int, default=None,
                         help="stop when this process is gone (the launcher's routers stop themselves)")
     router.set_defaults(run=command_router)
+    status = commands.add_parser("status", help="every replica of every group: role, indexes, lag, size")
+    add_cluster_arguments(status)
+    status.set_defaults(run=command_status)
+    leader = commands.add_parser("leader", help="leadership of a group")
+    leader_commands = leader.add_subparsers(dest="leader_command", required=True)
+    transfer = leader_commands.add_parser("transfer", help="hand a group's leadership to one of its members")
+    transfer.add_argument("group", type=int)
+    transfer.add_argument("member", type=int)
+    add_cluster_arguments(transfer)
+    transfer.set_defaults(run=command_leader_transfer)
     shards = commands.add_parser("shards", help="the shard map: list it, assign an empty prefix to a group")
     shard_commands = shards.add_subparsers(dest="shards_command", required=True)
     for name, help_text, run in (
@@ -332,10 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "assign":
             command.add_argument("prefix", help="the key prefix, e.g. /registry/leases/")
             command.add_argument("group", type=int, help="the data group that will own it")
-        command.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
-                             help="the data dir of `tessera up` (default ./%(default)s)")
-        command.add_argument("--meta", type=parse_meta, default=None,
-                             help="instead of --data-dir: the meta group's replicas, ID=API_ADDRESS,...")
+        add_cluster_arguments(command)
         command.set_defaults(run=run)
     args = parser.parse_args(argv)
     return args.run(args)
