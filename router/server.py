@@ -25,6 +25,7 @@ from router.core import MAX_REQUEST_BYTES, Router
 from router.gateway import Gateway
 from router.leases import CHECKPOINT_INTERVAL_SECONDS, Lessor
 from router.meta import (
+    LEASES_PREFIX,
     META_GROUP,
     SYSTEM_PREFIX,
     MetaClient,
@@ -196,7 +197,7 @@ class RouterServer:
                 key=start, range_end=end, start_revision=self.state.revision + 1))]))
             try:
                 async for response in call:
-                    if any(not event.kv.key.startswith(b"tessera/leases/") for event in response.events):
+                    if any(not event.kv.key.startswith(LEASES_PREFIX) for event in response.events):
                         await self._apply_meta(await self.meta.load())
             except grpc.aio.AioRpcError:
                 pass
@@ -267,9 +268,9 @@ class RouterServer:
             "Compact": unary(CompactionRequest.FromString, router.compact),
         }
         lease = {
-            "LeaseGrant": unary(LeaseGrantRequest.FromString, lambda r: router.leases.grant(r)),
+            "LeaseGrant": unary(LeaseGrantRequest.FromString, router.leases.grant),
             "LeaseRevoke": unary(LeaseRevokeRequest.FromString, lambda r: router.leases.revoke(r.ID)),
-            "LeaseTimeToLive": unary(LeaseTimeToLiveRequest.FromString, lambda r: router.leases.time_to_live(r)),
+            "LeaseTimeToLive": unary(LeaseTimeToLiveRequest.FromString, router.leases.time_to_live),
             "LeaseLeases": unary(LeaseLeasesRequest.FromString, lambda r: constant(router.leases.leases())),
             "LeaseKeepAlive": grpc.stream_stream_rpc_method_handler(self._keep_alive),
         }
@@ -284,6 +285,7 @@ class RouterServer:
             lease = {method: unary(bytes, refuse) for method in lease if method != "LeaseKeepAlive"}
             lease["LeaseKeepAlive"] = grpc.stream_stream_rpc_method_handler(refuse_stream)
         cluster = {"MemberList": unary(MemberListRequest.FromString, self._member_list)}
+
         async def defragment(_request) -> DefragmentResponse:
             router.check_writable()
             await router.defragment()
