@@ -26,6 +26,7 @@ from native import crc
 from router.shard_client import REQUEST_TIMEOUT_SECONDS, GroupClient, ReplicaUnreachable
 from router.shard_map import ShardMap
 from tessera.api import errors, validation
+from tessera.api.ordering import effective_sort, sort_results
 from tessera.api.internal_pb2 import ShardRequest, StatusResponse as GroupStatus
 from tessera.api.rpc_pb2 import (
     CompactionRequest,
@@ -276,7 +277,7 @@ class Router:
             return await self.read(pieces[0].group, request)
         at = request.revision if request.revision > 0 else self.revision  # etcd: <= 0 is the latest
         # Merging by value needs the values, even for a keys-only answer (etcd sorts, then drops them).
-        order, target = _effective_sort(request)
+        order, target = effective_sort(request)
         need_values = request.keys_only and order != RangeRequest.NONE and target == RangeRequest.VALUE
         answers = await asyncio.gather(*(self.read(piece.group, _piece_of(request, piece, at, need_values))
                                          for piece in pieces))
@@ -310,9 +311,7 @@ class Router:
         if request.count_only:
             return merged
         kvs = [kv for answer in answers for kv in answer.kvs]  # pieces in key order: kvs by key
-        order, target = _effective_sort(request)
-        if order != RangeRequest.NONE:
-            kvs.sort(key=_SORT_KEYS[target], reverse=order == RangeRequest.DESCEND)
+        sort_results(kvs, request)
         limit = request.limit
         merged.more = any(answer.more for answer in answers) or (0 < limit < len(kvs))
         merged.kvs.extend(kvs[:limit] if limit > 0 else kvs)
@@ -396,25 +395,6 @@ def _piece_of(request: RangeRequest, piece, at: int, with_values: bool) -> Range
     if with_values:
         sub.keys_only = False
     return sub
-
-
-def _effective_sort(request: RangeRequest) -> tuple[int, int]:
-    """etcd's rule: a non-key target with no order sorts ascending; key ascending is the store's order."""
-    order, target = request.sort_order, request.sort_target
-    if target != RangeRequest.KEY and order == RangeRequest.NONE:
-        order = RangeRequest.ASCEND
-    elif target == RangeRequest.KEY and order == RangeRequest.ASCEND:
-        order = RangeRequest.NONE
-    return order, target
-
-
-_SORT_KEYS = {
-    RangeRequest.KEY: lambda kv: kv.key,
-    RangeRequest.VERSION: lambda kv: kv.version,
-    RangeRequest.CREATE: lambda kv: kv.create_revision,
-    RangeRequest.MOD: lambda kv: kv.mod_revision,
-    RangeRequest.VALUE: lambda kv: kv.value,
-}
 
 
 def _txn_ops(request: TxnRequest) -> Iterable[RequestOp]:

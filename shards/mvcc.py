@@ -53,6 +53,7 @@ from native import codec, crc
 from native.keyindex import KeyIndex
 from shards.durable import fsync_directory
 from tessera.api import errors
+from tessera.api.ordering import effective_sort, sort_results
 from tessera.api.validation import key_in_range
 from tessera.api.kv_pb2 import Event, KeyValue
 from tessera.api.rpc_pb2 import (
@@ -267,17 +268,12 @@ class MvccStore:
             request.min_mod_revision or request.max_mod_revision
             or request.min_create_revision or request.max_create_revision
         )
-        sort_order = request.sort_order
-        if request.sort_target != RangeRequest.KEY and sort_order == RangeRequest.NONE:
-            sort_order = RangeRequest.ASCEND  # etcd sorts by any target but the key
-        elif request.sort_target == RangeRequest.KEY and sort_order == RangeRequest.ASCEND:
-            sort_order = RangeRequest.NONE  # the index already gives key order
+        sort_order, _ = effective_sort(request)
         if filtered or sort_order != RangeRequest.NONE:
             kvs = [self._record(txn, revision) for _, revision in found]
             if filtered:
                 kvs = [kv for kv in kvs if _passes_filters(kv, request)]
-            if sort_order != RangeRequest.NONE:
-                kvs.sort(key=_SORT_KEYS[request.sort_target], reverse=sort_order == RangeRequest.DESCEND)
+            sort_results(kvs, request)
             if 0 < request.limit < len(kvs):
                 kvs = kvs[: request.limit]
                 response.more = True
@@ -597,13 +593,6 @@ def _passes_filters(kv: KeyValue, request: RangeRequest) -> bool:
     )
 
 
-_SORT_KEYS = {
-    RangeRequest.KEY: lambda kv: kv.key,
-    RangeRequest.VERSION: lambda kv: kv.version,
-    RangeRequest.CREATE: lambda kv: kv.create_revision,
-    RangeRequest.MOD: lambda kv: kv.mod_revision,
-    RangeRequest.VALUE: lambda kv: kv.value,
-}
 
 
 class _Change:
