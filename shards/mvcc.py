@@ -44,6 +44,7 @@ import os
 import shutil
 import struct
 import tempfile
+import time
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -133,6 +134,7 @@ class ChangeEvent(NamedTuple):
 class ApplyResult(NamedTuple):
     responses: list  # per proposal: None if already applied, else a response or EtcdError per request
     events: list[ChangeEvent]
+    commit_seconds: float  # the LMDB commit alone (etcd's backend commit duration)
 
 
 # Positions in a record tuple from native.codec.decode_key_value.
@@ -362,7 +364,8 @@ class MvccStore:
     def _apply_batch(self, proposals: Sequence[Proposal]) -> ApplyResult:
         events: list[ChangeEvent] = []
         responses: list = []
-        with self._env.begin(write=True) as txn:
+        txn = self._env.begin(write=True)
+        try:
             for proposal in proposals:
                 if proposal.index <= self.applied_index:
                     responses.append(None)
@@ -374,7 +377,12 @@ class MvccStore:
                 self.applied_index = proposal.index
             txn.put(_META_APPLIED_INDEX, _u64(self.applied_index), db=self._meta)
             txn.put(_META_REVISION, _u64(self.revision), db=self._meta)
-        return ApplyResult(responses, events)
+        except BaseException:
+            txn.abort()
+            raise
+        started = time.perf_counter()
+        txn.commit()
+        return ApplyResult(responses, events, time.perf_counter() - started)
 
     def _apply_request(self, txn, request, floor: int, events: list[ChangeEvent], unknown_leases=frozenset()):
         change = _Change(self, txn, floor, events, unknown_leases)

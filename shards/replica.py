@@ -456,7 +456,7 @@ class Replica:
             proposals.append(Proposal(entry.index, request.floor, (store_request,), frozenset(request.unknown_leases)))
         started = time.perf_counter()
         result = self.store.apply(proposals)
-        self.metrics.observe_apply(time.perf_counter() - started)
+        self.metrics.observe_apply(time.perf_counter() - started, result.commit_seconds)
         if result.events:
             self.metrics.count_changes(result.events)
             self.watch_hub.publish(result.events)
