@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -18,7 +17,6 @@ from tessera.api import errors
 from tessera.api.internal_pb2 import ShardRequest
 from tessera.api.rpc_pb2 import AlarmType, RangeRequest
 
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HEALTH_READ_TIMEOUT_SECONDS = 5.0
 
 
@@ -79,9 +77,3 @@ async def health(router, excluded_alarms: set[str]) -> tuple[bool, str]:
         if isinstance(outcome, errors.EtcdError):
             return False, f"RANGE ERROR:{outcome.message}"
     return True, ""
-
-
-def health_body(healthy: bool, reason: str) -> bytes:
-    """etcd's body: compact JSON, a newline only after an unhealthy verdict."""
-    body = json.dumps({"health": "true" if healthy else "false", "reason": reason}, separators=(",", ":"))
-    return body.encode() + (b"" if healthy else b"\n")

@@ -34,11 +34,12 @@ from router.meta import (
     router_key,
     wait_until_bootstrapped,
 )
-from router.metrics import METRICS_CONTENT_TYPE, RouterMetrics, health, health_body
+from router.metrics import RouterMetrics, health
 from router.shard_client import WATCH_METHOD, GroupClient
 from router.watch_proxy import WatchProxy
 from tessera.api import errors
 from tessera.api.health_pb2 import HealthCheckRequest, HealthCheckResponse
+from tessera.api.http_answers import METRICS_CONTENT_TYPE, health_answer
 from tessera.api.internal_pb2 import RouterRecord, ShardRequest
 from tessera.api.rpc_pb2 import (
     NONE,
@@ -413,8 +414,8 @@ class RouterServer:
         """etcd's /health, for the whole cluster behind this router."""
         excluded = set(request.query.getall("exclude", []))
         healthy, reason = await health(self.router, excluded)
-        return web.Response(status=200 if healthy else 503, body=health_body(healthy, reason),
-                            headers={"Content-Type": "text/plain; charset=utf-8"})
+        status, headers, body = health_answer(healthy, reason)
+        return web.Response(status=status, body=body, headers=headers)
 
     async def _observe(self, data: bytes, context: grpc.aio.ServicerContext):
         try:

@@ -81,17 +81,23 @@ class ShardConnection:
         """Send one request (under an id of this stream's) and wait for its answer."""
         if self._reader is None or self._reader.done():
             self._open()
+        loop = asyncio.get_running_loop()
         request_id = next(self._ids)
-        waiting = _Waiting(asyncio.get_running_loop().create_future())
+        waiting = _Waiting(loop.create_future())
         self._waiting[request_id] = waiting
         self._outbox.append((request_id, request))
         self._outbox_ready.set()
+        # A timer on the answer's future, not wait_for: no task per request on this hot path.
+        timer = loop.call_later(timeout, self._give_up, waiting.future)
         try:
-            return await asyncio.wait_for(asyncio.shield(waiting.future), timeout)
-        except asyncio.TimeoutError:
-            raise ReplicaUnreachable(self.address, True, "no answer in time") from None
+            return await waiting.future
         finally:
+            timer.cancel()
             self._waiting.pop(request_id, None)
+
+    def _give_up(self, future: asyncio.Future) -> None:
+        if not future.done():
+            future.set_exception(ReplicaUnreachable(self.address, True, "no answer in time"))
 
     def _open(self) -> None:
         self._stream_number += 1

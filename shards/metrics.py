@@ -16,23 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import json
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from shards.mvcc import ChangeEvent
+from tessera.api.http_answers import METRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, health_answer
 from tessera.api.kv_pb2 import Event
 
 # etcd's buckets for its disk histograms: 1 ms to 8.192 s, doubling.
 DISK_BUCKETS = tuple(round(0.001 * 2**k, 3) for k in range(14))
 SLOW_APPLY_SECONDS = 0.1  # etcd's warnApplyDuration
-# What etcd's Prometheus client declares; our output is that format (ASCII names only).
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REQUEST_HEAD_TIMEOUT_SECONDS = 5.0
 REQUEST_HEAD_BYTES_MAX = 16 * 1024
 LABELS = ["group", "member"]
@@ -220,18 +219,13 @@ class MetricsServer:
     async def _answer(self, method: str, target: str) -> tuple[str, list[str], bytes]:
         url = urlsplit(target)
         if url.path not in ("/metrics", "/health"):
-            return "404 Not Found", ["Content-Type: text/plain; charset=utf-8"], b"404 page not found\n"
+            return "404 Not Found", [f"Content-Type: {TEXT_CONTENT_TYPE}"], b"404 page not found\n"
         if method not in ("GET", "HEAD"):
-            return "405 Method Not Allowed", ["Allow: GET, HEAD", "Content-Type: text/plain; charset=utf-8"], b""
+            return "405 Method Not Allowed", ["Allow: GET, HEAD", f"Content-Type: {TEXT_CONTENT_TYPE}"], b""
         if url.path == "/metrics":
             return "200 OK", [f"Content-Type: {METRICS_CONTENT_TYPE}"], self.metrics.exposition()
         query = parse_qs(url.query)
         healthy, reason = await self.health(query.get("serializable") == ["true"],
                                             {name for name in query.get("exclude", []) if name})
-        body = json.dumps({"health": "true" if healthy else "false", "reason": reason},
-                          separators=(",", ":")).encode()
-        if healthy:
-            return "200 OK", ["Content-Type: text/plain; charset=utf-8"], body
-        # As etcd, whose failure answer goes through Go's http.Error: a newline, and nosniff.
-        return ("503 Service Unavailable",
-                ["Content-Type: text/plain; charset=utf-8", "X-Content-Type-Options: nosniff"], body + b"\n")
+        status, headers, body = health_answer(healthy, reason)
+        return f"{status} {HTTPStatus(status).phrase}", [f"{name}: {value}" for name, value in headers.items()], body

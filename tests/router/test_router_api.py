@@ -7,7 +7,6 @@ everything else -> group 1. Each test works under a key space of its own.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import subprocess
 import sys
 
@@ -27,16 +26,6 @@ from tessera.api.rpc_pb2 import (
     StatusRequest,
     TxnRequest,
 )
-
-_spaces = itertools.count()
-
-
-@pytest.fixture
-def space():
-    """Key prefixes of this test in each group: (group 1, group 2, group 3)."""
-    name = f"t{next(_spaces)}-{id(object()):x}"
-    return (f"/top/{name}/".encode(), f"/registry/pods/{name}/".encode(), f"/registry/events/{name}/".encode())
-
 
 def run(coroutine):
     return asyncio.run(coroutine)

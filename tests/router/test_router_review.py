@@ -12,7 +12,6 @@ Three kinds of tests:
 from __future__ import annotations
 
 import asyncio
-import itertools
 import subprocess
 import sys
 
@@ -37,16 +36,6 @@ from tessera.api.rpc_pb2 import (
     WatchRequest,
     WatchResponse,
 )
-
-_spaces = itertools.count()
-
-
-@pytest.fixture
-def space():
-    """Key prefixes of this test in each group: (group 1, group 2, group 3)."""
-    name = f"review{next(_spaces)}-{id(object()):x}"
-    return (f"/top/{name}/".encode(), f"/registry/pods/{name}/".encode(), f"/registry/events/{name}/".encode())
-
 
 async def put(client, key: bytes, value: bytes = b"v", **fields) -> int:
     return (await client.kv.Put(PutRequest(key=key, value=value, **fields), timeout=10)).header.revision
