@@ -183,7 +183,7 @@ class Router:
         self.check_writable()
         self._check_not_moving(request.key)
         if request.lease:
-            self.leases.check(request.lease)
+            await self.leases.check(request.lease)
         return await self.write(self.shard_map.group_of(request.key), ShardRequest(put=request))
 
     async def delete_range(self, request: DeleteRangeRequest) -> DeleteRangeResponse:
@@ -230,7 +230,7 @@ class Router:
         if len(groups) > 1:
             raise errors.TxnSpansGroups(groups)
         group = groups.pop() if groups else self.shard_map.default_group
-        unknown_leases = sorted({lease for lease in _txn_leases(request) if not self.leases.known(lease)})
+        unknown_leases = sorted({lease for lease in _txn_leases(request) if not await self.leases.is_live(lease)})
         try:
             return await self.write(group, ShardRequest(txn=request, unknown_leases=unknown_leases))
         except errors.FutureRevision:

@@ -1,22 +1,27 @@
-"""Leases: granted in the meta group, kept alive and expired by the router, revoked in every group.
+"""Leases, the router's side: records in the meta group, deadlines on its leader, keys in every group.
 
-A grant writes a LeaseRecord into the meta group. Deadlines live in the
-router's memory, as they live in an etcd leader's: keep-alives renew them
-without a write. Every checkpoint interval the router records each lease's
-remaining TTL in its record (etcd's lease checkpointing), and a router that
-starts resumes from there: a restart neither expires a lease early nor
-gives it a whole new TTL.
+ARCHITECTURE decision 5. The meta group owns leases: a grant creates a
+LeaseRecord there, and the meta group's leader keeps every lease's deadline,
+renews it on keep-alives, answers time-to-live and list, and marks leases that
+expire as revoked (shards/leases.py). Any number of routers may serve leases
+at once: none of them holds a deadline.
 
-A revoke, asked for or by expiry (ARCHITECTURE decision 5): the lease leaves
-the router's table, so puts with it fail here at once; its record is marked
-revoked in the meta group; every data group deletes the keys attached to it
-and keeps a tombstone, so a put already on its way fails there with
-"requested lease not found"; then the record goes. A revoke cut short is
-finished by the next router to load the record, so no key outlives its
-lease.
+What a router does:
+- grant: create the record (the id chosen here if the client chose none);
+- keep-alive, time-to-live, list: ask the meta leader (time-to-live with keys
+  gathers them from every group);
+- revoke, asked for: mark the record revoked, then finish it;
+- finish a revoke, its own or one it sees in the meta group's records (an
+  expiry, or a router that stopped half way): every data group deletes the
+  lease's keys and keeps a tombstone, so a put already on its way fails there
+  with "requested lease not found"; then the record goes. Finishing twice
+  is harmless, so every router that sees a mark finishes it, and no key
+  outlives its lease while one router runs.
 
-This serves one router. Several routers will need one owner of expiry (the
-cross-group lease design of the next issue).
+Each router keeps the ids of live leases from the records it follows, to
+refuse a put with an unknown lease at once; a lease it has not heard of yet
+(granted through another router a moment ago) is looked up before a put is
+refused.
 """
 
 from __future__ import annotations
@@ -25,18 +30,19 @@ import asyncio
 import logging
 import math
 import secrets
-import time
 
-from router.meta import MetaClient, lease_key
+from router.meta import MetaClient
 from tessera.api import errors
 from tessera.api.internal_pb2 import LeaseRecord, ShardRequest
+from tessera.api.kv_pb2 import Event
+from tessera.api.meta_keys import lease_id_of, lease_key
 from tessera.api.rpc_pb2 import (
     LeaseGrantRequest,
     LeaseGrantResponse,
     LeaseKeepAliveResponse,
+    LeaseLeasesRequest,
     LeaseLeasesResponse,
     LeaseRevokeResponse,
-    LeaseStatus,
     LeaseTimeToLiveRequest,
     LeaseTimeToLiveResponse,
 )
@@ -44,9 +50,6 @@ from tessera.api.rpc_pb2 import (
 log = logging.getLogger("tessera.router")
 
 MAX_LEASE_TTL_SECONDS = 9_000_000_000  # etcd's MaxLeaseTTL
-EXPIRY_CHECK_SECONDS = 0.25
-CHECKPOINT_INTERVAL_SECONDS = 300.0  # etcd's lease checkpoint interval (5 minutes)
-CHECKPOINT_BATCH = 64  # records per meta transaction (two operations each, under etcd's 128)
 RETRY_REVOKE_SECONDS = 1.0
 
 
@@ -57,27 +60,53 @@ def minimum_ttl_seconds(election_timeout_ms: int = 1000) -> int:
 
 class Lessor:
     def __init__(self, router, meta: MetaClient, records: dict[int, LeaseRecord],
-                 clock=time.monotonic, minimum_ttl: int = minimum_ttl_seconds(),
-                 checkpoint_interval: float = CHECKPOINT_INTERVAL_SECONDS):
+                 minimum_ttl: int = minimum_ttl_seconds()):
         self.router = router
         self.meta = meta
-        self.clock = clock
         self.minimum_ttl = minimum_ttl
-        self.checkpoint_interval = checkpoint_interval
-        now = clock()
-        live = [record for record in records.values() if not record.revoked]
-        self._ttl = {record.id: record.ttl for record in live}
-        self._deadline = {record.id: now + (record.remaining_ttl or record.ttl) for record in live}
+        self._live: set[int] = set()
+        self._unfinished: set[int] = set()  # marked revoked, keys maybe not yet deleted everywhere
+        self._finish_now = asyncio.Event()
+        self.reload(records)
+
+    def reload(self, records: dict[int, LeaseRecord]) -> None:
+        """Start over from the meta group's records (at start, and after the watch on them broke)."""
+        self._live = {lease for lease, record in records.items() if not record.revoked}
         self._unfinished = {lease for lease, record in records.items() if record.revoked}
-        # A checkpoint and a revoke never write a lease's record at the same time: a checkpoint
-        # must not bring back a record a revoke just marked.
-        self._records_lock = asyncio.Lock()
+        if self._unfinished:
+            self._finish_now.set()
+
+    def observe(self, event) -> None:
+        """A change to a lease record, from the router's watch on the meta group."""
+        if event.type == Event.DELETE:
+            lease_id = lease_id_of(event.kv.key)
+            self._live.discard(lease_id)
+            self._unfinished.discard(lease_id)
+            return
+        record = LeaseRecord.FromString(event.kv.value)
+        if record.revoked:
+            self._live.discard(record.id)
+            self._unfinished.add(record.id)
+            self._finish_now.set()
+        else:
+            self._live.add(record.id)
 
     def known(self, lease_id: int) -> bool:
-        return lease_id in self._ttl
+        """Whether the lease is live as far as this router has heard (a fast, local answer)."""
+        return lease_id in self._live
 
-    def check(self, lease_id: int) -> None:
-        if lease_id not in self._ttl:
+    async def is_live(self, lease_id: int) -> bool:
+        """Whether the lease is live, asking the meta group if this router has not heard of it."""
+        if lease_id in self._live:
+            return True
+        kv = await self.meta.get(lease_key(lease_id))
+        if kv is None or LeaseRecord.FromString(kv.value).revoked:
+            return False
+        self._live.add(lease_id)
+        return True
+
+    async def check(self, lease_id: int) -> None:
+        if not await self.is_live(lease_id):
             raise errors.LeaseNotFound()
 
     async def grant(self, request: LeaseGrantRequest) -> LeaseGrantResponse:
@@ -85,61 +114,50 @@ class Lessor:
             raise errors.LeaseTTLTooLarge()
         ttl = max(request.TTL, self.minimum_ttl)
         lease_id = request.ID
-        while not lease_id:
-            lease_id = secrets.randbits(63)
-            if lease_id in self._ttl or lease_id in self._unfinished:
-                lease_id = 0
-        if lease_id in self._ttl or lease_id in self._unfinished:
-            raise errors.LeaseExist()
-        try:
-            if not await self.meta.create(lease_key(lease_id), LeaseRecord(id=lease_id, ttl=ttl)):
+        while True:
+            chosen = lease_id or secrets.randbits(63) or 1
+            if await self.meta.create(lease_key(chosen), LeaseRecord(id=chosen, ttl=ttl)):
+                break
+            if lease_id:  # the client's id is taken; an id of ours is drawn again
                 raise errors.LeaseExist()
-        except (errors.RequestTimeout, errors.LeaderChanged):
-            # The record may exist: keep a deadline for it, so that it expires and is revoked.
-            self._track(lease_id, ttl)
-            raise
-        self._track(lease_id, ttl)
-        return LeaseGrantResponse(header=self.router.header(), ID=lease_id, TTL=ttl)
+        self._live.add(chosen)
+        return LeaseGrantResponse(header=self.router.header(), ID=chosen, TTL=ttl)
 
-    def _track(self, lease_id: int, ttl: int) -> None:
-        self._ttl[lease_id] = ttl
-        self._deadline[lease_id] = self.clock() + ttl
+    async def _ask_meta_leader(self, request: ShardRequest):
+        response = await self.meta.client.call(request, write=False)
+        answer = getattr(response, response.WhichOneof("response"))
+        answer.header.CopyFrom(self.router.header())
+        return answer
 
-    def keep_alive(self, lease_id: int) -> LeaseKeepAliveResponse:
-        response = LeaseKeepAliveResponse(header=self.router.header(), ID=lease_id)
-        ttl = self._ttl.get(lease_id)
-        if ttl is not None:
-            self._track(lease_id, ttl)
-            response.TTL = ttl
-        return response
+    async def keep_alive(self, lease_id: int) -> LeaseKeepAliveResponse:
+        return await self._ask_meta_leader(ShardRequest(lease_keep_alive=lease_id))
 
     async def time_to_live(self, request: LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse:
-        response = LeaseTimeToLiveResponse(header=self.router.header(), ID=request.ID)
-        ttl = self._ttl.get(request.ID)
-        if ttl is None:
-            response.TTL = -1
-            return response
-        response.TTL = max(0, int(self._deadline[request.ID] - self.clock()))
-        response.grantedTTL = ttl
-        if request.keys:
+        response = await self._ask_meta_leader(ShardRequest(lease_time_to_live=request.ID))
+        if request.keys and response.TTL != -1:
             answers = await asyncio.gather(*(
                 self.router.groups[group].call(ShardRequest(lease_keys=request.ID), write=False)
                 for group in sorted(self.router.groups)))
             response.keys.extend(sorted(key for answer in answers for key in answer.lease_keys.keys))
         return response
 
-    def leases(self) -> LeaseLeasesResponse:
-        return LeaseLeasesResponse(header=self.router.header(),
-                                   leases=[LeaseStatus(ID=lease) for lease in sorted(self._ttl)])
+    async def leases(self) -> LeaseLeasesResponse:
+        return await self._ask_meta_leader(ShardRequest(lease_leases=LeaseLeasesRequest()))
 
     async def revoke(self, lease_id: int) -> LeaseRevokeResponse:
-        ttl = self._ttl.pop(lease_id, None)
-        if ttl is None:
-            raise errors.LeaseNotFound()
-        self._deadline.pop(lease_id, None)
+        key = lease_key(lease_id)
+        while True:
+            kv = await self.meta.get(key)
+            if kv is None or LeaseRecord.FromString(kv.value).revoked:
+                self._live.discard(lease_id)
+                raise errors.LeaseNotFound()
+            record = LeaseRecord.FromString(kv.value)
+            record.revoked = True
+            # Unless a checkpoint or an expiry changed the record meanwhile: then look again.
+            if await self.meta.compare_and_put(key, record, kv.mod_revision):
+                break
+        self._live.discard(lease_id)
         self._unfinished.add(lease_id)
-        async with self._records_lock:
-            await self.meta.put(lease_key(lease_id), LeaseRecord(id=lease_id, ttl=ttl, revoked=True))
         await self._finish_revoke(lease_id)
         return LeaseRevokeResponse(header=self.router.header())
 
@@ -150,39 +168,18 @@ class Lessor:
         await self.meta.delete(lease_key(lease_id))
         self._unfinished.discard(lease_id)
 
-    async def checkpoint(self) -> None:
-        """Record every lease's remaining TTL in its meta record (only records that still exist)."""
-        async with self._records_lock:
-            now = self.clock()
-            records = [LeaseRecord(id=lease, ttl=ttl, remaining_ttl=max(1, math.ceil(self._deadline[lease] - now)))
-                       for lease, ttl in self._ttl.items()]
-            for start in range(0, len(records), CHECKPOINT_BATCH):
-                await self.meta.update_existing([(lease_key(record.id), record)
-                                                 for record in records[start:start + CHECKPOINT_BATCH]])
-
     async def run(self) -> None:
-        """Revoke leases whose deadline passed; finish revokes that were cut short; checkpoint."""
-        last_retry = 0.0
-        last_checkpoint = self.clock()
+        """Finish the revokes seen in the meta group's records, and retry those that failed."""
         while True:
-            await asyncio.sleep(EXPIRY_CHECK_SECONDS)
-            now = self.clock()
-            if now - last_checkpoint >= self.checkpoint_interval:
-                last_checkpoint = now
+            try:
+                await asyncio.wait_for(self._finish_now.wait(), RETRY_REVOKE_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+            self._finish_now.clear()
+            for lease_id in list(self._unfinished):
                 try:
-                    await self.checkpoint()
+                    await self._finish_revoke(lease_id)
+                    log.info("lease %x revoked: its keys are deleted in every group", lease_id)
                 except errors.EtcdError as error:
-                    log.warning("checkpointing leases failed (%s); the next interval tries again", error.message)
-            for lease_id in [lease for lease, deadline in self._deadline.items() if deadline <= now]:
-                try:
-                    await self.revoke(lease_id)
-                    log.info("lease %x expired and was revoked", lease_id)
-                except errors.EtcdError as error:
-                    log.warning("revoking expired lease %x failed (%s); will retry", lease_id, error.message)
-            if self._unfinished and now - last_retry >= RETRY_REVOKE_SECONDS:
-                last_retry = now
-                for lease_id in list(self._unfinished):
-                    try:
-                        await self._finish_revoke(lease_id)
-                    except errors.EtcdError as error:
-                        log.warning("finishing the revoke of lease %x failed (%s)", lease_id, error.message)
+                    log.warning("finishing the revoke of lease %x failed (%s); will retry", lease_id,
+                                error.message)

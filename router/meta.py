@@ -1,16 +1,9 @@
 """The meta group's records (group 0): the cluster, its groups, the shard map, routers, leases.
 
 Group 0 is a raft group like the others (ARCHITECTURE decision 4); its keys
-live under the system prefix `tessera/`, each value a record of
-tessera/api/internal.proto:
-
-    tessera/cluster               ClusterRecord   the cluster id, chosen at bootstrap
-    tessera/groups/<group>        GroupRecord     a group's members and addresses
-    tessera/shards                ShardMap        the whole map, changed by compare-and-swap
-    tessera/routers/<id>          RouterRecord    a router and the address clients use
-    tessera/leases/<id>           LeaseRecord     a granted lease and its TTL
-
-Nothing here is visible to clients: user keys never reach group 0.
+live under the system prefix `tessera/` (their layout: tessera/api/meta_keys.py),
+each value a record of tessera/api/internal.proto. Nothing here is visible to
+clients: user keys never reach group 0.
 """
 
 from __future__ import annotations
@@ -32,34 +25,22 @@ from tessera.api.internal_pb2 import (
     ShardRequest,
 )
 from tessera.api.internal_pb2 import ShardMap as ShardMapRecord
+from tessera.api.meta_keys import (
+    CLUSTER_KEY,
+    GROUPS_PREFIX,
+    LEASES_PREFIX,
+    META_GROUP,
+    ROUTERS_PREFIX,
+    SHARDS_KEY,
+    SYSTEM_PREFIX,
+    group_key,
+    prefix_range,
+)
 from tessera.api.rpc_pb2 import Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest
 
 log = logging.getLogger("tessera.router")
 
-META_GROUP = 0
-SYSTEM_PREFIX = b"tessera/"
-CLUSTER_KEY = b"tessera/cluster"
-GROUPS_PREFIX = b"tessera/groups/"
-SHARDS_KEY = b"tessera/shards"
-ROUTERS_PREFIX = b"tessera/routers/"
-LEASES_PREFIX = b"tessera/leases/"
 BOOTSTRAP_TIMEOUT_SECONDS = 30.0
-
-
-def group_key(group_id: int) -> bytes:
-    return GROUPS_PREFIX + b"%08d" % group_id
-
-
-def router_key(router_id: int) -> bytes:
-    return ROUTERS_PREFIX + b"%016x" % router_id
-
-
-def lease_key(lease_id: int) -> bytes:
-    return LEASES_PREFIX + b"%016x" % lease_id
-
-
-def prefix_range(prefix: bytes) -> tuple[bytes, bytes]:
-    return prefix, prefix[:-1] + bytes([prefix[-1] + 1])
 
 
 @dataclass
@@ -153,13 +134,18 @@ class MetaClient:
                                           create_revision=0)], success=[_put_op(key, record)])
         return (await self.client.call(ShardRequest(txn=txn), write=True)).txn.succeeded
 
-    async def update_existing(self, records: list[tuple[bytes, object]]) -> None:
-        """Put each record whose key exists, in one transaction; keys deleted meanwhile stay so."""
-        await self.client.call(ShardRequest(txn=TxnRequest(success=[
-            RequestOp(request_txn=TxnRequest(
-                compare=[Compare(key=key, target=Compare.CREATE, result=Compare.GREATER, create_revision=0)],
-                success=[_put_op(key, record)]))
-            for key, record in records])), write=True)
+    async def get(self, key: bytes):
+        """The record's KeyValue (linearizable), or None."""
+        response = await self.client.call(ShardRequest(range=RangeRequest(key=key)), write=False)
+        return response.range.kvs[0] if response.range.kvs else None
+
+    async def compare_and_put(self, key: bytes, record, expected_revision: int) -> int:
+        """Put `record` if the key's mod revision is still `expected_revision`: the new revision, or 0."""
+        txn = TxnRequest(compare=[Compare(key=key, target=Compare.MOD, result=Compare.EQUAL,
+                                          mod_revision=expected_revision)],
+                         success=[_put_op(key, record)])
+        answer = (await self.client.call(ShardRequest(txn=txn), write=True)).txn
+        return answer.header.revision if answer.succeeded else 0
 
     async def delete(self, key: bytes) -> bool:
         """Delete `key`; whether it existed."""
@@ -168,11 +154,7 @@ class MetaClient:
 
     async def replace_shard_map(self, shard_map: ShardMap, expected_revision: int) -> int:
         """Swap in a new map if nobody changed it since `expected_revision`: its revision, or 0."""
-        txn = TxnRequest(compare=[Compare(key=SHARDS_KEY, target=Compare.MOD, result=Compare.EQUAL,
-                                          mod_revision=expected_revision)],
-                         success=[_put_op(SHARDS_KEY, shard_map.to_record())])
-        answer = (await self.client.call(ShardRequest(txn=txn), write=True)).txn
-        return answer.header.revision if answer.succeeded else 0
+        return await self.compare_and_put(SHARDS_KEY, shard_map.to_record(), expected_revision)
 
 
 async def wait_until_bootstrapped(meta: MetaClient, timeout: float = BOOTSTRAP_TIMEOUT_SECONDS) -> MetaState:

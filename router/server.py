@@ -23,21 +23,13 @@ from router.compactor import AutoCompactor
 from router.concurrency import Concurrency
 from router.core import MAX_REQUEST_BYTES, Router
 from router.gateway import Gateway
-from router.leases import CHECKPOINT_INTERVAL_SECONDS, Lessor
-from router.meta import (
-    LEASES_PREFIX,
-    META_GROUP,
-    SYSTEM_PREFIX,
-    MetaClient,
-    MetaState,
-    prefix_range,
-    router_key,
-    wait_until_bootstrapped,
-)
+from router.leases import Lessor
+from router.meta import MetaClient, MetaState, wait_until_bootstrapped
 from router.metrics import RouterMetrics, health
 from router.shard_client import WATCH_METHOD, GroupClient
 from router.watch_proxy import WatchProxy
 from tessera.api import errors
+from tessera.api.meta_keys import LEASES_PREFIX, META_GROUP, SYSTEM_PREFIX, prefix_range, router_key
 from tessera.api.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from tessera.api.http_answers import METRICS_CONTENT_TYPE, health_answer
 from tessera.api.internal_pb2 import RouterRecord, ShardRequest
@@ -108,7 +100,6 @@ def router_id(name: str) -> int:
 class RouterServer:
     def __init__(self, listen: str, meta_members: dict[int, str], name: str | None = None,
                  gateway_listen: str | None = None,
-                 lease_checkpoint_interval: float = CHECKPOINT_INTERVAL_SECONDS,
                  auto_compaction: tuple[str, float] | None = None,
                  corruption_check_interval: float = corruption.CHECK_INTERVAL_SECONDS,
                  read_only: bool = False):
@@ -121,7 +112,6 @@ class RouterServer:
         self.listen = listen
         self.read_only = read_only
         self.corruption_check_interval = corruption_check_interval
-        self.lease_checkpoint_interval = lease_checkpoint_interval
         self.auto_compaction = auto_compaction
         self.gateway_listen = gateway_listen  # etcd's HTTP/JSON gateway, if given an address
         self._gateway: Gateway | None = None
@@ -143,7 +133,7 @@ class RouterServer:
                                       self.meta_client)
         router.read_only = self.read_only
         await router.sync_revision()
-        router.leases = Lessor(router, self.meta, state.leases, checkpoint_interval=self.lease_checkpoint_interval)
+        router.leases = Lessor(router, self.meta, state.leases)
         await self._register(state.shard_map_revision)
         self.metrics = RouterMetrics(router)
         self._server = grpc.aio.server(options=SERVER_OPTIONS)
@@ -198,6 +188,9 @@ class RouterServer:
                 key=start, range_end=end, start_revision=self.state.revision + 1))]))
             try:
                 async for response in call:
+                    for event in response.events:
+                        if event.kv.key.startswith(LEASES_PREFIX):
+                            self.router.leases.observe(event)
                     if any(not event.kv.key.startswith(LEASES_PREFIX) for event in response.events):
                         await self._apply_meta(await self.meta.load())
             except grpc.aio.AioRpcError:
@@ -233,6 +226,7 @@ class RouterServer:
             else:
                 router.groups[group] = GroupClient(group, _api_addresses(record))
         self.state = state
+        router.leases.reload(state.leases)
         if state.shard_map_revision > self._registered_map_revision:
             await self._register(state.shard_map_revision)  # what `tessera shards assign` waits for
 
@@ -258,9 +252,6 @@ class RouterServer:
 
             return grpc.unary_unary_rpc_method_handler(handle)
 
-        async def constant(response):
-            return response
-
         kv = {
             "Range": unary(RangeRequest.FromString, router.range),
             "Put": unary(PutRequest.FromString, router.put, limit_bytes=True),
@@ -272,7 +263,7 @@ class RouterServer:
             "LeaseGrant": unary(LeaseGrantRequest.FromString, router.leases.grant),
             "LeaseRevoke": unary(LeaseRevokeRequest.FromString, lambda r: router.leases.revoke(r.ID)),
             "LeaseTimeToLive": unary(LeaseTimeToLiveRequest.FromString, router.leases.time_to_live),
-            "LeaseLeases": unary(LeaseLeasesRequest.FromString, lambda r: constant(router.leases.leases())),
+            "LeaseLeases": unary(LeaseLeasesRequest.FromString, lambda r: router.leases.leases()),
             "LeaseKeepAlive": grpc.stream_stream_rpc_method_handler(self._keep_alive),
         }
         if self.read_only:  # leases are kept by the routers that take writes
@@ -428,7 +419,7 @@ class RouterServer:
 
     async def _keep_alive(self, request_iterator, context):
         async for data in request_iterator:
-            yield self.router.leases.keep_alive(LeaseKeepAliveRequest.FromString(data).ID).SerializeToString()
+            yield (await self.router.leases.keep_alive(LeaseKeepAliveRequest.FromString(data).ID)).SerializeToString()
 
     async def _member_list(self, _request) -> MemberListResponse:
         state = await self.meta.load()

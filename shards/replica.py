@@ -58,6 +58,7 @@ from pathlib import Path
 import grpc
 
 from shards.durable import write_file_durably
+from shards.leases import LeaseKeeper
 from shards.metrics import Gauges, MetricsServer, ReplicaMetrics
 from shards.mvcc import MvccStore, Proposal, RaiseRevision, RemoveMember, RevokeLease, SetMember
 from shards.raft import Config, ProposalDropped, RawNode, Ready, Role
@@ -70,6 +71,7 @@ from tessera.api import errors, validation
 from tessera.api.internal_pb2 import (
     Error,
     LeaseKeysResponse,
+    LeaseRecord,
     Member,
     MemberChange,
     MemberListResponse,
@@ -79,15 +81,24 @@ from tessera.api.internal_pb2 import (
     ShardResponseBatch,
     StatusResponse,
 )
+from tessera.api.meta_keys import LEASES_PREFIX, META_GROUP, lease_key, prefix_range
 from tessera.api.rpc_pb2 import (
     NOSPACE,
     AlarmRequest,
     AlarmType,
     DefragmentResponse,
+    Compare,
     HashKVResponse,
+    LeaseKeepAliveResponse,
+    LeaseLeasesResponse,
+    LeaseStatus,
+    LeaseTimeToLiveResponse,
     MoveLeaderResponse,
+    PutRequest,
     RangeRequest,
+    RequestOp,
     ResponseHeader,
+    TxnRequest,
     WatchRequest,
     WatchResponse,
 )
@@ -107,8 +118,12 @@ READ_TIMEOUT_SECONDS = 7.0
 STREAM_IN_FLIGHT_MAX = 10_000
 # A learner may be promoted once it has this share of the leader's committed log (etcd's 90%).
 LEARNER_READY_FRACTION = 0.9
+LEASE_CHECK_SECONDS = 0.25  # how often the meta leader looks for expired leases
+LEASE_CHECKPOINT_SECONDS = 300.0  # etcd's lease checkpoint interval (5 minutes)
+LEASE_CHECKPOINT_BATCH = 64  # records per checkpoint transaction (two operations each, under etcd's 128)
 
 _WRITE_KINDS = {"put", "delete_range", "txn", "compaction", "raise_revision", "alarm", "revoke_lease"}
+_LEASE_KINDS = {"lease_keep_alive", "lease_time_to_live", "lease_leases"}
 # Requests the store answers with no response message of their own: the answer is a header.
 _HEADER_ANSWERS = {"raise_revision": "raised", "revoke_lease": "lease_revoked"}
 
@@ -143,6 +158,8 @@ class ReplicaConfig:
     max_inflight_messages: int = 512  # etcd's MaxInflightMsgs
     wal_segment_bytes: int = SEGMENT_BYTES_DEFAULT
     metrics_listen: str | None = None  # HOST:PORT for /metrics and /health; None serves neither
+    # The meta group's: how often its leader records each lease's remaining TTL.
+    lease_checkpoint_interval_seconds: float = LEASE_CHECKPOINT_SECONDS
 
 
 @dataclass
@@ -224,6 +241,17 @@ class Replica:
         self._metrics_server: MetricsServer | None = None
         self._tasks: list[asyncio.Task] = []
         self._wal_syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal-sync")
+        # The meta group keeps lease deadlines (shards/leases.py). A new leader answers lease
+        # requests once it has applied every entry it had when elected: only then does it
+        # know every lease granted before.
+        self.lease_keeper: LeaseKeeper | None = None
+        self._leases_ready = asyncio.Event()
+        self._leases_ready_index = 0
+        if config.group_id == META_GROUP:
+            self.lease_keeper = LeaseKeeper(extend_seconds=config.election_timeout_ms / 1000)
+            start, end = prefix_range(LEASES_PREFIX)
+            self.lease_keeper.load([LeaseRecord.FromString(kv.value) for kv in
+                                    self.store.range(RangeRequest(key=start, range_end=end)).kvs])
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -254,6 +282,8 @@ class Replica:
         self.watch_hub.start()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._tick()), loop.create_task(self._drive())]
+        if self.lease_keeper is not None:
+            self._tasks.append(loop.create_task(self._keep_leases()))
         log.info("group %d member %d started: peers on %s, API on %s", self.config.group_id,
                  self.config.member_id, self.config.members[self.config.member_id].peer,
                  self.config.members[self.config.member_id].api)
@@ -460,6 +490,10 @@ class Replica:
         if result.events:
             self.metrics.count_changes(result.events)
             self.watch_hub.publish(result.events)
+            if self.lease_keeper is not None:
+                self.lease_keeper.apply(result.events, time.monotonic())
+        if self.store.applied_index >= self._leases_ready_index and self.role == Role.LEADER:
+            self._leases_ready.set()
         for position, proposal_id in waiting.items():
             outcome = result.responses[position]
             if outcome is not None:  # None: applied before a restart, nobody waits here
@@ -500,6 +534,13 @@ class Replica:
             self.metrics.leader_changes += 1
         self.leader_id, self.role = leader_id, role
         self._leader_changed.set()
+        if self.lease_keeper is not None and (role == Role.LEADER) != was_leader:
+            self._leases_ready.clear()
+            if role == Role.LEADER:
+                self.lease_keeper.promote(time.monotonic())
+                self._leases_ready_index = self.wal.storage.last_index()
+            else:
+                self.lease_keeper.demote()
         if was_leader and role != Role.LEADER:
             self.metrics.proposals_failed += len(self._waiting_writes)
             self._fail_waiting(errors.LeaderChanged())
@@ -613,6 +654,8 @@ class Replica:
                 outcome = DefragmentResponse(header=ResponseHeader(revision=self.store.revision))
             elif kind in ("member_add", "member_promote", "member_remove"):
                 outcome = await self._change_membership(request)
+            elif kind in _LEASE_KINDS:
+                outcome = await self._lease_query(request, kind)
             elif kind == "range":
                 validation.check_range(request.range)
                 if request.range.serializable:
@@ -743,6 +786,54 @@ class Replica:
             self.metrics.proposals_failed += 1
             return errors.RequestTimeout()
 
+    async def _lease_query(self, request: ShardRequest, kind: str):
+        """A keep-alive, time-to-live or list, answered by the meta group's leader from its deadlines."""
+        self._check_leader()
+        if self.lease_keeper is None:
+            raise errors.Reported("INVALID_ARGUMENT", f"tessera: group {self.config.group_id} keeps no leases")
+        try:
+            await asyncio.wait_for(self._leases_ready.wait(), READ_TIMEOUT_SECONDS)
+        except asyncio.TimeoutError:
+            return errors.RequestTimeout()
+        self._check_leader()  # it may have lost leadership while it caught up
+        header = ResponseHeader(revision=self.store.revision)
+        keeper, now = self.lease_keeper, time.monotonic()
+        if kind == "lease_keep_alive":
+            lease_id = request.lease_keep_alive
+            return LeaseKeepAliveResponse(header=header, ID=lease_id, TTL=keeper.renew(lease_id, now))
+        if kind == "lease_time_to_live":
+            lease_id = request.lease_time_to_live
+            left = keeper.time_to_live(lease_id, now)
+            if left is None:
+                return LeaseTimeToLiveResponse(header=header, ID=lease_id, TTL=-1)
+            return LeaseTimeToLiveResponse(header=header, ID=lease_id, TTL=left[0], grantedTTL=left[1])
+        return LeaseLeasesResponse(header=header, leases=[LeaseStatus(ID=lease) for lease in keeper.leases()])
+
+    async def _keep_leases(self) -> None:
+        """The meta leader's lessor: mark expired leases revoked; checkpoint remaining TTLs.
+
+        Both are ordinary writes to lease records, proposed like a client's and
+        guarded so they never bring back a record a revoke deleted meanwhile.
+        """
+        keeper = self.lease_keeper
+        last_checkpoint = time.monotonic()
+        while True:
+            await asyncio.sleep(LEASE_CHECK_SECONDS)
+            if self.role != Role.LEADER or not self._leases_ready.is_set():
+                last_checkpoint = time.monotonic()
+                continue
+            now = time.monotonic()
+            for record in keeper.expired(now):
+                log.info("group %d member %d: lease %x expired", self.config.group_id, self.config.member_id,
+                         record.id)
+                self._queue_proposal(ShardRequest(txn=_update_if_present([record])))
+            if now - last_checkpoint >= self.config.lease_checkpoint_interval_seconds:
+                last_checkpoint = now
+                records = keeper.checkpoints(now)
+                for start in range(0, len(records), LEASE_CHECKPOINT_BATCH):
+                    self._queue_proposal(ShardRequest(
+                        txn=_update_if_present(records[start:start + LEASE_CHECKPOINT_BATCH])))
+
     async def _move_leader(self, target: int):
         """Hand leadership to a caught-up voter (raft's TimeoutNow), as etcd's MoveLeader."""
         self._check_leader()
@@ -822,6 +913,17 @@ class Replica:
         if isinstance(outcome, errors.EtcdError):
             return False, f"RANGE ERROR:{outcome.message}"
         return True, ""
+
+
+def _update_if_present(records: list[LeaseRecord]) -> TxnRequest:
+    """Put each lease record whose key still exists, in one transaction."""
+    return TxnRequest(success=[
+        RequestOp(request_txn=TxnRequest(
+            compare=[Compare(key=lease_key(record.id), target=Compare.CREATE, result=Compare.GREATER,
+                             create_revision=0)],
+            success=[RequestOp(request_put=PutRequest(key=lease_key(record.id),
+                                                      value=record.SerializeToString()))]))
+        for record in records])
 
 
 async def run_until_stopped(config: ReplicaConfig, parent_pid: int | None = None) -> None:

@@ -143,6 +143,7 @@ def command_replica(args: argparse.Namespace) -> int:
         max_inflight_messages=args.max_inflight_messages,
         watch_progress_notify_interval_seconds=args.watch_progress_notify_interval,
         wal_segment_bytes=args.wal_segment_bytes, metrics_listen=args.metrics_listen,
+        lease_checkpoint_interval_seconds=args.lease_checkpoint_interval,
     )
     stop_with_parent(args.parent_pid)
     try:
@@ -189,7 +190,7 @@ def command_router(args: argparse.Namespace) -> int:
             auto_compaction = (args.auto_compaction_mode,
                                compaction_retention(args.auto_compaction_mode, args.auto_compaction_retention))
         run(listen=args.listen, meta_addresses=args.meta, gateway_listen=args.gateway_listen,
-            lease_checkpoint_interval=args.lease_checkpoint_interval, auto_compaction=auto_compaction,
+            auto_compaction=auto_compaction,
             corruption_check_interval=args.corruption_check_interval, read_only=args.read_only)
     except KeyboardInterrupt:
         pass
@@ -354,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     replica.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
                          help="serve Prometheus /metrics (etcd's metric names) and etcd's /health here "
                               "(default: not served)")
+    replica.add_argument("--lease-checkpoint-interval", type=float, default=300.0,
+                         help="the meta group's: seconds between records of leases' remaining TTLs "
+                              "(etcd's 5 minutes)")
     replica.add_argument("--join", action="store_true",
                          help="join a running group (after a member add) instead of founding one")
     replica.add_argument("--parent-pid", type=int, default=None,
@@ -370,8 +374,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="a proxy beside clients: serve reads and watches, refuse writes and leases")
     router.add_argument("--corruption-check-interval", type=float, default=300.0,
                         help="seconds between comparisons of each group's replicas (HashKV); also at start")
-    router.add_argument("--lease-checkpoint-interval", type=float, default=300.0,
-                        help="seconds between records of leases' remaining TTLs (etcd's 5 minutes)")
     router.add_argument("--parent-pid", type=int, default=None,
                         help="stop when this process is gone (the launcher's routers stop themselves)")
     router.set_defaults(run=command_router)
