@@ -35,6 +35,8 @@ from tessera.api.rpc_pb2 import (
     DeleteRangeResponse,
     HashKVRequest,
     HashKVResponse,
+    HashRequest,
+    HashResponse,
     PutRequest,
     PutResponse,
     RangeRequest,
@@ -105,8 +107,12 @@ class Router:
         for group, status in zip(groups, await asyncio.gather(*(self.group_status(g) for g in groups))):
             self.observe_group(group, status.revision)
 
+    def client(self, group: int) -> GroupClient:
+        """The client of a data group, or of the meta group."""
+        return self.groups[group] if group in self.groups else self.meta
+
     async def group_status(self, group: int, timeout: float = REQUEST_TIMEOUT_SECONDS) -> GroupStatus:
-        client = self.groups[group] if group in self.groups else self.meta
+        client = self.client(group)
         status = (await client.call(ShardRequest(status={}), write=False, any_member=True,
                                     timeout=timeout)).status
         if status.leader_id:
@@ -331,6 +337,21 @@ class Router:
         return HashKVResponse(header=self.header(), hash=combined,
                               compact_revision=max(answer.compact_revision for answer in answers))
 
+    async def hash(self, _request: HashRequest) -> HashResponse:
+        """etcd's Hash (the whole backend, meant for tests): every group's data and the meta group's
+        records (leases among them), each group at its leader's revision, its replicas compared."""
+        groups = sorted([*self.groups, self.meta.group_id])
+        revisions = [status.revision for status in await asyncio.gather(*(
+            self._leader_status(group) for group in groups))]
+        answers = await asyncio.gather(*(self._group_hash_kv(group, at) for group, at in zip(groups, revisions)))
+        combined = 0
+        for group, answer in zip(groups, answers):
+            combined = crc.crc32c(b"%d:%d;" % (group, answer.hash), combined)
+        return HashResponse(header=self.header(), hash=combined)
+
+    async def _leader_status(self, group: int) -> GroupStatus:
+        return (await self.client(group).call(ShardRequest(status={}), write=False)).status
+
     async def _group_hash_kv(self, group: int, at: int) -> HashKVResponse:
         answers = await self.replica_hashes(group, at)
         if len({answer.hash for answer in answers.values()}) > 1:
@@ -339,9 +360,9 @@ class Router:
 
     async def replica_hashes(self, group: int, at: int) -> dict[int, HashKVResponse]:
         """Each reachable replica's HashKV at `at` (the group raised to it first), by member id."""
-        if self.group_revisions.get(group, 0) < at:
+        if group in self.groups and self.group_revisions.get(group, 0) < at:
             await self.raise_group(group, at)
-        client = self.groups[group]
+        client = self.client(group)
         answers = {}
         for member in client.member_ids:
             for _ in range(RAISE_ATTEMPTS):  # a follower may not have applied up to `at` yet

@@ -29,10 +29,10 @@ from router.metrics import RouterMetrics, health
 from router.shard_client import WATCH_METHOD, GroupClient
 from router.watch_proxy import WatchProxy
 from tessera.api import errors
-from tessera.api.meta_keys import LEASES_PREFIX, META_GROUP, SYSTEM_PREFIX, prefix_range, router_key
 from tessera.api.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from tessera.api.http_answers import METRICS_CONTENT_TYPE, health_answer
 from tessera.api.internal_pb2 import RouterRecord, ShardRequest
+from tessera.api.meta_keys import LEASES_PREFIX, META_GROUP, SYSTEM_PREFIX, prefix_range, router_key
 from tessera.api.rpc_pb2 import (
     NONE,
     AlarmRequest,
@@ -55,6 +55,7 @@ from tessera.api.rpc_pb2 import (
     DefragmentResponse,
     DeleteRangeRequest,
     HashKVRequest,
+    HashRequest,
     LeaseGrantRequest,
     LeaseKeepAliveRequest,
     LeaseLeasesRequest,
@@ -287,6 +288,7 @@ class RouterServer:
             "Status": unary(StatusRequest.FromString, self._status),
             "Alarm": unary(AlarmRequest.FromString, self._alarm),
             "HashKV": unary(HashKVRequest.FromString, router.hash_kv),
+            "Hash": unary(HashRequest.FromString, router.hash),
             "Defragment": unary(DefragmentRequest.FromString, defragment),
         }
 

@@ -1,4 +1,4 @@
-"""Maintenance through the router with the real etcdctl: hashkv, defrag, and the space alarm's runbook."""
+"""Maintenance through the router: hashkv, defrag and the space alarm's runbook with the real etcdctl; Hash."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import pytest
 
 import etcd_tools
 from cluster import ClusterThread
+from etcd_client import EtcdClient
+from tessera.api.rpc_pb2 import DeleteRangeRequest, HashRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest
 
 # Small enough to fill in a few puts of 64 KiB values.
 QUOTA_BYTES = 512 * 1024
@@ -74,3 +76,20 @@ def test_a_full_group_raises_nospace_and_etcds_runbook_clears_it(small_cluster):
     ok(endpoint, "alarm", "disarm")
     assert ok(endpoint, "alarm", "list") == ""
     assert ok(endpoint, "put", "/registry/pods/after", "v") == "OK\n"
+
+
+def test_hash_covers_every_group_and_the_meta_groups_leases(tessera_cluster):
+    async def scenario():
+        async with EtcdClient(tessera_cluster.endpoint) as client:
+            first = (await client.maintenance.Hash(HashRequest())).hash
+            assert (await client.maintenance.Hash(HashRequest())).hash == first  # replicas agree, stable
+            await client.kv.Put(PutRequest(key=b"/registry/events/hash", value=b"1"))
+            after_put = (await client.maintenance.Hash(HashRequest())).hash
+            assert after_put != first
+            lease = (await client.lease.LeaseGrant(LeaseGrantRequest(TTL=60))).ID
+            after_grant = (await client.maintenance.Hash(HashRequest())).hash
+            assert after_grant != after_put  # etcd's Hash covers leases too
+            await client.lease.LeaseRevoke(LeaseRevokeRequest(ID=lease))
+            await client.kv.DeleteRange(DeleteRangeRequest(key=b"/registry/events/hash"))
+
+    tessera_cluster.run(scenario())
