@@ -64,6 +64,8 @@ from tessera.api.rpc_pb2 import (
     Member,
     MemberListRequest,
     MemberListResponse,
+    MoveLeaderRequest,
+    MoveLeaderResponse,
     PutRequest,
     RangeRequest,
     StatusRequest,
@@ -290,6 +292,7 @@ class RouterServer:
             "HashKV": unary(HashKVRequest.FromString, router.hash_kv),
             "Hash": unary(HashRequest.FromString, router.hash),
             "Defragment": unary(DefragmentRequest.FromString, defragment),
+            "MoveLeader": unary(MoveLeaderRequest.FromString, self._move_leader),
         }
 
         def auth_disabled(parse, response_type=None):
@@ -428,6 +431,14 @@ class RouterServer:
         return MemberListResponse(header=self.router.header(), members=[
             Member(ID=record.id, name=record.name, clientURLs=[f"http://{record.client_address}"])
             for record in sorted(state.routers.values(), key=lambda r: r.id)])
+
+    async def _move_leader(self, request: MoveLeaderRequest) -> MoveLeaderResponse:
+        """etcd's MoveLeader. Each router answers Status as the leader of its own endpoint, and
+        every router takes writes, so there is no router leadership to hand over: only this
+        router is a valid target. A group's raft leadership moves with `tessera leader transfer`."""
+        if request.targetID != self.router.member_id:
+            raise errors.BadLeaderTransferee()
+        return MoveLeaderResponse(header=self.router.header())
 
     async def _status(self, _request) -> StatusResponse:
         router = self.router

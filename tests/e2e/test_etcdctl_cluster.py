@@ -86,3 +86,13 @@ def test_endpoint_health(any_etcdctl, endpoint):
     [answer] = ctl.json("endpoint", "health")
     assert answer["endpoint"] == endpoint and answer["health"] is True and "took" in answer
     assert "error" not in answer
+
+
+def test_move_leader(etcdctl, endpoint_kind):
+    """A target that is not a member is refused by both; Tessera's only valid target is the router asked."""
+    code, _, err = etcdctl.run("move-leader", "1234abcd")
+    assert code != 0
+    assert "etcdserver: bad leader transferee" in err
+    if endpoint_kind == "tessera":  # every router takes writes: moving to itself changes nothing
+        router = etcdctl.json("endpoint", "status")[0]["Status"]["header"]["member_id"]
+        assert etcdctl.ok("move-leader", f"{router:x}") == f"Leadership transferred from {router:x} to {router:x}\n"
