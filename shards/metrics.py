@@ -31,6 +31,8 @@ from tessera.api.kv_pb2 import Event
 
 # etcd's buckets for its disk histograms: 1 ms to 8.192 s, doubling.
 DISK_BUCKETS = tuple(round(0.001 * 2**k, 3) for k in range(14))
+# etcd's buckets for peer round trips: 100 us to 3.2768 s, doubling.
+ROUND_TRIP_BUCKETS = tuple(round(0.0001 * 2**k, 4) for k in range(16))
 SLOW_APPLY_SECONDS = 0.1  # etcd's warnApplyDuration
 REQUEST_HEAD_TIMEOUT_SECONDS = 5.0
 REQUEST_HEAD_BYTES_MAX = 16 * 1024
@@ -52,15 +54,19 @@ class Histogram:
             self._counts[position] += 1
             self._sum += seconds
 
-    def family(self, name: str, documentation: str, label_values: list[str]) -> HistogramMetricFamily:
+    def buckets(self) -> tuple[list[tuple[str, int]], float]:
+        """(cumulative count by upper bound, sum), as a histogram family takes them."""
         with self._lock:
             counts, total = list(self._counts), self._sum
         buckets, cumulative = [], 0
         for bound, count in zip((*map(str, self.bounds), "+Inf"), counts):
             cumulative += count
             buckets.append((bound, cumulative))
+        return buckets, total
+
+    def family(self, name: str, documentation: str, label_values: list[str]) -> HistogramMetricFamily:
         family = HistogramMetricFamily(name, documentation, labels=LABELS)
-        family.add_metric(label_values, buckets, total)
+        family.add_metric(label_values, *self.buckets())
         return family
 
 
@@ -93,6 +99,7 @@ class ReplicaMetrics:
         self.keys = 0  # live keys: counted once at start, then kept up to date from applied events
         self.wal_fsync = Histogram()
         self.backend_commit = Histogram()
+        self.peer_round_trip: dict[int, Histogram] = {}  # by member id
         self.registry = CollectorRegistry()  # not the global one: a test process may hold several
         self.registry.register(self)
 
@@ -115,6 +122,13 @@ class ReplicaMetrics:
         self.backend_commit.observe(commit_seconds)
         if apply_seconds > SLOW_APPLY_SECONDS:
             self.slow_applies += 1
+
+    def observe_round_trip(self, member_id: int, seconds: float) -> None:
+        """A heartbeat to a peer and its answer: the raft round trip to that peer."""
+        histogram = self.peer_round_trip.get(member_id)
+        if histogram is None:
+            histogram = self.peer_round_trip[member_id] = Histogram(ROUND_TRIP_BUCKETS)
+        histogram.observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -175,6 +189,12 @@ class ReplicaMetrics:
                        "To", gauges.peer_sent_bytes)
         yield per_peer("etcd_network_peer_received_bytes_total", "Raft message bytes received from each peer.",
                        "From", gauges.peer_received_bytes)
+        round_trips = HistogramMetricFamily(
+            "etcd_network_peer_round_trip_time_seconds",
+            "Round trips to each peer: a leader's heartbeat and its answer.", labels=[*LABELS, "To"])
+        for member, histogram in sorted(self.peer_round_trip.items()):
+            round_trips.add_metric([*labels, str(member)], *histogram.buckets())
+        yield round_trips
 
 
 # (healthy, reason) for etcd's /health, given ?serializable=true and the ?exclude= alarm names.

@@ -229,6 +229,7 @@ class Replica:
         self._leader_changed = asyncio.Event()  # set whenever who leads may have changed
         self._compaction_finished = asyncio.Event()  # set when compacted history is all removed
         self._inbox: list[Message] = []
+        self._heartbeats_sent: dict[int, float] = {}  # peer -> when the oldest unanswered heartbeat left
         self._ticks_due = 0
         self._writes: list[tuple[int, bytes]] = []  # (proposal id, entry data) to propose
         self._waiting_writes: dict[int, asyncio.Future] = {}
@@ -331,6 +332,12 @@ class Replica:
     def _receive(self, messages: list[Message]) -> None:
         self._inbox += messages
         self._wake.set()
+        if self._heartbeats_sent:
+            for message in messages:
+                if message.type == MessageType.HEARTBEAT_RESP:
+                    sent = self._heartbeats_sent.pop(message.frm, None)
+                    if sent is not None:
+                        self.metrics.observe_round_trip(message.frm, time.perf_counter() - sent)
 
     async def _tick(self) -> None:
         interval = self.config.heartbeat_interval_ms / 1000
@@ -428,6 +435,13 @@ class Replica:
                 else message
                 for message in messages
             ]
+        if self.role == Role.LEADER:
+            now = time.perf_counter()
+            for message in messages:
+                if message.type == MessageType.HEARTBEAT:  # timed to its answer: the peer's round trip
+                    sent = self._heartbeats_sent.get(message.to)
+                    if sent is None or now - sent > self.config.election_timeout_ms / 1000:  # unanswered: lost
+                        self._heartbeats_sent[message.to] = now
         self.transport.send(messages)
 
     def _snapshot_sent(self, member_id: int, failed: bool) -> None:

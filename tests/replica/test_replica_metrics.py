@@ -32,6 +32,7 @@ SERIES_TYPES = {
     "etcd_mvcc_delete_total": "counter",
     "etcd_network_peer_sent_bytes_total": "counter",
     "etcd_network_peer_received_bytes_total": "counter",
+    "etcd_network_peer_round_trip_time_seconds": "histogram",
 }
 HEALTHY = b'{"health":"true","reason":""}'
 
@@ -120,6 +121,10 @@ def test_metrics_name_every_series_and_move_with_writes(tmp_path):
                 sent = f"etcd_network_peer_sent_bytes_total{{To={peer}}}"
                 assert new[sent] > old.get(sent, 0)
                 assert new[f"etcd_network_peer_received_bytes_total{{From={peer}}}"] > 0
+                if member == leader:  # the leader times its heartbeats to each follower
+                    round_trips = new[f"etcd_network_peer_round_trip_time_seconds_count{{To={peer}}}"]
+                    assert round_trips > 0
+                    assert 0 < new[f"etcd_network_peer_round_trip_time_seconds_sum{{To={peer}}}"] < round_trips
 
         status, headers, body = get(group.metrics_ports[leader], "/health")
         assert (status, body, headers["Content-Type"]) == (200, HEALTHY, "text/plain; charset=utf-8")
