@@ -1,5 +1,5 @@
 """Operator commands: the shard map (list it, assign an empty prefix), every replica's status,
-leadership transfer.
+leadership transfer, membership (list, add, promote, remove), defragment, alarms.
 
 They talk to the meta group and the data groups over the internal API, as a
 router does. An assignment completes only once every router routes by it.
@@ -8,14 +8,24 @@ router does. An assignment completes only once every router routes by it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from router.meta import META_GROUP, MetaClient
+from router.core import DEFRAGMENT_TIMEOUT_SECONDS
+from router.meta import META_GROUP, MetaClient, MetaState, group_key
 from router.shard_client import GroupClient, ReplicaUnreachable
 from router.shard_map import ShardMap, ShardMapError, prefix_end
 from tessera.api import errors
-from tessera.api.internal_pb2 import ShardRequest, StatusResponse
-from tessera.api.rpc_pb2 import MoveLeaderRequest, RangeRequest, RequestOp, TxnRequest
+from tessera.api.internal_pb2 import GroupRecord, Member, ShardRequest, ShardResponse, StatusResponse
+from tessera.api.rpc_pb2 import (
+    AlarmMember,
+    AlarmRequest,
+    MoveLeaderRequest,
+    RangeRequest,
+    RequestOp,
+    TxnRequest,
+)
 
 STATUS_TIMEOUT_SECONDS = 2.0
 ROUTERS_TIMEOUT_SECONDS = 10.0
@@ -164,3 +174,264 @@ async def transfer_leadership(meta_members: dict[int, str], group: int, member: 
         await client.call(ShardRequest(move_leader=MoveLeaderRequest(targetID=member)), write=True)
     finally:
         await asyncio.gather(meta.client.close(), *([client.close()] if client else []))
+
+
+# --- membership, defragment, alarms ------------------------------------------------------
+#
+# A group's membership is its raft configuration, which its leader answers for.
+# The meta group's record of the group lists its voters: routers follow that
+# record, so a learner is recorded once promoted (it serves nothing before it has
+# caught up) and a removed member as soon as it is gone.
+
+# A learner whose applied index has not moved for this long is not catching up
+# (a snapshot of a few GB crosses the loopback well within it).
+CATCH_UP_STALL_SECONDS = 60.0
+CATCH_UP_POLL_SECONDS = 0.2
+
+
+class OperatorError(Exception):
+    """A command that cannot be done as asked; the message says why."""
+
+
+@dataclass
+class GroupMembers:
+    group: int
+    leader: int  # 0 when the group could not answer
+    members: list[Member]  # as the leader's raft configuration has them, learners flagged
+    recorded: set[int]  # the members in the meta group's record: those routers use
+    error: str = ""
+
+
+@dataclass
+class Defragmentation:
+    """One replica's turn: yielded when it starts (`done` False) and when it is done."""
+
+    position: int  # 1-based, of `total`
+    total: int
+    group: int
+    member: int
+    before_bytes: int = 0
+    after_bytes: int = 0
+    done: bool = False
+    error: str = ""
+
+
+@asynccontextmanager
+async def _operating(meta_members: dict[int, str]):
+    """(meta client, meta state, a function giving one group's client); every connection closed after."""
+    meta = MetaClient(GroupClient(META_GROUP, meta_members))
+    clients: dict[int, GroupClient] = {}
+    try:
+        state = await meta.load()
+
+        def group_client(group: int) -> GroupClient:
+            if group not in state.groups:
+                known = ", ".join(str(g) for g in sorted(state.groups))
+                raise OperatorError(f"there is no group {group} (groups: {known})")
+            if group not in clients:
+                clients[group] = GroupClient(group, {m.id: m.api_address for m in state.groups[group].members})
+            return clients[group]
+
+        yield meta, state, group_client
+    finally:
+        await asyncio.gather(meta.client.close(), *(client.close() for client in clients.values()))
+
+
+async def _ask(client: GroupClient, member: int, request: ShardRequest,
+               timeout: float = STATUS_TIMEOUT_SECONDS) -> ShardResponse:
+    """One replica's own answer (not its leader's); its error raised as etcd's."""
+    try:
+        response = await client.connection(member).request(request, timeout)
+    except ReplicaUnreachable as unreachable:
+        raise OperatorError(f"group {client.group_id} member {member} is unreachable ({unreachable})") from None
+    if response.WhichOneof("response") == "error":
+        raise errors.from_report(response.error.code, response.error.message)
+    return response
+
+
+async def _membership(client: GroupClient) -> tuple[int, list[Member]]:
+    """(the leader, the members as its configuration has them); the client then knows every member."""
+    status = (await client.call(ShardRequest(status={}), write=False, any_member=True,
+                                timeout=STATUS_TIMEOUT_SECONDS)).status
+    if not status.leader_id or status.leader_id not in client.member_ids:
+        raise errors.NoLeader()
+    members = list((await _ask(client, status.leader_id, ShardRequest(member_list={}))).members.members)
+    client.set_members({member.id: member.api_address for member in members})
+    return status.leader_id, members
+
+
+async def _record_voters(meta: MetaClient, client: GroupClient) -> list[Member]:
+    """Write the group's voters into its meta record, until the record matches raft's configuration
+    (another change may land between reading it and writing the record)."""
+    _, members = await _membership(client)
+    while True:
+        voters = [Member(id=m.id, peer_address=m.peer_address, api_address=m.api_address)
+                  for m in members if not m.is_learner]
+        await meta.put(group_key(client.group_id), GroupRecord(id=client.group_id, members=voters))
+        _, again = await _membership(client)
+        if again == members:
+            return members
+        members = again
+
+
+async def list_members(meta_members: dict[int, str], group: int | None = None) -> list[GroupMembers]:
+    """Each group's members (or one group's), as raft has them and as routers know them."""
+    async with _operating(meta_members) as (_, state, group_client):
+        groups = [group] if group is not None else sorted(state.groups)
+        clients = {g: group_client(g) for g in groups}
+
+        async def one(g: int) -> GroupMembers:
+            recorded = {member.id for member in state.groups[g].members}
+            try:
+                leader, members = await _membership(clients[g])
+                return GroupMembers(g, leader, members, recorded)
+            except (errors.EtcdError, OperatorError) as failure:
+                return GroupMembers(g, 0, [], recorded, getattr(failure, "message", str(failure)))
+
+        return list(await asyncio.gather(*(one(g) for g in groups)))
+
+
+async def add_member(meta_members: dict[int, str], group: int, peer_address: str, api_address: str,
+                     lowest_id: int = 1) -> tuple[Member, list[Member]]:
+    """Add a learner to a group (etcd's member add --learner): it, and the members now. Its id is
+    new to the group and at least `lowest_id`; it must then be started with --join, and promoted
+    once caught up."""
+    async with _operating(meta_members) as (_, state, group_client):
+        client = group_client(group)
+        _, members = await _membership(client)
+        known = {m.id for m in members} | {m.id for m in state.groups[group].members}
+        member = Member(id=max(max(known, default=0) + 1, lowest_id), peer_address=peer_address,
+                        api_address=api_address, is_learner=True)
+        answer = await client.call(ShardRequest(member_add=member), write=True)
+        return member, list(answer.members.members)
+
+
+async def promote_member(meta_members: dict[int, str], group: int, member: int,
+                         progress: Callable[[int, int], None] | None = None,
+                         stall_seconds: float = CATCH_UP_STALL_SECONDS) -> None:
+    """Promote a learner to a voter once it has caught up (etcd's 90% of the leader's log), then
+    record it for the routers. `progress(applied, leader's commit)` is called while it catches up;
+    a learner that stops advancing gets etcd's "not in sync" error."""
+    async with _operating(meta_members) as (meta, _, group_client):
+        client = group_client(group)
+        leader, members = await _membership(client)
+        learner = next((m for m in members if m.id == member), None)
+        if learner is None:
+            raise errors.MemberNotFound()
+        if not learner.is_learner:
+            raise errors.MemberNotLearner()
+        loop = asyncio.get_running_loop()
+        applied, moved_at = -1, loop.time()
+        while True:
+            try:
+                await client.call(ShardRequest(member_promote=member), write=True)
+                break
+            except errors.LearnerNotReady:
+                pass
+            except errors.RequestTimeout:
+                # Raft takes one change at a time (the add may still be applying), or the answer
+                # was lost: look again, the promotion may have happened.
+                _, members = await _membership(client)
+                if any(m.id == member and not m.is_learner for m in members):
+                    break
+            try:
+                now_applied = (await _ask(client, member, ShardRequest(status={}))).status.applied_index
+                commit = (await _ask(client, leader, ShardRequest(status={}))).status.commit_index
+            except OperatorError:  # not started yet, or the leader changed: the deadline still runs
+                now_applied, commit = applied, 0
+            if progress is not None and commit:
+                progress(now_applied, commit)
+            if now_applied != applied:
+                applied, moved_at = now_applied, loop.time()
+            elif loop.time() - moved_at > stall_seconds:
+                raise errors.LearnerNotReady()
+            await asyncio.sleep(CATCH_UP_POLL_SECONDS)
+        await _record_voters(meta, client)
+
+
+async def remove_member(meta_members: dict[int, str], group: int, member: int) -> int:
+    """Remove a member from a group, with etcd's checks (strict reconfiguration): the last voter
+    stays, and a voter that is up goes only if the voters up after it are a quorum of those left.
+    A leader first hands its leadership to the most caught-up voter up. The leader it leaves."""
+    async with _operating(meta_members) as (meta, _, group_client):
+        client = group_client(group)
+        leader, members = await _membership(client)
+        leaving = next((m for m in members if m.id == member), None)
+        if leaving is None:
+            raise errors.MemberNotFound()
+        if not leaving.is_learner:
+            voters = [m.id for m in members if not m.is_learner]
+            applied = await _applied_indexes(client, voters)
+            remaining = [voter for voter in voters if voter != member]
+            if not remaining:
+                raise errors.MemberNotEnoughStarted()
+            # As etcd: a member that is down is no part of the quorum that is up, so it may go.
+            up_after = [voter for voter in remaining if voter in applied]
+            if member in applied and len(up_after) < len(remaining) // 2 + 1:
+                raise errors.Unhealthy()
+            if member == leader:
+                leader = max(up_after, key=applied.__getitem__)
+                await client.call(ShardRequest(move_leader=MoveLeaderRequest(targetID=leader)), write=True)
+        await client.call(ShardRequest(member_remove=member), write=True)
+        await _record_voters(meta, client)
+        return leader
+
+
+async def _applied_indexes(client: GroupClient, members: list[int]) -> dict[int, int]:
+    """Each member's applied index, for the members that answer now."""
+    async def one(member: int) -> int | None:
+        try:
+            return (await _ask(client, member, ShardRequest(status={}))).status.applied_index
+        except (errors.EtcdError, OperatorError):
+            return None
+
+    answers = await asyncio.gather(*(one(member) for member in members))
+    return {member: applied for member, applied in zip(members, answers) if applied is not None}
+
+
+async def defragment(meta_members: dict[int, str]) -> AsyncIterator[Defragmentation]:
+    """Defragment every replica of every group, one at a time: each is busy while it rewrites its
+    database, so its group keeps a quorum serving."""
+    async with _operating(meta_members) as (_, state, group_client):
+        replicas = [(group, member.id) for group, record in sorted(state.groups.items())
+                    for member in record.members]
+        for position, (group, member) in enumerate(replicas, start=1):
+            client = group_client(group)
+            step = Defragmentation(position, len(replicas), group, member)
+            try:
+                step.before_bytes = (await _ask(client, member, ShardRequest(status={}))).status.db_size
+                yield step
+                await _ask(client, member, ShardRequest(defragment={}), DEFRAGMENT_TIMEOUT_SECONDS)
+                step.after_bytes = (await _ask(client, member, ShardRequest(status={}))).status.db_size
+            except (errors.EtcdError, OperatorError) as failure:
+                step.error = getattr(failure, "message", str(failure))
+            step.done = True
+            yield step
+
+
+async def list_alarms(meta_members: dict[int, str]) -> list[tuple[int, AlarmMember]]:
+    """(group, alarm) for every active alarm; alarms go through each group's raft log, so the
+    leader's list is the group's."""
+    async with _operating(meta_members) as (_, state, group_client):
+        return await _alarms(state, group_client)
+
+
+async def disarm_alarms(meta_members: dict[int, str]) -> list[tuple[int, AlarmMember]]:
+    """Deactivate every active alarm (etcdctl alarm disarm); the alarms that were disarmed."""
+    async with _operating(meta_members) as (_, state, group_client):
+        active = await _alarms(state, group_client)
+        for group, alarm in active:
+            await group_client(group).call(ShardRequest(alarm=AlarmRequest(
+                action=AlarmRequest.DEACTIVATE, memberID=alarm.memberID, alarm=alarm.alarm)), write=True)
+        return active
+
+
+async def _alarms(state: MetaState, group_client) -> list[tuple[int, AlarmMember]]:
+    async def one(group: int) -> list[tuple[int, AlarmMember]]:
+        client = group_client(group)
+        leader, _ = await _membership(client)
+        status = (await _ask(client, leader, ShardRequest(status={}))).status
+        return [(group, alarm) for alarm in status.alarms]
+
+    return [found for group_alarms in await asyncio.gather(*(one(group) for group in sorted(state.groups)))
+            for found in group_alarms]

@@ -18,6 +18,7 @@ from tessera.api.rpc_pb2 import AlarmType
 from native import codec, crc, walframe
 from shards.replica import MemberAddresses, ReplicaConfig, ReplicaStateError, run_until_stopped
 from shards.wal import WalCorruptionError
+from tessera.progress import Progress, size_text
 from tessera.launcher import (
     DEFAULT_DATA_DIR,
     DEFAULT_LISTEN,
@@ -275,17 +276,10 @@ def command_status(args: argparse.Namespace) -> int:
         lag = leaders_commit.get(group, status.commit_index) - status.applied_index
         alarms = ", ".join(AlarmType.Name(alarm.alarm) for alarm in status.alarms) or "-"
         print(f"{group:<6}{member:<7}{role:<9}{status.term:>5}{status.commit_index:>9}{status.applied_index:>9}"
-              f"{max(lag, 0):>6}{status.revision:>10}{_size(status.db_size):>10}{_size(status.db_size_in_use):>10}"
+              f"{max(lag, 0):>6}{status.revision:>10}{size_text(status.db_size):>10}"
+              f"{size_text(status.db_size_in_use):>10}"
               f"  {alarms}")
     return 0
-
-
-def _size(size: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return ""
 
 
 def command_leader_transfer(args: argparse.Namespace) -> int:
@@ -311,6 +305,200 @@ def command_shards_assign(args: argparse.Namespace) -> int:
         print(f"tessera shards assign: {refused}", file=sys.stderr)
         return 1
     print(f"{args.prefix} -> group {args.group}; the map now has {len(shard_map.ranges)} prefixes")
+    return 0
+
+
+def _operator_failure(command: str, failure: Exception) -> int:
+    print(f"tessera {command}: {getattr(failure, 'message', failure)}", file=sys.stderr)
+    return 1
+
+
+def _local_launcher(args: argparse.Namespace, command: str) -> bool:
+    """Whether the cluster is a local launcher's (--data-dir, not --meta); one that runs new
+    replicas must be running."""
+    from tessera.launcher import launcher_running
+
+    if args.meta:
+        return False
+    meta_members(args)  # a data dir with no cluster is refused here
+    if not launcher_running(args.data_dir):
+        raise SystemExit(f"tessera {command}: no `tessera up` runs on {args.data_dir}; start it first "
+                         f"(it runs the new replica)")
+    return True
+
+
+def command_member_list(args: argparse.Namespace) -> int:
+    from router import admin
+
+    try:
+        groups = asyncio.run(admin.list_members(meta_members(args), args.group))
+    except (admin.OperatorError, EtcdError) as failure:
+        return _operator_failure("member list", failure)
+    print(f"{'GROUP':<6}{'MEMBER':<7}{'ROLE':<9}{'PEER ADDRESS':<22}{'API ADDRESS':<22}ROUTED")
+    for state in groups:
+        if state.error:
+            print(f"{state.group:<6}{'-':<7}{state.error}")
+        for member in state.members:
+            role = "learner" if member.is_learner else "leader" if member.id == state.leader else "voter"
+            routed = "yes" if member.id in state.recorded else "no"
+            print(f"{state.group:<6}{member.id:<7}{role:<9}{member.peer_address:<22}{member.api_address:<22}{routed}")
+    return 0
+
+
+def command_member_add(args: argparse.Namespace) -> int:
+    """Add a learner; with a local launcher, start it and (unless --learner) promote it once caught up."""
+    from router import admin
+
+    local = _local_launcher(args, "member add")
+    try:
+        if local:
+            member = _add_local_replica(args, args.group, args.peer, args.api)
+            if not args.learner:
+                _promote(args, args.group, member)
+            return 0
+        if not (args.peer and args.api):
+            raise admin.OperatorError("with --meta, give the new replica's --peer and --api addresses")
+        member, members = asyncio.run(admin.add_member(meta_members(args), args.group, args.peer, args.api))
+    except (admin.OperatorError, EtcdError) as failure:
+        return _operator_failure("member add", failure)
+    everyone = ",".join(f"{m.id}={m.peer_address}/{m.api_address}" for m in members)
+    print(f"group {args.group}: member {member.id} added as a learner; start it, then promote it:\n"
+          f"  tessera replica --group {args.group} --member {member.id} --join --members {everyone} "
+          f"--data-dir DIR\n  tessera member promote {args.group} {member.id} --meta ...")
+    return 0
+
+
+def _add_local_replica(args: argparse.Namespace, group: int, peer: str | None, api: str | None) -> int:
+    """Add a learner at these addresses (free ports if not given) and have the launcher run it."""
+    from router import admin
+    from tessera.launcher import LAYOUT_FILE, change_layout, unused_member_id
+
+    if not (peer and api):
+        free = Layout.load(Path(args.data_dir) / LAYOUT_FILE).free_addresses(2)
+        peer, api = peer or free[0], api or free[1]
+    member, _ = asyncio.run(admin.add_member(meta_members(args), group, peer, api,
+                                             lowest_id=unused_member_id(args.data_dir, group)))
+    change_layout(args.data_dir, lambda layout: layout.add_member(group, member.id, peer, api))
+    print(f"group {group}: member {member.id} added as a learner (peer {peer}, API {api}); the launcher starts it",
+          flush=True)
+    return member.id
+
+
+def _promote(args: argparse.Namespace, group: int, member: int) -> None:
+    from router import admin
+
+    with Progress() as progress:
+        def show(applied: int, commit: int) -> None:
+            progress.show(f"group {group} member {member} catching up: applied {applied} of {commit}")
+
+        asyncio.run(admin.promote_member(meta_members(args), group, member, show))
+    print(f"group {group}: member {member} caught up and promoted to voter", flush=True)
+
+
+def command_member_promote(args: argparse.Namespace) -> int:
+    from router import admin
+
+    try:
+        _promote(args, args.group, args.member)
+    except (admin.OperatorError, EtcdError) as failure:
+        return _operator_failure("member promote", failure)
+    return 0
+
+
+def command_member_remove(args: argparse.Namespace) -> int:
+    from router import admin
+
+    try:
+        _remove(args, args.group, args.member)
+    except (admin.OperatorError, EtcdError) as failure:
+        return _operator_failure("member remove", failure)
+    return 0
+
+
+def _remove(args: argparse.Namespace, group: int, member: int) -> None:
+    """Remove from the group; with a local launcher, also from the layout, which stops the replica."""
+    from router import admin
+    from tessera.launcher import change_layout
+
+    leader = asyncio.run(admin.remove_member(meta_members(args), group, member))
+    print(f"group {group}: member {member} removed (member {leader} leads)", flush=True)
+    if not args.meta:
+        def drop(layout: Layout) -> None:
+            if member in layout.groups.get(group, {}):
+                layout.remove_member(group, member)
+
+        change_layout(args.data_dir, drop)
+        print(f"group {group}: member {member} stopped; its data stays in "
+              f"{Path(args.data_dir) / f'group-{group}' / f'member-{member}'}", flush=True)
+
+
+def command_member_move(args: argparse.Namespace) -> int:
+    """A replica to new addresses: a new member there joins, catches up and is promoted, then the
+    old one is removed (a group of N voters has N+1 for a moment, never fewer than N)."""
+    from router import admin
+    from tessera.api.errors import MemberNotFound
+
+    if args.meta:
+        print("tessera member move: moving starts a replica, so it needs the data dir of a running "
+              "`tessera up`; elsewhere run member add, start the replica, member promote, member remove",
+              file=sys.stderr)
+        return 2
+    _local_launcher(args, "member move")
+    try:
+        found = asyncio.run(admin.list_members(meta_members(args), args.group))[0]
+        if found.error:
+            raise admin.OperatorError(f"group {args.group}: {found.error}")
+        if args.member not in {member.id for member in found.members}:
+            raise MemberNotFound()
+        replacement = _add_local_replica(args, args.group, args.peer, args.api)
+        _promote(args, args.group, replacement)
+        _remove(args, args.group, args.member)
+    except (admin.OperatorError, EtcdError) as failure:
+        return _operator_failure("member move", failure)
+    print(f"group {args.group}: member {args.member} moved to member {replacement}")
+    return 0
+
+
+def command_defrag(args: argparse.Namespace) -> int:
+    """Every replica of every group, one at a time, with progress."""
+    from router import admin
+
+    async def run() -> tuple[int, int, int]:
+        failed, before, after = 0, 0, 0
+        with Progress() as progress:
+            async for step in admin.defragment(meta_members(args)):
+                name = f"[{step.position}/{step.total}] group {step.group} member {step.member}"
+                if not step.done:
+                    progress.show(f"{name}: defragmenting {size_text(step.before_bytes)}")
+                    continue
+                progress.clear()
+                if step.error:
+                    failed += 1
+                    print(f"{name}: failed: {step.error}", flush=True)
+                    continue
+                before, after = before + step.before_bytes, after + step.after_bytes
+                print(f"{name}: {size_text(step.before_bytes)} -> {size_text(step.after_bytes)}", flush=True)
+        return failed, before, after
+
+    try:
+        failed, before, after = asyncio.run(run())
+    except (admin.OperatorError, EtcdError) as failure:
+        return _operator_failure("defrag", failure)
+    print(f"defragmented: {size_text(before)} -> {size_text(after)}"
+          + (f"; {failed} replicas failed" if failed else ""))
+    return 1 if failed else 0
+
+
+def command_alarm(args: argparse.Namespace) -> int:
+    from router import admin
+
+    run = admin.list_alarms if args.alarm_command == "list" else admin.disarm_alarms
+    try:
+        alarms = asyncio.run(run(meta_members(args)))
+    except (admin.OperatorError, EtcdError) as failure:
+        return _operator_failure(f"alarm {args.alarm_command}", failure)
+    for group, alarm in alarms:
+        print(f"memberID:{alarm.memberID} alarm:{AlarmType.Name(alarm.alarm)} (group {group})")
     return 0
 
 
@@ -399,8 +587,65 @@ def main(argv: list[str] | None = None) -> int:
             command.add_argument("group", type=int, help="the data group that will own it")
         add_cluster_arguments(command)
         command.set_defaults(run=run)
+    add_operator_commands(commands)
+    from tessera.chaos import command as chaos_command  # the chaos harness: its own part, loaded for its options
+    chaos = commands.add_parser("chaos", help="a recorded workload under injected faults, then checkers "
+                                              "(linearizability, watch, durability, revisions)")
+    chaos_command.add_arguments(chaos)
+    chaos.set_defaults(run=chaos_command.run_from_arguments)
     args = parser.parse_args(argv)
     return args.run(args)
+
+
+def add_operator_commands(commands) -> None:
+    """`tessera member ...`, `tessera defrag`, `tessera alarm list|disarm`."""
+    member = commands.add_parser("member", help="the replicas of a group: list, add, promote, remove, move")
+    member_commands = member.add_subparsers(dest="member_command", required=True)
+    listing = member_commands.add_parser("list", help="each group's members: role, addresses, routed or not")
+    listing.add_argument("group", type=int, nargs="?", default=None, help="only this group")
+    listing.set_defaults(run=command_member_list)
+    add = member_commands.add_parser(
+        "add", help="a new replica joins a group as a learner, catches up and is promoted")
+    add.add_argument("group", type=int)
+    add.add_argument("--learner", action="store_true", help="leave it a learner (promote it later)")
+    add.set_defaults(run=command_member_add)
+    move = member_commands.add_parser(
+        "move", help="a replica to new addresses: a new one joins and is promoted, then the old one goes")
+    move.add_argument("group", type=int)
+    move.add_argument("member", type=int)
+    move.set_defaults(run=command_member_move)
+    for command in (add, move):
+        command.add_argument("--peer", type=parse_address, default=None,
+                             help="HOST:PORT for raft traffic (default: a free port on 127.0.0.1)")
+        command.add_argument("--api", type=parse_address, default=None,
+                             help="HOST:PORT of its internal API (default: a free port on 127.0.0.1)")
+    promote = member_commands.add_parser("promote", help="a learner becomes a voter once it has caught up")
+    promote.set_defaults(run=command_member_promote)
+    remove = member_commands.add_parser(
+        "remove", help="a member leaves its group (a leader hands over first; quorum is kept)")
+    remove.set_defaults(run=command_member_remove)
+    for command in (promote, remove):
+        command.add_argument("group", type=int)
+        command.add_argument("member", type=int)
+    for command in (listing, add, move, promote, remove):
+        add_cluster_arguments(command)
+    defrag = commands.add_parser("defrag", help="defragment every replica of every group, one at a time")
+    add_cluster_arguments(defrag)
+    defrag.set_defaults(run=command_defrag)
+    alarm = commands.add_parser("alarm", help="the alarms of every group: list, disarm")
+    alarm_commands = alarm.add_subparsers(dest="alarm_command", required=True)
+    for name, help_text in (("list", "every active alarm"), ("disarm", "deactivate every active alarm")):
+        command = alarm_commands.add_parser(name, help=help_text)
+        add_cluster_arguments(command)
+        command.set_defaults(run=command_alarm)
+
+
+def parse_address(text: str) -> str:
+    """HOST:PORT, as the replicas listen."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return text
 
 
 if __name__ == "__main__":

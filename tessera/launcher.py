@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -44,6 +44,7 @@ DEFAULT_DATA_DIR = "tessera-data"
 DEFAULT_LISTEN = f"{HOST}:2379"
 LAYOUT_FILE = "cluster.json"
 LOCK_FILE = "launcher.lock"
+LAYOUT_LOCK_FILE = "cluster.json.lock"  # held while a command changes the layout
 
 STARTUP_SECONDS = 30.0  # 13 processes on a 2-core host elect well within this
 PORTS_FREE_SECONDS = 5.0  # children of a launcher that died stop within 0.5 s and free their ports
@@ -98,6 +99,9 @@ class Layout:
     listen: str  # the router's etcd endpoint
     metrics: dict[int, dict[int, str]]  # group -> member -> where it serves /metrics and /health
     gateway: str | None  # the router's HTTP address: etcd's JSON gateway
+    # (group, member) added to a running group (`tessera member add`): started with --join, as
+    # founding its group anew would give it a log that contradicts the group's.
+    joined: set[tuple[int, int]] = field(default_factory=set)
 
     @classmethod
     def new(cls, listen: str) -> Layout:
@@ -133,6 +137,8 @@ class Layout:
                 for group, members in saved["groups"].items()
             },
             gateway=saved.get("gateway"),
+            joined={(int(group), int(member)) for group, members in saved["groups"].items()
+                    for member, addresses in members.items() if addresses.get("join")},
         )
 
     def add_missing_addresses(self) -> bool:
@@ -153,7 +159,8 @@ class Layout:
         saved = {
             "groups": {
                 str(group): {
-                    str(member): {"peer": peer, "api": api, "metrics": self.metrics[group][member]}
+                    str(member): {"peer": peer, "api": api, "metrics": self.metrics[group][member],
+                                  **({"join": True} if (group, member) in self.joined else {})}
                     for member, (peer, api) in members.items()
                 }
                 for group, members in self.groups.items()
@@ -172,6 +179,23 @@ class Layout:
             os.fsync(file.fileno())
         os.replace(temporary, path)
 
+    def free_addresses(self, count: int) -> list[str]:
+        """Addresses free now that no member of the layout has (one may be down for a moment)."""
+        taken = {address.rpartition(":")[2] for address in self.addresses}
+        ports = [port for port in free_ports(count + len(taken)) if str(port) not in taken]
+        return [f"{HOST}:{port}" for port in ports[:count]]
+
+    def add_member(self, group: int, member: int, peer: str, api: str) -> None:
+        """A member that joins a running group, at these addresses (its metrics on a free port)."""
+        self.groups[group][member] = (peer, api)  # first: the metrics port must differ from these
+        self.metrics.setdefault(group, {})[member] = self.free_addresses(1)[0]
+        self.joined.add((group, member))
+
+    def remove_member(self, group: int, member: int) -> None:
+        del self.groups[group][member]
+        del self.metrics[group][member]
+        self.joined.discard((group, member))
+
     def members_argument(self, group: int) -> str:
         return ",".join(f"{member}={peer}/{api}" for member, (peer, api) in self.groups[group].items())
 
@@ -187,6 +211,45 @@ class Layout:
         replicas = [address for members in self.groups.values() for pair in members.values() for address in pair]
         metrics = [address for members in self.metrics.values() for address in members.values()]
         return [*replicas, *metrics, self.listen, *([self.gateway] if self.gateway else [])]
+
+
+def layout_stamp(path: Path) -> tuple[int, int]:
+    """Changes whenever the layout is saved again (Layout.save replaces the file)."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def launcher_running(data_dir: str | Path) -> bool:
+    """Whether a launcher (`tessera up`, a test cluster) runs the cluster in `data_dir` now."""
+    lock_path = Path(data_dir) / LOCK_FILE
+    if not lock_path.exists():
+        return False
+    with open(lock_path) as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock_file, fcntl.LOCK_UN)
+        return False
+
+
+def unused_member_id(data_dir: str | Path, group: int) -> int:
+    """An id the group never had in this data dir: above each in the layout and each member's
+    directory kept (a removed member's data stays; a new member must not start on it)."""
+    data_dir = Path(data_dir)
+    kept = [int(path.name.removeprefix("member-")) for path in (data_dir / f"group-{group}").glob("member-*")]
+    return max([*Layout.load(data_dir / LAYOUT_FILE).groups.get(group, {}), *kept], default=0) + 1
+
+
+def change_layout(data_dir: str | Path, change: Callable[[Layout], None]) -> Layout:
+    """Load the layout, `change` it and save it, one command at a time; a running launcher follows."""
+    data_dir = Path(data_dir)
+    with open(data_dir / LAYOUT_LOCK_FILE, "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        layout = Layout.load(data_dir / LAYOUT_FILE)
+        change(layout)
+        layout.save(data_dir / LAYOUT_FILE)
+        return layout
 
 
 @dataclass
@@ -256,6 +319,7 @@ class Launcher:
         # kill() and restart() may come from a test's thread while the supervision loop runs.
         self._children_lock = threading.Lock()
         self._lock_file = None
+        self._layout_stamp: tuple[int, int] | None = None  # the layout file the replicas follow
 
     async def __aenter__(self) -> Launcher:
         await self.start()
@@ -271,6 +335,7 @@ class Launcher:
         try:
             self._lock_data_dir()
             self.layout = self._load_or_create_layout()
+            self._layout_stamp = layout_stamp(self.layout_path)
             await self._wait_until_ports_free()
             for group, members in self.layout.groups.items():
                 for member in members:
@@ -337,6 +402,7 @@ class Launcher:
                 "--data-dir", str(self.data_dir / f"group-{group}" / f"member-{member}"),
                 "--members", self.layout.members_argument(group), "--parent-pid", str(os.getpid()),
                 "--metrics-listen", self.layout.metrics_address(group, member), *self.replica_arguments,
+                *(["--join"] if (group, member) in self.layout.joined else []),
             ],
             log_path=self.logs_dir / f"group-{group}-member-{member}.log",
         )
@@ -471,6 +537,7 @@ class Launcher:
 
     async def _supervise(self) -> None:
         while True:
+            await self._follow_layout()
             with self._children_lock:
                 now = time.monotonic()
                 for child in self._children():
@@ -480,6 +547,32 @@ class Launcher:
                         self._spawn(child)
                         self.report(f"{child.name} restarted (pid {child.process.pid})")
             await asyncio.sleep(POLL_SECONDS)
+
+    async def _follow_layout(self) -> None:
+        """Start the replicas a `tessera member` command added to the layout; stop those it removed.
+
+        The layout file is what the launcher runs, now and at the next start, so a
+        command in another process changes it (change_layout) rather than asking
+        this process over a channel of its own.
+        """
+        stamp = layout_stamp(self.layout_path)
+        if stamp == self._layout_stamp:
+            return
+        self._layout_stamp = stamp
+        layout = Layout.load(self.layout_path)
+        wanted = {(group, member) for group, members in layout.groups.items() for member in members}
+        with self._children_lock:
+            self.layout = layout
+            for group, member in sorted(wanted - set(self._replicas)):
+                replica = self._replicas[group, member] = self._replica_process(group, member)
+                self._spawn(replica)
+                self.report(f"{replica.name} added to the cluster (pid {replica.process.pid})")
+            leaving = [self._replicas.pop(key) for key in sorted(set(self._replicas) - wanted)]
+            if self._router is not None:  # its next start finds the meta group where it is now
+                self._router.command = self._router_process().command
+        await self._terminate(leaving)
+        for replica in leaving:
+            self.report(f"{replica.name} removed from the cluster and stopped")
 
     def _notice_exit(self, child: Supervised) -> None:
         """Report a process that exited and, when supervising, schedule its restart with backoff."""

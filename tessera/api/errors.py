@@ -147,6 +147,16 @@ class TooManyLearners(EtcdError):
     message = "etcdserver: too many learner members in cluster"
 
 
+class MemberNotEnoughStarted(EtcdError):
+    code = "FAILED_PRECONDITION"
+    message = "etcdserver: re-configuration failed due to not enough started members"
+
+
+class Unhealthy(EtcdError):
+    code = "UNAVAILABLE"
+    message = "etcdserver: unhealthy cluster"
+
+
 class LeaseExist(EtcdError):
     code = "FAILED_PRECONDITION"
     message = "etcdserver: lease already exists"
