@@ -687,7 +687,7 @@ class Replica:
     def _response(self, request: ShardRequest, kind: str, outcome) -> ShardResponse:
         response = ShardResponse(id=request.id)
         if isinstance(outcome, errors.NotLeader):
-            leader = self.config.members.get(self.leader_id)
+            leader = self.members.get(self.leader_id)
             response.error.CopyFrom(Error(code=outcome.code, message=outcome.message,
                                           leader_id=self.leader_id,
                                           leader_address=leader.api if leader else ""))
