@@ -27,6 +27,7 @@ from router.leases import Lessor
 from router.meta import MetaClient, MetaState, wait_until_bootstrapped
 from router.metrics import RouterMetrics, health
 from router.shard_client import WATCH_METHOD, GroupClient
+from router.snapshot import snapshot_stream
 from router.watch_proxy import WatchProxy
 from tessera.api import errors
 from tessera.api.health_pb2 import HealthCheckRequest, HealthCheckResponse
@@ -68,6 +69,7 @@ from tessera.api.rpc_pb2 import (
     MoveLeaderResponse,
     PutRequest,
     RangeRequest,
+    SnapshotRequest,
     StatusRequest,
     StatusResponse,
     TxnRequest,
@@ -293,6 +295,7 @@ class RouterServer:
             "Hash": unary(HashRequest.FromString, router.hash),
             "Defragment": unary(DefragmentRequest.FromString, defragment),
             "MoveLeader": unary(MoveLeaderRequest.FromString, self._move_leader),
+            "Snapshot": grpc.unary_stream_rpc_method_handler(self._snapshot),
         }
 
         def auth_disabled(parse, response_type=None):
@@ -416,6 +419,17 @@ class RouterServer:
     async def _observe(self, data: bytes, context: grpc.aio.ServicerContext):
         try:
             async for response in self._concurrency.observe(LeaderRequest.FromString(data)):
+                yield response.SerializeToString()
+        except DecodeError as error:
+            await context.abort(grpc.StatusCode.INTERNAL, _unmarshal_error(error))
+        except errors.EtcdError as error:
+            await context.abort(grpc.StatusCode[error.code], error.message)
+
+    async def _snapshot(self, data: bytes, context: grpc.aio.ServicerContext):
+        """The whole cluster at one revision (router/snapshot.py), as etcd streams its database."""
+        try:
+            SnapshotRequest.FromString(data)
+            async for response in snapshot_stream(self.router, self.meta):
                 yield response.SerializeToString()
         except DecodeError as error:
             await context.abort(grpc.StatusCode.INTERNAL, _unmarshal_error(error))

@@ -46,7 +46,7 @@ import struct
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import lmdb
 
@@ -489,6 +489,46 @@ class MvccStore:
                 self._compact_finished = target
                 txn.put(_META_COMPACT_FINISHED, _u64(target), db=self._meta)
         return done
+
+    # --- restoring a snapshot --------------------------------------------------------------
+
+    def bulk_load(self, pages: Iterable[Sequence[KeyValue]], revision: int) -> int:
+        """Fill an empty store with the records of a snapshot taken at `revision`; the keys loaded.
+
+        Each record keeps its create and mod revisions, version and lease (attached as a
+        put attaches it); sub revisions follow the load order, so keys that share a mod
+        revision stay distinct. The store ends at `revision`, compacted there: the history
+        before it is not in a snapshot, so reads and watches below it are refused as
+        etcd refuses them after a compaction. One write transaction per page; a load
+        that fails leaves the pages before it, and the store is to be discarded.
+        """
+        if self.applied_index or self.revision != FIRST_REVISION or len(self._index):
+            raise StoreInvariantError(f"bulk_load needs an empty store; {self.path} is not")
+        loaded = 0
+        try:
+            for page in pages:
+                with self._env.begin(write=True) as txn:
+                    for kv in page:
+                        if not 0 < kv.create_revision <= kv.mod_revision <= revision or kv.version < 1:
+                            raise ValueError(f"key {kv.key!r}: revisions {kv.create_revision}/{kv.mod_revision} "
+                                             f"(version {kv.version}) do not fit a snapshot at {revision}")
+                        txn.put(codec.encode_revision(kv.mod_revision, loaded), codec.encode_key_value(
+                            kv.key, kv.create_revision, kv.mod_revision, kv.version, kv.value, kv.lease),
+                            db=self._history)
+                        self._index.add(kv.key, kv.mod_revision, loaded)
+                        if kv.lease:
+                            txn.put(_lease_prefix(kv.lease) + kv.key, b"", db=self._leases)
+                        loaded += 1
+        except BaseException:
+            self._load()  # the page's transaction was aborted: memory must match disk again
+            raise
+        with self._env.begin(write=True) as txn:
+            for name, value in ((_META_REVISION, revision), (_META_COMPACTED, revision),
+                                (_META_COMPACT_FINISHED, revision)):
+                txn.put(name, _u64(value), db=self._meta)
+        self.sync()
+        self._load()
+        return loaded
 
     # --- maintenance -------------------------------------------------------------------
 

@@ -308,6 +308,73 @@ def command_shards_assign(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- snapshot save, status, restore (tessera/snapshot.py) ----------------------------
+
+
+def command_snapshot_save(args: argparse.Namespace) -> int:
+    from tessera import snapshot
+
+    endpoint = args.endpoints.removeprefix("http://")
+    try:
+        with Progress() as progress:
+            summary = snapshot.save(args.file, endpoint, progress)
+    except (snapshot.SnapshotError, OSError) as failure:
+        print(f"tessera snapshot save: {failure}", file=sys.stderr)
+        return 1
+    print(f"Snapshot saved at {args.file} ({summary})")
+    return 0
+
+
+def command_snapshot_status(args: argparse.Namespace) -> int:
+    from tessera import snapshot
+
+    try:
+        with Progress() as progress:
+            summary = snapshot.status(Path(args.file), progress)
+    except (snapshot.SnapshotError, OSError) as failure:
+        print(f"tessera snapshot status: {failure}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: {summary}; checksum verified")
+    return 0
+
+
+def command_snapshot_restore(args: argparse.Namespace) -> int:
+    from tessera import snapshot
+
+    try:
+        with Progress() as progress:
+            summary = snapshot.restore(args.file, args.data_dir, args.listen, progress)
+    except (snapshot.SnapshotError, OSError) as failure:
+        print(f"tessera snapshot restore: {failure}", file=sys.stderr)
+        return 1
+    print(f"Restored {args.file} into {args.data_dir} ({summary}); start it with: "
+          f"tessera up --data-dir {args.data_dir}")
+    return 0
+
+
+def add_snapshot_commands(commands) -> None:
+    snapshot = commands.add_parser("snapshot", help="the whole cluster at one revision: save it to a file, "
+                                                     "check a file, restore one into a new cluster")
+    snapshot_commands = snapshot.add_subparsers(dest="snapshot_command", required=True)
+    save = snapshot_commands.add_parser("save", help="save every group at one revision into FILE "
+                                                     "(the history before it is not kept)")
+    save.add_argument("file")
+    save.add_argument("--endpoints", default=DEFAULT_LISTEN,
+                      help="one router's etcd endpoint HOST:PORT (default %(default)s)")
+    save.set_defaults(run=command_snapshot_save)
+    status = snapshot_commands.add_parser("status", help="check FILE's checksum and structure; what it holds")
+    status.add_argument("file")
+    status.set_defaults(run=command_snapshot_status)
+    restore = snapshot_commands.add_parser(
+        "restore", help="make a new cluster's data dir from FILE; then start it with tessera up --data-dir")
+    restore.add_argument("file")
+    restore.add_argument("--data-dir", required=True, help="the new cluster's data dir (must not exist or be empty)")
+    restore.add_argument("--listen", default=DEFAULT_LISTEN,
+                         help="the new cluster's router endpoint HOST:PORT (default %(default)s; port 0 picks "
+                              "a free one)")
+    restore.set_defaults(run=command_snapshot_restore)
+
+
 def _operator_failure(command: str, failure: Exception) -> int:
     print(f"tessera {command}: {getattr(failure, 'message', failure)}", file=sys.stderr)
     return 1
@@ -588,6 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         add_cluster_arguments(command)
         command.set_defaults(run=run)
     add_operator_commands(commands)
+    add_snapshot_commands(commands)
     from tessera.chaos import command as chaos_command  # the chaos harness: its own part, loaded for its options
     chaos = commands.add_parser("chaos", help="a recorded workload under injected faults, then checkers "
                                               "(linearizability, watch, durability, revisions)")

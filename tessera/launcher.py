@@ -62,6 +62,11 @@ class LauncherError(Exception):
     """The cluster cannot be started as asked; the message says why and where to look."""
 
 
+def replica_data_dir(data_dir: Path, group: int, member: int) -> Path:
+    """Where a replica keeps its WAL and store (what a snapshot restore fills)."""
+    return data_dir / f"group-{group}" / f"member-{member}"
+
+
 def report_to_stdout(line: str) -> None:
     print(f"tessera: {line}", flush=True)
 
@@ -104,13 +109,16 @@ class Layout:
     joined: set[tuple[int, int]] = field(default_factory=set)
 
     @classmethod
-    def new(cls, listen: str) -> Layout:
-        ports = iter(free_ports(3 * len(GROUPS) * len(MEMBERS) + 2))
+    def new(cls, listen: str, members: dict[int, Sequence[int]] | None = None) -> Layout:
+        """Free ports for every member: `members` (group -> member ids; a restore gives the saved
+        ones), or `tessera up`'s groups."""
+        members = members or {group: MEMBERS for group in GROUPS}
+        ports = iter(free_ports(3 * sum(len(ids) for ids in members.values()) + 2))
         groups = {
-            group: {member: (f"{HOST}:{next(ports)}", f"{HOST}:{next(ports)}") for member in MEMBERS}
-            for group in GROUPS
+            group: {member: (f"{HOST}:{next(ports)}", f"{HOST}:{next(ports)}") for member in ids}
+            for group, ids in members.items()
         }
-        metrics = {group: {member: f"{HOST}:{next(ports)}" for member in MEMBERS} for group in GROUPS}
+        metrics = {group: {member: f"{HOST}:{next(ports)}" for member in ids} for group, ids in members.items()}
         host, _, port = listen.rpartition(":")
         if port == "0":  # any free port, fixed from now on
             listen = f"{host}:{next(ports)}"
@@ -399,7 +407,7 @@ class Launcher:
             name=f"group {group} member {member}",
             command=[
                 sys.executable, "-m", "tessera.cli", "replica", "--group", str(group), "--member", str(member),
-                "--data-dir", str(self.data_dir / f"group-{group}" / f"member-{member}"),
+                "--data-dir", str(replica_data_dir(self.data_dir, group, member)),
                 "--members", self.layout.members_argument(group), "--parent-pid", str(os.getpid()),
                 "--metrics-listen", self.layout.metrics_address(group, member), *self.replica_arguments,
                 *(["--join"] if (group, member) in self.layout.joined else []),
