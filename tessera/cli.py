@@ -485,7 +485,7 @@ def command_member_remove(args: argparse.Namespace) -> int:
 def _remove(args: argparse.Namespace, group: int, member: int) -> None:
     """Remove from the group; with a local launcher, also from the layout, which stops the replica."""
     from router import admin
-    from tessera.launcher import change_layout
+    from tessera.launcher import change_layout, replica_data_dir
 
     leader = asyncio.run(admin.remove_member(meta_members(args), group, member))
     print(f"group {group}: member {member} removed (member {leader} leads)", flush=True)
@@ -496,7 +496,7 @@ def _remove(args: argparse.Namespace, group: int, member: int) -> None:
 
         change_layout(args.data_dir, drop)
         print(f"group {group}: member {member} stopped; its data stays in "
-              f"{Path(args.data_dir) / f'group-{group}' / f'member-{member}'}", flush=True)
+              f"{replica_data_dir(Path(args.data_dir), group, member)}", flush=True)
 
 
 def command_member_move(args: argparse.Namespace) -> int:

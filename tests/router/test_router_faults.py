@@ -28,7 +28,7 @@ from tessera.api.rpc_pb2 import (
     PutRequest,
     RangeRequest,
 )
-from tessera.launcher import free_ports
+from tessera.launcher import free_ports, replica_data_dir
 
 # What a client may see while a group elects a new leader: retry later, outcome unknown.
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -190,7 +190,7 @@ def test_a_replica_whose_data_differs_is_found_and_alarmed_corrupt(cluster):
     asyncio.run(write())
     wait_until_caught_up(cluster, group, follower)
     cluster.kill(group, follower)
-    store = lmdb.open(str(cluster.launcher.data_dir / f"group-{group}" / f"member-{follower}" / "mvcc"),
+    store = lmdb.open(str(replica_data_dir(cluster.launcher.data_dir, group, follower) / "mvcc"),
                       max_dbs=8, map_size=1 << 30)
     history = store.open_db(b"history")
     with store.begin(write=True, db=history) as txn:
