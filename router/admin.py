@@ -162,18 +162,16 @@ async def replica_statuses(meta_members: dict[int, str]) -> list[tuple[int, int,
         await asyncio.gather(meta.client.close(), *(client.close() for client in clients.values()))
 
 
-async def transfer_leadership(meta_members: dict[int, str], group: int, member: int) -> None:
-    """Hand a group's leadership to one of its voters (etcd's MoveLeader, for one group)."""
-    meta = MetaClient(GroupClient(META_GROUP, meta_members))
-    client = None
-    try:
-        state = await meta.load()
-        if group not in state.groups:
-            raise ShardMapError(f"there is no group {group}")
-        client = GroupClient(group, {m.id: m.api_address for m in state.groups[group].members})
+async def transfer_leadership(meta_members: dict[int, str], group: int, member: int) -> bool:
+    """Hand a group's leadership to one of its voters (etcd's MoveLeader, for one group); whether
+    it moved (False: the member led already)."""
+    async with _operating(meta_members) as (_, _, group_client):
+        client = group_client(group)
+        leader, _ = await _membership(client)
+        if leader == member:
+            return False
         await client.call(ShardRequest(move_leader=MoveLeaderRequest(targetID=member)), write=True)
-    finally:
-        await asyncio.gather(meta.client.close(), *([client.close()] if client else []))
+        return True
 
 
 # --- membership, defragment, alarms ------------------------------------------------------

@@ -284,14 +284,12 @@ def command_status(args: argparse.Namespace) -> int:
 
 def command_leader_transfer(args: argparse.Namespace) -> int:
     from router import admin
-    from router.shard_map import ShardMapError
 
     try:
-        asyncio.run(admin.transfer_leadership(meta_members(args), args.group, args.member))
-    except (ShardMapError, EtcdError) as failure:
-        print(f"tessera leader transfer: {getattr(failure, 'message', failure)}", file=sys.stderr)
-        return 1
-    print(f"group {args.group}: member {args.member} leads")
+        moved = asyncio.run(admin.transfer_leadership(meta_members(args), args.group, args.member))
+    except (admin.OperatorError, EtcdError) as failure:
+        return _operator_failure("leader transfer", failure)
+    print(f"group {args.group}: member {args.member} leads" + ("" if moved else " (it did already)"))
     return 0
 
 

@@ -28,6 +28,8 @@ def test_status_shows_every_replica_and_transfer_moves_a_leader(tessera_cluster)
     moved = tessera(tessera_cluster, "leader", "transfer", "2", str(target))
     assert moved.returncode == 0 and moved.stdout == f"group 2: member {target} leads\n", moved.stderr
     assert leaders(tessera(tessera_cluster, "status").stdout)[2] == target
+    again = tessera(tessera_cluster, "leader", "transfer", "2", str(target))  # it leads already: nothing to do
+    assert again.returncode == 0 and again.stdout == f"group 2: member {target} leads (it did already)\n"
 
     refused = tessera(tessera_cluster, "leader", "transfer", "2", "9")  # not a member
     assert refused.returncode == 1
