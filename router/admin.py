@@ -8,6 +8,7 @@ router does. An assignment completes only once every router routes by it.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -184,6 +185,10 @@ async def transfer_leadership(meta_members: dict[int, str], group: int, member: 
 # A learner whose applied index has not moved for this long is not catching up
 # (a snapshot of a few GB crosses the loopback well within it).
 CATCH_UP_STALL_SECONDS = 60.0
+# Random member ids (`member add --meta`): above the small ids a launcher gives, below 2**31
+# so they print and sort as the others do.
+MEMBER_ID_FLOOR = 1 << 16
+MEMBER_ID_CEILING = 1 << 31
 CATCH_UP_POLL_SECONDS = 0.2
 
 
@@ -255,6 +260,7 @@ async def _membership(client: GroupClient) -> tuple[int, list[Member]]:
         raise errors.NoLeader()
     members = list((await _ask(client, status.leader_id, ShardRequest(member_list={}))).members.members)
     client.set_members({member.id: member.api_address for member in members})
+    client.leader_id = status.leader_id  # writes go there first, not to a member that may be down
     return status.leader_id, members
 
 
@@ -290,16 +296,20 @@ async def list_members(meta_members: dict[int, str], group: int | None = None) -
 
 
 async def add_member(meta_members: dict[int, str], group: int, peer_address: str, api_address: str,
-                     lowest_id: int = 1) -> tuple[Member, list[Member]]:
-    """Add a learner to a group (etcd's member add --learner): it, and the members now. Its id is
-    new to the group and at least `lowest_id`; it must then be started with --join, and promoted
-    once caught up."""
+                     member_id: int | None = None) -> tuple[Member, list[Member]]:
+    """Add a learner to a group (etcd's member add --learner): it, and the members now. It must
+    then be started with --join, and promoted once caught up.
+
+    `member_id`: one the group never had (a local launcher's data dir knows every one it
+    had); without it, a random id, as etcd gives its members, so that a removed member
+    whose process still runs never shares its id with a new one."""
     async with _operating(meta_members) as (_, state, group_client):
         client = group_client(group)
         _, members = await _membership(client)
         known = {m.id for m in members} | {m.id for m in state.groups[group].members}
-        member = Member(id=max(max(known, default=0) + 1, lowest_id), peer_address=peer_address,
-                        api_address=api_address, is_learner=True)
+        while member_id is None or member_id in known:
+            member_id = MEMBER_ID_FLOOR + secrets.randbelow(MEMBER_ID_CEILING - MEMBER_ID_FLOOR)
+        member = Member(id=member_id, peer_address=peer_address, api_address=api_address, is_learner=True)
         answer = await client.call(ShardRequest(member_add=member), write=True)
         return member, list(answer.members.members)
 

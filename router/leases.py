@@ -7,7 +7,9 @@ expire as revoked (shards/leases.py). Any number of routers may serve leases
 at once: none of them holds a deadline.
 
 What a router does:
-- grant: create the record (the id chosen here if the client chose none);
+- grant: create the record (the id chosen here if the client chose none; an id
+  the client chose may have been revoked before, so every group is first told
+  to take puts with it again);
 - keep-alive, time-to-live, list: ask the meta leader (time-to-live with keys
   gathers them from every group);
 - revoke, asked for: mark the record revoked, then finish it;
@@ -114,6 +116,13 @@ class Lessor:
             raise errors.LeaseTTLTooLarge()
         ttl = max(request.TTL, self.minimum_ttl)
         lease_id = request.ID
+        if lease_id:
+            if await self.meta.get(lease_key(lease_id)) is not None:
+                raise errors.LeaseExist()  # live, or its revoke not finished
+            # The id may have been revoked before, which every group remembers: as in etcd, a
+            # lease granted again under it is a new lease, so the groups take puts with it again.
+            await asyncio.gather(*(self.router.write(group, ShardRequest(regrant_lease=lease_id))
+                                   for group in sorted(self.router.groups)))
         while True:
             chosen = lease_id or secrets.randbits(63) or 1
             if await self.meta.create(lease_key(chosen), LeaseRecord(id=chosen, ttl=ttl)):

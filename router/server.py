@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import signal
 
 import grpc
@@ -182,32 +183,55 @@ class RouterServer:
     # --- the meta group ---------------------------------------------------------------------
 
     async def _follow_meta(self) -> None:
-        """Watch the meta group's records; reload the map and the groups when they change."""
-        start, end = prefix_range(SYSTEM_PREFIX)
+        """Watch the meta group's records on its leader; reload the map, groups and leases on a change.
+
+        The watch is on the leader, and moves when `track_leaders` learns of another: a
+        replica that was paused, partitioned or removed from the group (its process may run
+        on) stops seeing the group's log, and a router that kept watching it would miss
+        shard-map changes and revoke marks for good. Whenever the watch moves, ends or is
+        cancelled (a compaction of the meta group passed it), everything is read again.
+        """
         while True:
-            member = self.meta_client.leader_id or self.meta_client.member_ids[0]
-            call = self.meta_client.connection(member).channel.stream_stream(
-                WATCH_METHOD, request_serializer=WatchRequest.SerializeToString,
-                response_deserializer=WatchResponse.FromString,
-            )(iter([WatchRequest(create_request=WatchCreateRequest(
-                key=start, range_end=end, start_revision=self.state.revision + 1))]))
-            try:
-                async for response in call:
-                    for event in response.events:
-                        if event.kv.key.startswith(LEASES_PREFIX):
-                            self.router.leases.observe(event)
-                    if any(not event.kv.key.startswith(LEASES_PREFIX) for event in response.events):
-                        await self._apply_meta(await self.meta.load())
-            except grpc.aio.AioRpcError:
-                pass
-            except errors.EtcdError as error:
-                log.info("reloading the meta records failed: %s", error.message)
-            call.cancel()
-            await asyncio.sleep(META_RETRY_SECONDS)
+            member = self.meta_client.leader_id or random.choice(self.meta_client.member_ids)
+            watch = asyncio.get_running_loop().create_task(self._watch_meta(member))
+            while not watch.done():
+                await asyncio.wait([watch], timeout=META_RETRY_SECONDS)
+                if self.meta_client.leader_id not in (0, member):
+                    log.info("the meta group's leader is now member %d: watching it", self.meta_client.leader_id)
+                    break
+            ended = watch.done()
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
             try:
                 await self._apply_meta(await self.meta.load())
-            except errors.EtcdError:
-                pass
+            except errors.EtcdError as error:
+                log.info("reloading the meta records failed: %s", error.message)
+            if ended:  # the replica went away, or cancelled the watch: not at once again
+                await asyncio.sleep(META_RETRY_SECONDS)
+
+    async def _watch_meta(self, member: int) -> None:
+        """Follow one meta replica's watch of the system records until it ends or is cancelled."""
+        start, end = prefix_range(SYSTEM_PREFIX)
+        call = self.meta_client.connection(member).channel.stream_stream(
+            WATCH_METHOD, request_serializer=WatchRequest.SerializeToString,
+            response_deserializer=WatchResponse.FromString,
+        )(iter([WatchRequest(create_request=WatchCreateRequest(
+            key=start, range_end=end, start_revision=self.state.revision + 1))]))
+        try:
+            async for response in call:
+                if response.canceled:
+                    return
+                for event in response.events:
+                    if event.kv.key.startswith(LEASES_PREFIX):
+                        self.router.leases.observe(event)
+                if any(not event.kv.key.startswith(LEASES_PREFIX) for event in response.events):
+                    await self._apply_meta(await self.meta.load())
+        except grpc.aio.AioRpcError:
+            pass
+        except errors.EtcdError as error:
+            log.info("reloading the meta records failed: %s", error.message)
+        finally:
+            call.cancel()
 
     async def _register(self, shard_map_revision: int) -> None:
         """Tell the meta group this router's address and the shard map it routes by."""
@@ -437,8 +461,14 @@ class RouterServer:
             await context.abort(grpc.StatusCode[error.code], error.message)
 
     async def _keep_alive(self, request_iterator, context):
-        async for data in request_iterator:
-            yield (await self.router.leases.keep_alive(LeaseKeepAliveRequest.FromString(data).ID)).SerializeToString()
+        try:
+            async for data in request_iterator:
+                answer = await self.router.leases.keep_alive(LeaseKeepAliveRequest.FromString(data).ID)
+                yield answer.SerializeToString()
+        except DecodeError as error:
+            await context.abort(grpc.StatusCode.INTERNAL, f"grpc: failed to unmarshal the received message {error}")
+        except errors.EtcdError as error:
+            await context.abort(grpc.StatusCode[error.code], error.message)
 
     async def _member_list(self, _request) -> MemberListResponse:
         state = await self.meta.load()

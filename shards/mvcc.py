@@ -101,6 +101,12 @@ class RevokeLease(NamedTuple):
     lease_id: int
 
 
+class RegrantLease(NamedTuple):
+    """A revoked lease's id granted again: take puts with it again."""
+
+    lease_id: int
+
+
 class SetMember(NamedTuple):
     """Record (or replace) a group member's record."""
 
@@ -403,6 +409,9 @@ class MvccStore:
                 response = None
             elif isinstance(request, RevokeLease):
                 response = change.revoke_lease(request.lease_id)
+            elif isinstance(request, RegrantLease):
+                txn.delete(_lease_prefix(request.lease_id), db=self._revoked)
+                response = None
             elif isinstance(request, SetMember):
                 txn.put(_u64(request.member_id), request.record, db=self._members)
                 response = None

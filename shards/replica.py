@@ -58,9 +58,9 @@ from pathlib import Path
 import grpc
 
 from shards.durable import write_file_durably
-from shards.leases import LeaseKeeper
+from shards.leases import LeaseKeeper, RecordWrite
 from shards.metrics import Gauges, MetricsServer, ReplicaMetrics
-from shards.mvcc import MvccStore, Proposal, RaiseRevision, RemoveMember, RevokeLease, SetMember
+from shards.mvcc import MvccStore, Proposal, RaiseRevision, RegrantLease, RemoveMember, RevokeLease, SetMember
 from shards.raft import Config, ProposalDropped, RawNode, Ready, Role
 from shards.raft.messages import ConfChange, ConfChangeType, Message, MessageType
 from shards.raft.storage import Entry, EntryType, HardState, Snapshot, SnapshotMeta
@@ -71,7 +71,6 @@ from tessera.api import errors, validation
 from tessera.api.internal_pb2 import (
     Error,
     LeaseKeysResponse,
-    LeaseRecord,
     Member,
     MemberChange,
     MemberListResponse,
@@ -88,6 +87,7 @@ from tessera.api.rpc_pb2 import (
     AlarmType,
     DefragmentResponse,
     Compare,
+    CompactionRequest,
     HashKVResponse,
     LeaseKeepAliveResponse,
     LeaseLeasesResponse,
@@ -122,10 +122,11 @@ LEASE_CHECK_SECONDS = 0.25  # how often the meta leader looks for expired leases
 LEASE_CHECKPOINT_SECONDS = 300.0  # etcd's lease checkpoint interval (5 minutes)
 LEASE_CHECKPOINT_BATCH = 64  # records per checkpoint transaction (two operations each, under etcd's 128)
 
-_WRITE_KINDS = {"put", "delete_range", "txn", "compaction", "raise_revision", "alarm", "revoke_lease"}
+_WRITE_KINDS = {"put", "delete_range", "txn", "compaction", "raise_revision", "alarm", "revoke_lease",
+                "regrant_lease"}
 _LEASE_KINDS = {"lease_keep_alive", "lease_time_to_live", "lease_leases"}
 # Requests the store answers with no response message of their own: the answer is a header.
-_HEADER_ANSWERS = {"raise_revision": "raised", "revoke_lease": "lease_revoked"}
+_HEADER_ANSWERS = {"raise_revision": "raised", "revoke_lease": "lease_revoked", "regrant_lease": "lease_regranted"}
 
 
 class ReplicaStateError(Exception):
@@ -250,9 +251,7 @@ class Replica:
         self._leases_ready_index = 0
         if config.group_id == META_GROUP:
             self.lease_keeper = LeaseKeeper(extend_seconds=config.election_timeout_ms / 1000)
-            start, end = prefix_range(LEASES_PREFIX)
-            self.lease_keeper.load([LeaseRecord.FromString(kv.value) for kv in
-                                    self.store.range(RangeRequest(key=start, range_end=end)).kvs])
+            self._load_leases()
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -465,6 +464,8 @@ class Replica:
         self._finish_snapshot_install()
         self.watch_hub.resync_all()
         self.metrics.keys = self._count_keys()
+        if self.lease_keeper is not None:
+            self._load_leases()  # leases granted while this replica was behind came in the snapshot
         self._snapshot_index = snapshot.meta.index
         log.info("group %d member %d: installed a snapshot at %d (%d bytes)", self.config.group_id,
                  self.config.member_id, snapshot.meta.index, len(snapshot.data))
@@ -494,6 +495,8 @@ class Replica:
                 store_request = RaiseRevision(request.raise_revision)
             elif kind == "revoke_lease":
                 store_request = RevokeLease(request.revoke_lease)
+            elif kind == "regrant_lease":
+                store_request = RegrantLease(request.regrant_lease)
             else:
                 store_request = getattr(request, kind)
             waiting[len(proposals)] = request.id
@@ -814,7 +817,11 @@ class Replica:
         keeper, now = self.lease_keeper, time.monotonic()
         if kind == "lease_keep_alive":
             lease_id = request.lease_keep_alive
-            return LeaseKeepAliveResponse(header=header, ID=lease_id, TTL=keeper.renew(lease_id, now))
+            ttl = keeper.renew(lease_id, now)
+            clear = keeper.checkpoint_to_clear(lease_id) if ttl else None
+            if clear is not None:  # answered once the cleared record is committed, as etcd does
+                await self._write(ShardRequest(txn=_lease_record_txn([clear])))
+            return LeaseKeepAliveResponse(header=header, ID=lease_id, TTL=ttl)
         if kind == "lease_time_to_live":
             lease_id = request.lease_time_to_live
             left = keeper.time_to_live(lease_id, now)
@@ -823,30 +830,42 @@ class Replica:
             return LeaseTimeToLiveResponse(header=header, ID=lease_id, TTL=left[0], grantedTTL=left[1])
         return LeaseLeasesResponse(header=header, leases=[LeaseStatus(ID=lease) for lease in keeper.leases()])
 
-    async def _keep_leases(self) -> None:
-        """The meta leader's lessor: mark expired leases revoked; checkpoint remaining TTLs.
+    def _load_leases(self) -> None:
+        start, end = prefix_range(LEASES_PREFIX)
+        self.lease_keeper.load(self.store.range(RangeRequest(key=start, range_end=end)).kvs)
 
-        Both are ordinary writes to lease records, proposed like a client's and
-        guarded so they never bring back a record a revoke deleted meanwhile.
+    async def _keep_leases(self) -> None:
+        """The meta leader's lessor: mark expired leases revoked; checkpoint remaining TTLs, and
+        compact the meta group's history behind them.
+
+        All are ordinary writes to lease records, proposed like a client's and guarded so
+        that none brings back a record a revoke marked or deleted meanwhile. The meta group
+        is compacted at the revision of the checkpoint before the last: its records are all
+        current state, and without it every checkpoint would add a version of every lease
+        for good (routers that watched from before reload the records).
         """
         keeper = self.lease_keeper
         last_checkpoint = time.monotonic()
+        compact_at = 0  # the meta group's revision at the last checkpoint
         while True:
             await asyncio.sleep(LEASE_CHECK_SECONDS)
             if self.role != Role.LEADER or not self._leases_ready.is_set():
                 last_checkpoint = time.monotonic()
                 continue
             now = time.monotonic()
-            for record in keeper.expired(now):
+            expired = keeper.expired(now)
+            for write in expired:
                 log.info("group %d member %d: lease %x expired", self.config.group_id, self.config.member_id,
-                         record.id)
-                self._queue_proposal(ShardRequest(txn=_update_if_present([record])))
+                         write.record.id)
+            writes = list(expired)
             if now - last_checkpoint >= self.config.lease_checkpoint_interval_seconds:
                 last_checkpoint = now
-                records = keeper.checkpoints(now)
-                for start in range(0, len(records), LEASE_CHECKPOINT_BATCH):
-                    self._queue_proposal(ShardRequest(
-                        txn=_update_if_present(records[start:start + LEASE_CHECKPOINT_BATCH])))
+                writes += keeper.checkpoints(now)
+                if self.store.compacted_revision < compact_at:
+                    self._queue_proposal(ShardRequest(compaction=CompactionRequest(revision=compact_at)))
+                compact_at = self.store.revision
+            for start in range(0, len(writes), LEASE_CHECKPOINT_BATCH):
+                self._queue_proposal(ShardRequest(txn=_lease_record_txn(writes[start:start + LEASE_CHECKPOINT_BATCH])))
 
     async def _move_leader(self, target: int):
         """Hand leadership to a caught-up voter (raft's TimeoutNow), as etcd's MoveLeader."""
@@ -929,15 +948,18 @@ class Replica:
         return True, ""
 
 
-def _update_if_present(records: list[LeaseRecord]) -> TxnRequest:
-    """Put each lease record whose key still exists, in one transaction."""
+def _lease_record_txn(writes: list[RecordWrite]) -> TxnRequest:
+    """One transaction putting each record over the version it names, or over any that exists."""
+    def guard(write: RecordWrite) -> Compare:
+        key = lease_key(write.record.id)
+        if write.mod_revision:
+            return Compare(key=key, target=Compare.MOD, result=Compare.EQUAL, mod_revision=write.mod_revision)
+        return Compare(key=key, target=Compare.CREATE, result=Compare.GREATER, create_revision=0)
+
     return TxnRequest(success=[
-        RequestOp(request_txn=TxnRequest(
-            compare=[Compare(key=lease_key(record.id), target=Compare.CREATE, result=Compare.GREATER,
-                             create_revision=0)],
-            success=[RequestOp(request_put=PutRequest(key=lease_key(record.id),
-                                                      value=record.SerializeToString()))]))
-        for record in records])
+        RequestOp(request_txn=TxnRequest(compare=[guard(write)], success=[RequestOp(request_put=PutRequest(
+            key=lease_key(write.record.id), value=write.record.SerializeToString()))]))
+        for write in writes])
 
 
 async def run_until_stopped(config: ReplicaConfig, parent_pid: int | None = None) -> None:

@@ -442,7 +442,7 @@ def _add_local_replica(args: argparse.Namespace, group: int, peer: str | None, a
         free = Layout.load(Path(args.data_dir) / LAYOUT_FILE).free_addresses(2)
         peer, api = peer or free[0], api or free[1]
     member, _ = asyncio.run(admin.add_member(meta_members(args), group, peer, api,
-                                             lowest_id=unused_member_id(args.data_dir, group)))
+                                             member_id=unused_member_id(args.data_dir, group)))
     change_layout(args.data_dir, lambda layout: layout.add_member(group, member.id, peer, api))
     print(f"group {group}: member {member.id} added as a learner (peer {peer}, API {api}); the launcher starts it",
           flush=True)
