@@ -24,13 +24,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import grpc
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from etcd_tools import ToolUnavailable, dying_with_parent, etcd_path  # noqa: E402
 
-from bench.loadgen import process_cpu_seconds  # noqa: E402
-from tessera.api import rpc_pb2, rpc_pb2_grpc  # noqa: E402
+from bench.loadgen import leader_endpoint, process_cpu_seconds  # noqa: E402
 from tessera.launcher import free_ports  # noqa: E402
 
 __all__ = ["EtcdCluster", "ToolUnavailable"]  # ToolUnavailable: callers skip on it
@@ -93,12 +90,7 @@ class EtcdCluster:
 
     def leader_endpoint(self) -> str:
         """The leader's endpoint: etcd's best case (a follower forwards writes to it)."""
-        for endpoint in self.endpoints:
-            with grpc.insecure_channel(endpoint) as channel:
-                status = rpc_pb2_grpc.MaintenanceStub(channel).Status(rpc_pb2.StatusRequest(), timeout=5)
-            if status.leader == status.header.member_id:
-                return endpoint
-        raise RuntimeError("no etcd member says it is the leader")
+        return leader_endpoint(self.endpoints)
 
     def cpu_seconds(self) -> float:
         """CPU time used so far by all members."""

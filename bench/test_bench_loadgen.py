@@ -27,7 +27,7 @@ SECONDS = float(os.environ.get("TESSERA_BENCH_SECONDS", 5))
 ETCD_MEMBERS = int(os.environ.get("TESSERA_BENCH_ETCD_MEMBERS", 3))
 PREFIXES = ("/a/", "/b/")
 # (op, clients): Kubernetes-like writes one at a time and many at once, reads, updates.
-CASES = [("put", 1), ("put", 256), ("get", 256), ("txn-put", 256)]
+CASES = [("put", 1), ("put", 256), ("range", 256), ("txn-put", 256)]
 
 
 def measure(benchmark, report_load, endpoint: str, op: str, clients: int,
