@@ -29,6 +29,7 @@ from typing import Callable, Iterable
 
 import grpc
 
+from shards import fault_control
 from shards.raft.messages import Message
 from shards.raft_wire import WireError, decode_messages, encode_messages
 
@@ -89,6 +90,7 @@ class PeerTransport:
         self.bytes_received: dict[int, int] = {}
         self._peers: dict[int, _Peer] = {}
         self._server: grpc.aio.Server | None = None
+        self._faults = fault_control.from_environment()  # None outside chaos runs
         self.port = 0
 
     # --- receiving -------------------------------------------------------------------
@@ -171,6 +173,9 @@ class PeerTransport:
             peer = self._peers.get(member_id)
             if peer is None:
                 continue  # not (or no longer) a peer: raft copes with the silence
+            if self._faults is not None and self._faults.blocks(self.listen_address, peer.address):
+                peer.stats.batches_dropped += 1  # an injected partition: lost as on a cut network
+                continue
             try:
                 peer.queue.put_nowait(encode_messages(batch))
             except asyncio.QueueFull:
@@ -178,7 +183,7 @@ class PeerTransport:
 
     def _send_snapshot(self, message: Message) -> None:
         peer = self._peers.get(message.to)
-        if peer is None:
+        if peer is None or (self._faults is not None and self._faults.blocks(self.listen_address, peer.address)):
             self.on_snapshot_sent(message.to, True)
             return
         asyncio.get_running_loop().create_task(self._stream_snapshot(peer.address, message))

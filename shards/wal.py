@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
 from native import codec, walframe
+from shards import fault_control
 from shards.durable import fsync_directory
 from shards.raft.storage import (
     ConfState,
@@ -171,6 +172,7 @@ class WriteAheadLog:
         self.fsync_count = 0  # fdatasyncs of appended data: shows whether batching works
         # Told each fdatasync's duration in seconds, on the thread that ran it (for a latency histogram).
         self.on_fsync: Callable[[float], None] = lambda seconds: None
+        self._faults = fault_control.from_environment()  # None outside chaos runs
 
     # --- opening -----------------------------------------------------------------
 
@@ -395,6 +397,8 @@ class WriteAheadLog:
         """Make everything written so far durable (one fdatasync)."""
         if self._unsynced:
             started = time.perf_counter()
+            if self._faults is not None:  # an injected slow disk, timed as part of the fdatasync
+                time.sleep(self._faults.fsync_delay_seconds(os.path.realpath(self.directory)))
             os.fdatasync(self._fd)
             self.on_fsync(time.perf_counter() - started)
             self._unsynced = False

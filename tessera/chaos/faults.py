@@ -1,0 +1,188 @@
+"""The nemesis: faults injected into a running cluster on a schedule drawn from a seed.
+
+One fault at a time: wait a gap, inject, hold, heal, record. Kinds (`--faults`):
+
+- kill: SIGKILL then restart of a random replica, of a group's leader, or of the router.
+- pause: SIGSTOP then SIGCONT of a random replica, a group's leader, or the router.
+- partition: one replica cut off from its group's peers, both ways, through the
+  peer transport's fault hook (shards/fault_control.py); the router still reaches it.
+- disk: a slow disk, a delay before every WAL fdatasync of one replica (or of a
+  whole group), through the same hook.
+
+The seed fixes the sequence of kinds, targets and durations; the processes'
+own timing is not replayable, so a seed replays the faults, not the interleaving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+
+from shards.fault_control import write_faults
+from tessera.launcher import META_GROUP, Launcher, LauncherError
+
+KILL = "kill"
+PAUSE = "pause"
+PARTITION = "partition"
+DISK = "disk"
+FAULT_KINDS = (KILL, PAUSE, PARTITION, DISK)
+
+# Groups faults land on: the meta group (the router's) and the two the workload's keys live in.
+TARGET_GROUPS = (META_GROUP, 1, 2)
+HOLD_SECONDS = (2.0, 6.0)  # how long a fault lasts: across an election timeout or several
+GAP_SECONDS = (1.0, 4.0)  # quiet time between faults
+FSYNC_DELAY_SECONDS = (0.05, 0.4)
+LEADER_LOOKUP_SECONDS = 2.0
+
+
+@dataclass
+class FaultRecord:
+    kind: str
+    target: str
+    start_s: float  # seconds since the run's start
+    end_s: float = 0.0
+    detail: str = ""
+
+
+class Nemesis:
+    def __init__(self, launcher: Launcher, rng: random.Random, kinds: list[str], control_path: str,
+                 clock, report=lambda line: None):
+        self.launcher = launcher
+        self.rng = rng
+        self.kinds = kinds
+        self.control_path = control_path
+        self.clock = clock  # seconds since the run's start
+        self.report = report
+        self.records: list[FaultRecord] = []
+        self._down: set[tuple[int, int]] = set()  # replicas killed and not restarted yet
+        self._router_down = False
+        self._paused: set[int] = set()  # pids stopped and not continued yet
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while self.kinds and not stop.is_set():
+            if await self._wait(stop, self.rng.uniform(*GAP_SECONDS)):
+                return
+            kind = self.rng.choice(self.kinds)
+            hold = self.rng.uniform(*HOLD_SECONDS)
+            record = FaultRecord(kind, "", self.clock())
+            heal = await getattr(self, f"_inject_{kind}")(record)
+            self.records.append(record)
+            self.report(f"{record.start_s:7.1f} s  {kind} {record.target} {record.detail}".rstrip())
+            try:
+                await self._wait(stop, hold)
+            finally:
+                heal()
+                record.end_s = self.clock()
+
+    @staticmethod
+    async def _wait(stop: asyncio.Event, seconds: float) -> bool:
+        """Sleep `seconds` unless stopped first; whether it was stopped."""
+        try:
+            await asyncio.wait_for(stop.wait(), seconds)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def _target_member(self, record: FaultRecord) -> tuple[int, int]:
+        """A group and a member: the group's leader half of the time, else any member."""
+        group = self.rng.choice(TARGET_GROUPS)
+        member = self.rng.choice(sorted(self.launcher.layout.groups[group]))
+        if self.rng.random() < 0.5:
+            try:
+                member = await self.launcher.leader(group, timeout=LEADER_LOOKUP_SECONDS)
+                record.target = f"group {group} leader {member}"
+                return group, member
+            except LauncherError:
+                pass  # no agreed leader right now: the drawn member it is
+        record.target = f"group {group} member {member}"
+        return group, member
+
+    async def _inject_kill(self, record: FaultRecord):
+        if self.rng.random() < 0.2:
+            record.target = "router"
+            self.launcher.kill_router()
+            self._router_down = True
+
+            def heal():
+                self.launcher.restart_router()
+                self._router_down = False
+            return heal
+        group, member = await self._target_member(record)
+        self.launcher.kill(group, member)
+        self._down.add((group, member))
+
+        def heal():
+            self.launcher.restart(group, member)
+            self._down.discard((group, member))
+        return heal
+
+    async def _inject_pause(self, record: FaultRecord):
+        if self.rng.random() < 0.2:
+            record.target = "router"
+            pid = self.launcher.router_pid
+        else:
+            pid = self.launcher.pid(*await self._target_member(record))
+        os.kill(pid, signal.SIGSTOP)
+        self._paused.add(pid)
+
+        def heal():
+            self._continue(pid)
+        return heal
+
+    def _continue(self, pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        self._paused.discard(pid)
+
+    async def _inject_partition(self, record: FaultRecord):
+        group, member = await self._target_member(record)
+        peers = self.launcher.layout.groups[group]
+        isolated = peers[member][0]
+        blocked = [link for other, (address, _) in peers.items() if other != member
+                   for link in ((isolated, address), (address, isolated))]
+        record.detail = "cut off from its peers"
+        write_faults(self.control_path, blocked=blocked)
+        return self._clear_control
+
+    async def _inject_disk(self, record: FaultRecord):
+        delay = self.rng.uniform(*FSYNC_DELAY_SECONDS)
+        if self.rng.random() < 0.25:
+            group = self.rng.choice(TARGET_GROUPS)
+            members = sorted(self.launcher.layout.groups[group])
+            record.target = f"group {group} (every member)"
+        else:
+            group, member = await self._target_member(record)
+            members = [member]
+        directories = {str(self.launcher.data_dir / f"group-{group}" / f"member-{member}" / "wal"): delay
+                       for member in members}
+        record.detail = f"fsync +{delay * 1000:.0f} ms"
+        write_faults(self.control_path, fsync_delay_seconds=directories)
+        return self._clear_control
+
+    def _clear_control(self) -> None:
+        write_faults(self.control_path)
+
+    def heal_all(self) -> None:
+        """Undo whatever is still in force: continue paused processes, restart killed ones, clear the hook."""
+        for pid in list(self._paused):
+            self._continue(pid)
+        for group, member in sorted(self._down):
+            self.launcher.restart(group, member)
+        self._down.clear()
+        if self._router_down:
+            self.launcher.restart_router()
+            self._router_down = False
+        self._clear_control()
+
+
+async def wait_healthy(launcher: Launcher, timeout: float) -> None:
+    """Until every group has a leader that all its members agree on."""
+    deadline = time.monotonic() + timeout
+    for group in launcher.layout.groups:
+        await launcher.leader(group, timeout=max(0.1, deadline - time.monotonic()))
