@@ -8,6 +8,10 @@ One fault at a time: wait a gap, inject, hold, heal, record. Kinds (`--faults`):
   peer transport's fault hook (shards/fault_control.py); the router still reaches it.
 - disk: a slow disk, a delay before every WAL fdatasync of one replica (or of a
   whole group), through the same hook.
+- quota: a full quota: one data group's NOSPACE alarm raised through its raft log, as
+  its leader raises it when the database passes --quota-backend-bytes; the group
+  refuses puts ("database space exceeded") until the alarm is disarmed, etcd's
+  runbook's last step, which is the heal.
 
 The seed fixes the sequence of kinds, targets and durations; the processes'
 own timing is not replayable, so a seed replays the faults, not the interleaving.
@@ -23,20 +27,25 @@ import time
 from dataclasses import dataclass
 
 from shards.fault_control import write_faults
+from tessera.api.rpc_pb2 import NOSPACE, AlarmRequest
 from tessera.launcher import META_GROUP, Launcher, LauncherError
 
 KILL = "kill"
 PAUSE = "pause"
 PARTITION = "partition"
 DISK = "disk"
-FAULT_KINDS = (KILL, PAUSE, PARTITION, DISK)
+QUOTA = "quota"
+FAULT_KINDS = (KILL, PAUSE, PARTITION, DISK, QUOTA)
 
 # Groups faults land on: the meta group (the router's) and the two the workload's keys live in.
 TARGET_GROUPS = (META_GROUP, 1, 2)
+DATA_GROUPS = (1, 2)
+ALARM_SECONDS = 10.0  # to raise or disarm an alarm through whichever member leads meanwhile
 HOLD_SECONDS = (2.0, 6.0)  # how long a fault lasts: across an election timeout or several
 GAP_SECONDS = (1.0, 4.0)  # quiet time between faults
 FSYNC_DELAY_SECONDS = (0.05, 0.4)
 LEADER_LOOKUP_SECONDS = 2.0
+ALARM_MEMBER_ID = 1  # whose alarm the quota fault raises: one id, so the heal disarms that one
 
 
 @dataclass
@@ -61,6 +70,7 @@ class Nemesis:
         self._down: set[tuple[int, int]] = set()  # replicas killed and not restarted yet
         self._router_down = False
         self._paused: set[int] = set()  # pids stopped and not continued yet
+        self._alarmed: set[int] = set()  # groups whose NOSPACE alarm is raised
 
     async def run(self, stop: asyncio.Event) -> None:
         while self.kinds and not stop.is_set():
@@ -75,7 +85,9 @@ class Nemesis:
             try:
                 await self._wait(stop, hold)
             finally:
-                heal()
+                healing = heal()
+                if healing is not None:  # a heal that goes through the cluster
+                    await healing
                 record.end_s = self.clock()
 
     @staticmethod
@@ -168,8 +180,38 @@ class Nemesis:
     def _clear_control(self) -> None:
         write_faults(self.control_path)
 
-    def heal_all(self) -> None:
-        """Undo whatever is still in force: continue paused processes, restart killed ones, clear the hook."""
+    async def _inject_quota(self, record: FaultRecord):
+        group = self.rng.choice(DATA_GROUPS)
+        record.target = f"group {group}"
+        record.detail = "NOSPACE alarm: puts refused"
+        await self._alarm(group, AlarmRequest.ACTIVATE)
+        self._alarmed.add(group)
+        return lambda: self._disarm(group)
+
+    async def _disarm(self, group: int) -> None:
+        await self._alarm(group, AlarmRequest.DEACTIVATE)
+        self._alarmed.discard(group)
+
+    async def _alarm(self, group: int, action: int) -> None:
+        """Raise or disarm the group's NOSPACE alarm through its leader (the change goes through raft)."""
+        deadline = time.monotonic() + ALARM_SECONDS
+        while True:
+            try:
+                leader = await self.launcher.leader(group, timeout=LEADER_LOOKUP_SECONDS)
+                answer = await self.launcher.request(group, leader, alarm=AlarmRequest(
+                    action=action, memberID=ALARM_MEMBER_ID, alarm=NOSPACE))
+                if answer.WhichOneof("response") == "alarm":
+                    return
+            except LauncherError:
+                pass  # no leader for the moment
+            if time.monotonic() > deadline:
+                raise LauncherError(f"group {group}: the NOSPACE alarm could not be "
+                                    f"{'raised' if action == AlarmRequest.ACTIVATE else 'disarmed'}")
+            await asyncio.sleep(0.1)
+
+    async def heal_all(self) -> None:
+        """Undo whatever is still in force: continue paused processes, restart killed ones, clear the hook,
+        disarm alarms."""
         for pid in list(self._paused):
             self._continue(pid)
         for group, member in sorted(self._down):
@@ -179,6 +221,8 @@ class Nemesis:
             self.launcher.restart_router()
             self._router_down = False
         self._clear_control()
+        for group in sorted(self._alarmed):
+            await self._disarm(group)
 
 
 async def wait_healthy(launcher: Launcher, timeout: float) -> None:

@@ -126,7 +126,7 @@ async def _run_workload(config: RunConfig, launcher: Launcher, history: History,
         await asyncio.sleep(config.duration_seconds)
         nemesis_stop.set()
         await nemesis_task
-        nemesis.heal_all()
+        await nemesis.heal_all()
         await wait_healthy(launcher, HEAL_SECONDS)
         clients_stop.set()
         await asyncio.gather(*client_tasks)
@@ -160,7 +160,7 @@ async def _run_workload(config: RunConfig, launcher: Launcher, history: History,
         for task in [nemesis_task, *client_tasks, *watcher_tasks]:
             task.cancel()
         await asyncio.gather(nemesis_task, *client_tasks, *watcher_tasks, return_exceptions=True)
-        nemesis.heal_all()
+        await nemesis.heal_all()
         for client in clients:
             await client.kv.close()
         for connections in replicas.values():

@@ -1,4 +1,4 @@
-"""The CI chaos run: about a minute of workload on a real cluster under kill and pause faults, all checks clean.
+"""The CI chaos run: about a minute of workload on a real cluster under kill, pause and quota faults, all clean.
 
 The fault schedule's seed is random unless `--seed N` is given; a failure names
 its seed and the command that replays its faults (at any length).
@@ -9,23 +9,23 @@ from __future__ import annotations
 import asyncio
 import random
 
-from tessera.chaos.faults import KILL, PAUSE
+from tessera.chaos.faults import KILL, PAUSE, QUOTA
 from tessera.chaos.history import OK
 from tessera.chaos.run import RunConfig, run_chaos, summary
 
 CI_RUN_SECONDS = 40.0
 
 
-def test_short_run_under_kill_and_pause_faults_is_clean(request, tmp_path):
+def test_short_run_under_kill_pause_and_quota_faults_is_clean(request, tmp_path):
     seed = request.config.getoption("--seed")
     seed = random.randrange(1 << 24) if seed is None else seed
-    config = RunConfig(duration_seconds=CI_RUN_SECONDS, seed=seed, faults=[KILL, PAUSE], directory=tmp_path)
+    config = RunConfig(duration_seconds=CI_RUN_SECONDS, seed=seed, faults=[KILL, PAUSE, QUOTA], directory=tmp_path)
     run = asyncio.run(run_chaos(config, report=lambda line: None))
     report = summary(run)
     print(report)
     assert run.valid, f"chaos run with seed {seed} failed (history in {tmp_path}):\n{report}"
     # The run did what it claims: faults (a gap and a hold take at most 10 s), and operations checked.
-    assert {fault.kind for fault in run.faults} <= {KILL, PAUSE} and len(run.faults) >= 3, report
+    assert {fault.kind for fault in run.faults} <= {KILL, PAUSE, QUOTA} and len(run.faults) >= 3, report
     answered = [op for op in run.history.operations if op.outcome == OK]
     assert len(answered) > 500, report
     assert all(verdict.checked for verdict in run.verdicts), report
