@@ -11,6 +11,7 @@ The cluster's map: /registry/pods/ -> group 2, /registry/events/ -> group 3, els
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
 import json
 import secrets
@@ -293,3 +294,21 @@ def test_cluster_maintenance_and_auth(gateways):
         assert status == 200 and answer["version"].startswith("3.5.") and answer["leader"] and answer["raftIndex"]
     (_, etcd_members), (_, tessera_members) = pair.send("/v3/cluster/member/list", {})
     assert set(etcd_members["members"][0]) >= set(tessera_members["members"][0]) >= {"ID", "name", "clientURLs"}
+    for status, answer in pair.send("/v3/maintenance/hash", {}):
+        assert status == 200 and int(answer["hash"]) > 0, answer
+    # A target that is not a member: etcd's gateway and Tessera's give the same error.
+    pair.same("/v3/maintenance/transfer-leadership", {"targetID": "1234"})
+
+
+def test_snapshot_streams_blobs_that_end_in_the_files_checksum(gateways):
+    """etcd's gateway streams Maintenance.Snapshot as newline-delimited results with base64 blobs;
+    joined, the blobs are the snapshot file: its length 32 over a multiple of 512, then its sha256."""
+    for url in gateways:
+        request = urllib.request.Request(url + "/v3/maintenance/snapshot", data=b"{}", method="POST")
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            assert answer.status == 200
+            results = [json.loads(line)["result"] for line in answer.read().splitlines() if line.strip()]
+        data = b"".join(base64.b64decode(result.get("blob", "")) for result in results)
+        assert len(data) % 512 == 32, (url, len(data))
+        assert hashlib.sha256(data[:-32]).digest() == data[-32:], url
+        assert "remaining_bytes" not in results[-1]  # 0, so omitted: nothing after the checksum
