@@ -93,10 +93,6 @@ class Lessor:
         else:
             self._live.add(record.id)
 
-    def known(self, lease_id: int) -> bool:
-        """Whether the lease is live as far as this router has heard (a fast, local answer)."""
-        return lease_id in self._live
-
     async def is_live(self, lease_id: int) -> bool:
         """Whether the lease is live, asking the meta group if this router has not heard of it."""
         if lease_id in self._live:

@@ -509,7 +509,8 @@ class Replica:
             self.watch_hub.publish(result.events)
             if self.lease_keeper is not None:
                 self.lease_keeper.apply(result.events, time.monotonic())
-        if self.store.applied_index >= self._leases_ready_index and self.role == Role.LEADER:
+        if (self.lease_keeper is not None and self.role == Role.LEADER and not self._leases_ready.is_set()
+                and self.store.applied_index >= self._leases_ready_index):
             self._leases_ready.set()
         for position, proposal_id in waiting.items():
             outcome = result.responses[position]
