@@ -121,10 +121,16 @@ def test_metrics_name_every_series_and_move_with_writes(tmp_path):
                 sent = f"etcd_network_peer_sent_bytes_total{{To={peer}}}"
                 assert new[sent] > old.get(sent, 0)
                 assert new[f"etcd_network_peer_received_bytes_total{{From={peer}}}"] > 0
-                if member == leader:  # the leader times its heartbeats to each follower
-                    round_trips = new[f"etcd_network_peer_round_trip_time_seconds_count{{To={peer}}}"]
-                    assert round_trips > 0
-                    assert 0 < new[f"etcd_network_peer_round_trip_time_seconds_sum{{To={peer}}}"] < round_trips
+        # The leader times its heartbeats (one each 100 ms) to each follower's answer.
+        followers = [member for member in group.processes if member != leader]
+        counts = [f"etcd_network_peer_round_trip_time_seconds_count{{To={peer}}}" for peer in followers]
+        samples, deadline = scrape(group, leader), time.monotonic() + 10
+        while not all(samples.get(count, 0) > 0 for count in counts):
+            assert time.monotonic() < deadline, f"no round trips to {followers} timed: {samples}"
+            time.sleep(0.1)
+            samples = scrape(group, leader)
+        for peer, count in zip(followers, counts):
+            assert 0 < samples[f"etcd_network_peer_round_trip_time_seconds_sum{{To={peer}}}"] < samples[count]
 
         status, headers, body = get(group.metrics_ports[leader], "/health")
         assert (status, body, headers["Content-Type"]) == (200, HEALTHY, "text/plain; charset=utf-8")
