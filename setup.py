@@ -46,6 +46,7 @@ setup(
         [
             native_module("crc", CRC32C_SOURCES),
             native_module("codec"),
+            native_module("hpack", ["native/src/hpack.c"]),
             native_module("keyindex"),
             native_module("walframe", CRC32C_SOURCES),
         ],
