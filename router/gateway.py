@@ -1,12 +1,13 @@
-"""etcd 3.5's HTTP/JSON gateway (grpc-gateway v1) in front of the router's own gRPC method handlers.
+"""etcd 3.5's HTTP/JSON gateway (grpc-gateway v1) in front of the router's own methods.
 
 etcd's gateway is an HTTP mux that turns JSON into the gRPC request and the
 answer back into JSON. This one does the same without the loopback: it
-calls the very handlers the gRPC server registers (byte-level, see
-router/server.py) with a stand-in for the gRPC context, so every answer and
-error is the gRPC front end's. It serves the /v3 paths of every method the
-router serves (_PATHS), and GET /version, by which gateway clients (etcd3gw)
-pick the API path.
+calls the very methods the gRPC front end serves (router/rpc.py), so every
+answer and error is the gRPC front end's. It serves the /v3 paths of every
+method the router serves (_PATHS), and GET /version, by which gateway
+clients (etcd3gw) pick the API path. It runs on the router's client port,
+as etcd's does (the native edge hands it every HTTP/1 connection,
+`serve_connection`), and on a port of its own if asked (`start`).
 
 What etcd 3.5's gateway does (observed on etcd 3.5.1 with curl):
 - Only POST: another method on a known path gets 405 "Method Not Allowed\n",
@@ -46,25 +47,27 @@ size limit.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import http
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple
 
-import grpc
 from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from router.core import MAX_REQUEST_BYTES
-from tessera.api import rpc_pb2 as rpc, v3election_pb2 as election, v3lock_pb2 as lock
+from router.rpc import BIDI_STREAM, SERVER_STREAM, Call, Method, unexpected
+from tessera.api import errors, rpc_pb2 as rpc, v3election_pb2 as election, v3lock_pb2 as lock
 
 log = logging.getLogger("tessera.router")
 
-# grpc-go's receive limit on etcd's server, which the gateway's loopback call meets:
-# max-request-bytes plus gRPC's overhead allowance (as SERVER_OPTIONS in router/server.py).
+# grpc-go's receive limit on etcd's server, which the gateway's loopback call meets (and the
+# native edge enforces for gRPC calls): max-request-bytes plus gRPC's overhead allowance.
 MAX_MESSAGE_BYTES = MAX_REQUEST_BYTES + 512 * 1024
 SHUTDOWN_SECONDS = 1.0
 CORS_HEADERS = {  # etcd's default --cors "*"
@@ -79,23 +82,23 @@ JSON_HEADERS = {**CORS_HEADERS, "Content-Type": "application/json"}
 
 # grpc-gateway v1's HTTPStatusFromCode.
 _HTTP_STATUS = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 408,
-    grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DATA_LOSS: 500,
+    "OK": 200,
+    "CANCELLED": 408,
+    "UNKNOWN": 500,
+    "INVALID_ARGUMENT": 400,
+    "DEADLINE_EXCEEDED": 504,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "PERMISSION_DENIED": 403,
+    "UNAUTHENTICATED": 401,
+    "RESOURCE_EXHAUSTED": 429,
+    "FAILED_PRECONDITION": 400,
+    "ABORTED": 409,
+    "OUT_OF_RANGE": 400,
+    "UNIMPLEMENTED": 501,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DATA_LOSS": 500,
 }
 
 # path -> (gRPC method, request type, answer type): etcd 3.5's gateway paths of the methods
@@ -155,61 +158,54 @@ _PATHS = {
 
 
 class _Route(NamedTuple):
-    handler: grpc.RpcMethodHandler
+    method: Method
     request_type: type[Message]
     answer_type: type[Message]
-
-
-class _CallDetails(NamedTuple):  # grpc.HandlerCallDetails, to look a method up
-    method: str
-    invocation_metadata: tuple
-
-
-class _Aborted(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class _BadBody(Exception):
     """A request body that does not decode to the request; the message is etcd's gateway's for it."""
 
 
-class _Context:
-    """What the router's gRPC handlers use of grpc.aio.ServicerContext."""
-
-    def __init__(self, metadata: tuple[tuple[str, str], ...]):
-        self._metadata = metadata
-
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return self._metadata
-
-    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
-        raise _Aborted(code, details)
-
-
 class Gateway:
-    """The gateway over `handlers`, the generic handlers the router's gRPC server registers.
+    """The gateway over `methods`, the router's methods as its gRPC front end serves them.
 
     `version` is the etcd version the router answers as, for GET /version.
     """
 
-    def __init__(self, handlers: Sequence[grpc.GenericRpcHandler], version: str,
+    def __init__(self, methods: Sequence[Method], version: str,
                  get_routes: dict[str, Callable[[web.BaseRequest], Awaitable[web.Response]]] | None = None):
         """`get_routes`: more paths answered to GET (the router's /metrics and /health)."""
-        self._routes = {path: _Route(_find(handlers, method), request_type, answer_type)
+        by_path = {method.path: method for method in methods}
+        self._routes = {path: _Route(by_path[method], request_type, answer_type)
                         for path, (method, request_type, answer_type) in _PATHS.items()}
         self._get_routes = get_routes or {}
         major, minor, _ = version.split(".", 2)
         self._version = _json({"etcdserver": version, "etcdcluster": f"{major}.{minor}.0"})
+        # Cancelling a handler when its client goes away is what ends an idle watch.
+        self._server = web.Server(self._handle, handler_cancellation=True, access_log=None)
         self._runner: web.ServerRunner | None = None
+        self._connections: set[asyncio.Task] = set()
+
+    def serve_connection(self, connection: socket.socket, first_bytes: bytes) -> None:
+        """Serve an HTTP/1 connection another listener accepted, `first_bytes` already read from it."""
+        task = asyncio.get_running_loop().create_task(self._serve_connection(connection, first_bytes))
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+
+    async def _serve_connection(self, connection: socket.socket, first_bytes: bytes) -> None:
+        try:
+            _, protocol = await asyncio.get_running_loop().connect_accepted_socket(self._server, connection)
+        except OSError:
+            connection.close()
+            return
+        if first_bytes:
+            protocol.data_received(first_bytes)
 
     async def start(self, listen: str) -> None:
+        """Serve on a listening port of the gateway's own as well."""
         host, _, port = listen.rpartition(":")
-        # Cancelling a handler when its client goes away is what ends an idle watch.
-        server = web.Server(self._handle, handler_cancellation=True, access_log=None)
-        self._runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_SECONDS)
+        self._runner = web.ServerRunner(self._server, shutdown_timeout=SHUTDOWN_SECONDS)
         await self._runner.setup()
         await web.TCPSite(self._runner, host.strip("[]"), int(port)).start()
         log.info("etcd's HTTP gateway on %s", listen)
@@ -217,6 +213,8 @@ class Gateway:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        else:
+            await self._server.shutdown(SHUTDOWN_SECONDS)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method == "OPTIONS":  # a CORS preflight
@@ -234,35 +232,35 @@ class Gateway:
             return _text(404, "Not Found")
         if request.method != "POST":
             return _text(405, "Method Not Allowed")
-        context = _Context(_metadata(request))
-        handler = route.handler
-        if handler.stream_stream is not None:
-            return await self._bidi_stream(request, route, context)
+        call = Call(_metadata(request))
+        method = route.method
+        if method.kind == BIDI_STREAM:
+            return await self._bidi_stream(request, route, call)
         try:
             data = await _unary_request(request, route.request_type)
-        except _Aborted as error:
+        except errors.EtcdError as error:
             return _error(error.code, error.message)
-        if handler.unary_stream is not None:
-            return await _stream_answers(request, route, handler.unary_stream(data, context))
+        if method.kind == SERVER_STREAM:
+            return await _stream_answers(request, route, method.handler(data, call))
         try:
-            answer = await handler.unary_unary(data, context)
-        except _Aborted as error:
+            answer = await method.handler(data, call)
+        except errors.EtcdError as error:
             return _error(error.code, error.message)
         except Exception as error:  # a bug: what grpc would answer, and a trace in the log
             log.exception("gateway call %s failed", request.path)
-            return _error(grpc.StatusCode.UNKNOWN, f"Unexpected {type(error)}: {error}")
+            failure = unexpected(error)
+            return _error(failure.code, failure.message)
         return web.Response(body=_json(_to_json(route.answer_type.FromString(answer))),
                             headers=ANSWER_HEADERS)
 
-    async def _bidi_stream(self, request: web.BaseRequest, route: _Route,
-                           context: _Context) -> web.StreamResponse:
+    async def _bidi_stream(self, request: web.BaseRequest, route: _Route, call: Call) -> web.StreamResponse:
         values = _json_values(request.content)
         try:  # grpc-gateway decodes the first request before it opens the stream
             first = await anext(values, NOTHING)
             first_data = None if first is NOTHING else \
                 _to_message(first, route.request_type).SerializeToString()
         except _BadBody as error:
-            return _error(grpc.StatusCode.UNKNOWN, str(error))
+            return _error("UNKNOWN", str(error))
 
         async def requests():
             if first_data is None:
@@ -274,20 +272,20 @@ class Gateway:
             except _BadBody:
                 pass  # grpc-gateway stops sending, and the stream goes on
 
-        return await _stream_answers(request, route, route.handler.stream_stream(requests(), context))
+        return await _stream_answers(request, route, route.method.handler(requests(), call))
 
 
 async def _unary_request(request: web.BaseRequest, request_type: type[Message]) -> bytes:
-    """The request's message, from its whole body; _Aborted with what etcd's gateway answers if it fails."""
+    """The request's message, from its whole body; an EtcdError with what etcd's gateway answers if it fails."""
     text = codecs.decode(await request.content.read(), "utf-8", errors="replace")
     try:
         value, _ = _first_value(text, complete=True)
         data = _to_message(None if value is NOTHING else value, request_type).SerializeToString()
     except _BadBody as error:
-        raise _Aborted(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+        raise errors.Reported("INVALID_ARGUMENT", str(error)) from None
     if len(data) > MAX_MESSAGE_BYTES:
-        raise _Aborted(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                       f"grpc: received message larger than max ({len(data)} vs. {MAX_MESSAGE_BYTES})")
+        raise errors.Reported("RESOURCE_EXHAUSTED",
+                              f"grpc: received message larger than max ({len(data)} vs. {MAX_MESSAGE_BYTES})")
     return data
 
 
@@ -299,13 +297,13 @@ async def _stream_answers(request: web.BaseRequest, route: _Route, answers) -> w
             if not response.prepared:
                 await response.prepare(request)
             await response.write(_json({"result": _to_json(route.answer_type.FromString(data))}) + b"\n")
-    except _Aborted as error:
+    except errors.EtcdError as error:
         status = _HTTP_STATUS.get(error.code, 500)
         if not response.prepared:
             response.set_status(status)
             await response.prepare(request)
         await response.write(_json({"error": {
-            "grpc_code": error.code.value[0], "http_code": status, "message": error.message,
+            "grpc_code": errors.STATUS_CODES.get(error.code, 2), "http_code": status, "message": error.message,
             "http_status": http.HTTPStatus(status).phrase}}) + b"\n")
     finally:
         await answers.aclose()
@@ -313,15 +311,6 @@ async def _stream_answers(request: web.BaseRequest, route: _Route, answers) -> w
         await response.prepare(request)
     await response.write_eof()
     return response
-
-
-def _find(handlers: Sequence[grpc.GenericRpcHandler], method: str) -> grpc.RpcMethodHandler:
-    details = _CallDetails(method, ())
-    for handler in handlers:
-        found = handler.service(details)
-        if found is not None:
-            return found
-    raise LookupError(f"the router's gRPC server has no {method}")
 
 
 def _metadata(request: web.BaseRequest) -> tuple[tuple[str, str], ...]:
@@ -440,9 +429,10 @@ def _json(value: object) -> bytes:
     return text.encode()
 
 
-def _error(code: grpc.StatusCode, message: str) -> web.Response:
+def _error(code: str, message: str) -> web.Response:
+    """An error answer; `code` names a gRPC status code."""
     return web.Response(status=_HTTP_STATUS.get(code, 500), headers=JSON_HEADERS,
-                        body=_json({"error": message, "code": code.value[0], "message": message}))
+                        body=_json({"error": message, "code": errors.STATUS_CODES.get(code, 2), "message": message}))
 
 
 def _text(status: int, text: str, headers: dict | None = None) -> web.Response:

@@ -1,10 +1,12 @@
-"""The router process: etcd's v3 gRPC services on one address, over the groups of the meta group's map.
+"""The router process: etcd's v3 API on one port, over the groups of the meta group's map.
 
-The gRPC front end is thin on purpose (ARCHITECTURE decision 2): each method
-is registered with no deserializer, so a handler gets the request's bytes,
-parses the message it needs, calls the routing core, and returns the
-answer's bytes. Errors are etcd's (tessera.api.errors), turned into a gRPC
-status at this edge and nowhere else.
+The client port is the native edge (router/front_end.py): gRPC over HTTP/2,
+and on the same port etcd's JSON gateway, /metrics, /health and /version
+over HTTP/1 (router/gateway.py). Both serve one table of methods
+(router/rpc.py): a handler gets the request's bytes, parses the message it
+needs, calls the routing core, and returns the answer's bytes, no gRPC
+library in between (ARCHITECTURE decision 2). Errors are etcd's
+(tessera.api.errors), turned into a status at the front ends and nowhere else.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from router import corruption
 from router.compactor import AutoCompactor
 from router.concurrency import Concurrency
 from router.core import MAX_REQUEST_BYTES, Router
-from router.gateway import Gateway
+from router.front_end import FrontEnd
+from router.gateway import MAX_MESSAGE_BYTES, Gateway
 from router.leases import Lessor
 from router.meta import MetaClient, MetaState, wait_until_bootstrapped
 from router.metrics import RouterMetrics, health
+from router.rpc import BIDI_STREAM, SERVER_STREAM, UNARY, Call, Method, counted
 from router.shard_client import WATCH_METHOD, GroupClient
 from router.snapshot import snapshot_stream
 from router.watch_proxy import WatchProxy
@@ -89,13 +93,7 @@ ETCD_VERSION = "3.5.13"
 LEADER_CHECK_SECONDS = 0.5
 DEREGISTER_SECONDS = 2.0
 META_RETRY_SECONDS = 0.5
-SERVER_OPTIONS = [
-    # As etcd: a request may be max-request-bytes plus gRPC's overhead allowance.
-    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES + 512 * 1024),
-    ("grpc.max_send_message_length", 2**31 - 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5000),  # etcd's keepalive min time
-    ("grpc.keepalive_permit_without_calls", 1),
-]
+STOP_GRACE_SECONDS = 1.0
 
 
 def router_id(name: str) -> int:
@@ -108,26 +106,29 @@ class RouterServer:
                  gateway_listen: str | None = None,
                  auto_compaction: tuple[str, float] | None = None,
                  corruption_check_interval: float = corruption.CHECK_INTERVAL_SECONDS,
-                 read_only: bool = False):
+                 read_only: bool = False, reuse_port: bool = False):
         """`auto_compaction`: (mode, retention) as router.compactor.AutoCompactor takes them.
 
         `read_only`: a proxy beside clients, knowing only the meta group: it serves reads and
         watches and refuses writes and leases; the cluster's tasks (lease expiry, compaction,
         corruption checks) are the other routers'.
+
+        `reuse_port`: more than one router process may listen on `listen` (SO_REUSEPORT).
         """
         self.listen = listen
         self.read_only = read_only
         self.corruption_check_interval = corruption_check_interval
         self.auto_compaction = auto_compaction
-        self.gateway_listen = gateway_listen  # etcd's HTTP/JSON gateway, if given an address
+        self.gateway_listen = gateway_listen  # etcd's HTTP/JSON gateway on a port of its own as well
+        self.reuse_port = reuse_port
         self._gateway: Gateway | None = None
+        self._front_end: FrontEnd | None = None
         self.name = name or f"router-{listen}"
         self.meta_client = GroupClient(META_GROUP, meta_members)
         self.meta = MetaClient(self.meta_client)
         self.router: Router | None = None
         self._watch_proxies: set[WatchProxy] = set()
         self._registered_map_revision = 0
-        self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -142,16 +143,14 @@ class RouterServer:
         router.leases = Lessor(router, self.meta, state.leases)
         await self._register(state.shard_map_revision)
         self.metrics = RouterMetrics(router)
-        self._server = grpc.aio.server(options=SERVER_OPTIONS)
-        handlers = self._handlers()
-        self._server.add_generic_rpc_handlers(handlers)
-        if not self._server.add_insecure_port(self.listen):
-            raise OSError(f"cannot listen on {self.listen}")
-        await self._server.start()
+        methods = [counted(self.metrics, method) for method in self._methods()]
+        # The same methods behind gRPC and the gateway: one state (locks, elections) behind both.
+        self._gateway = Gateway(methods, ETCD_VERSION, {"/metrics": self._serve_metrics,
+                                                        "/health": self._serve_health})
+        self._front_end = FrontEnd(self.listen, methods, self._gateway.serve_connection,
+                                   message_bytes_max=MAX_MESSAGE_BYTES, reuse_port=self.reuse_port)
+        self._front_end.start()
         if self.gateway_listen:
-            # The same handlers as gRPC's: one state (locks, elections) behind both.
-            self._gateway = Gateway(handlers, ETCD_VERSION, {"/metrics": self._serve_metrics,
-                                                             "/health": self._serve_health})
             await self._gateway.start(self.gateway_listen)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(router.track_leaders(LEADER_CHECK_SECONDS)),
@@ -168,10 +167,10 @@ class RouterServer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._front_end is not None:
+            await self._front_end.stop(STOP_GRACE_SECONDS)
         if self._gateway is not None:
             await self._gateway.stop()
-        if self._server is not None:
-            await self._server.stop(grace=1.0)
         if self.router is not None:
             try:  # a router that leaves says so: shard-map changes no longer wait for it
                 await asyncio.wait_for(self.meta.delete(router_key(self.router.member_id)), DEREGISTER_SECONDS)
@@ -261,25 +260,21 @@ class RouterServer:
 
     # --- handlers ---------------------------------------------------------------------------
 
-    def _handlers(self):
+    def _methods(self) -> list[Method]:
+        """Every method the router serves, as the front ends serve them (router/rpc.py)."""
         router = self.router
 
         def unary(parse, answer, limit_bytes: bool = False):
-            async def handle(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            async def handle(data: bytes, _call: Call) -> bytes:
+                if limit_bytes and len(data) > MAX_REQUEST_BYTES:
+                    raise errors.RequestTooLarge()
                 try:
-                    if limit_bytes and len(data) > MAX_REQUEST_BYTES:
-                        raise errors.RequestTooLarge()
                     request = parse(data)
                 except DecodeError as error:
-                    await context.abort(grpc.StatusCode.INTERNAL, _unmarshal_error(error))
-                except errors.EtcdError as error:
-                    await context.abort(grpc.StatusCode[error.code], error.message)
-                try:
-                    return (await answer(request)).SerializeToString()
-                except errors.EtcdError as error:
-                    await context.abort(grpc.StatusCode[error.code], error.message)
+                    raise errors.Reported("INTERNAL", _unmarshal_error(error)) from None
+                return (await answer(request)).SerializeToString()
 
-            return grpc.unary_unary_rpc_method_handler(handle)
+            return UNARY, handle
 
         kv = {
             "Range": unary(RangeRequest.FromString, router.range),
@@ -293,18 +288,19 @@ class RouterServer:
             "LeaseRevoke": unary(LeaseRevokeRequest.FromString, lambda r: router.leases.revoke(r.ID)),
             "LeaseTimeToLive": unary(LeaseTimeToLiveRequest.FromString, router.leases.time_to_live),
             "LeaseLeases": unary(LeaseLeasesRequest.FromString, lambda r: router.leases.leases()),
-            "LeaseKeepAlive": grpc.stream_stream_rpc_method_handler(self._keep_alive),
+            "LeaseKeepAlive": (BIDI_STREAM, self._keep_alive),
         }
         if self.read_only:  # leases are kept by the routers that take writes
             async def refuse(_request):
                 raise errors.ReadOnlyRouter()
 
-            async def refuse_stream(request_iterator, context):
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, errors.ReadOnlyRouter.message)
-                yield b""  # an async generator, as a stream handler must be
+            async def refuse_stream(requests, _call):
+                async for _request in requests:  # refused once asked, as a write is
+                    raise errors.ReadOnlyRouter()
+                    yield b""  # an async generator, as a stream handler is
 
             lease = {method: unary(bytes, refuse) for method in lease if method != "LeaseKeepAlive"}
-            lease["LeaseKeepAlive"] = grpc.stream_stream_rpc_method_handler(refuse_stream)
+            lease["LeaseKeepAlive"] = (BIDI_STREAM, refuse_stream)
         cluster = {"MemberList": unary(MemberListRequest.FromString, self._member_list)}
 
         async def defragment(_request) -> DefragmentResponse:
@@ -319,7 +315,7 @@ class RouterServer:
             "Hash": unary(HashRequest.FromString, router.hash),
             "Defragment": unary(DefragmentRequest.FromString, defragment),
             "MoveLeader": unary(MoveLeaderRequest.FromString, self._move_leader),
-            "Snapshot": grpc.unary_stream_rpc_method_handler(self._snapshot),
+            "Snapshot": (SERVER_STREAM, self._snapshot),
         }
 
         def auth_disabled(parse, response_type=None):
@@ -361,7 +357,7 @@ class RouterServer:
             "Proclaim": unary(ProclaimRequest.FromString, concurrency.proclaim),
             "Leader": unary(LeaderRequest.FromString, concurrency.leader),
             "Resign": unary(ResignRequest.FromString, concurrency.resign),
-            "Observe": grpc.unary_stream_rpc_method_handler(self._observe),
+            "Observe": (SERVER_STREAM, self._observe),
         }
         async def health_check(request: HealthCheckRequest) -> HealthCheckResponse:
             if request.service:
@@ -370,22 +366,21 @@ class RouterServer:
 
         health_service = {
             "Check": unary(HealthCheckRequest.FromString, health_check),
-            "Watch": grpc.unary_stream_rpc_method_handler(self._health_watch),
+            "Watch": (SERVER_STREAM, self._health_watch),
         }
         services = {
             "grpc.health.v1.Health": health_service,
             "v3lockpb.Lock": lock,
             "v3electionpb.Election": election,
             "etcdserverpb.KV": kv,
-            "etcdserverpb.Watch": {"Watch": grpc.stream_stream_rpc_method_handler(self._watch)},
+            "etcdserverpb.Watch": {"Watch": (BIDI_STREAM, self._watch)},
             "etcdserverpb.Lease": lease,
             "etcdserverpb.Cluster": cluster,
             "etcdserverpb.Maintenance": maintenance,
             "etcdserverpb.Auth": auth,
         }
-        return [grpc.method_handlers_generic_handler(service, {
-            method: counted(self.metrics, service, method, handler) for method, handler in methods.items()})
-            for service, methods in services.items()]
+        return [Method(service, name, kind, handler)
+                for service, methods in services.items() for name, (kind, handler) in methods.items()]
 
     def _serving_status(self) -> int:
         """gRPC health: serving while every group, the meta group included, has a leader."""
@@ -393,9 +388,9 @@ class RouterServer:
         leaderless = any(client.leaderless_since is not None for client in clients)
         return HealthCheckResponse.NOT_SERVING if leaderless else HealthCheckResponse.SERVING
 
-    async def _health_watch(self, data: bytes, context: grpc.aio.ServicerContext):
+    async def _health_watch(self, data: bytes, _call: Call):
         """The status now, then each change of it (gRPC's Health.Watch)."""
-        if HealthCheckRequest.FromString(data).service:
+        if _parse(HealthCheckRequest, data).service:
             yield HealthCheckResponse(status=HealthCheckResponse.SERVICE_UNKNOWN).SerializeToString()
             return
         last = None
@@ -406,14 +401,13 @@ class RouterServer:
                 yield HealthCheckResponse(status=status).SerializeToString()
             await asyncio.sleep(LEADER_CHECK_SECONDS)
 
-    async def _watch(self, request_iterator, context: grpc.aio.ServicerContext):
-        metadata = dict(context.invocation_metadata() or ())
-        proxy = WatchProxy(self.router, require_leader=metadata.get("hasleader") == "true")
+    async def _watch(self, requests, call: Call):
+        proxy = WatchProxy(self.router, require_leader=call.header("hasleader") == "true")
         self._watch_proxies.add(proxy)
 
         async def read_requests() -> None:
             try:
-                async for data in request_iterator:
+                async for data in requests:
                     await proxy.handle(WatchRequest.FromString(data))
             except DecodeError as error:
                 proxy.outbox.put_nowait(errors.Reported("INTERNAL", _unmarshal_error(error)))
@@ -423,7 +417,7 @@ class RouterServer:
             while True:
                 item = await proxy.outbox.get()
                 if isinstance(item, errors.EtcdError):
-                    await context.abort(grpc.StatusCode[item.code], item.message)
+                    raise item
                 yield item.SerializeToString()
         finally:
             reader.cancel()
@@ -440,35 +434,23 @@ class RouterServer:
         status, headers, body = health_answer(healthy, reason)
         return web.Response(status=status, body=body, headers=headers)
 
-    async def _observe(self, data: bytes, context: grpc.aio.ServicerContext):
-        try:
-            async for response in self._concurrency.observe(LeaderRequest.FromString(data)):
-                yield response.SerializeToString()
-        except DecodeError as error:
-            await context.abort(grpc.StatusCode.INTERNAL, _unmarshal_error(error))
-        except errors.EtcdError as error:
-            await context.abort(grpc.StatusCode[error.code], error.message)
+    async def _observe(self, data: bytes, _call: Call):
+        async for response in self._concurrency.observe(_parse(LeaderRequest, data)):
+            yield response.SerializeToString()
 
-    async def _snapshot(self, data: bytes, context: grpc.aio.ServicerContext):
+    async def _snapshot(self, data: bytes, _call: Call):
         """The whole cluster at one revision (router/snapshot.py), as etcd streams its database."""
-        try:
-            SnapshotRequest.FromString(data)
-            async for response in snapshot_stream(self.router, self.meta):
-                yield response.SerializeToString()
-        except DecodeError as error:
-            await context.abort(grpc.StatusCode.INTERNAL, _unmarshal_error(error))
-        except errors.EtcdError as error:
-            await context.abort(grpc.StatusCode[error.code], error.message)
+        _parse(SnapshotRequest, data)
+        async for response in snapshot_stream(self.router, self.meta):
+            yield response.SerializeToString()
 
-    async def _keep_alive(self, request_iterator, context):
-        try:
-            async for data in request_iterator:
-                answer = await self.router.leases.keep_alive(LeaseKeepAliveRequest.FromString(data).ID)
-                yield answer.SerializeToString()
-        except DecodeError as error:
-            await context.abort(grpc.StatusCode.INTERNAL, f"grpc: failed to unmarshal the received message {error}")
-        except errors.EtcdError as error:
-            await context.abort(grpc.StatusCode[error.code], error.message)
+    async def _keep_alive(self, requests, _call: Call):
+        async for data in requests:
+            try:
+                request = LeaseKeepAliveRequest.FromString(data)
+            except DecodeError as error:
+                raise errors.Reported("INTERNAL", f"grpc: failed to unmarshal the received message {error}") from None
+            yield (await self.router.leases.keep_alive(request.ID)).SerializeToString()
 
     async def _member_list(self, _request) -> MemberListResponse:
         state = await self.meta.load()
@@ -521,51 +503,16 @@ class RouterServer:
         return response
 
 
-def counted(metrics: RouterMetrics, service: str, method: str, handler: grpc.RpcMethodHandler):
-    """The handler, counting its calls as go-grpc-prometheus does (started; handled, by code)."""
-    kind = ("bidi_stream" if handler.request_streaming and handler.response_streaming
-            else "client_stream" if handler.request_streaming
-            else "server_stream" if handler.response_streaming else "unary")
-    inner = handler.unary_unary or handler.unary_stream or handler.stream_stream
-
-    def finished(context, error: BaseException | None) -> None:
-        code = getattr(context, "code", lambda: None)() if error is not None else grpc.StatusCode.OK
-        metrics.call_handled(kind, service, method, _GO_CODE_NAMES.get(code, "Unknown"))
-
-    if not handler.response_streaming:
-        async def call(request, context):
-            metrics.call_started(kind, service, method)
-            try:
-                answer = await inner(request, context)
-            except BaseException as error:
-                finished(context, error)
-                raise
-            finished(context, None)
-            return answer
-
-        return grpc.unary_unary_rpc_method_handler(call)
-
-    async def stream(request, context):
-        metrics.call_started(kind, service, method)
-        try:
-            async for answer in inner(request, context):
-                yield answer
-        except BaseException as error:
-            finished(context, error)
-            raise
-        finished(context, None)
-
-    make = grpc.stream_stream_rpc_method_handler if handler.request_streaming else grpc.unary_stream_rpc_method_handler
-    return make(stream)
-
-
-# grpc_code label values as Go's codes name them.
-_GO_CODE_NAMES = {code: "".join(part.title() for part in code.name.split("_")) for code in grpc.StatusCode}
-_GO_CODE_NAMES.update({grpc.StatusCode.OK: "OK", grpc.StatusCode.CANCELLED: "Canceled"})
-
-
 def _unmarshal_error(error: DecodeError) -> str:
     return f"grpc: error unmarshalling request: {error}"  # grpc-go's words for it
+
+
+def _parse(message_type, data: bytes):
+    """A request of a streaming call; one that does not decode gets grpc-go's INTERNAL answer."""
+    try:
+        return message_type.FromString(data)
+    except DecodeError as error:
+        raise errors.Reported("INTERNAL", _unmarshal_error(error)) from None
 
 
 def _api_addresses(record) -> dict[int, str]:

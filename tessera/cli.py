@@ -56,7 +56,7 @@ def command_up(args: argparse.Namespace) -> int:
             router_arguments = ["--auto-compaction-mode", args.auto_compaction_mode,
                                 "--auto-compaction-retention", args.auto_compaction_retention]
         launcher = Launcher(args.data_dir, listen=args.listen, wal_segment_bytes=args.wal_segment_bytes,
-                            router_arguments=router_arguments)
+                            router_arguments=router_arguments, routers=args.routers)
         return asyncio.run(serve_up(launcher))
     except LauncherError as error:
         print(f"tessera up: {error}", file=sys.stderr)
@@ -96,13 +96,15 @@ def print_cluster(launcher: Launcher) -> None:
     shard_map.append(f"every other key -> group {layout.default_group}")
     replicas = sum(len(members) for members in layout.groups.values())
     print(f"tessera up: {len(layout.groups)} raft groups ({replicas} replicas; "
-          f"group {META_GROUP} is the meta group) and a router")
+          f"group {META_GROUP} is the meta group) and {launcher.router_count} router"
+          f"{'s' if launcher.router_count > 1 else ''}")
     print(f"  endpoint   etcdctl --endpoints={layout.listen} put greeting hello")
     print("  shard map  " + "\n             ".join(shard_map))
     first = layout.metrics_address(META_GROUP, min(layout.groups[META_GROUP]))
     print(f"  metrics    http://{first}/metrics and /health (group {META_GROUP}); every replica serves "
           f"its own, addresses in {launcher.layout_path}")
-    print(f"  gateway    curl -d '{{\"key\": \"Zm9v\"}}' http://{layout.gateway}/v3/kv/range  (etcd's JSON API)")
+    print(f"  gateway    curl -d '{{\"key\": \"Zm9v\"}}' http://{layout.listen}/v3/kv/range  (etcd's JSON API, "
+          "/metrics, /health and /version on the same port, as etcd)")
     print(f"  data dir   {launcher.data_dir} (logs in {launcher.logs_dir})")
     print("Ctrl-C stops the cluster.", flush=True)
 
@@ -190,9 +192,9 @@ def command_router(args: argparse.Namespace) -> int:
         if args.auto_compaction_mode:
             auto_compaction = (args.auto_compaction_mode,
                                compaction_retention(args.auto_compaction_mode, args.auto_compaction_retention))
-        run(listen=args.listen, meta_addresses=args.meta, gateway_listen=args.gateway_listen,
-            auto_compaction=auto_compaction,
-            corruption_check_interval=args.corruption_check_interval, read_only=args.read_only)
+        run(listen=args.listen, meta_addresses=args.meta, name=args.name, gateway_listen=args.gateway_listen,
+            auto_compaction=auto_compaction, corruption_check_interval=args.corruption_check_interval,
+            read_only=args.read_only, reuse_port=args.reuse_port)
     except KeyboardInterrupt:
         pass
     return 0
@@ -582,6 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--wal-segment-bytes", type=int, default=None,
                     help="each replica's WAL segment size (default the replica's: etcd's 64 MB, "
                          "preallocated, 768 MB for the 12 replicas)")
+    up.add_argument("--routers", type=int, default=1,
+                    help="router processes sharing the client port (SO_REUSEPORT): one per core to spare")
     add_auto_compaction_arguments(up)
     up.set_defaults(run=command_up)
     replica = commands.add_parser("replica", help="run one replica of one raft group")
@@ -620,8 +624,13 @@ def main(argv: list[str] | None = None) -> int:
     router.add_argument("--listen", required=True, help="HOST:PORT of the etcd endpoint")
     router.add_argument("--meta", type=parse_meta, required=True,
                         help="the meta group's replicas: ID=API_ADDRESS,...")
+    router.add_argument("--name", default=None,
+                        help="this router's name, unique in the cluster (default router-LISTEN)")
+    router.add_argument("--reuse-port", action="store_true",
+                        help="share --listen with other router processes (SO_REUSEPORT)")
     router.add_argument("--gateway-listen", default=None,
-                        help="HOST:PORT for etcd's HTTP/JSON gateway (/v3/...), /metrics and /health")
+                        help="HOST:PORT for etcd's HTTP/JSON gateway (/v3/...), /metrics and /health, "
+                             "besides the client port, which serves them too")
     add_auto_compaction_arguments(router)
     router.add_argument("--read-only", action="store_true",
                         help="a proxy beside clients: serve reads and watches, refuse writes and leases")

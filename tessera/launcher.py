@@ -293,6 +293,8 @@ class Launcher:
     `supervise=False` reports a process that exits but leaves it down until `restart()`.
     `listen` with port 0 picks a free port at first start (tests); None keeps the
     saved address, or 127.0.0.1:2379 at first start.
+    `routers`: router processes sharing the client port (SO_REUSEPORT): the kernel spreads
+    connections over them, so a host with more cores gives the edge more cores.
     """
 
     def __init__(
@@ -305,6 +307,7 @@ class Launcher:
         wal_segment_bytes: int | None = None,
         replica_arguments: Sequence[str] = (),
         router_arguments: Sequence[str] = (),
+        routers: int = 1,
         report: Callable[[str], None] = report_to_stdout,
     ):
         self.data_dir = Path(data_dir).resolve()
@@ -315,12 +318,13 @@ class Launcher:
         self.supervise = supervise
         self.replica_arguments = list(replica_arguments)
         self.router_arguments = list(router_arguments)
+        self.router_count = routers
         if wal_segment_bytes is not None:
             self.replica_arguments += ["--wal-segment-bytes", str(wal_segment_bytes)]
         self.report = report
         self.layout: Layout | None = None
         self._replicas: dict[tuple[int, int], Supervised] = {}
-        self._router: Supervised | None = None
+        self._routers: list[Supervised] = []
         self._channels: dict[str, grpc.aio.Channel] = {}  # to the router
         self._connections: dict[str, ShardConnection] = {}  # to replicas
         self._supervision: asyncio.Task | None = None
@@ -355,8 +359,9 @@ class Launcher:
                 await self.leader(group)
             if self.start_router:
                 await self._bootstrap_meta()
-                self._router = self._router_process()
-                self._spawn(self._router)
+                self._routers = [self._router_process(index) for index in range(self.router_count)]
+                for router in self._routers:
+                    self._spawn(router)
                 await self._wait_for_router()
         except BaseException:
             await self.stop()  # nothing may outlive a failed start
@@ -415,16 +420,20 @@ class Launcher:
             log_path=self.logs_dir / f"group-{group}-member-{member}.log",
         )
 
-    def _router_process(self) -> Supervised:
+    def _router_process(self, index: int) -> Supervised:
+        """Router `index`: the first also serves the gateway's own port; more share the client port."""
         meta = ",".join(f"{member}={api}" for member, (_, api) in self.layout.groups[META_GROUP].items())
+        name = "router" if index == 0 else f"router-{index + 1}"
         return Supervised(
-            name="router",
+            name=name,
             command=[
                 sys.executable, "-m", "tessera.cli", "router", "--listen", self.layout.listen,
-                "--gateway-listen", self.layout.gateway, "--meta", meta, "--parent-pid", str(os.getpid()),
+                "--name", f"{name}-{self.layout.listen}", "--meta", meta, "--parent-pid", str(os.getpid()),
+                *(["--gateway-listen", self.layout.gateway] if index == 0 else []),
+                *(["--reuse-port"] if self.router_count > 1 else []),
                 *self.router_arguments,
             ],
-            log_path=self.logs_dir / "router.log",
+            log_path=self.logs_dir / f"{name}.log",
         )
 
     def _spawn(self, child: Supervised) -> None:
@@ -461,7 +470,7 @@ class Launcher:
                 if time.monotonic() > deadline:
                     raise LauncherError(
                         f"the router on {self.layout.listen} does not serve "
-                        f"({error.code().name}: {error.details()}); see {self._router.log_path}"
+                        f"({error.code().name}: {error.details()}); see {self._routers[0].log_path}"
                     ) from None
             await asyncio.sleep(POLL_SECONDS)
 
@@ -474,21 +483,22 @@ class Launcher:
 
     @property
     def router_pid(self) -> int | None:
-        return self._router.process.pid if self._router is not None and self._router.running else None
+        router = self._routers[0] if self._routers else None
+        return router.process.pid if router is not None and router.running else None
 
     def kill(self, group: int, member: int) -> None:
         """SIGKILL the member and reap it; supervision then reports it (and restarts it if supervising)."""
         self._kill(self._replicas[group, member])
 
     def kill_router(self) -> None:
-        self._kill(self._router)
+        self._kill(self._routers[0])
 
     def restart(self, group: int, member: int) -> None:
         """Start a member that is down now, without waiting for (or without) supervision."""
         self._restart(self._replicas[group, member])
 
     def restart_router(self) -> None:
-        self._restart(self._router)
+        self._restart(self._routers[0])
 
     def _kill(self, child: Supervised) -> None:
         if not child.running:
@@ -541,7 +551,7 @@ class Launcher:
     # --- supervision ------------------------------------------------------------------
 
     def _children(self) -> list[Supervised]:
-        return [*self._replicas.values(), *([self._router] if self._router is not None else [])]
+        return [*self._replicas.values(), *self._routers]
 
     async def _supervise(self) -> None:
         while True:
@@ -576,8 +586,8 @@ class Launcher:
                 self._spawn(replica)
                 self.report(f"{replica.name} added to the cluster (pid {replica.process.pid})")
             leaving = [self._replicas.pop(key) for key in sorted(set(self._replicas) - wanted)]
-            if self._router is not None:  # its next start finds the meta group where it is now
-                self._router.command = self._router_process().command
+            for index, router in enumerate(self._routers):  # its next start finds the meta group where it is now
+                router.command = self._router_process(index).command
         await self._terminate(leaving)
         for replica in leaving:
             self.report(f"{replica.name} removed from the cluster and stopped")
@@ -613,8 +623,7 @@ class Launcher:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
-        if self._router is not None:
-            await self._terminate([self._router])
+        await self._terminate(self._routers)
         await self._terminate(list(self._replicas.values()))
         if self._lock_file is not None:
             self._lock_file.close()  # releases the lock

@@ -2,12 +2,12 @@
 
 Clients match on these strings (etcd 3.5's rpctypes), so they are API. Code
 anywhere in Tessera raises these classes; the gRPC edge turns one into a
-status with `grpc.StatusCode[error.code]` and `error.message`.
+status with `STATUS_CODES[error.code]` and `error.message`.
 """
 
 
 class EtcdError(Exception):
-    """An error a client sees. `code` names a grpc.StatusCode member."""
+    """An error a client sees. `code` names a gRPC status code (STATUS_CODES)."""
 
     code = "UNKNOWN"
     message = "etcdserver: unknown error"
@@ -240,4 +240,13 @@ class TxnSpansGroups(EtcdError):
 _BY_REPORT = {
     (kind.code, kind.message): kind for kind in list(globals().values())
     if isinstance(kind, type) and issubclass(kind, EtcdError) and "message" in kind.__dict__
+}
+
+
+# gRPC's status codes by name (the numbers are gRPC's wire values); the edge sends these.
+STATUS_CODES = {
+    "OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5,
+    "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9,
+    "ABORTED": 10, "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14,
+    "DATA_LOSS": 15, "UNAUTHENTICATED": 16,
 }

@@ -3,8 +3,10 @@
 Each test sends the same JSON to both and compares the answers with what
 must differ taken out: header values (ids, terms, a group's revision),
 lease ids, and revisions, which count from each store's first write in the
-test. The router is one of our own, in this process on the cluster's loop,
-started with a gateway address (the launcher's router has none).
+test. The router is one of our own, in this process on the cluster's loop.
+The gateway is reached on the router's client port, as etcd serves it (the
+native edge hands HTTP/1 connections to it); one test checks the port of its
+own that --gateway-listen adds, and one drives etcd3gw, a gateway client.
 The cluster's map: /registry/pods/ -> group 2, /registry/events/ -> group 3, else group 1.
 """
 
@@ -68,8 +70,8 @@ def tessera_router(tessera_cluster):
 
 @pytest.fixture
 def gateways(etcd_gateway, tessera_router):
-    """(etcd's, Tessera's) gateway URLs, both stores empty."""
-    tessera_gateway = f"http://{tessera_router.gateway_listen}"
+    """(etcd's, Tessera's) gateway URLs, both stores empty; Tessera's on its client port."""
+    tessera_gateway = f"http://{tessera_router.listen}"
     for url in (etcd_gateway, tessera_gateway):
         assert post(url, "/v3/kv/deleterange", {"key": b64("\0"), "range_end": b64("\0")})[0] == 200
     return etcd_gateway, tessera_gateway
@@ -312,3 +314,28 @@ def test_snapshot_streams_blobs_that_end_in_the_files_checksum(gateways):
         assert len(data) % 512 == 32, (url, len(data))
         assert hashlib.sha256(data[:-32]).digest() == data[-32:], url
         assert "remaining_bytes" not in results[-1]  # 0, so omitted: nothing after the checksum
+
+
+def test_the_gateway_answers_on_its_own_port_too(gateways, tessera_router):
+    _, client_port_url = gateways
+    own_port_url = f"http://{tessera_router.gateway_listen}"
+    assert post(client_port_url, "/v3/kv/put", {"key": b64("/own-port"), "value": b64("v")})[0] == 200
+    for url in (client_port_url, own_port_url):
+        status, answer = post(url, "/v3/kv/range", {"key": b64("/own-port")})
+        assert status == 200 and answer["kvs"][0]["value"] == b64("v")
+
+
+def test_etcd3gw_works_against_the_client_port(gateways, tessera_router):
+    """etcd3gw, a gateway client (default URL http://localhost:2379), pointed at the router's port."""
+    etcd3gw = pytest.importorskip("etcd3gw")
+    host, _, port = tessera_router.listen.rpartition(":")
+    client = etcd3gw.client(host=host, port=int(port))
+    assert client.put("/etcd3gw/a", "1") is True
+    assert client.get("/etcd3gw/a") == [b"1"]
+    lease = client.lease(ttl=30)
+    assert client.put("/etcd3gw/leased", "2", lease=lease)
+    assert sorted(value for value, _ in client.get_prefix("/etcd3gw/")) == [b"1", b"2"]
+    assert lease.revoke() is True
+    assert client.get("/etcd3gw/leased") == []
+    assert client.delete("/etcd3gw/a") is True
+    assert client.status()["version"]

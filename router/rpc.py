@@ -1,0 +1,111 @@
+"""The router's RPC methods as one table, free of any gRPC library: request bytes in, answer bytes out.
+
+Every front end serves this one table: the native edge (router/front_end.py)
+and the JSON gateway (router/gateway.py). A method is one of three kinds:
+
+    UNARY          handler(data, call) -> awaitable answer bytes
+    SERVER_STREAM  handler(data, call) -> async iterator of answer bytes
+    BIDI_STREAM    handler(requests, call) -> async iterator of answer bytes,
+                   `requests` an async iterator of request bytes
+
+A handler fails by raising an errors.EtcdError; the front end turns its code
+and message into the client's status. Nothing here knows about HTTP/2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from native.edge import BIDI_STREAM, SERVER_STREAM, UNARY
+from tessera.api import errors
+
+log = logging.getLogger("tessera.router")
+
+__all__ = ["BIDI_STREAM", "SERVER_STREAM", "UNARY", "Call", "Method", "counted", "unexpected"]
+
+# go-grpc-prometheus's grpc_type label, by kind.
+KIND_LABELS = {UNARY: "unary", SERVER_STREAM: "server_stream", BIDI_STREAM: "bidi_stream"}
+# The grpc_code label: Go's names of the codes.
+GO_CODE_NAMES = {name: "".join(part.title() for part in name.split("_")) for name in errors.STATUS_CODES}
+GO_CODE_NAMES.update({"OK": "OK", "CANCELLED": "Canceled"})
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    service: str  # "etcdserverpb.KV"
+    name: str     # "Put"
+    kind: int
+    handler: Callable
+
+    @property
+    def path(self) -> str:
+        return f"/{self.service}/{self.name}"
+
+
+class Call:
+    """What a handler may know of its call: the request metadata the front end passes on."""
+
+    __slots__ = ("metadata",)
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()):
+        self.metadata = metadata
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.metadata:
+            if key == name:
+                return value
+        return None
+
+
+def unexpected(error: Exception) -> errors.Reported:
+    """A bug in a handler, as grpc-go would report a panic-free failure: UNKNOWN."""
+    return errors.Reported("UNKNOWN", f"Unexpected {type(error)}: {error}")
+
+
+def _code_of(error: BaseException) -> str:
+    """The code a call that ended with this (not an EtcdError) is counted under."""
+    return "CANCELLED" if isinstance(error, (asyncio.CancelledError, GeneratorExit)) else "UNKNOWN"
+
+
+def counted(metrics, method: Method) -> Method:
+    """The method, its calls counted as go-grpc-prometheus counts them (started; handled, by code)."""
+    kind = KIND_LABELS[method.kind]
+    labels = (kind, method.service, method.name)
+    inner = method.handler
+
+    def handled(code: str) -> None:
+        metrics.call_handled(*labels, GO_CODE_NAMES.get(code, "Unknown"))
+
+    if method.kind == UNARY:
+        async def unary(data, call):
+            metrics.call_started(*labels)
+            try:
+                answer = await inner(data, call)
+            except errors.EtcdError as error:
+                handled(error.code)
+                raise
+            except BaseException as error:
+                handled(_code_of(error))
+                raise
+            handled("OK")
+            return answer
+
+        return Method(method.service, method.name, method.kind, unary)
+
+    async def stream(request, call):
+        metrics.call_started(*labels)
+        try:
+            async for answer in inner(request, call):
+                yield answer
+        except errors.EtcdError as error:
+            handled(error.code)
+            raise
+        except BaseException as error:
+            handled(_code_of(error))
+            raise
+        handled("OK")
+
+    return Method(method.service, method.name, method.kind, stream)
