@@ -13,6 +13,16 @@ first raises that group to R through raft: nothing can then be written there
 at or below R, so the read is repeatable. A read across groups at the latest
 revision is pinned to `self.revision` in every group, which makes the merged
 answer one consistent cut.
+
+The common case without a coroutine: a Put, Range or Txn that stays in one
+group, with nothing unusual about it, is parsed, routed, and queued on the
+group leader's stream as bytes (`put_now`, `range_now`, `txn_now`), and its
+answer is stamped and handed to the front end's responder from the stream's
+callback: no task, no future, no timer of its own. Anything else (a lease, a
+moving range, no known leader, a "not leader" answer, a replica not reached)
+goes to the general path (`responder.fallback()`), which holds every rule; it
+is taken only where the request cannot have been proposed, so nothing is
+ever sent twice.
 """
 
 from __future__ import annotations
@@ -20,10 +30,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from typing import Iterable
+from typing import Iterable, Protocol
+
+from google.protobuf.message import DecodeError
 
 from native import crc
-from router.shard_client import REQUEST_TIMEOUT_SECONDS, GroupClient, ReplicaUnreachable
+from router.shard_client import REQUEST_TIMEOUT_SECONDS, GroupClient, ReplicaUnreachable, varint
 from router.shard_map import ShardMap
 from tessera.api import errors, validation
 from tessera.api.ordering import effective_sort, sort_results
@@ -52,6 +64,24 @@ log = logging.getLogger("tessera.router")
 MAX_REQUEST_BYTES = 1536 * 1024  # etcd's --max-request-bytes default (1.5 MiB)
 RAISE_ATTEMPTS = 20  # a follower may need a moment to apply a raise before it can read there
 DEFRAGMENT_TIMEOUT_SECONDS = 300.0  # a replica rewrites its whole database
+# ShardRequest's fields as the fast path writes them: floor (2, varint); range (3), put (4) and
+# txn (6), length-delimited, holding the client's request bytes as they came.
+_FLOOR_TAG, _RANGE_TAG, _PUT_TAG, _TXN_TAG = b"\x10", b"\x1a", b"\x22", b"\x32"
+# Errors after which a request was not proposed (or was a read), so the general path may send it again.
+_NOT_PROPOSED = (errors.NotLeader, errors.NoLeader)
+_READ_RETRIES = (errors.NotLeader, errors.NoLeader, errors.LeaderChanged, errors.RequestTimeout,
+                 errors.FutureRevision)
+
+
+class Responder(Protocol):
+    """How the fast path answers a call: the front end's side of it."""
+
+    group: int
+    generation: int | None  # the shard map's, for a write; None for a read
+
+    def reply(self, answer: bytes) -> None: ...
+    def fail(self, error: errors.EtcdError) -> None: ...
+    def fallback(self) -> None: ...
 
 
 class Router:
@@ -171,10 +201,13 @@ class Router:
         try:
             return await self._write(group, request)
         finally:
-            self._writes_in_flight[generation] -= 1
-            if not self._writes_in_flight[generation]:
-                del self._writes_in_flight[generation]
-                self._writes_answered.set()
+            self._write_answered(generation)
+
+    def _write_answered(self, generation: int) -> None:
+        self._writes_in_flight[generation] -= 1
+        if not self._writes_in_flight[generation]:
+            del self._writes_in_flight[generation]
+            self._writes_answered.set()
 
     async def _write(self, group: int, request: ShardRequest) -> object:
         request.floor = self.revision + 1
@@ -269,6 +302,92 @@ class Router:
         if failures:
             raise next((f for f in failures if not isinstance(f, errors.Compacted)), failures[0])
         return CompactionResponse(header=self.header())
+
+    # --- the fast path ---------------------------------------------------------------------
+
+    def put_now(self, data: bytes, responder: Responder) -> None:
+        try:
+            request = PutRequest.FromString(data)
+        except DecodeError:
+            return responder.fallback()
+        if (not request.key or request.lease or request.ignore_value or request.ignore_lease
+                or self.read_only or self.shard_map.moving or len(data) > MAX_REQUEST_BYTES):
+            return responder.fallback()  # the general path checks and answers these
+        self._send_now(self.shard_map.group_of(request.key), _PUT_TAG, data, responder, write=True)
+
+    def range_now(self, data: bytes, responder: Responder) -> None:
+        try:
+            request = RangeRequest.FromString(data)
+        except DecodeError:
+            return responder.fallback()
+        if not request.key or request.revision > self.revision or self.shard_map.moving:
+            return responder.fallback()
+        if request.range_end:
+            pieces = self.shard_map.pieces(request.key, request.range_end)
+            if len(pieces) != 1 or (pieces[0].key, pieces[0].range_end) != (request.key, request.range_end):
+                return responder.fallback()  # several groups (or none): scattered and merged
+            group = pieces[0].group
+        else:
+            group = self.shard_map.group_of(request.key)
+        try:
+            validation.check_range(request)
+        except errors.EtcdError as error:
+            return responder.fail(error)
+        self._send_now(group, _RANGE_TAG, data, responder, write=False)
+
+    def txn_now(self, data: bytes, responder: Responder) -> None:
+        try:
+            request = TxnRequest.FromString(data)
+        except DecodeError:
+            return responder.fallback()
+        if self.read_only or self.shard_map.moving or len(data) > MAX_REQUEST_BYTES:
+            return responder.fallback()
+        groups = set()
+        for key, range_end in _txn_keys(request):
+            groups |= self.shard_map.groups_of(key, range_end)
+        if len(groups) != 1 or any(True for _ in _txn_leases(request)):
+            return responder.fallback()  # several groups are refused there; leases are checked there
+        try:
+            validation.check_txn(request)
+        except errors.EtcdError as error:
+            return responder.fail(error)
+        self._send_now(groups.pop(), _TXN_TAG, data, responder, write=True)
+
+    def _send_now(self, group: int, tag: bytes, data: bytes, responder: Responder, write: bool) -> None:
+        """Queue the client's request bytes, as they came, on the group leader's stream."""
+        client = self.groups[group]
+        if not client.leader_id:
+            return responder.fallback()
+        fields = tag + varint(len(data)) + data
+        if write:
+            fields = _FLOOR_TAG + varint(self.revision + 1) + fields
+            responder.generation = self._map_generation
+            self._writes_in_flight[responder.generation] += 1
+        else:
+            responder.generation = None
+        responder.group = group
+        client.connection(client.leader_id).submit(fields, self._answered_now, responder)
+
+    def _answered_now(self, responder: Responder, outcome) -> None:
+        write = responder.generation is not None
+        if write:
+            self._write_answered(responder.generation)
+        if isinstance(outcome, ReplicaUnreachable):
+            if write and outcome.sent:
+                return responder.fail(errors.RequestTimeout())  # it may be applied: never sent twice
+            return responder.fallback()
+        kind = outcome.WhichOneof("response")
+        if kind == "error":
+            error = outcome.error
+            reported = errors.from_report(error.code, error.message)
+            if error.leader_id or isinstance(reported, _READ_RETRIES if not write else _NOT_PROPOSED):
+                return responder.fallback()
+            if write and isinstance(reported, errors.FutureRevision):
+                return responder.fallback()  # a txn's read above the group: a failed txn changed nothing
+            return responder.fail(reported)
+        answer = getattr(outcome, kind)
+        self._stamp(answer.header, responder.group)
+        responder.reply(answer.SerializeToString())
 
     # --- reads -------------------------------------------------------------------------
 

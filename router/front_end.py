@@ -78,6 +78,35 @@ class _Requests:
         return self._items.popleft()
 
 
+class _FastCall:
+    """A unary call on its method's fast path: router/core.py's Responder."""
+
+    __slots__ = ("front_end", "method", "conn", "stream", "data", "metadata", "group", "generation")
+
+    def __init__(self, front_end: FrontEnd, method: Method, conn: int, stream: int, data: bytes, metadata):
+        self.front_end = front_end
+        self.method = method
+        self.conn = conn
+        self.stream = stream
+        self.data = data
+        self.metadata = metadata
+
+    def reply(self, answer: bytes) -> None:
+        self.front_end._edge.reply(self.conn, self.stream, answer)
+        self.front_end._schedule_flush()
+        if self.method.count is not None:
+            self.method.count("OK")
+
+    def fail(self, error: errors.EtcdError) -> None:
+        self.front_end._edge.finish(self.conn, self.stream, _STATUS_CODES.get(error.code, 2), error.message)
+        self.front_end._schedule_flush()
+        if self.method.count is not None:
+            self.method.count(error.code)
+
+    def fallback(self) -> None:
+        self.front_end._start_unary(self.method, self.conn, self.stream, self.data, self.metadata)
+
+
 class FrontEnd:
     """Serves `methods` on `listen` ("host:port") through the native edge."""
 
@@ -95,6 +124,7 @@ class FrontEnd:
         self._requests: dict[tuple[int, int], _Requests] = {}
         self._writable: dict[tuple[int, int], asyncio.Future] = {}
         self._flush_scheduled = False
+        self._drained: asyncio.Future | None = None  # stopping: set once no stream is open
         self._loop: asyncio.AbstractEventLoop | None = None
         self._expiry: asyncio.TimerHandle | None = None
 
@@ -110,10 +140,12 @@ class FrontEnd:
     async def stop(self, grace_seconds: float) -> None:
         """GOAWAY to every client; calls in flight get `grace_seconds` to finish, then are dropped."""
         self._edge.goaway()
+        self._drained = self._loop.create_future()
         self._flush()
-        deadline = self._loop.time() + grace_seconds
-        while self._calls and self._loop.time() < deadline:
-            await asyncio.wait(list(self._calls.values()), timeout=deadline - self._loop.time())
+        try:
+            await asyncio.wait_for(self._drained, grace_seconds)
+        except TimeoutError:
+            pass  # watches and other long calls: ended below
         for task in list(self._calls.values()):
             task.cancel()
         await asyncio.gather(*self._calls.values(), return_exceptions=True)
@@ -142,14 +174,20 @@ class FrontEnd:
         events = self._edge.flush()
         if events:
             self._handle(events)
+        if self._drained is not None and not self._drained.done() and not self._edge.open_streams:
+            self._drained.set_result(None)
 
     def _handle(self, events: list) -> None:
         create_task = self._loop.create_task
         for kind, conn, stream, index, data, metadata in events:
             if kind == CALL:
                 method = self._methods[index]
-                run = self._unary if method.kind == UNARY else self._server_stream
-                self._calls[conn, stream] = create_task(run(method, conn, stream, data, metadata))
+                if method.fast is not None:
+                    method.fast(data, _FastCall(self, method, conn, stream, data, metadata))
+                elif method.kind == UNARY:
+                    self._start_unary(method, conn, stream, data, metadata)
+                else:
+                    self._calls[conn, stream] = create_task(self._server_stream(method, conn, stream, data, metadata))
             elif kind == MESSAGE:
                 requests = self._requests.get((conn, stream))
                 if requests is not None:
@@ -174,6 +212,9 @@ class FrontEnd:
                 self._serve_http1(socket.socket(fileno=stream), data)
 
     # --- calls ---------------------------------------------------------------------------
+
+    def _start_unary(self, method: Method, conn: int, stream: int, data: bytes, metadata) -> None:
+        self._calls[conn, stream] = self._loop.create_task(self._unary(method, conn, stream, data, metadata))
 
     async def _unary(self, method: Method, conn: int, stream: int, data: bytes, metadata) -> None:
         edge = self._edge

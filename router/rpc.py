@@ -10,6 +10,10 @@ and the JSON gateway (router/gateway.py). A method is one of three kinds:
 
 A handler fails by raising an errors.EtcdError; the front end turns its code
 and message into the client's status. Nothing here knows about HTTP/2.
+
+A unary method may also have a `fast` handler, fast(data, responder), which
+answers without a coroutine (router/core.py's fast path) or hands the call to
+the general handler (`responder.fallback()`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class Method:
     name: str     # "Put"
     kind: int
     handler: Callable
+    fast: Callable | None = None   # fast(data, responder), for the common case of a unary call
+    count: Callable[[str], None] | None = None  # count(code): a call answered by the fast path
 
     @property
     def path(self) -> str:
@@ -93,7 +99,11 @@ def counted(metrics, method: Method) -> Method:
             handled("OK")
             return answer
 
-        return Method(method.service, method.name, method.kind, unary)
+        def answered_fast(code: str) -> None:
+            metrics.call_started(*labels)
+            handled(code)
+
+        return Method(method.service, method.name, method.kind, unary, method.fast, answered_fast)
 
     async def stream(request, call):
         metrics.call_started(*labels)

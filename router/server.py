@@ -277,10 +277,10 @@ class RouterServer:
             return UNARY, handle
 
         kv = {
-            "Range": unary(RangeRequest.FromString, router.range),
-            "Put": unary(PutRequest.FromString, router.put, limit_bytes=True),
+            "Range": (*unary(RangeRequest.FromString, router.range), router.range_now),
+            "Put": (*unary(PutRequest.FromString, router.put, limit_bytes=True), router.put_now),
             "DeleteRange": unary(DeleteRangeRequest.FromString, router.delete_range, limit_bytes=True),
-            "Txn": unary(TxnRequest.FromString, router.txn, limit_bytes=True),
+            "Txn": (*unary(TxnRequest.FromString, router.txn, limit_bytes=True), router.txn_now),
             "Compact": unary(CompactionRequest.FromString, router.compact),
         }
         lease = {
@@ -379,8 +379,8 @@ class RouterServer:
             "etcdserverpb.Maintenance": maintenance,
             "etcdserverpb.Auth": auth,
         }
-        return [Method(service, name, kind, handler)
-                for service, methods in services.items() for name, (kind, handler) in methods.items()]
+        return [Method(service, name, *entry) for service, methods in services.items()
+                for name, entry in methods.items()]
 
     def _serving_status(self) -> int:
         """gRPC health: serving while every group, the meta group included, has a leader."""

@@ -20,12 +20,12 @@ import asyncio
 import itertools
 import logging
 import random
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import grpc
 
 from tessera.api import errors
-from tessera.api.internal_pb2 import ShardRequest, ShardRequestBatch, ShardResponse, ShardResponseBatch
+from tessera.api.internal_pb2 import ShardRequest, ShardResponse, ShardResponseBatch
 
 log = logging.getLogger("tessera.router")
 
@@ -44,6 +44,8 @@ CHANNEL_OPTIONS = [
 # request timeout (5 s) plus an election.
 REQUEST_TIMEOUT_SECONDS = 7.0
 RETRY_PAUSE_SECONDS = 0.05
+# How often a connection looks for requests past their deadline (how late one may time out).
+SWEEP_SECONDS = 0.1
 
 
 class ReplicaUnreachable(Exception):
@@ -54,56 +56,107 @@ class ReplicaUnreachable(Exception):
         self.sent = sent
 
 
-@dataclass
 class _Waiting:
-    future: asyncio.Future
-    sent: bool = False
+    """A request sent or queued: who to tell of its outcome, and by when."""
+
+    __slots__ = ("on_outcome", "context", "deadline", "sent")
+
+    def __init__(self, on_outcome: Callable[[object, object], None], context: object, deadline: float):
+        self.on_outcome = on_outcome
+        self.context = context
+        self.deadline = deadline
+        self.sent = False
+
+
+def varint(value: int) -> bytes:
+    """Protobuf's base-128 varint of a non-negative integer."""
+    if value < 0x80:
+        return _SMALL_VARINTS[value]
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_SMALL_VARINTS = [bytes((value,)) for value in range(0x80)]
+_ID_TAG = b"\x08"        # ShardRequest.id, field 1, varint
+_REQUESTS_TAG = b"\x0a"  # ShardRequestBatch.requests, field 1, length-delimited
+
+
+def _settle(future: asyncio.Future, outcome: object) -> None:
+    if not future.done():
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
 
 class ShardConnection:
-    """One internal-API stream to one replica; reopened on the next request after it fails."""
+    """One internal-API stream to one replica; reopened on the next request after it fails.
+
+    Requests are queued as encoded ShardRequest fields (everything but the id, which the
+    stream assigns), and a batch is their concatenation: no protobuf object per request on
+    the way out. Each request's outcome (its ShardResponse, or ReplicaUnreachable) goes to
+    the callback it was submitted with; one sweep, not a timer per request, ends those that
+    wait past their deadline.
+    """
 
     def __init__(self, address: str):
         self.address = address
         self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Waiting] = {}
-        self._outbox: list[tuple[int, ShardRequest]] = []
+        self._outbox: list[tuple[int, bytes]] = []
         self._outbox_ready = asyncio.Event()
         self._stream_number = 0  # the stream now open (or the next); older ones stop sending
         self._reader: asyncio.Task | None = None
+        self._sweep_timer: asyncio.TimerHandle | None = None
 
     @property
     def channel(self) -> grpc.aio.Channel:
         return self._channel
 
     async def request(self, request: ShardRequest, timeout: float) -> ShardResponse:
-        """Send one request (under an id of this stream's) and wait for its answer."""
+        """Send one request and wait for its answer; ReplicaUnreachable if there is none."""
+        future = asyncio.get_running_loop().create_future()
+        request_id = self.submit(request.SerializeToString(), _settle, future, timeout)
+        try:
+            return await future
+        finally:
+            self._waiting.pop(request_id, None)  # a caller that gave up: its request is not sent
+
+    def submit(self, fields: bytes, on_outcome: Callable[[object, object], None], context: object,
+               timeout: float = REQUEST_TIMEOUT_SECONDS) -> int:
+        """Queue a request, `fields` its encoded ShardRequest without the id; returns the id.
+
+        `on_outcome(context, outcome)` is called once, with the ShardResponse or a ReplicaUnreachable.
+        """
         if self._reader is None or self._reader.done():
             self._open()
         loop = asyncio.get_running_loop()
         request_id = next(self._ids)
-        waiting = _Waiting(loop.create_future())
-        self._waiting[request_id] = waiting
-        self._outbox.append((request_id, request))
+        self._waiting[request_id] = _Waiting(on_outcome, context, loop.time() + timeout)
+        self._outbox.append((request_id, fields))
         self._outbox_ready.set()
-        # A timer on the answer's future, not wait_for: no task per request on this hot path.
-        timer = loop.call_later(timeout, self._give_up, waiting.future)
-        try:
-            return await waiting.future
-        finally:
-            timer.cancel()
-            self._waiting.pop(request_id, None)
+        if self._sweep_timer is None:
+            self._sweep_timer = loop.call_later(SWEEP_SECONDS, self._sweep)
+        return request_id
 
-    def _give_up(self, future: asyncio.Future) -> None:
-        if not future.done():
-            future.set_exception(ReplicaUnreachable(self.address, True, "no answer in time"))
+    def _sweep(self) -> None:
+        """End the requests past their deadline; again later while any wait."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for request_id in [request_id for request_id, waiting in self._waiting.items() if waiting.deadline <= now]:
+            waiting = self._waiting.pop(request_id)
+            waiting.on_outcome(waiting.context, ReplicaUnreachable(self.address, True, "no answer in time"))
+        self._sweep_timer = loop.call_later(SWEEP_SECONDS, self._sweep) if self._waiting else None
 
     def _open(self) -> None:
         self._stream_number += 1
         call = self._channel.stream_stream(
-            BATCH_METHOD,
-            request_serializer=ShardRequestBatch.SerializeToString,
+            BATCH_METHOD, request_serializer=None,  # the batches are encoded here
             response_deserializer=ShardResponseBatch.FromString,
         )(self._batches(self._stream_number))
         self._reader = asyncio.get_running_loop().create_task(self._read(call))
@@ -115,25 +168,24 @@ class ShardConnection:
                 return  # this stream failed; a newer one sends
             self._outbox_ready.clear()
             queued, self._outbox = self._outbox, []
-            batch = ShardRequestBatch()
-            for request_id, request in queued:
+            parts = []
+            for request_id, fields in queued:
                 waiting = self._waiting.get(request_id)
                 if waiting is None:
                     continue  # its caller gave up before it left
                 waiting.sent = True
-                sent = batch.requests.add()
-                sent.CopyFrom(request)
-                sent.id = request_id
-            if batch.requests:
-                yield batch
+                request = fields + _ID_TAG + varint(request_id)  # last: a field given twice takes its last value
+                parts.append(_REQUESTS_TAG + varint(len(request)) + request)
+            if parts:
+                yield b"".join(parts)
 
     async def _read(self, call) -> None:
         try:
             async for batch in call:
                 for response in batch.responses:
-                    waiting = self._waiting.get(response.id)
-                    if waiting is not None and not waiting.future.done():
-                        waiting.future.set_result(response)
+                    waiting = self._waiting.pop(response.id, None)
+                    if waiting is not None:
+                        waiting.on_outcome(waiting.context, response)
             detail = "the stream ended"
         except grpc.aio.AioRpcError as error:
             detail = f"{error.code().name}: {error.details()}"
@@ -143,14 +195,16 @@ class ShardConnection:
         self._outbox.clear()
         self._stream_number += 1
         self._outbox_ready.set()  # lets the failed stream's request generator end
-        for waiting in self._waiting.values():
-            if not waiting.future.done():
-                waiting.future.set_exception(ReplicaUnreachable(self.address, waiting.sent, detail))
+        failed, self._waiting = self._waiting, {}
+        for waiting in failed.values():
+            waiting.on_outcome(waiting.context, ReplicaUnreachable(self.address, waiting.sent, detail))
 
     async def close(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
         await self._channel.close()
 
 
