@@ -193,14 +193,16 @@ class RouterServer:
         while True:
             member = self.meta_client.leader_id or random.choice(self.meta_client.member_ids)
             watch = asyncio.get_running_loop().create_task(self._watch_meta(member))
-            while not watch.done():
-                await asyncio.wait([watch], timeout=META_RETRY_SECONDS)
-                if self.meta_client.leader_id not in (0, member):
-                    log.info("the meta group's leader is now member %d: watching it", self.meta_client.leader_id)
-                    break
-            ended = watch.done()
-            watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
+            try:
+                while not watch.done():
+                    await asyncio.wait([watch], timeout=META_RETRY_SECONDS)
+                    if self.meta_client.leader_id not in (0, member):
+                        log.info("the meta group's leader is now member %d: watching it", self.meta_client.leader_id)
+                        break
+                ended = watch.done()
+            finally:  # also when this task is cancelled (the router stops): the watch goes with it
+                watch.cancel()
+                await asyncio.gather(watch, return_exceptions=True)
             try:
                 await self._apply_meta(await self.meta.load())
             except errors.EtcdError as error:

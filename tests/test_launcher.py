@@ -185,3 +185,36 @@ def test_tessera_up_serves_etcdctl_stops_on_ctrl_c_and_resumes(tmp_path, data_di
         if up.poll() is None:
             up.kill()
             up.wait()
+
+
+def test_routers_share_one_port_and_each_serves(tmp_path):
+    """--routers 2: two router processes on one port (SO_REUSEPORT); the kernel spreads
+    connections over both, each answers as itself (Status names the router that answered),
+    and both are listed as members with the same client URL."""
+    from cluster import ClusterThread
+    from tessera.api.rpc_pb2 import MemberListRequest, StatusRequest, StatusResponse, MemberListResponse
+
+    with ClusterThread(tmp_path / "cluster", routers=2) as cluster:
+        endpoint = cluster.endpoint
+
+        async def status_on_a_new_connection() -> int:
+            # a subchannel pool of its own: grpc would otherwise share one connection among channels
+            async with grpc.aio.insecure_channel(endpoint, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+                status = channel.unary_unary("/etcdserverpb.Maintenance/Status",
+                                             request_serializer=StatusRequest.SerializeToString,
+                                             response_deserializer=StatusResponse.FromString)
+                return (await status(StatusRequest(), timeout=10)).leader
+
+        answered_by = {cluster.run(status_on_a_new_connection()) for _ in range(24)}
+        assert len(answered_by) == 2  # all 24 on one of two listeners: odds of 2 in 2**24
+
+        async def members() -> list:
+            async with grpc.aio.insecure_channel(endpoint) as channel:
+                member_list = channel.unary_unary("/etcdserverpb.Cluster/MemberList",
+                                                  request_serializer=MemberListRequest.SerializeToString,
+                                                  response_deserializer=MemberListResponse.FromString)
+                return list((await member_list(MemberListRequest(), timeout=10)).members)
+
+        listed = cluster.run(members())
+        assert {member.ID for member in listed} == answered_by
+        assert {tuple(member.clientURLs) for member in listed} == {(f"http://{endpoint}",)}
