@@ -19,17 +19,21 @@
  * edge forgets it: the JSON gateway, /metrics, /health and /version are served
  * there in Python.
  *
- * Flow control. Inbound: each stream's window is given back as its bytes
- * arrive (a message is bounded by message_bytes_max anyway); the connection's
- * window only as bytes are handed over or dropped, so partial messages held
- * across all streams never exceed CONNECTION_WINDOW_BYTES. Outbound: answers
+ * Flow control. Inbound: the windows of each stream and of the connection are
+ * given back as bytes arrive, as grpc-go does: a message is bounded by
+ * message_bytes_max, and holding the connection's window until messages were
+ * whole would let a client's concurrent large requests (grpc-go sends its
+ * streams' DATA round-robin) fill it with partial messages and wait forever
+ * (tests/native/test_native_edge.py: many large requests in parallel). What one
+ * connection's partial messages hold is therefore bounded per stream only, by
+ * message_bytes_max, and by STREAMS_PER_CONNECTION_MAX. Outbound: answers
  * wait in their stream's queue for both windows; streams with data waiting
  * take turns a frame at a time, so one large Range answer or watch cannot
  * starve the others.
  *
  * Limits and hostile peers. Every buffer has a named bound. A connection whose
- * peer does not read what we write (OUTPUT_BYTES_PAUSE queued) is no longer
- * read, so a PING or SETTINGS flood from a peer that does not read costs a
+ * peer does not read what we write, or grants no window for it
+ * (OUTPUT_BYTES_PAUSE queued in all), is no longer read, so a PING or SETTINGS flood from a peer that does not read costs a
  * bounded amount of memory; it is closed if it stays stalled STALLED_MS. A peer
  * that resets more in-progress streams than RESETS_PER_SECOND allows (the rapid
  * reset attack, CVE-2023-44487), changes SETTINGS faster than SETTINGS_PER_SECOND,
@@ -75,8 +79,7 @@
 #define FRAME_BYTES_MAX 16384
 /* Our SETTINGS_INITIAL_WINDOW_SIZE: a 1.5 MiB Put arrives in two rounds of window updates at most. */
 #define STREAM_WINDOW_BYTES (1u << 20)
-/* The connection's receive window. It is given back only as requests are handed over, so it
-   bounds what one connection's unfinished requests hold: ten whole 1.5 MiB Puts in flight. */
+/* The connection's receive window, given back a quarter at a time as bytes arrive. */
 #define CONNECTION_WINDOW_BYTES (16u << 20)
 #define WINDOW_MAX 0x7fffffffLL
 /* Read at most this much from one connection per poll, so no client starves the others. */
@@ -113,8 +116,8 @@ enum h2_error {
     H2_CANCEL = 8, H2_COMPRESSION_ERROR = 9, H2_ENHANCE_YOUR_CALM = 11,
 };
 enum grpc_code {
-    GRPC_CANCELLED = 1, GRPC_DEADLINE_EXCEEDED = 4, GRPC_RESOURCE_EXHAUSTED = 8, GRPC_UNIMPLEMENTED = 12,
-    GRPC_INTERNAL = 13, GRPC_UNAVAILABLE = 14,
+    GRPC_CANCELLED = 1, GRPC_INVALID_ARGUMENT = 3, GRPC_DEADLINE_EXCEEDED = 4, GRPC_RESOURCE_EXHAUSTED = 8,
+    GRPC_UNIMPLEMENTED = 12, GRPC_INTERNAL = 13, GRPC_UNAVAILABLE = 14,
 };
 
 /* --- byte buffers ---------------------------------------------------------------------- */
@@ -198,7 +201,6 @@ typedef struct stream {
     uint8_t in_pending;        /* on the connection's list of streams with output waiting */
     int64_t send_window;
     uint32_t recv_unacked;     /* stream window used since our last WINDOW_UPDATE for it */
-    size_t held;               /* connection window this stream's undelivered bytes hold */
     int64_t deadline_ms;       /* 0: none */
     size_t writable_below;     /* report WRITABLE when out drops below this; 0: not asked */
     buffer in;                 /* request bytes not yet a whole gRPC message */
@@ -239,6 +241,7 @@ typedef struct conn {
     int64_t tokens_at_ms;
     int64_t stalled_since_ms;      /* output over OUTPUT_BYTES_PAUSE since then; 0: not stalled */
     int64_t closing_since_ms;
+    size_t stream_queued;          /* answer bytes waiting in streams for flow control */
     uint8_t reading_paused, epoll_out, dirty, goaway_sent;
     struct conn *dirty_next;
 } conn;
@@ -341,16 +344,14 @@ static void pending_remove(conn *c, stream *st) {
     st->in_pending = 0;
 }
 
-static void give_back(edge_server *s, conn *c, size_t len);
-
 static void stream_remove(edge_server *s, conn *c, stream *st) {
-    if (st->held) give_back(s, c, st->held);
     pending_remove(c, st);
     stream **link = &c->buckets[st->id & (c->bucket_count - 1)];
     while (*link != st) link = &(*link)->hash_next;
     *link = st->hash_next;
     c->stream_count--;
     s->open_streams--;
+    c->stream_queued -= buffer_len(&st->out);
     stream_free_buffers(st);
     free(st);
 }
@@ -499,6 +500,13 @@ static int build_trailers(buffer *out, int code, const uint8_t *message, size_t 
     return failed ? -1 : 0;
 }
 
+/* A finished stream's trailers, once all its data is out; then it is forgotten. */
+static void send_trailers(edge_server *s, conn *c, stream *st) {
+    queue_header_block(s, c, st->id, st->trailers.data + st->trailers.start, buffer_len(&st->trailers), 1);
+    buffer_free(&st->trailers);
+    stream_remove(s, c, st);
+}
+
 /* Send what flow control allows of the streams with data waiting, a frame per stream per turn;
    a stream whose data is all out sends its trailers and is forgotten. A client that has not ended
    its side is not reset (grpc-go sends RST_STREAM NO_ERROR): a client's write racing the status
@@ -519,6 +527,7 @@ static void pump(edge_server *s, conn *c) {
             if (part > c->peer_frame_max) part = c->peer_frame_max;
             if (queue_frame(s, c, FRAME_DATA, 0, st->id, st->out.data + st->out.start, part)) return;
             buffer_consume(&st->out, part);
+            c->stream_queued -= part;
             c->send_window -= part;
             st->send_window -= part;
             if (st->writable_below && buffer_len(&st->out) < st->writable_below) {
@@ -534,11 +543,7 @@ static void pump(edge_server *s, conn *c) {
             continue;
         }
         buffer_shrink_if_idle(&st->out);
-        if (st->finished && buffer_len(&st->trailers)) {
-            queue_header_block(s, c, st->id, st->trailers.data + st->trailers.start, buffer_len(&st->trailers), 1);
-            buffer_free(&st->trailers);
-            stream_remove(s, c, st);
-        }
+        if (st->finished && buffer_len(&st->trailers)) send_trailers(s, c, st);
     }
 }
 
@@ -575,8 +580,10 @@ static int queue_message(edge_server *s, conn *c, stream *st, const uint8_t *mes
         return 0;
     }
     if (buffer_append(&st->out, prefix, 5) || buffer_append(&st->out, message, len)) return -1;
+    c->stream_queued += total;
     make_pending(c, st);
     pump(s, c);
+    mark_dirty(s, c);  /* the flush weighs the backlog: a client that grants no window is read no more */
     return 0;
 }
 
@@ -598,6 +605,13 @@ static int finish_stream(edge_server *s, conn *c, stream *st, int code, const ui
         return 0;
     }
     if (build_trailers(&st->trailers, code, message, len, trailers_only, http_status)) return -1;
+    if (!buffer_len(&st->out) && !st->in_pending) {
+        /* No DATA of its own waits: trailers are not flow-controlled, so they go now, not behind other
+           streams' DATA waiting for the connection's window (an error answer to a client whose window
+           is full of a large answer would otherwise wait as long as that answer). */
+        send_trailers(s, c, st);
+        return 0;
+    }
     make_pending(c, st);
     pump(s, c);
     return 0;
@@ -748,7 +762,7 @@ static void refill_tokens(edge_server *s, conn *c) {
     if (c->settings_tokens > SETTINGS_PER_SECOND) c->settings_tokens = SETTINGS_PER_SECOND;
 }
 
-/* Give back connection window for bytes handed over or dropped, a quarter of it at a time. */
+/* Give back connection window for bytes received, a quarter of it at a time. */
 static void give_back(edge_server *s, conn *c, size_t len) {
     c->recv_unacked += len;
     if (c->recv_unacked >= CONNECTION_WINDOW_BYTES / 4) {
@@ -758,16 +772,10 @@ static void give_back(edge_server *s, conn *c, size_t len) {
     }
 }
 
-static void release_held(edge_server *s, conn *c, stream *st, size_t len) {
-    st->held -= len;
-    give_back(s, c, len);
-}
-
-/* A stream's request bytes are dropped (its call failed): their window comes back. */
-static void drop_input(edge_server *s, conn *c, stream *st) {
+/* A stream's request bytes are dropped (its call failed). */
+static void drop_input(stream *st) {
     buffer_free(&st->in);
     buffer_free(&st->message);
-    release_held(s, c, st, st->held);
 }
 
 typedef struct header_fields {
@@ -775,7 +783,7 @@ typedef struct header_fields {
     stream *stream;
     const uint8_t *method, *path, *content_type, *timeout, *encoding;
     size_t method_len, path_len, content_type_len, timeout_len, encoding_len;
-    int uppercase, pseudo_after_regular, seen_regular;
+    int uppercase, bad_value, pseudo_after_regular, seen_regular;
     buffer *copies;  /* the values above point into this */
 } header_fields;
 
@@ -788,6 +796,10 @@ static int on_header_field(void *context, const uint8_t *name, size_t name_len, 
     header_fields *h = context;
     for (size_t i = 0; i < name_len; i++)
         if (name[i] >= 'A' && name[i] <= 'Z') h->uppercase = 1;
+    /* RFC 9113 8.2.1: a NUL, CR or LF in a value makes the request malformed. A NUL would also break the
+       name NUL value NUL framing of the metadata the application gets (a forged "token" pair). */
+    if (value_len && (memchr(value, 0, value_len) || memchr(value, '\r', value_len) || memchr(value, '\n', value_len)))
+        h->bad_value = 1;
     if (name_len && name[0] == ':') {
         if (h->seen_regular) h->pseudo_after_regular = 1;
     } else {
@@ -875,10 +887,16 @@ static int service_known(const edge_server *s, const uint8_t *path, size_t len) 
     return 0;
 }
 
+static void on_remote_end(edge_server *s, conn *c, stream *st);
+
 /* A whole header block opening a stream (or a client's trailers on one). */
 static void on_header_block(edge_server *s, conn *c, uint32_t stream_id, int end_stream) {
     const uint8_t *block = c->header_block.data + c->header_block.start;
     size_t block_len = buffer_len(&c->header_block);
+    if (!(stream_id & 1)) {  /* before the trailers' test: an even id below the last stream is no trailers */
+        conn_fail(s, c, H2_PROTOCOL_ERROR, "client stream ids are odd");
+        return;
+    }
     stream *st = find_stream(c, stream_id);
     if (st || stream_id <= c->last_stream_id) {
         /* trailers from the client: decode (the table must stay in step), then it is the end of its side */
@@ -900,15 +918,17 @@ static void on_header_block(edge_server *s, conn *c, uint32_t stream_id, int end
             return;
         }
         if (st->remote_ended) {
+            /* As DATA after END_STREAM: our RST_STREAM closes the stream (RFC 9113 5.1, 5.4.2), so it is
+               removed and the application told, or its answer would go out on a stream we reset. */
             queue_rst_stream(s, c, stream_id, H2_STREAM_CLOSED);
+            if (st->app_owned) emit_stream_event(s, c, st, EDGE_EVENT_CANCEL, NULL, 0);
+            stream_remove(s, c, st);
             return;
         }
+        /* Trailers end the request as END_STREAM on DATA does: a unary call is whole now (or a message
+           cut short), a stream half-closed. */
         st->remote_ended = 1;
-        if (st->kind == EDGE_BIDI_STREAM && st->app_owned) emit_stream_event(s, c, st, EDGE_EVENT_HALF_CLOSE, NULL, 0);
-        return;
-    }
-    if (!(stream_id & 1)) {
-        conn_fail(s, c, H2_PROTOCOL_ERROR, "client stream ids are odd");
+        on_remote_end(s, c, st);
         return;
     }
     c->last_stream_id = stream_id;
@@ -935,17 +955,24 @@ static void on_header_block(edge_server *s, conn *c, uint32_t stream_id, int end
         /* grpc-go resets a stream whose header list is over its limit */
         queue_rst_stream(s, c, stream_id, H2_FRAME_SIZE_ERROR);
         stream_remove(s, c, st);
-    } else if (h.uppercase || h.pseudo_after_regular || !h.method || !h.path) {
+    } else if (h.uppercase || h.bad_value || h.pseudo_after_regular || !h.method || !h.path) {
         queue_rst_stream(s, c, stream_id, H2_PROTOCOL_ERROR);  /* a malformed request (RFC 9113 8.1.1) */
         stream_remove(s, c, st);
     } else if (s->stopping || c->goaway_sent || c->stream_count > STREAMS_PER_CONNECTION_MAX) {
         queue_rst_stream(s, c, stream_id, H2_REFUSED_STREAM);
         stream_remove(s, c, st);
     } else if (!field_is(h.method, h.method_len, "POST")) {
-        finish_stream(s, c, st, GRPC_INTERNAL, (const uint8_t *)"invalid gRPC request method", 27, 405);
+        char text[128];  /* grpc-go's code and words (internal/transport/http2_server.go, operateHeaders) */
+        int len = snprintf(text, sizeof text, "Received a HEADERS frame with :method \"%.*s\" which should be POST",
+                           (int)(h.method_len > 32 ? 32 : h.method_len), h.method);
+        finish_stream(s, c, st, GRPC_INTERNAL, (const uint8_t *)text, (size_t)len, 405);
     } else if (!h.content_type || h.content_type_len < 16 || memcmp(h.content_type, "application/grpc", 16) != 0 ||
                (h.content_type_len > 16 && h.content_type[16] != '+' && h.content_type[16] != ';')) {
-        finish_stream(s, c, st, GRPC_INTERNAL, (const uint8_t *)"invalid gRPC request content-type", 33, 415);
+        char text[160];  /* grpc-go's code (INVALID_ARGUMENT, not INTERNAL) and words, as for the method */
+        int len = snprintf(text, sizeof text, "invalid gRPC request content-type \"%.*s\"",
+                           h.content_type ? (int)(h.content_type_len > 64 ? 64 : h.content_type_len) : 0,
+                           h.content_type ? (const char *)h.content_type : "");
+        finish_stream(s, c, st, GRPC_INVALID_ARGUMENT, (const uint8_t *)text, (size_t)len, 415);
     } else {
         st->method = find_method(s, h.path, h.path_len);
         int64_t timeout_ms = h.timeout ? parse_timeout_ms(h.timeout, h.timeout_len) : 0;
@@ -992,30 +1019,29 @@ static void on_stream_data(edge_server *s, conn *c, stream *st) {
             snprintf(text, sizeof text, "grpc: received message larger than max (%u vs. %zu)", len,
                      s->limits.message_bytes_max);
             if (st->app_owned) emit_stream_event(s, c, st, EDGE_EVENT_CANCEL, NULL, 0);
-            drop_input(s, c, st);
+            drop_input(st);
             finish_with_text(s, c, st, GRPC_RESOURCE_EXHAUSTED, text);
             return;
         }
         if (buffer_len(&st->in) < 5 + (size_t)len) return;
         if (p[0] && !st->compressed_ok) {
             if (st->app_owned) emit_stream_event(s, c, st, EDGE_EVENT_CANCEL, NULL, 0);
-            drop_input(s, c, st);
+            drop_input(st);
             finish_with_text(s, c, st, GRPC_INTERNAL, "grpc: compressed flag set with identity or empty encoding");
             return;
         }
         if (p[0]) {
             if (st->app_owned) emit_stream_event(s, c, st, EDGE_EVENT_CANCEL, NULL, 0);
-            drop_input(s, c, st);
+            drop_input(st);
             finish_with_text(s, c, st, GRPC_UNIMPLEMENTED, "grpc: Decompressor is not installed for grpc-encoding");
             return;
         }
         if (st->kind == EDGE_BIDI_STREAM) {
             emit_stream_event(s, c, st, EDGE_EVENT_MESSAGE, p + 5, len);
             buffer_consume(&st->in, 5 + len);
-            release_held(s, c, st, 5 + len);
             continue;
         } else if (st->has_message) {
-            drop_input(s, c, st);
+            drop_input(st);
             finish_with_text(s, c, st, GRPC_INTERNAL, "grpc: received more than one request message for a unary call");
             return;
         } else {
@@ -1025,7 +1051,7 @@ static void on_stream_data(edge_server *s, conn *c, stream *st) {
                 return;
             }
         }
-        buffer_consume(&st->in, 5 + len);  /* a unary request's window comes back when it is handed over */
+        buffer_consume(&st->in, 5 + len);
     }
     buffer_shrink_if_idle(&st->in);
 }
@@ -1034,7 +1060,7 @@ static void on_remote_end(edge_server *s, conn *c, stream *st) {
     if (st->finished) return;
     if (buffer_len(&st->in)) {  /* END_STREAM in the middle of a message */
         if (st->app_owned) emit_stream_event(s, c, st, EDGE_EVENT_CANCEL, NULL, 0);
-        drop_input(s, c, st);
+        drop_input(st);
         finish_with_text(s, c, st, GRPC_INTERNAL, "grpc: error while receiving the request: unexpected EOF");
         return;
     }
@@ -1046,7 +1072,6 @@ static void on_remote_end(edge_server *s, conn *c, stream *st) {
         st->app_owned = 1;
         emit_stream_event(s, c, st, EDGE_EVENT_CALL, st->message.data + st->message.start, buffer_len(&st->message));
         buffer_free(&st->message);
-        release_held(s, c, st, st->held);
     }
 }
 
@@ -1155,10 +1180,8 @@ static void on_frame(edge_server *s, conn *c, int type, int flags, uint32_t stre
             queue_window_update(s, c, stream_id, st->recv_unacked);
             st->recv_unacked = 0;
         }
-        if (st->finished) {
-            give_back(s, c, len);
-        } else {
-            st->held += len;
+        give_back(s, c, len);  /* as the bytes arrive: see "Flow control" at the top */
+        if (!st->finished) {
             if (buffer_append(&st->in, p, len)) { conn_fail(s, c, H2_INTERNAL_ERROR, "out of memory"); return; }
             on_stream_data(s, c, st);
             if (c->state == CONN_DEAD) return;
@@ -1358,8 +1381,8 @@ static int conn_write(edge_server *s, conn *c) {
         return -1;
     }
     buffer_shrink_if_idle(&c->out);
-    size_t queued = buffer_len(&c->out);
-    int want_out = queued > 0;
+    size_t queued = buffer_len(&c->out) + c->stream_queued;  /* written, and waiting for windows */
+    int want_out = buffer_len(&c->out) > 0;
     int pause = queued > OUTPUT_BYTES_PAUSE;
     if (pause && !c->stalled_since_ms) c->stalled_since_ms = s->now_ms ? s->now_ms : 1;
     if (!pause) c->stalled_since_ms = 0;
