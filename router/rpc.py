@@ -19,6 +19,7 @@ the general handler (`responder.fallback()`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,19 +86,23 @@ def counted(metrics, method: Method) -> Method:
     def handled(code: str) -> None:
         metrics.call_handled(*labels, GO_CODE_NAMES.get(code, "Unknown"))
 
+    @contextlib.contextmanager
+    def counting():
+        metrics.call_started(*labels)
+        try:
+            yield
+        except errors.EtcdError as error:
+            handled(error.code)
+            raise
+        except BaseException as error:
+            handled(_code_of(error))
+            raise
+        handled("OK")
+
     if method.kind == UNARY:
         async def unary(data, call):
-            metrics.call_started(*labels)
-            try:
-                answer = await inner(data, call)
-            except errors.EtcdError as error:
-                handled(error.code)
-                raise
-            except BaseException as error:
-                handled(_code_of(error))
-                raise
-            handled("OK")
-            return answer
+            with counting():
+                return await inner(data, call)
 
         def answered_fast(code: str) -> None:
             metrics.call_started(*labels)
@@ -106,16 +111,8 @@ def counted(metrics, method: Method) -> Method:
         return Method(method.service, method.name, method.kind, unary, method.fast, answered_fast)
 
     async def stream(request, call):
-        metrics.call_started(*labels)
-        try:
+        with counting():
             async for answer in inner(request, call):
                 yield answer
-        except errors.EtcdError as error:
-            handled(error.code)
-            raise
-        except BaseException as error:
-            handled(_code_of(error))
-            raise
-        handled("OK")
 
     return Method(method.service, method.name, method.kind, stream)
