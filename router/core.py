@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import random
 from typing import Iterable, Protocol
 
 from google.protobuf.message import DecodeError
@@ -333,7 +334,9 @@ class Router:
             validation.check_range(request)
         except errors.EtcdError as error:
             return responder.fail(error)
-        self._send_now(group, _RANGE_TAG, data, responder, write=False)
+        # A serializable read may be answered by any member: spread them over the group.
+        member = random.choice(self.groups[group].member_ids) if request.serializable else None
+        self._send_now(group, _RANGE_TAG, data, responder, write=False, member=member)
 
     def txn_now(self, data: bytes, responder: Responder) -> None:
         try:
@@ -353,10 +356,12 @@ class Router:
             return responder.fail(error)
         self._send_now(groups.pop(), _TXN_TAG, data, responder, write=True)
 
-    def _send_now(self, group: int, tag: bytes, data: bytes, responder: Responder, write: bool) -> None:
-        """Queue the client's request bytes, as they came, on the group leader's stream."""
+    def _send_now(self, group: int, tag: bytes, data: bytes, responder: Responder, write: bool,
+                  member: int | None = None) -> None:
+        """Queue the client's request bytes, as they came, on the stream of `member` (the leader if None)."""
         client = self.groups[group]
-        if not client.leader_id:
+        member = member or client.leader_id
+        if not member:
             return responder.fallback()
         fields = tag + varint(len(data)) + data
         if write:
@@ -366,7 +371,7 @@ class Router:
         else:
             responder.generation = None
         responder.group = group
-        client.connection(client.leader_id).submit(fields, self._answered_now, responder)
+        client.connection(member).submit(fields, self._answered_now, responder)
 
     def _answered_now(self, responder: Responder, outcome) -> None:
         write = responder.generation is not None
