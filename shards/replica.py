@@ -15,9 +15,12 @@ requests). Each turn of `_drive`:
      meanwhile, so the next turn's batch grows with the load), send what had
      to wait for it (votes, append
      acknowledgements), apply committed entries to the MVCC store in one
-     LMDB transaction, answer the writes applied and the reads now servable,
-     and advance;
-  4. removes one bounded batch of compacted history, if a compaction is pending.
+     LMDB transaction (no fsync: the WAL is the durability point), answer the
+     writes applied and the reads now servable, and advance;
+  4. adopts the store's durable point once a thread has flushed it, and starts
+     the next when due (shards/mvcc.py): a restart opens the store there and
+     raft hands out the entries after it again;
+  5. removes one bounded batch of compacted history, if a compaction is pending.
 
 A write travels in its raft entry as ShardRequest bytes, under an id this
 replica chose; applying it answers whoever waits on that id here. A replica
@@ -32,7 +35,7 @@ Back-pressure as etcd: while committed minus applied exceeds
 `max_pending_applies` (5,000), new writes get "too many requests".
 
 Snapshots, as etcd takes them. Every `snapshot_count` applied entries the
-replica syncs its LMDB database, records a snapshot marker in the WAL,
+replica makes its store durable up to there, records a snapshot marker in the WAL,
 keeps `snapshot_catchup_entries` entries in memory for followers a little
 behind, and releases the WAL segments the snapshot covers. A follower further
 behind gets a snapshot message carrying a compact copy of the leader's
@@ -51,16 +54,27 @@ import os
 import random
 import secrets
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
 from shards.durable import write_file_durably
+from shards.fault_control import STORE_APPLIED, WAL_SYNCED, failpoint
 from shards.leases import LeaseKeeper, RecordWrite
 from shards.metrics import Gauges, MetricsServer, ReplicaMetrics
-from shards.mvcc import MvccStore, Proposal, RaiseRevision, RegrantLease, RemoveMember, RevokeLease, SetMember
+from shards.mvcc import (
+    BATCH_INTERVAL_SECONDS,
+    BATCH_LIMIT_ENTRIES,
+    MvccStore,
+    Proposal,
+    RaiseRevision,
+    RegrantLease,
+    RemoveMember,
+    RevokeLease,
+    SetMember,
+)
 from shards.raft import Config, ProposalDropped, RawNode, Ready, Role
 from shards.raft.messages import ConfChange, ConfChangeType, Message, MessageType
 from shards.raft.storage import Entry, EntryType, HardState, Snapshot, SnapshotMeta
@@ -151,6 +165,9 @@ class ReplicaConfig:
     max_pending_applies: int = MAX_PENDING_APPLIES
     snapshot_count: int = SNAPSHOT_COUNT
     snapshot_catchup_entries: int = SNAPSHOT_CATCHUP_ENTRIES
+    # The store's durable point (shards/mvcc.py): at least this often, or after this many applied entries.
+    backend_batch_interval_seconds: float = BATCH_INTERVAL_SECONDS
+    backend_batch_limit_entries: int = BATCH_LIMIT_ENTRIES
     # Join a running group (after a member add) instead of founding one: no bootstrap,
     # membership comes from the leader's log or snapshot.
     join: bool = False
@@ -182,7 +199,10 @@ class Replica:
         self.config = config
         me = config.members[config.member_id]
         self.wal = WriteAheadLog.open(config.data_dir / "wal", segment_bytes=config.wal_segment_bytes)
-        self.store = MvccStore.open(config.data_dir / "mvcc", quota_bytes=config.quota_backend_bytes)
+        # The store opens at its durable point; raft hands out the entries after it again.
+        self.store = MvccStore.open(config.data_dir / "mvcc", quota_bytes=config.quota_backend_bytes,
+                                    batch_interval_seconds=config.backend_batch_interval_seconds,
+                                    batch_limit_entries=config.backend_batch_limit_entries)
         self.metrics = ReplicaMetrics(config.group_id, config.member_id, self._gauges)
         self.wal.on_fsync = self.metrics.wal_fsync.observe
         self._incoming_snapshot = config.data_dir / "snapshot.mdb"
@@ -196,6 +216,8 @@ class Replica:
                 f"log in {config.data_dir / 'wal'} only holds entries up to {durable_last}: "
                 f"it lost data that was synced; this replica must be replaced, not restarted"
             )
+        log.info("group %d member %d: the store opened at its durable point, index %d; the WAL holds entries "
+                 "to %d", config.group_id, config.member_id, self.store.applied_index, durable_last)
         new = self.wal.storage.last_index() == 0 and not self.wal.storage.snapshot().meta.index
         if new and not config.join:
             self._bootstrap()
@@ -243,6 +265,7 @@ class Replica:
         self._metrics_server: MetricsServer | None = None
         self._tasks: list[asyncio.Task] = []
         self._wal_syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal-sync")
+        self._store_flush: Future | None = None  # the store's durable point being flushed
         # The meta group keeps lease deadlines (shards/leases.py). A new leader answers lease
         # requests once it has applied every entry it had when elected: only then does it
         # know every lease granted before.
@@ -352,6 +375,7 @@ class Replica:
 
     async def _drive(self) -> None:
         node = self.node
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -364,6 +388,10 @@ class Replica:
             self._propose_queued()
             while node.has_ready():
                 await self._handle_ready(node.ready())
+            flushing = self.store.advance_durability()
+            if flushing is not None and flushing is not self._store_flush:
+                self._store_flush = flushing  # wake to adopt it once flushed
+                flushing.add_done_callback(lambda _: loop.call_soon_threadsafe(self._wake.set))
             if self.store.compaction_pending:
                 # One bounded step per turn: applies never wait behind a whole compaction.
                 if self.store.compact_step():
@@ -407,6 +435,7 @@ class Replica:
                 # The fdatasync runs off the event loop: meanwhile the streams go on reading
                 # requests, and the next turn proposes all of them at once (group commit).
                 await asyncio.get_running_loop().run_in_executor(self._wal_syncer, self.wal.sync)
+                failpoint(WAL_SYNCED)
         if ready.hard_state is not None:
             self._commit_index = ready.hard_state.commit
         self._send(ready.persisted_messages)
@@ -449,8 +478,12 @@ class Replica:
         self._wake.set()
 
     def _take_snapshot(self) -> None:
-        index = self.store.applied_index
-        self.store.sync()  # the WAL may drop what the store must not lose
+        # The WAL drops what the snapshot covers: only what the store has made durable.
+        self.store.make_durable()
+        index = self.store.durable_applied_index
+        if index != self.store.applied_index:
+            raise ReplicaStateError(f"the store made index {index} durable, not its applied "
+                                    f"{self.store.applied_index}")
         self.wal.create_snapshot(index, self.node.status().conf_state, b"",
                                  keep_entries=self.config.snapshot_catchup_entries)
         released = self.wal.release_to(index)
@@ -503,6 +536,7 @@ class Replica:
             proposals.append(Proposal(entry.index, request.floor, (store_request,), frozenset(request.unknown_leases)))
         started = time.perf_counter()
         result = self.store.apply(proposals)
+        failpoint(STORE_APPLIED)
         self.metrics.observe_apply(time.perf_counter() - started, result.commit_seconds)
         if result.events:
             self.metrics.count_changes(result.events)
