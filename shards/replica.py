@@ -260,6 +260,7 @@ class Replica:
         self._read_rounds: dict[bytes, _ReadRound] = {}
         self._next_proposal_id = secrets.randbits(62)
         self._commit_index = self.store.applied_index
+        self._appended_index = 0  # the last entry this replica appended to its log
         self._snapshot_index = self.wal.storage.snapshot().meta.index
         self._api_server: grpc.aio.Server | None = None
         self._metrics_server: MetricsServer | None = None
@@ -388,6 +389,8 @@ class Replica:
             self._propose_queued()
             while node.has_ready():
                 await self._handle_ready(node.ready())
+            if self._writes and self._batch_committed():
+                self._wake.set()  # the round that held them back is over: propose them next turn
             flushing = self.store.advance_durability()
             if flushing is not None and flushing is not self._store_flush:
                 self._store_flush = flushing  # wake to adopt it once flushed
@@ -400,9 +403,15 @@ class Replica:
             # Yield so streams can queue more work before the next turn.
             await asyncio.sleep(0)
 
+    def _batch_committed(self) -> bool:
+        """Whether everything this leader appended is committed (durable on a quorum, itself included)."""
+        return self._commit_index >= self._appended_index
+
     def _propose_queued(self) -> None:
-        writes, self._writes = self._writes, []
-        if writes:
+        # One batch in flight at a time: under load, the next batch is everything that queued
+        # while the last was persisted and replicated, so WAL fsyncs and appends carry many entries.
+        if self._writes and self._batch_committed():
+            writes, self._writes = self._writes, []
             try:
                 self.node.propose_batch([data for _, data in writes])
             except ProposalDropped:
@@ -431,6 +440,8 @@ class Replica:
             must_sync = bool(ready.entries) or ready.hard_state is not None and (
                 ready.hard_state.term != previous.term or ready.hard_state.vote != previous.vote)
             self.wal.append(ready.entries, ready.hard_state, sync=False)
+            if ready.entries:
+                self._appended_index = ready.entries[-1].index
             if must_sync:
                 # The fdatasync runs off the event loop: meanwhile the streams go on reading
                 # requests, and the next turn proposes all of them at once (group commit).
