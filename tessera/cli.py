@@ -17,7 +17,8 @@ from tessera.api.errors import EtcdError
 from tessera.api.rpc_pb2 import AlarmType
 from native import codec, crc, walframe
 from shards.mvcc import StoreInvariantError
-from shards.replica import MemberAddresses, ReplicaConfig, ReplicaStateError, run_until_stopped
+from shards.raft_driver import MemberAddresses, ReplicaStateError
+from shards.replica import ReplicaConfig, run_until_stopped
 from shards.wal import WalCorruptionError
 from tessera.progress import Progress, size_text
 from tessera.launcher import (
