@@ -535,34 +535,11 @@ class MvccStore:
 
     def _apply_request(self, txn, request, floor: int, events: list[ChangeEvent], unknown_leases=frozenset()):
         change = _Change(self, txn, floor, events, unknown_leases)
+        apply = _APPLY.get(type(request))
+        if apply is None:
+            raise TypeError(f"the store does not apply {type(request).__name__}")
         try:
-            if isinstance(request, PutRequest):
-                self._check_put(txn, request, unknown_leases)
-                response = change.put(request)
-            elif isinstance(request, DeleteRangeRequest):
-                response = change.delete_range(request)
-            elif isinstance(request, TxnRequest):
-                response = change.transaction(request)
-            elif isinstance(request, CompactionRequest):
-                response = self._compact(txn, request.revision)
-            elif isinstance(request, AlarmRequest):
-                response = self._alarm(txn, request)
-            elif isinstance(request, RaiseRevision):
-                self.revision = max(self.revision, request.revision)
-                response = None
-            elif isinstance(request, RevokeLease):
-                response = change.revoke_lease(request.lease_id)
-            elif isinstance(request, RegrantLease):
-                txn.delete(_lease_prefix(request.lease_id), db=self._revoked)
-                response = None
-            elif isinstance(request, SetMember):
-                txn.put(_u64(request.member_id), request.record, db=self._members)
-                response = None
-            elif isinstance(request, RemoveMember):
-                txn.delete(_u64(request.member_id), db=self._members)
-                response = None
-            else:
-                raise TypeError(f"the store does not apply {type(request).__name__}")
+            response = apply(change, request)
         except errors.EtcdError as error:
             return error
         change.finish()
@@ -972,14 +949,35 @@ class _Change:
         self.events.append(ChangeEvent(Event.DELETE, main, tombstone, previous_bytes))
         return previous_bytes
 
-    def revoke_lease(self, lease_id: int):
+    def checked_put(self, request: PutRequest) -> PutResponse:
+        self.store._check_put(self.txn, request, self.unknown_leases)
+        return self.put(request)
+
+    def compact(self, request: CompactionRequest) -> CompactionResponse:
+        return self.store._compact(self.txn, request.revision)
+
+    def alarm(self, request: AlarmRequest) -> AlarmResponse:
+        return self.store._alarm(self.txn, request)
+
+    def raise_revision(self, request: RaiseRevision) -> None:
+        self.store.revision = max(self.store.revision, request.revision)
+
+    def regrant_lease(self, request: RegrantLease) -> None:
+        self.txn.delete(_lease_prefix(request.lease_id), db=self.store._revoked)
+
+    def set_member(self, request: SetMember) -> None:
+        self.txn.put(_u64(request.member_id), request.record, db=self.store._members)
+
+    def remove_member(self, request: RemoveMember) -> None:
+        self.txn.delete(_u64(request.member_id), db=self.store._members)
+
+    def revoke_lease(self, request: RevokeLease) -> None:
         store, txn = self.store, self.txn
-        prefix = _lease_prefix(lease_id)
+        prefix = _lease_prefix(request.lease_id)
         cursor = txn.cursor(db=store._leases)
         for key in _keys_under(cursor, prefix) if cursor.set_range(prefix) else []:
             self._delete_key(key)
         txn.put(prefix, b"", db=store._revoked)
-        return None
 
     def transaction(self, request: TxnRequest) -> TxnResponse:
         # Which branch runs, at every nesting level, is decided on the state
@@ -1062,6 +1060,20 @@ class _Change:
             for revision in revisions
         )
 
+
+# What applying each kind of request does, and its response (None: the answer is a header alone).
+_APPLY = {
+    PutRequest: _Change.checked_put,
+    DeleteRangeRequest: _Change.delete_range,
+    TxnRequest: _Change.transaction,
+    CompactionRequest: _Change.compact,
+    AlarmRequest: _Change.alarm,
+    RaiseRevision: _Change.raise_revision,
+    RevokeLease: _Change.revoke_lease,
+    RegrantLease: _Change.regrant_lease,
+    SetMember: _Change.set_member,
+    RemoveMember: _Change.remove_member,
+}
 
 _ZERO_RECORD = (b"", 0, 0, 0, b"", 0)
 # Where each compare target sits in a record, and the Compare field holding the operand.
