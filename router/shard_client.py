@@ -242,8 +242,11 @@ class GroupClient:
         """The group's answer; etcd's error for it raised as an EtcdError.
 
         `write`: the request changes state, so an unknown outcome is not retried.
-        `any_member`: any replica may answer (serializable reads), the leader first.
+        `any_member`: any replica may answer: a serializable read goes to one chosen at
+        random, so reads spread over the group; anything else (a status) to the leader first,
+        whose view is the freshest.
         """
+        spread = any_member and request.HasField("range")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         tried: set[int] = set()
@@ -253,7 +256,7 @@ class GroupClient:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise last_error
-            member_id = self._choose(tried)
+            member_id = self._choose(tried, spread)
             tried.add(member_id)
             try:
                 response = await self._connections[member_id].request(request, remaining)
@@ -291,8 +294,8 @@ class GroupClient:
                 continue
             raise reported
 
-    def _choose(self, tried: set[int]) -> int:
-        if self.leader_id and self.leader_id not in tried:
+    def _choose(self, tried: set[int], spread: bool) -> int:
+        if self.leader_id and self.leader_id not in tried and not spread:
             return self.leader_id
         untried = [member_id for member_id in self._connections if member_id not in tried]
         return random.choice(untried or list(self._connections))

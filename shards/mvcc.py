@@ -36,6 +36,38 @@ anything, so a failed request leaves no trace but its error.
 Compaction is recorded when applied (reads below it fail at once) and
 removes the superseded history in bounded steps (`compact_step`), so a large
 compaction never holds up applies; a restart finishes it.
+
+Durability. The store is not a durability point of its own: the WAL is
+(ARCHITECTURE decision 9), and a restart replays it from the applied index
+the store last made durable. So commits do not flush: LMDB runs with
+MDB_NOSYNC, and a commit is a few writes into the page cache. A kill -9
+loses nothing (the kernel holds every page); a power loss may lose any write
+since the last flush, in any order. LMDB keeps its integrity under that only
+if the file system keeps write order, which Linux file systems do not for
+overwrites: the newer meta page may reach the disk before the pages it points
+at, and a page of the last flushed snapshot may be overwritten in place once
+LMDB reuses it. (MDB_NOMETASYNC keeps integrity, but flushes the data pages
+at every commit: the cost this design removes.) Three rules keep it whole:
+
+  * a durable point: every `batch_interval_seconds` or `batch_limit_entries`
+    applied entries (etcd's backend commits every 100 ms or 10,000 entries),
+    a thread fdatasyncs the file (LMDB's sync releases the GIL, so applies go
+    on meanwhile) and then records, in `durable-point` (written whole: write,
+    fsync, rename), the transaction it flushed, the raft index applied there
+    and the file's two meta pages as they were then;
+  * a read transaction stays open at the durable point's transaction until
+    the next point is recorded: LMDB never reuses a page a reader can see, so
+    no write after the durable point touches a page of its snapshot;
+  * opening writes the recorded meta pages back before LMDB reads them, so
+    the store always opens at its durable point, whatever reached the disk
+    after it (a kill -9 only costs the replay of what came after).
+
+Replacing the database file (a snapshot installed, a defragment) first
+flushes the whole file and removes the record, so a record never describes
+another file than the one beside it; a file without a record is opened as
+it is and gets its first durable point at once. For the same reason nothing
+but the store may write the file while a record is beside it: another writer
+must remove the record first (and commit with LMDB's default, synced, flags).
 """
 
 from __future__ import annotations
@@ -45,6 +77,7 @@ import shutil
 import struct
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
@@ -52,7 +85,8 @@ import lmdb
 
 from native import codec, crc
 from native.keyindex import KeyIndex
-from shards.durable import fsync_directory
+from shards.durable import fsync_directory, write_file_durably
+from shards.fault_control import STORE_SYNCED, STORE_DURABLE, failpoint
 from tessera.api import errors
 from tessera.api.ordering import effective_sort, sort_results
 from tessera.api.validation import key_in_range
@@ -81,6 +115,21 @@ QUOTA_BYTES_DEFAULT = 2 * 1024**3  # etcd's --quota-backend-bytes
 COMPACT_BATCH_RECORDS = 10_000
 FIRST_REVISION = 1  # an empty etcd reports revision 1; its first write gets 2
 SUB_REVISION_MAX = 2**63 - 1
+BATCH_INTERVAL_SECONDS = 0.1  # etcd's --backend-batch-interval: the store's durable point at least this often
+BATCH_LIMIT_ENTRIES = 10_000  # etcd's --backend-batch-limit: or after this many applied entries
+
+DURABLE_POINT_FILE = "durable-point"
+# magic, LMDB transaction id, applied raft index, page size; the two meta pages follow, then a CRC32C.
+_DURABLE_POINT_HEADER = struct.Struct("<4sQQI")
+_DURABLE_POINT_MAGIC = b"TDP1"
+_CRC = struct.Struct("<I")
+# Where LMDB 0.9 (64-bit) keeps a meta page's magic and transaction id: after
+# the 16-byte page header, mm_magic first and mm_txnid last of MDB_meta.
+_LMDB_META_MAGIC = struct.Struct("=I")
+_LMDB_META_TXNID = struct.Struct("=Q")
+_LMDB_MAGIC = 0xBEEFC0DE
+_LMDB_META_MAGIC_OFFSET = 16
+_LMDB_META_TXNID_OFFSET = 16 + 128
 
 _U64 = struct.Struct(">Q")
 _META_APPLIED_INDEX = b"applied_index"
@@ -137,6 +186,43 @@ class ChangeEvent(NamedTuple):
     prev_kv: bytes | None  # the KeyValue it replaced, if the key existed
 
 
+class DurablePoint(NamedTuple):
+    """A state of the store that is on disk whole: what `durable-point` records."""
+
+    txnid: int  # the LMDB transaction
+    applied_index: int  # the raft index applied there
+    meta_pages: bytes  # the database file's two meta pages as they were after that transaction
+
+    def encode(self) -> bytes:
+        body = _DURABLE_POINT_HEADER.pack(_DURABLE_POINT_MAGIC, self.txnid, self.applied_index,
+                                          len(self.meta_pages) // 2) + self.meta_pages
+        return body + _CRC.pack(crc.crc32c(body))
+
+    @classmethod
+    def decode(cls, data: bytes, where: Path) -> DurablePoint:
+        body, checksum = data[:-_CRC.size], data[-_CRC.size:]
+        if len(data) < _DURABLE_POINT_HEADER.size + _CRC.size or _CRC.pack(crc.crc32c(body)) != checksum:
+            raise StoreInvariantError(f"{where} is damaged (it is only ever replaced whole)")
+        magic, txnid, applied_index, page_bytes = _DURABLE_POINT_HEADER.unpack_from(body)
+        meta_pages = body[_DURABLE_POINT_HEADER.size:]
+        if magic != _DURABLE_POINT_MAGIC or len(meta_pages) != 2 * page_bytes:
+            raise StoreInvariantError(f"{where} is not a durable point record")
+        point = cls(txnid, applied_index, meta_pages)
+        point.check_meta_pages(where)
+        return point
+
+    def check_meta_pages(self, where: Path) -> None:
+        """The newer of the two meta pages must be the recorded transaction's."""
+        page_bytes = len(self.meta_pages) // 2
+        txnids = []
+        for page in (self.meta_pages[:page_bytes], self.meta_pages[page_bytes:]):
+            if _LMDB_META_MAGIC.unpack_from(page, _LMDB_META_MAGIC_OFFSET)[0] != _LMDB_MAGIC:
+                raise StoreInvariantError(f"{where}: a meta page without LMDB's magic")
+            txnids.append(_LMDB_META_TXNID.unpack_from(page, _LMDB_META_TXNID_OFFSET)[0])
+        if max(txnids) != self.txnid:
+            raise StoreInvariantError(f"{where}: meta pages of transactions {txnids}, not of {self.txnid}")
+
+
 class ApplyResult(NamedTuple):
     responses: list  # per proposal: None if already applied, else a response or EtcdError per request
     events: list[ChangeEvent]
@@ -177,9 +263,12 @@ def _range_end(range_end: bytes) -> bytes | None:
 
 
 class MvccStore:
-    def __init__(self, path: Path, quota_bytes: int, map_size_bytes: int | None):
+    def __init__(self, path: Path, quota_bytes: int, map_size_bytes: int | None,
+                 batch_interval_seconds: float, batch_limit_entries: int):
         self.path = path
         self.quota_bytes = quota_bytes
+        self.batch_interval_seconds = batch_interval_seconds
+        self.batch_limit_entries = batch_limit_entries
         # The map is address space, not disk: room for a full quota plus the
         # copy-on-write pages a transaction needs while the quota is exceeded.
         # It doubles whenever a transaction finds it full.
@@ -194,23 +283,37 @@ class MvccStore:
         self.alarms: set[tuple[int, int]] = set()  # (member id, alarm type)
         # A NOSPACE alarm is raised: writes that add data are refused until it is cleared.
         self.space_exceeded = False
+        # Durability (see the module's docstring): the point on disk, and the one being flushed.
+        self.durable_applied_index = 0
+        self._durable: DurablePoint | None = None
+        self._durable_pin: lmdb.Transaction | None = None  # a reader at the durable point's transaction
+        self._flushing: tuple[Future, DurablePoint, lmdb.Transaction] | None = None
+        self._flush_started = 0.0  # time.monotonic() when the last durable point was taken
+        self._committed_since_durable = False  # a write transaction committed after the last point taken
+        self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-sync")
+        self._data_fd = -1  # data.mdb, read only: where the meta pages are read from
 
     # --- opening and closing -----------------------------------------------------------
 
     @classmethod
     def open(
         cls, path: str | os.PathLike, *, quota_bytes: int = QUOTA_BYTES_DEFAULT,
-        map_size_bytes: int | None = None,
+        map_size_bytes: int | None = None, batch_interval_seconds: float = BATCH_INTERVAL_SECONDS,
+        batch_limit_entries: int = BATCH_LIMIT_ENTRIES,
     ) -> MvccStore:
-        store = cls(Path(path), quota_bytes, map_size_bytes)
+        store = cls(Path(path), quota_bytes, map_size_bytes, batch_interval_seconds, batch_limit_entries)
         store.path.mkdir(parents=True, exist_ok=True)
         store._open_environment()
         return store
 
     def _open_environment(self) -> None:
-        self._env = lmdb.open(
-            str(self.path), map_size=self.map_size_bytes, max_dbs=8, metasync=False, readahead=False,
-        )
+        record_path = self.path / DURABLE_POINT_FILE
+        recorded = DurablePoint.decode(record_path.read_bytes(), record_path) if record_path.exists() else None
+        if recorded is not None:
+            self._roll_back_to(recorded)
+        # sync=False is MDB_NOSYNC: commits do not flush (the module's docstring says why that is safe here).
+        self._env = lmdb.open(str(self.path), map_size=self.map_size_bytes, max_dbs=8, sync=False,
+                              readahead=False)
         env = self._env
         self._history = env.open_db(b"history")
         self._meta = env.open_db(b"meta")
@@ -219,6 +322,37 @@ class MvccStore:
         self._alarms_db = env.open_db(b"alarms")
         self._members = env.open_db(b"members")
         self._load()
+        self._data_fd = os.open(self.path / "data.mdb", os.O_RDONLY)
+        if recorded is None:
+            self._committed_since_durable = True  # a new or replaced file: its first durable point now
+            self.make_durable()
+            return
+        if self._env.info()["last_txnid"] != recorded.txnid or self.applied_index != recorded.applied_index:
+            raise StoreInvariantError(
+                f"{self.path}: rolled back to the durable point (transaction {recorded.txnid}, applied index "
+                f"{recorded.applied_index}) but LMDB opened at transaction {self._env.info()['last_txnid']}, "
+                f"applied index {self.applied_index}")
+        self._durable, self._durable_pin = recorded, self._env.begin()
+        self.durable_applied_index = recorded.applied_index
+        self._flush_started = time.monotonic()
+
+    def _roll_back_to(self, point: DurablePoint) -> None:
+        """Put the durable point's meta pages back: LMDB then opens at its transaction.
+
+        Every page its snapshot uses was flushed before it was recorded and has
+        not been written since (a reader pinned it), so the store is whole there.
+        """
+        data_file = self.path / "data.mdb"
+        if not data_file.exists():
+            raise StoreInvariantError(f"{self.path / DURABLE_POINT_FILE} records a durable point of "
+                                      f"{data_file}, which is gone")
+        fd = os.open(data_file, os.O_WRONLY)
+        try:
+            if os.pwrite(fd, point.meta_pages, 0) != len(point.meta_pages):
+                raise OSError(f"short write of the meta pages of {data_file}")
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def _load(self) -> None:
         """Read the meta records and rebuild the key index from history."""
@@ -239,9 +373,19 @@ class MvccStore:
         self._in_use_bytes = self.db_size_in_use_bytes()
 
     def close(self) -> None:
+        """Make everything applied durable (a clean stop replays nothing), then close."""
         if self._env is not None:
-            self._env.close()
-            self._env = None
+            self.make_durable()
+            self._close_environment()
+            self._flusher.shutdown(wait=True)
+
+    def _close_environment(self) -> None:
+        self._durable_pin.abort()
+        self._durable_pin = self._durable = None
+        self._env.close()
+        self._env = None
+        os.close(self._data_fd)
+        self._data_fd = -1
 
     def __enter__(self) -> MvccStore:
         return self
@@ -359,9 +503,7 @@ class MvccStore:
                 self._in_use_bytes = self.db_size_in_use_bytes()
                 return result
             except lmdb.MapFullError:
-                self.map_size_bytes *= 2
-                self._env.set_mapsize(self.map_size_bytes)
-                self._load()
+                self._grow_map()
             except BaseException:
                 # The write transaction was aborted: memory must match disk again.
                 self._load()
@@ -388,38 +530,16 @@ class MvccStore:
             raise
         started = time.perf_counter()
         txn.commit()
+        self._committed_since_durable = True
         return ApplyResult(responses, events, time.perf_counter() - started)
 
     def _apply_request(self, txn, request, floor: int, events: list[ChangeEvent], unknown_leases=frozenset()):
         change = _Change(self, txn, floor, events, unknown_leases)
+        apply = _APPLY.get(type(request))
+        if apply is None:
+            raise TypeError(f"the store does not apply {type(request).__name__}")
         try:
-            if isinstance(request, PutRequest):
-                self._check_put(txn, request, unknown_leases)
-                response = change.put(request)
-            elif isinstance(request, DeleteRangeRequest):
-                response = change.delete_range(request)
-            elif isinstance(request, TxnRequest):
-                response = change.transaction(request)
-            elif isinstance(request, CompactionRequest):
-                response = self._compact(txn, request.revision)
-            elif isinstance(request, AlarmRequest):
-                response = self._alarm(txn, request)
-            elif isinstance(request, RaiseRevision):
-                self.revision = max(self.revision, request.revision)
-                response = None
-            elif isinstance(request, RevokeLease):
-                response = change.revoke_lease(request.lease_id)
-            elif isinstance(request, RegrantLease):
-                txn.delete(_lease_prefix(request.lease_id), db=self._revoked)
-                response = None
-            elif isinstance(request, SetMember):
-                txn.put(_u64(request.member_id), request.record, db=self._members)
-                response = None
-            elif isinstance(request, RemoveMember):
-                txn.delete(_u64(request.member_id), db=self._members)
-                response = None
-            else:
-                raise TypeError(f"the store does not apply {type(request).__name__}")
+            response = apply(change, request)
         except errors.EtcdError as error:
             return error
         change.finish()
@@ -497,6 +617,7 @@ class MvccStore:
             if done:
                 self._compact_finished = target
                 txn.put(_META_COMPACT_FINISHED, _u64(target), db=self._meta)
+        self._committed_since_durable = True
         return done
 
     # --- restoring a snapshot --------------------------------------------------------------
@@ -528,6 +649,7 @@ class MvccStore:
                         if kv.lease:
                             txn.put(_lease_prefix(kv.lease) + kv.key, b"", db=self._leases)
                         loaded += 1
+                self._committed_since_durable = True
         except BaseException:
             self._load()  # the page's transaction was aborted: memory must match disk again
             raise
@@ -535,7 +657,8 @@ class MvccStore:
             for name, value in ((_META_REVISION, revision), (_META_COMPACTED, revision),
                                 (_META_COMPACT_FINISHED, revision)):
                 txn.put(name, _u64(value), db=self._meta)
-        self.sync()
+        self._committed_since_durable = True
+        self.make_durable()
         self._load()
         return loaded
 
@@ -612,8 +735,15 @@ class MvccStore:
         shutil.rmtree(copy, ignore_errors=True)
         copy.mkdir()
         self._env.copy(str(copy), compact=True)
-        self.close()
+        fd = os.open(copy / "data.mdb", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._retire_durable_point()
+        self._close_environment()
         os.replace(copy / "data.mdb", self.path / "data.mdb")
+        fsync_directory(self.path)
         shutil.rmtree(copy)
         self._open_environment()
 
@@ -627,14 +757,91 @@ class MvccStore:
 
     def replace_database(self, database_file: Path) -> None:
         """Make `database_file` (a copy from copy_bytes, made durable) this store's database."""
-        self.close()
+        self._retire_durable_point()
+        self._close_environment()
         os.replace(database_file, self.path / "data.mdb")
         fsync_directory(self.path)
         self._open_environment()
 
-    def sync(self) -> None:
-        """Flush everything committed so far to disk, meta pages included."""
+    # --- durability (see the module's docstring) ----------------------------------------------
+
+    def advance_durability(self) -> Future | None:
+        """Adopt a durable point once flushed; take the next when one is due. Returns the flush under way.
+
+        Called from the thread that applies, which alone opens and ends the pins.
+        A failed flush raises here: the replica must restart from disk.
+        """
+        if self._flushing is not None:
+            flushed, point, pin = self._flushing
+            if not flushed.done():
+                return flushed
+            self._flushing = None
+            flushed.result()
+            self._adopt(point, pin)
+        if not self._committed_since_durable:
+            return None
+        behind = self.applied_index - self.durable_applied_index
+        if behind < self.batch_limit_entries and time.monotonic() - self._flush_started < self.batch_interval_seconds:
+            return None
+        point, pin = self._take_durable_point()
+        self._flushing = (self._flusher.submit(self._flush, point), point, pin)
+        return self._flushing[0]
+
+    def make_durable(self) -> None:
+        """Flush and record a durable point of everything committed, here and now."""
+        if self._flushing is not None:
+            flushed, point, pin = self._flushing
+            self._flushing = None
+            flushed.result()
+            self._adopt(point, pin)
+        if self._committed_since_durable:
+            point, pin = self._take_durable_point()
+            self._flush(point)
+            self._adopt(point, pin)
+
+    def _take_durable_point(self) -> tuple[DurablePoint, lmdb.Transaction]:
+        """The state as last committed, pinned by a reader, for a flush to make durable."""
+        pin = self._env.begin()
+        page_bytes = self._env.stat()["psize"]
+        point = DurablePoint(pin.id(), self.applied_index, os.pread(self._data_fd, 2 * page_bytes, 0))
+        point.check_meta_pages(self.path / "data.mdb")
+        self._committed_since_durable = False
+        self._flush_started = time.monotonic()
+        return point, pin
+
+    def _flush(self, point: DurablePoint) -> None:
+        """On the flusher's thread (or, from make_durable, the caller's): sync the file, then record the point."""
         self._env.sync(True)
+        failpoint(STORE_SYNCED)
+        write_file_durably(self.path / DURABLE_POINT_FILE, point.encode())
+        failpoint(STORE_DURABLE)
+
+    def _adopt(self, point: DurablePoint, pin: lmdb.Transaction) -> None:
+        """The recorded point is the one a restart opens at: the older pin may go."""
+        if self._durable_pin is not None:
+            self._durable_pin.abort()
+        self._durable, self._durable_pin = point, pin
+        self.durable_applied_index = point.applied_index
+
+    def _retire_durable_point(self) -> None:
+        """Before the file is replaced: flush it whole, then drop the record that describes it."""
+        self.make_durable()
+        (self.path / DURABLE_POINT_FILE).unlink()
+        fsync_directory(self.path)
+
+    def _grow_map(self) -> None:
+        """Double the map after an aborted write (memory is reloaded to match the disk first).
+
+        The pin is taken again after the remap, at the durable point made just before it.
+        """
+        self._load()
+        self.make_durable()
+        self._durable_pin.abort()
+        self.map_size_bytes *= 2
+        self._env.set_mapsize(self.map_size_bytes)
+        self._durable_pin = self._env.begin()
+        if self._durable_pin.id() != self._durable.txnid:
+            raise StoreInvariantError(f"{self.path}: a write transaction ran while the map grew")
 
 
 class StoreInvariantError(Exception):
@@ -742,14 +949,35 @@ class _Change:
         self.events.append(ChangeEvent(Event.DELETE, main, tombstone, previous_bytes))
         return previous_bytes
 
-    def revoke_lease(self, lease_id: int):
+    def checked_put(self, request: PutRequest) -> PutResponse:
+        self.store._check_put(self.txn, request, self.unknown_leases)
+        return self.put(request)
+
+    def compact(self, request: CompactionRequest) -> CompactionResponse:
+        return self.store._compact(self.txn, request.revision)
+
+    def alarm(self, request: AlarmRequest) -> AlarmResponse:
+        return self.store._alarm(self.txn, request)
+
+    def raise_revision(self, request: RaiseRevision) -> None:
+        self.store.revision = max(self.store.revision, request.revision)
+
+    def regrant_lease(self, request: RegrantLease) -> None:
+        self.txn.delete(_lease_prefix(request.lease_id), db=self.store._revoked)
+
+    def set_member(self, request: SetMember) -> None:
+        self.txn.put(_u64(request.member_id), request.record, db=self.store._members)
+
+    def remove_member(self, request: RemoveMember) -> None:
+        self.txn.delete(_u64(request.member_id), db=self.store._members)
+
+    def revoke_lease(self, request: RevokeLease) -> None:
         store, txn = self.store, self.txn
-        prefix = _lease_prefix(lease_id)
+        prefix = _lease_prefix(request.lease_id)
         cursor = txn.cursor(db=store._leases)
         for key in _keys_under(cursor, prefix) if cursor.set_range(prefix) else []:
             self._delete_key(key)
         txn.put(prefix, b"", db=store._revoked)
-        return None
 
     def transaction(self, request: TxnRequest) -> TxnResponse:
         # Which branch runs, at every nesting level, is decided on the state
@@ -832,6 +1060,20 @@ class _Change:
             for revision in revisions
         )
 
+
+# What applying each kind of request does, and its response (None: the answer is a header alone).
+_APPLY = {
+    PutRequest: _Change.checked_put,
+    DeleteRangeRequest: _Change.delete_range,
+    TxnRequest: _Change.transaction,
+    CompactionRequest: _Change.compact,
+    AlarmRequest: _Change.alarm,
+    RaiseRevision: _Change.raise_revision,
+    RevokeLease: _Change.revoke_lease,
+    RegrantLease: _Change.regrant_lease,
+    SetMember: _Change.set_member,
+    RemoveMember: _Change.remove_member,
+}
 
 _ZERO_RECORD = (b"", 0, 0, 0, b"", 0)
 # Where each compare target sits in a record, and the Compare field holding the operand.

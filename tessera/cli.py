@@ -16,7 +16,9 @@ from tessera import logs
 from tessera.api.errors import EtcdError
 from tessera.api.rpc_pb2 import AlarmType
 from native import codec, crc, walframe
-from shards.replica import MemberAddresses, ReplicaConfig, ReplicaStateError, run_until_stopped
+from shards.mvcc import StoreInvariantError
+from shards.raft_driver import MemberAddresses, ReplicaStateError
+from shards.replica import ReplicaConfig, run_until_stopped
 from shards.wal import WalCorruptionError
 from tessera.progress import Progress, size_text
 from tessera.launcher import (
@@ -147,13 +149,15 @@ def command_replica(args: argparse.Namespace) -> int:
         watch_progress_notify_interval_seconds=args.watch_progress_notify_interval,
         wal_segment_bytes=args.wal_segment_bytes, metrics_listen=args.metrics_listen,
         lease_checkpoint_interval_seconds=args.lease_checkpoint_interval,
+        backend_batch_interval_seconds=args.backend_batch_interval / 1000,
+        backend_batch_limit_entries=args.backend_batch_limit,
     )
     stop_with_parent(args.parent_pid)
     try:
         asyncio.run(run_replica(config, args.parent_pid))
     except KeyboardInterrupt:
         pass
-    except (WalCorruptionError, ReplicaStateError) as error:
+    except (WalCorruptionError, ReplicaStateError, StoreInvariantError) as error:
         # Refuse to start rather than guess: the operator must look at the named file.
         print(f"tessera replica: {error}", file=sys.stderr)
         return 1
@@ -609,6 +613,10 @@ def main(argv: list[str] | None = None) -> int:
                          help="seconds between progress notifications to watches that ask (etcd: 10m)")
     replica.add_argument("--wal-segment-bytes", type=int, default=64 * 1024 * 1024,
                          help="size of each preallocated WAL segment file (etcd's 64 MB)")
+    replica.add_argument("--backend-batch-interval", type=int, default=100,
+                         help="milliseconds at most between the store's durable points (etcd's default)")
+    replica.add_argument("--backend-batch-limit", type=int, default=10_000,
+                         help="applied entries at most between the store's durable points (etcd's default)")
     replica.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
                          help="serve Prometheus /metrics (etcd's metric names) and etcd's /health here "
                               "(default: not served)")

@@ -28,10 +28,12 @@ TEST_WAL_SEGMENT_BYTES = 4 * 1024 * 1024
 
 
 class ReplicaGroup:
-    def __init__(self, directory: Path, size: int = 3, group_id: int = 1, extra_arguments=(), metrics=False):
+    def __init__(self, directory: Path, size: int = 3, group_id: int = 1, extra_arguments=(), metrics=False,
+                 environment=None):
         self.directory = directory
         self.group_id = group_id
         self.extra_arguments = list(extra_arguments)
+        self.environment = dict(environment or {})  # added to the processes' environment (failpoints)
         ports = free_ports(3 * size)
         self.peer_ports = dict(zip(range(1, size + 1), ports[:size]))
         self.api_ports = dict(zip(range(1, size + 1), ports[size:2 * size]))
@@ -67,7 +69,7 @@ class ReplicaGroup:
              "--wal-segment-bytes", str(TEST_WAL_SEGMENT_BYTES), *self.extra_arguments,
              *([f"--metrics-listen=127.0.0.1:{self.metrics_ports[member]}"] if member in self.metrics_ports else []),
              *(["--join"] if member in self.joining else [])],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.environment},
         )
 
     def start_all(self) -> None:

@@ -5,7 +5,8 @@ import asyncio
 import pytest
 from replica_cluster import free_ports
 
-from shards.replica import MemberAddresses, Replica, ReplicaConfig
+from shards.raft_driver import MemberAddresses
+from shards.replica import Replica, ReplicaConfig
 
 
 def test_a_failure_in_the_raft_loop_surfaces(tmp_path):
@@ -17,7 +18,7 @@ def test_a_failure_in_the_raft_loop_surfaces(tmp_path):
         replica = Replica(config)
         await replica.start()
         try:
-            replica._receive(["not a raft message"])  # what no transport delivers: a broken invariant
+            replica.driver.receive(["not a raft message"])  # what no transport delivers: a broken invariant
             with pytest.raises(AttributeError):
                 await asyncio.wait_for(replica.failed(), 5)
         finally:

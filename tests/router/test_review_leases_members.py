@@ -18,7 +18,7 @@ from cluster import ClusterThread
 from etcd_client import EtcdClient
 from shards.leases import LeaseKeeper
 from shards.mvcc import MvccStore, Proposal
-from shards.replica import _lease_record_txn
+from shards.lease_host import lease_record_txn
 from tessera.api.internal_pb2 import LeaseRecord
 from tessera.api.meta_keys import META_GROUP, lease_key
 from tessera.api.rpc_pb2 import (
@@ -389,7 +389,7 @@ def test_a_meta_leader_that_caught_up_by_a_raft_snapshot_keeps_the_leases_grante
     lease: TimeToLive answers the lease's TTL, keep-alives renew it, and a lease no one
     renews expires and its keys are deleted.
 
-    Tessera: Replica._install_snapshot replaces the store but never reloads the LeaseKeeper
+    Tessera: installing a snapshot replaced the store but never reloaded the LeaseKeeper
     (its records come from the store only in __init__). A meta follower that was down while a
     lease was granted, and caught up by a raft snapshot, leads without that lease: TimeToLive
     says -1, a keep-alive gets TTL 0, the lease has no deadline, and its key is never deleted.
@@ -576,7 +576,7 @@ def test_a_checkpoint_that_lands_after_a_revoke_mark_does_not_bring_the_lease_ba
 
         apply(1, PutRequest(key=lease_key(lease_id), value=LeaseRecord(id=lease_id, ttl=ttl).SerializeToString()), 0.0)
         # The leader's checkpoint, computed while the lease is live...
-        checkpoint = _lease_record_txn(keeper.checkpoints(10.0))
+        checkpoint = lease_record_txn(keeper.checkpoints(10.0))
         assert checkpoint.success, "the leader had the lease to checkpoint"
         # ...is ordered in the log after a router's revoke mark (compare-and-put on the mod revision).
         mod_revision = store.range(RangeRequest(key=lease_key(lease_id))).kvs[0].mod_revision

@@ -17,6 +17,7 @@ from cluster import ClusterThread
 from etcd_client import EtcdClient
 from router.meta import META_GROUP
 from router.server import RouterServer
+from shards.mvcc import DURABLE_POINT_FILE
 from tessera.api.kv_pb2 import KeyValue
 from tessera.api.rpc_pb2 import (
     CORRUPT,
@@ -190,8 +191,10 @@ def test_a_replica_whose_data_differs_is_found_and_alarmed_corrupt(cluster):
     asyncio.run(write())
     wait_until_caught_up(cluster, group, follower)
     cluster.kill(group, follower)
-    store = lmdb.open(str(replica_data_dir(cluster.launcher.data_dir, group, follower) / "mvcc"),
-                      max_dbs=8, map_size=1 << 30)
+    store_directory = replica_data_dir(cluster.launcher.data_dir, group, follower) / "mvcc"
+    # A writer other than the store drops its durable point record: the file then opens as it is left.
+    (store_directory / DURABLE_POINT_FILE).unlink()
+    store = lmdb.open(str(store_directory), max_dbs=8, map_size=1 << 30)
     history = store.open_db(b"history")
     with store.begin(write=True, db=history) as txn:
         cursor = txn.cursor()

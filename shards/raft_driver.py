@@ -1,0 +1,614 @@
+"""The raft driver of one replica: it persists, sends and applies, around one coroutine.
+
+Theory of operation. Everything runs on one asyncio loop, around `_drive`,
+which owns the raft node. Other coroutines only queue work and wake it: the
+ticker (a tick every heartbeat interval), the peer transport (raft messages
+received), and the request service (shards/shard_service.py: proposals and
+linearizable reads). Each turn of `_drive`:
+
+  1. steps the raft messages received and the ticks due;
+  2. proposes every write queued since the last batch was committed, in one
+     batch, and asks one ReadIndex for every linearizable read queued (they
+     share a round);
+  3. handles the Ready, in the order raft requires: send what may go before
+     the local write (a leader's appends), append entries and hard state to
+     the WAL with one fdatasync (in a thread: the streams keep queueing work
+     meanwhile, so the next turn's batch grows with the load), send what had
+     to wait for it (votes, append acknowledgements), apply committed entries
+     to the MVCC store in one LMDB transaction (no fsync: the WAL is the
+     durability point), answer the writes applied and the reads now
+     servable, and advance;
+  4. adopts the store's durable point once a thread has flushed it, and starts
+     the next when due (shards/mvcc.py): a restart opens the store there and
+     raft hands out the entries after it again;
+  5. removes one bounded batch of compacted history, if a compaction is pending.
+
+A leader keeps one batch in flight: it proposes the next once everything it
+appended is committed (durable on a quorum, itself included), so under load
+a batch is what queued while the previous one was persisted and replicated.
+
+A write travels in its raft entry as ShardRequest bytes, under an id this
+replica chose; applying it answers whoever waits on that id here. A leader
+that loses leadership answers its waiting writes "leader changed": they may
+still be committed by the next leader, so that answer means "unknown
+outcome", and the router does not retry it.
+
+Snapshots, as etcd takes them. Every `snapshot_count` applied entries the
+driver makes its store durable up to there, records a snapshot marker in the
+WAL, keeps `snapshot_catchup_entries` entries in memory for followers a little
+behind, and releases the WAL segments the snapshot covers. A follower further
+behind gets a snapshot message carrying a compact copy of the leader's
+database as of the leader's applied index, and stamped with that index, so
+data and metadata agree. The follower installs it crash-safely: the file is
+made durable as `snapshot.mdb`, then the WAL records the snapshot, then the
+file is renamed over the store's database. A restart between those steps
+finishes the install (the WAL's snapshot is newer than the store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shards.durable import write_file_durably
+from shards.fault_control import STORE_APPLIED, WAL_SYNCED, failpoint
+from shards.metrics import ReplicaMetrics
+from shards.mvcc import ChangeEvent, MvccStore, Proposal, RemoveMember, SetMember
+from shards.raft import Config, ProposalDropped, RawNode, Ready, Role
+from shards.raft.messages import ConfChange, ConfChangeType, Message, MessageType
+from shards.raft.storage import Entry, EntryType, HardState, Snapshot, SnapshotMeta
+from shards.requests import REQUEST_KINDS
+from shards.transport import PeerTransport
+from shards.wal import WriteAheadLog
+from shards.watch import WatchHub
+from tessera.api import errors
+from tessera.api.internal_pb2 import Member, MemberChange, MemberListResponse, ShardRequest, StatusResponse
+from tessera.api.rpc_pb2 import NOSPACE, AlarmRequest, RangeRequest
+
+if TYPE_CHECKING:
+    from shards.replica import ReplicaConfig
+
+log = logging.getLogger("tessera.replica")
+
+# How long a write may wait for its entry to apply: etcd's request timeout
+# (5 s) plus an election, so a leader change can complete before giving up.
+WRITE_TIMEOUT_SECONDS = 7.0
+READ_TIMEOUT_SECONDS = 7.0
+
+
+class ReplicaStateError(Exception):
+    """The data directory contradicts itself; starting would risk raft's guarantees."""
+
+
+@dataclass(frozen=True)
+class MemberAddresses:
+    peer: str  # raft traffic between replicas
+    api: str  # the internal API routers use
+
+
+@dataclass
+class _PendingRead:
+    request: ShardRequest
+    future: asyncio.Future
+
+
+@dataclass
+class _ReadRound:
+    """Linearizable reads that share one ReadIndex."""
+
+    reads: list[_PendingRead] = field(default_factory=list)
+    index: int | None = None  # known once raft confirms leadership
+
+
+class StateObserver:
+    """Told what the raft driver changed, on its loop; this one does nothing with it."""
+
+    def applied(self, events: list[ChangeEvent]) -> None:
+        """A batch of committed entries was applied, with these changes."""
+
+    def role_changed(self, role: Role) -> None:
+        """This replica became leader, or stopped being one."""
+
+    def snapshot_installed(self) -> None:
+        """The store was replaced by a leader's snapshot."""
+
+
+class RaftDriver:
+    def __init__(self, config: ReplicaConfig, wal: WriteAheadLog, store: MvccStore, metrics: ReplicaMetrics):
+        self.config = config
+        self.wal = wal
+        self.store = store
+        self.metrics = metrics
+        self._incoming_snapshot = Path(config.data_dir) / "snapshot.mdb"
+        self._finish_snapshot_install()
+        self.metrics.keys = self._count_keys()
+        durable_last = max(wal.storage.last_index(), wal.storage.snapshot().meta.index)
+        if store.applied_index > durable_last:
+            # Entries are applied only after the WAL made them durable: the disk lost fsynced data.
+            raise ReplicaStateError(
+                f"the store has applied raft index {store.applied_index} but the write-ahead "
+                f"log in {config.data_dir / 'wal'} only holds entries up to {durable_last}: "
+                f"it lost data that was synced; this replica must be replaced, not restarted"
+            )
+        log.info("group %d member %d: the store opened at its durable point, index %d; the WAL holds entries "
+                 "to %d", config.group_id, config.member_id, store.applied_index, durable_last)
+        new = wal.storage.last_index() == 0 and not wal.storage.snapshot().meta.index
+        if new and not config.join:
+            self._bootstrap()
+        self.node = RawNode(
+            Config(
+                id=config.member_id,
+                election_ticks=config.election_timeout_ms // config.heartbeat_interval_ms,
+                heartbeat_ticks=1,
+                tick_interval_ms=config.heartbeat_interval_ms,
+                max_size_per_msg_bytes=config.max_raft_message_bytes,
+                max_inflight_msgs=config.max_inflight_messages,
+                # Restart at the snapshot, as etcd does: raft hands out every entry
+                # after it again, the store skips what it has applied, and membership
+                # changes in them reach the core again.
+                applied_index=wal.storage.snapshot().meta.index,
+            ),
+            wal.storage,
+            random.Random(secrets.randbits(64)),
+        )
+        # Where to reach each member: what was applied (the store), over what we were told.
+        self.members = dict(config.members)
+        for record in store.members().values():
+            member = Member.FromString(record)
+            self.members[member.id] = MemberAddresses(member.peer_address, member.api_address)
+        self.transport = PeerTransport(config.member_id, config.members[config.member_id].peer, self.receive,
+                                       on_snapshot_sent=self._snapshot_sent)
+        self.watch_hub = WatchHub(
+            store, progress_notify_interval_seconds=config.watch_progress_notify_interval_seconds)
+        self.leader_id = 0
+        self.role = Role.FOLLOWER
+        self.observer = StateObserver()  # the meta group's lease host, elsewhere one that does nothing
+        self._wake = asyncio.Event()
+        self._leader_changed = asyncio.Event()  # set whenever who leads may have changed
+        self._compaction_finished = asyncio.Event()  # set when compacted history is all removed
+        self._inbox: list[Message] = []
+        self._heartbeats_sent: dict[int, float] = {}  # peer -> when the oldest unanswered heartbeat left
+        self._ticks_due = 0
+        self._writes: list[tuple[int, bytes]] = []  # (proposal id, entry data) to propose
+        self._waiting_writes: dict[int, asyncio.Future] = {}
+        self._read_queue: list[_PendingRead] = []
+        self._read_rounds: dict[bytes, _ReadRound] = {}
+        self._next_proposal_id = secrets.randbits(62)
+        self.commit_index = store.applied_index
+        self._appended_index = 0  # the last entry this replica appended to its log
+        self._snapshot_index = wal.storage.snapshot().meta.index
+        self._wal_syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal-sync")
+        self._store_flush: Future | None = None  # the store's durable point being flushed
+
+    def _bootstrap(self) -> None:
+        """Found the group as etcd does: the initial members as committed conf changes 1..n.
+
+        Every founding member writes the same entries, so their logs agree; a
+        member that joins later replays them (or gets a snapshot) and learns
+        the whole membership, which a bootstrap outside the log would hide.
+        """
+        entries = [
+            Entry(1, index, EntryType.CONF_CHANGE, ConfChange(
+                ConfChangeType.ADD_VOTER, member_id,
+                MemberChange(member=Member(id=member_id, peer_address=addresses.peer,
+                                           api_address=addresses.api)).SerializeToString(),
+            ).encode())
+            for index, (member_id, addresses) in enumerate(sorted(self.config.members.items()), start=1)
+        ]
+        self.wal.append(entries, HardState(term=1, vote=0, commit=len(entries)))
+
+    # --- life cycle ------------------------------------------------------------------
+
+    async def start(self) -> list[asyncio.Task]:
+        """Start the transport; returns the ticker's and the raft loop's tasks."""
+        await self.transport.start()
+        for member_id, addresses in self.members.items():
+            if member_id != self.config.member_id:
+                self.transport.set_peer(member_id, addresses.peer)
+        self.watch_hub.start()
+        loop = asyncio.get_running_loop()
+        return [loop.create_task(self._tick()), loop.create_task(self._drive())]
+
+    async def stop(self) -> None:
+        """After the raft loop's tasks are cancelled: no fdatasync may still run when the WAL closes."""
+        self._wal_syncer.shutdown(wait=True)
+        await self.transport.stop()
+        self.watch_hub.stop()
+        self._fail_waiting(errors.Stopped())
+        self.wal.close()
+        self.store.close()
+
+    # --- inputs ----------------------------------------------------------------------
+
+    def receive(self, messages: list[Message]) -> None:
+        self._inbox += messages
+        self._wake.set()
+        if self._heartbeats_sent:
+            for message in messages:
+                if message.type == MessageType.HEARTBEAT_RESP:
+                    sent = self._heartbeats_sent.pop(message.frm, None)
+                    if sent is not None:
+                        self.metrics.observe_round_trip(message.frm, time.perf_counter() - sent)
+
+    async def _tick(self) -> None:
+        interval = self.config.heartbeat_interval_ms / 1000
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + interval
+        while True:
+            await asyncio.sleep(max(0.0, next_tick - loop.time()))
+            next_tick += interval
+            self._ticks_due += 1
+            self._wake.set()
+
+    # --- what the request service asks ------------------------------------------------
+
+    def check_leader(self) -> None:
+        if self.role != Role.LEADER:
+            raise errors.NotLeader() if self.leader_id else errors.NoLeader()
+
+    def queue_proposal(self, request: ShardRequest) -> int:
+        """Queue a request for the next proposal batch, under a new proposal id."""
+        proposal_id = self._next_proposal_id
+        self._next_proposal_id += 1
+        entry = ShardRequest()
+        entry.CopyFrom(request)
+        entry.id = proposal_id
+        self._writes.append((proposal_id, entry.SerializeToString()))
+        self._wake.set()
+        return proposal_id
+
+    async def propose(self, request: ShardRequest):
+        """The outcome of applying the request once committed, or the error that ended the wait.
+
+        Refused as etcd refuses it: not the leader, too many entries committed but not
+        applied, or (for what adds data) past the quota.
+        """
+        self.check_leader()
+        if self.commit_index - self.store.applied_index > self.config.max_pending_applies:
+            raise errors.TooManyRequests()
+        if request.WhichOneof("request") in ("put", "txn") and self.store.quota_exceeded(request.ByteSize()):
+            # As etcd: the alarm goes through raft, so every replica refuses the same writes.
+            if not self.store.space_exceeded:
+                self.queue_proposal(ShardRequest(alarm=AlarmRequest(
+                    action=AlarmRequest.ACTIVATE, memberID=self.config.member_id, alarm=NOSPACE)))
+            raise errors.NoSpace()
+        return await self._outcome_of(self.queue_proposal(request))
+
+    async def propose_conf_change(self, change_type: ConfChangeType, member_id: int, record: Member):
+        """The member list once the change is applied (one change at a time, as raft allows)."""
+        proposal_id = self._next_proposal_id
+        self._next_proposal_id += 1
+        context = MemberChange(proposal_id=proposal_id, member=record).SerializeToString()
+        try:
+            self.node.propose_conf_change(ConfChange(change_type, member_id, context))
+        except ProposalDropped:
+            self.metrics.proposals_failed += 1
+            raise errors.RequestTimeout() from None  # another change is pending: etcd times out too
+        self._wake.set()
+        return await self._outcome_of(proposal_id)
+
+    async def _outcome_of(self, proposal_id: int):
+        future = asyncio.get_running_loop().create_future()
+        self._waiting_writes[proposal_id] = future
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), WRITE_TIMEOUT_SECONDS)
+        except asyncio.TimeoutError:
+            self._waiting_writes.pop(proposal_id, None)
+            self.metrics.proposals_failed += 1
+            return errors.RequestTimeout()
+
+    async def read(self, request: ShardRequest):
+        """A linearizable read: served once the applied index reaches a confirmed ReadIndex."""
+        self.check_leader()
+        future = asyncio.get_running_loop().create_future()
+        self._read_queue.append(_PendingRead(request, future))
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), READ_TIMEOUT_SECONDS)
+        except asyncio.TimeoutError:
+            return errors.RequestTimeout()
+
+    def local_range(self, request: ShardRequest):
+        try:
+            return self.store.range(request.range)
+        except errors.EtcdError as error:
+            return error
+
+    async def transfer_leader(self, target: int) -> bool:
+        """Hand leadership to `target` (raft's TimeoutNow); whether it leads within the write timeout."""
+        self.node.transfer_leader(target)
+        self._wake.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WRITE_TIMEOUT_SECONDS
+        while self.leader_id != target:
+            if loop.time() > deadline:
+                return False
+            self._leader_changed.clear()
+            try:
+                await asyncio.wait_for(self._leader_changed.wait(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                pass
+        return True
+
+    async def compaction_removed(self) -> None:
+        """Returns once the compacted history is all removed here."""
+        while self.store.compaction_pending:
+            self._compaction_finished.clear()
+            await self._compaction_finished.wait()
+
+    def member_list(self) -> MemberListResponse:
+        conf_state = self.node.status().conf_state
+        return MemberListResponse(members=[
+            Member(id=member_id, peer_address=self.members[member_id].peer,
+                   api_address=self.members[member_id].api, is_learner=member_id in conf_state.learners)
+            for member_id in sorted((*conf_state.voters, *conf_state.learners))
+            if member_id in self.members
+        ])
+
+    def status(self) -> StatusResponse:
+        status = self.node.status()
+        return StatusResponse(
+            group_id=self.config.group_id, member_id=self.config.member_id, leader_id=status.lead,
+            term=status.term, commit_index=status.commit, applied_index=self.store.applied_index,
+            revision=self.store.revision, compacted_revision=self.store.compacted_revision,
+            db_size=self.store.db_size_bytes(), db_size_in_use=self.store.db_size_in_use_bytes(),
+            alarms=[{"memberID": member, "alarm": alarm} for member, alarm in sorted(self.store.alarms)],
+            wal_fsyncs=self.wal.fsync_count,
+        )
+
+    @property
+    def proposals_pending(self) -> int:
+        return len(self._waiting_writes)
+
+    # --- the raft loop -----------------------------------------------------------------
+
+    async def _drive(self) -> None:
+        node = self.node
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            for _ in range(self._ticks_due):
+                node.tick()
+            self._ticks_due = 0
+            inbox, self._inbox = self._inbox, []
+            for message in inbox:
+                node.step(message)
+            self._propose_queued()
+            while node.has_ready():
+                await self._handle_ready(node.ready())
+            if self._writes and self._batch_committed():
+                self._wake.set()  # the round that held them back is over: propose them next turn
+            flushing = self.store.advance_durability()
+            if flushing is not None and flushing is not self._store_flush:
+                self._store_flush = flushing  # wake to adopt it once flushed
+                flushing.add_done_callback(lambda _: loop.call_soon_threadsafe(self._wake.set))
+            if self.store.compaction_pending:
+                # One bounded step per turn: applies never wait behind a whole compaction.
+                if self.store.compact_step():
+                    self._compaction_finished.set()
+                self._wake.set()
+            # Yield so streams can queue more work before the next turn.
+            await asyncio.sleep(0)
+
+    def _batch_committed(self) -> bool:
+        """Whether everything this leader appended is committed (durable on a quorum, itself included)."""
+        return self.commit_index >= self._appended_index
+
+    def _propose_queued(self) -> None:
+        # One batch in flight at a time: under load, the next batch is everything that queued
+        # while the last was persisted and replicated, so WAL fsyncs and appends carry many entries.
+        if self._writes and self._batch_committed():
+            writes, self._writes = self._writes, []
+            try:
+                self.node.propose_batch([data for _, data in writes])
+            except ProposalDropped:
+                self.metrics.proposals_failed += len(writes)
+                for proposal_id, _ in writes:
+                    self._answer_write(proposal_id, errors.LeaderChanged())
+        reads, self._read_queue = self._read_queue, []
+        if reads:
+            context = secrets.token_bytes(8)
+            self._read_rounds[context] = _ReadRound(reads)
+            try:
+                self.node.read_index(context)
+            except ProposalDropped:
+                self._finish_round(context, errors.LeaderChanged())
+
+    async def _handle_ready(self, ready: Ready) -> None:
+        if ready.soft_state is not None:
+            self._leadership_changed(ready.soft_state.lead, ready.soft_state.role)
+        self._send(ready.messages)
+        if ready.snapshot is not None:
+            self._install_snapshot(ready.snapshot)
+        if ready.entries or ready.hard_state is not None:
+            # As etcd (raft's MustSync): new entries, a vote or a term must be durable before
+            # anything depends on them; a commit index alone need not, raft learns it again.
+            previous = self.wal.storage.hard_state
+            must_sync = bool(ready.entries) or ready.hard_state is not None and (
+                ready.hard_state.term != previous.term or ready.hard_state.vote != previous.vote)
+            self.wal.append(ready.entries, ready.hard_state, sync=False)
+            if ready.entries:
+                self._appended_index = ready.entries[-1].index
+            if must_sync:
+                # The fdatasync runs off the event loop: meanwhile the streams go on reading
+                # requests, and the next turn proposes all of them at once (group commit).
+                await asyncio.get_running_loop().run_in_executor(self._wal_syncer, self.wal.sync)
+                failpoint(WAL_SYNCED)
+        if ready.hard_state is not None:
+            self.commit_index = ready.hard_state.commit
+        self._send(ready.persisted_messages)
+        if ready.committed_entries:
+            self._apply(ready.committed_entries)
+            if self.store.applied_index - self._snapshot_index >= self.config.snapshot_count:
+                self._take_snapshot()
+        for read_state in ready.read_states:
+            round_ = self._read_rounds.get(read_state.context)
+            if round_ is not None:
+                round_.index = read_state.index
+        self.node.advance(ready)
+        self._serve_read_rounds()
+
+    def _send(self, messages: list[Message]) -> None:
+        snapshots = [message for message in messages if message.type == MessageType.SNAP]
+        if snapshots:
+            # Send the database as it is now, stamped with the index it is at (etcd's merged
+            # snapshot): raft's own snapshot may be older than any copy that can still be made.
+            applied_index, data = self.store.copy_bytes()
+            meta = SnapshotMeta(applied_index, self.wal.storage.term(applied_index),
+                                self.node.status().conf_state)
+            messages = [
+                message._replace(snapshot=Snapshot(meta, data)) if message.type == MessageType.SNAP
+                else message
+                for message in messages
+            ]
+        if self.role == Role.LEADER:
+            now = time.perf_counter()
+            for message in messages:
+                if message.type == MessageType.HEARTBEAT:  # timed to its answer: the peer's round trip
+                    sent = self._heartbeats_sent.get(message.to)
+                    if sent is None or now - sent > self.config.election_timeout_ms / 1000:  # unanswered: lost
+                        self._heartbeats_sent[message.to] = now
+        self.transport.send(messages)
+
+    def _snapshot_sent(self, member_id: int, failed: bool) -> None:
+        """The snapshot stream to a follower ended: raft retries or resumes replication."""
+        self.node.report_snapshot(member_id, failed)
+        self._wake.set()
+
+    def _take_snapshot(self) -> None:
+        # The WAL drops what the snapshot covers: only what the store has made durable.
+        self.store.make_durable()
+        index = self.store.durable_applied_index
+        if index != self.store.applied_index:
+            raise ReplicaStateError(f"the store made index {index} durable, not its applied "
+                                    f"{self.store.applied_index}")
+        self.wal.create_snapshot(index, self.node.status().conf_state, b"",
+                                 keep_entries=self.config.snapshot_catchup_entries)
+        released = self.wal.release_to(index)
+        self._snapshot_index = index
+        log.info("group %d member %d: snapshot at %d, %d WAL segments released",
+                 self.config.group_id, self.config.member_id, index, len(released))
+
+    def _install_snapshot(self, snapshot: Snapshot) -> None:
+        write_file_durably(self._incoming_snapshot, snapshot.data)
+        self.wal.save_snapshot(Snapshot(snapshot.meta))  # the data lives on as the store's file
+        self._finish_snapshot_install()
+        self.watch_hub.resync_all()
+        self.metrics.keys = self._count_keys()
+        self._snapshot_index = snapshot.meta.index
+        self.observer.snapshot_installed()
+        log.info("group %d member %d: installed a snapshot at %d (%d bytes)", self.config.group_id,
+                 self.config.member_id, snapshot.meta.index, len(snapshot.data))
+
+    def _finish_snapshot_install(self) -> None:
+        """Put a received snapshot in place if the WAL has recorded it; drop it otherwise."""
+        if not self._incoming_snapshot.exists():
+            return
+        if self.wal.storage.snapshot().meta.index > self.store.applied_index:
+            self.store.replace_database(self._incoming_snapshot)
+        else:
+            self._incoming_snapshot.unlink()  # never recorded, or already in place
+
+    def _apply(self, entries) -> None:
+        proposals = []
+        waiting: dict[int, int] = {}  # position in proposals -> proposal id
+        for entry in entries:
+            if entry.type == EntryType.CONF_CHANGE:
+                proposals.append(Proposal(entry.index, 0, (self._apply_member_change(entry.data),)))
+                continue
+            if not entry.data:  # a new leader's empty entry
+                proposals.append(Proposal(entry.index, 0, ()))
+                continue
+            request = ShardRequest.FromString(entry.data)
+            kind = request.WhichOneof("request")
+            waiting[len(proposals)] = request.id
+            proposals.append(Proposal(entry.index, request.floor, (REQUEST_KINDS[kind].to_store(request),),
+                                      frozenset(request.unknown_leases)))
+        started = time.perf_counter()
+        result = self.store.apply(proposals)
+        failpoint(STORE_APPLIED)
+        self.metrics.observe_apply(time.perf_counter() - started, result.commit_seconds)
+        if result.events:
+            self.metrics.count_changes(result.events)
+            self.watch_hub.publish(result.events)
+        self.observer.applied(result.events)
+        for position, proposal_id in waiting.items():
+            outcome = result.responses[position]
+            if outcome is not None:  # None: applied before a restart, nobody waits here
+                self._answer_write(proposal_id, outcome[0])
+
+    def _apply_member_change(self, data: bytes):
+        """Apply a committed membership change to raft and the transport; the store's part."""
+        change = ConfChange.decode(data)
+        self.node.apply_conf_change(change)
+        context = MemberChange.FromString(change.context)
+        member_id = change.node_id
+        if change.type == ConfChangeType.REMOVE:
+            self.members.pop(member_id, None)
+            self.transport.remove_peer(member_id)
+            store_request = RemoveMember(member_id)
+        else:
+            member = context.member
+            self.members[member_id] = MemberAddresses(member.peer_address, member.api_address)
+            if member_id != self.config.member_id:
+                self.transport.set_peer(member_id, member.peer_address)
+            store_request = SetMember(member_id, member.SerializeToString())
+        if context.proposal_id:
+            self._answer_write(context.proposal_id, self.member_list())
+        return store_request
+
+    def _leadership_changed(self, leader_id: int, role: Role) -> None:
+        was_leader = self.role == Role.LEADER
+        if leader_id and leader_id != self.leader_id:  # etcd counts a new leader, not the loss of one
+            self.metrics.leader_changes += 1
+        self.leader_id, self.role = leader_id, role
+        self._leader_changed.set()
+        if (role == Role.LEADER) != was_leader:
+            self.observer.role_changed(role)
+        if was_leader and role != Role.LEADER:
+            self.metrics.proposals_failed += len(self._waiting_writes)
+            self._fail_waiting(errors.LeaderChanged())
+        log.info("group %d member %d: leader is %d, role %s", self.config.group_id,
+                 self.config.member_id, leader_id, role.name)
+
+    def _fail_waiting(self, error: errors.EtcdError) -> None:
+        for proposal_id in list(self._waiting_writes):
+            self._answer_write(proposal_id, error)
+        for context in list(self._read_rounds):
+            self._finish_round(context, error)
+        for read in self._read_queue:
+            if not read.future.done():
+                read.future.set_result(error)
+        self._read_queue = []
+
+    def _answer_write(self, proposal_id: int, outcome) -> None:
+        future = self._waiting_writes.pop(proposal_id, None)
+        if future is not None and not future.done():
+            future.set_result(outcome)
+
+    def _serve_read_rounds(self) -> None:
+        applied = self.store.applied_index
+        for context, round_ in list(self._read_rounds.items()):
+            if round_.index is not None and round_.index <= applied:
+                del self._read_rounds[context]
+                for read in round_.reads:
+                    if not read.future.done():
+                        read.future.set_result(self.local_range(read.request))
+
+    def _finish_round(self, context: bytes, outcome) -> None:
+        round_ = self._read_rounds.pop(context, None)
+        for read in round_.reads if round_ else ():
+            if not read.future.done():
+                read.future.set_result(outcome)
+
+    def _count_keys(self) -> int:
+        """Live keys, counted in full (at start and after a snapshot; applies keep the count after)."""
+        return self.store.range(RangeRequest(key=b"\0", range_end=b"\0", count_only=True)).count

@@ -1,0 +1,255 @@
+"""A replica's internal API: requests from routers turned into proposals, reads and answers.
+
+Routers speak to a replica over two streams (tessera/api/internal.proto):
+`Batch`, batches of ShardRequests answered as they complete, and `Watch`,
+etcd's Watch protocol (shards/watch.py). Each request is served by the method
+its kind's row in shards/requests.py names; the answer goes in the field the
+row names, or is the error, in etcd's words.
+
+A replica that is not the leader answers writes and linearizable reads with
+"not leader" and the leader's address, without proposing. Serializable reads
+are served by any replica from its own store.
+
+Back-pressure as etcd: while committed minus applied exceeds
+`max_pending_applies` (5,000), new writes get "too many requests"
+(shards/raft_driver.py refuses the proposal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from shards.lease_host import LeaseHost
+from shards.raft import Role
+from shards.raft.messages import ConfChangeType
+from shards.raft_driver import RaftDriver
+from shards.requests import REQUEST_KINDS
+from tessera.api import errors, validation
+from tessera.api.internal_pb2 import (
+    Error,
+    LeaseKeysResponse,
+    Member,
+    ShardRequest,
+    ShardResponse,
+    ShardResponseBatch,
+)
+from tessera.api.rpc_pb2 import (
+    AlarmType,
+    DefragmentResponse,
+    HashKVResponse,
+    MoveLeaderResponse,
+    RangeRequest,
+    ResponseHeader,
+)
+
+SHARD_SERVICE = "tessera.internal.Shard"
+# Requests one internal stream may have in flight before the stream stops
+# reading more: a router that floods is slowed, not buffered without bound.
+STREAM_IN_FLIGHT_MAX = 10_000
+# A learner may be promoted once it has this share of the leader's committed log (etcd's 90%).
+LEARNER_READY_FRACTION = 0.9
+# Checked before a write is proposed: etcd's answer to each invalid request.
+_WRITE_CHECKS = {"put": validation.check_put, "delete_range": validation.check_delete, "txn": validation.check_txn}
+
+
+class ShardService:
+    def __init__(self, driver: RaftDriver, leases: LeaseHost | None):
+        self.driver = driver
+        self.store = driver.store
+        self.leases = leases  # the meta group's lease host; None in a data group
+        self._serve = {kind: getattr(self, row.serve) for kind, row in REQUEST_KINDS.items()}
+
+    # --- the streams ------------------------------------------------------------------
+
+    async def serve_stream(self, request_iterator, context):
+        """One router connection: batches in, batches of answers out, in completion order."""
+        answers: asyncio.Queue[ShardResponse] = asyncio.Queue()
+        in_flight = asyncio.Semaphore(STREAM_IN_FLIGHT_MAX)
+
+        async def answer(request: ShardRequest) -> None:
+            try:
+                answers.put_nowait(await self.handle(request))
+            finally:
+                in_flight.release()
+
+        async def read_requests() -> None:
+            async for batch in request_iterator:
+                for request in batch.requests:
+                    await in_flight.acquire()
+                    asyncio.get_running_loop().create_task(answer(request))
+
+        reader = asyncio.get_running_loop().create_task(read_requests())
+        try:
+            while True:
+                first = await answers.get()
+                batch = ShardResponseBatch(responses=[first])
+                while not answers.empty():
+                    batch.responses.append(answers.get_nowait())
+                yield batch
+        finally:
+            reader.cancel()
+
+    async def serve_watch(self, request_iterator, context):
+        """One watch stream, in etcd's Watch protocol (see shards.watch)."""
+        hub = self.driver.watch_hub
+        stream = hub.open_stream()
+
+        async def read_requests() -> None:
+            async for request in request_iterator:
+                stream.handle(request)
+
+        reader = asyncio.get_running_loop().create_task(read_requests())
+        try:
+            while True:
+                yield await stream.outbox.get()
+                if stream.outbox.empty():
+                    hub.wake_catch_up()  # a stream that fell behind may go on
+        finally:
+            reader.cancel()
+            hub.close_stream(stream)
+
+    async def handle(self, request: ShardRequest) -> ShardResponse:
+        kind = request.WhichOneof("request")
+        response = ShardResponse(id=request.id)
+        try:
+            if kind is None:
+                raise errors.KeyNotFound()  # an empty request: etcd's answer to an empty op
+            outcome = await self._serve[kind](request)
+        except errors.EtcdError as error:
+            outcome = error
+        if isinstance(outcome, errors.NotLeader):
+            leader = self.driver.members.get(self.driver.leader_id)
+            response.error.CopyFrom(Error(code=outcome.code, message=outcome.message,
+                                          leader_id=self.driver.leader_id,
+                                          leader_address=leader.api if leader else ""))
+        elif isinstance(outcome, errors.EtcdError):
+            response.error.CopyFrom(Error(code=outcome.code, message=outcome.message))
+        else:
+            # None: the store answers the request with no message of its own, so a header does.
+            getattr(response, REQUEST_KINDS[kind].answer).CopyFrom(
+                outcome if outcome is not None else self._header())
+        return response
+
+    def _header(self) -> ResponseHeader:
+        return ResponseHeader(revision=self.store.revision)
+
+    # --- reads and writes ----------------------------------------------------------------
+
+    async def range(self, request: ShardRequest):
+        validation.check_range(request.range)
+        if request.range.serializable:
+            return self.driver.local_range(request)
+        return await self.driver.read(request)
+
+    async def write(self, request: ShardRequest):
+        driver = self.driver
+        driver.check_leader()  # "not leader" comes before any complaint about the request, as etcd
+        kind = request.WhichOneof("request")
+        check = _WRITE_CHECKS.get(kind)
+        if check is not None:
+            check(getattr(request, kind))
+        outcome = await driver.propose(request)
+        if kind == "compaction" and request.compaction.physical and not isinstance(outcome, errors.EtcdError):
+            await driver.compaction_removed()  # etcd's physical compaction: answered once history is gone here
+        return outcome
+
+    async def lease_query(self, request: ShardRequest):
+        if self.leases is None:
+            self.driver.check_leader()
+            raise errors.Reported("INVALID_ARGUMENT", f"tessera: group {self.driver.config.group_id} keeps no leases")
+        return await self.leases.query(request)
+
+    async def lease_keys(self, request: ShardRequest) -> LeaseKeysResponse:
+        self.driver.check_leader()
+        return LeaseKeysResponse(header=self._header(), keys=self.store.lease_keys(request.lease_keys))
+
+    # --- membership and leadership ---------------------------------------------------------
+
+    async def change_membership(self, request: ShardRequest):
+        """Add, promote or remove a member (one change at a time), with etcd's checks and errors."""
+        driver = self.driver
+        driver.check_leader()
+        kind = request.WhichOneof("request")
+        status = driver.node.status()
+        voters, learners = status.conf_state
+        if kind == "member_add":
+            member = request.member_add
+            if member.id in voters or member.id in learners or member.id == 0:
+                raise errors.MemberExist()
+            if any(a.peer == member.peer_address for a in driver.members.values()):
+                raise errors.PeerURLExist()
+            if member.is_learner and learners:
+                raise errors.TooManyLearners()  # etcd allows one learner
+            change_type = ConfChangeType.ADD_LEARNER if member.is_learner else ConfChangeType.ADD_VOTER
+            member_id, record = member.id, Member(id=member.id, peer_address=member.peer_address,
+                                                  api_address=member.api_address, is_learner=member.is_learner)
+        else:
+            member_id = getattr(request, kind)
+            if member_id not in voters and member_id not in learners:
+                raise errors.MemberNotFound()
+            addresses = driver.members[member_id]
+            record = Member(id=member_id, peer_address=addresses.peer, api_address=addresses.api)
+            if kind == "member_promote":
+                if member_id not in learners:
+                    raise errors.MemberNotLearner()
+                progress = status.progress.get(member_id)
+                if progress is None or progress.match < status.commit * LEARNER_READY_FRACTION:
+                    raise errors.LearnerNotReady()
+                change_type = ConfChangeType.ADD_VOTER
+            else:
+                change_type = ConfChangeType.REMOVE
+        return await driver.propose_conf_change(change_type, member_id, record)
+
+    async def member_list(self, request: ShardRequest):
+        return self.driver.member_list()
+
+    async def move_leader(self, request: ShardRequest):
+        """Hand leadership to a caught-up voter (raft's TimeoutNow), as etcd's MoveLeader."""
+        driver = self.driver
+        driver.check_leader()
+        target = request.move_leader.targetID
+        if target == driver.config.member_id or target not in driver.node.status().conf_state.voters:
+            raise errors.BadLeaderTransferee()
+        if not await driver.transfer_leader(target):
+            return errors.RequestTimeout()
+        return MoveLeaderResponse(header=self._header())
+
+    # --- maintenance -----------------------------------------------------------------------
+
+    async def status(self, request: ShardRequest):
+        return self.driver.status()
+
+    async def hash_kv(self, request: ShardRequest) -> HashKVResponse:
+        hash_value, compacted = self.store.hash_kv(request.hash_kv.revision)
+        return HashKVResponse(header=self._header(), hash=hash_value, compact_revision=compacted)
+
+    async def defragment(self, request: ShardRequest) -> DefragmentResponse:
+        # As etcd: the member is busy while it rewrites its database (nothing else runs).
+        self.store.defragment()
+        return DefragmentResponse(header=self._header())
+
+    async def health(self, serializable: bool, excluded_alarms: set[str]) -> tuple[bool, str]:
+        """etcd's /health verdict and reason: an alarm, no leader, or a read that fails, in that order.
+
+        The read is etcd's too: linearizable on the leader (it confirms a quorum
+        still follows), local otherwise, since a follower's linearizable reads
+        are the leader's to serve.
+        """
+        driver = self.driver
+        for _, alarm in sorted(self.store.alarms):
+            name = AlarmType.Name(alarm)
+            if name not in excluded_alarms:
+                return False, f"ALARM {name}"
+        if not serializable and not driver.leader_id:
+            return False, "RAFT NO LEADER"
+        request = ShardRequest(range=RangeRequest(key=b"\0", keys_only=True, limit=1, serializable=serializable))
+        if serializable or driver.role != Role.LEADER:
+            outcome = driver.local_range(request)
+        else:
+            try:
+                outcome = await driver.read(request)
+            except errors.EtcdError as error:
+                outcome = error
+        if isinstance(outcome, errors.EtcdError):
+            return False, f"RANGE ERROR:{outcome.message}"
+        return True, ""

@@ -1,0 +1,49 @@
+"""Which member of a group GroupClient asks: serializable reads spread over all, the rest the leader first."""
+
+from __future__ import annotations
+
+import asyncio
+
+from router.shard_client import GroupClient
+from tessera.api.internal_pb2 import ShardRequest, ShardResponse, StatusResponse
+from tessera.api.rpc_pb2 import RangeRequest, RangeResponse
+
+CALLS = 300
+
+
+class CountingMember:
+    """A member's connection that answers everything at once and counts what it was asked."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self.asked = 0
+
+    async def request(self, request: ShardRequest, timeout: float) -> ShardResponse:
+        self.asked += 1
+        if request.HasField("status"):
+            return ShardResponse(id=request.id, status=StatusResponse(leader_id=1))
+        return ShardResponse(id=request.id, range=RangeResponse())
+
+    async def close(self) -> None:
+        pass
+
+
+def test_serializable_reads_spread_over_the_members_and_a_status_asks_the_leader():
+    async def scenario():
+        addresses = {1: "127.0.0.1:1", 2: "127.0.0.1:2", 3: "127.0.0.1:3"}
+        client = GroupClient(1, addresses)
+        for connection in client._connections.values():
+            await connection.close()
+        members = client._connections = {member: CountingMember(address) for member, address in addresses.items()}
+        client.leader_id = 1
+        read = ShardRequest(range=RangeRequest(key=b"k", serializable=True))
+        for _ in range(CALLS):
+            await client.call(read, write=False, any_member=True)
+        # Each member's share is binomial(300, 1/3): any of the three at 40 or below about once in 10^14 runs.
+        assert all(member.asked > 40 for member in members.values()), {m: c.asked for m, c in members.items()}
+        before = {member_id: member.asked for member_id, member in members.items()}
+        for _ in range(10):
+            await client.call(ShardRequest(status={}), write=False, any_member=True)
+        assert members[1].asked == before[1] + 10 and members[2].asked == before[2]
+
+    asyncio.run(scenario())
