@@ -23,6 +23,20 @@ linearizable reads). Each turn of `_drive`:
      raft hands out the entries after it again;
   5. removes one bounded batch of compacted history, if a compaction is pending.
 
+An idle group costs nothing: once a leader has had nothing to do for
+`QUIESCE_AFTER_TICKS` ticks, every follower holding its whole log, committed
+(each has answered a heartbeat that told it so), it sends them QUIESCE and
+all stop ticking: no heartbeats, no election timers (CockroachDB quiesces
+idle ranges; TiKV hibernates regions). Raft's safety does not depend on ticks,
+only its liveness: any raft message but QUIESCE (or the answer to a
+heartbeat sent before it), a proposal or read on the
+leader, and on a follower a request for the leader or a status (what a
+router asks when it cannot reach the leader) wakes a replica, and a follower
+that wakes asks the leader to wake too. A follower that cannot quiesce (its
+log or commit differ) answers with that request at once. A quiet leader that
+dies is replaced once a router, a client or its restarted process wakes a
+follower: after an election timeout, as any leader's death.
+
 A leader keeps one batch in flight: it proposes the next once everything it
 appended is committed (durable on a quorum, itself included), so under load
 a batch is what queued while the previous one was persisted and replicated.
@@ -77,6 +91,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tessera.replica")
 
+QUIESCE_AFTER_TICKS = 3  # idle ticks (heartbeat intervals) before a leader quiets its group
 # How long a write may wait for its entry to apply: etcd's request timeout
 # (5 s) plus an election, so a leader change can complete before giving up.
 WRITE_TIMEOUT_SECONDS = 7.0
@@ -186,6 +201,12 @@ class RaftDriver:
         self._snapshot_index = wal.storage.snapshot().meta.index
         self._wal_syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal-sync")
         self._store_flush: Future | None = None  # the store's durable point being flushed
+        # Quiescence: while quiet the ticker waits on _ticking, and nothing ticks.
+        self.quiesced = False
+        self._ticking = asyncio.Event()
+        self._ticking.set()
+        self._idle_ticks = 0  # a leader's ticks in a row with nothing to do
+        self._answered_idle: set[int] = set()  # followers whose heartbeat answer came in meanwhile
 
     def _bootstrap(self) -> None:
         """Found the group as etcd does: the initial members as committed conf changes 1..n.
@@ -243,6 +264,10 @@ class RaftDriver:
         next_tick = loop.time() + interval
         while True:
             await asyncio.sleep(max(0.0, next_tick - loop.time()))
+            if not self._ticking.is_set():
+                await self._ticking.wait()
+                next_tick = loop.time() + interval  # a whole interval after waking
+                continue
             next_tick += interval
             self._ticks_due += 1
             self._wake.set()
@@ -251,10 +276,12 @@ class RaftDriver:
 
     def check_leader(self) -> None:
         if self.role != Role.LEADER:
+            self.unquiesce()  # asked for the leader's work: the leader may be gone
             raise errors.NotLeader() if self.leader_id else errors.NoLeader()
 
     def queue_proposal(self, request: ShardRequest) -> int:
         """Queue a request for the next proposal batch, under a new proposal id."""
+        self.unquiesce()
         proposal_id = self._next_proposal_id
         self._next_proposal_id += 1
         entry = ShardRequest()
@@ -283,6 +310,7 @@ class RaftDriver:
 
     async def propose_conf_change(self, change_type: ConfChangeType, member_id: int, record: Member):
         """The member list once the change is applied (one change at a time, as raft allows)."""
+        self.unquiesce()
         proposal_id = self._next_proposal_id
         self._next_proposal_id += 1
         context = MemberChange(proposal_id=proposal_id, member=record).SerializeToString()
@@ -307,6 +335,7 @@ class RaftDriver:
     async def read(self, request: ShardRequest):
         """A linearizable read: served once the applied index reaches a confirmed ReadIndex."""
         self.check_leader()
+        self.unquiesce()
         future = asyncio.get_running_loop().create_future()
         self._read_queue.append(_PendingRead(request, future))
         self._wake.set()
@@ -323,6 +352,7 @@ class RaftDriver:
 
     async def transfer_leader(self, target: int) -> bool:
         """Hand leadership to `target` (raft's TimeoutNow); whether it leads within the write timeout."""
+        self.unquiesce()
         self.node.transfer_leader(target)
         self._wake.set()
         loop = asyncio.get_running_loop()
@@ -353,6 +383,8 @@ class RaftDriver:
         ])
 
     def status(self) -> StatusResponse:
+        if self.role != Role.LEADER:
+            self.unquiesce()  # a router asks a follower when it cannot reach the leader
         status = self.node.status()
         return StatusResponse(
             group_id=self.config.group_id, member_id=self.config.member_id, leader_id=status.lead,
@@ -375,15 +407,24 @@ class RaftDriver:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            for _ in range(self._ticks_due):
+            ticks, self._ticks_due = self._ticks_due, 0
+            for _ in range(ticks):
                 node.tick()
-            self._ticks_due = 0
             inbox, self._inbox = self._inbox, []
             for message in inbox:
+                if message.type == MessageType.QUIESCE:
+                    self._quiesce_asked(message)
+                    continue
+                if message.type == MessageType.HEARTBEAT_RESP:
+                    self._answered_idle.add(message.frm)  # answers the leader's last heartbeats: no news
+                elif self.quiesced:
+                    self.unquiesce()
                 node.step(message)
             self._propose_queued()
             while node.has_ready():
                 await self._handle_ready(node.ready())
+            if ticks and self.role == Role.LEADER:
+                self._count_idle_ticks(ticks)
             if self._writes and self._batch_committed():
                 self._wake.set()  # the round that held them back is over: propose them next turn
             flushing = self.store.advance_durability()
@@ -397,6 +438,61 @@ class RaftDriver:
                 self._wake.set()
             # Yield so streams can queue more work before the next turn.
             await asyncio.sleep(0)
+
+    # --- quiescence ------------------------------------------------------------------
+
+    def _count_idle_ticks(self, ticks: int) -> None:
+        """On the leader, after a turn with ticks: quiet the group once it has been idle long enough."""
+        status = self.node.status()
+        last = self.wal.storage.last_index()
+        idle = (not (self._writes or self._waiting_writes or self._read_queue or self._read_rounds)
+                and status.commit == last and not status.lead_transferee
+                and all(progress.match == last for progress in status.progress.values()))
+        if not idle:
+            self._idle_ticks = 0
+            return
+        if not self._idle_ticks:
+            self._answered_idle.clear()  # answers to heartbeats that carry this commit count from here
+        self._idle_ticks += ticks
+        followers = set(status.progress) - {self.config.member_id}
+        if self._idle_ticks >= QUIESCE_AFTER_TICKS and followers <= self._answered_idle:
+            self.transport.send([Message(MessageType.QUIESCE, to=follower, frm=self.config.member_id,
+                                         term=status.term, commit=last) for follower in followers])
+            self._set_quiesced()
+
+    def _quiesce_asked(self, message: Message) -> None:
+        """QUIESCE from the leader: go quiet if this log and commit are the leader's; else wake it."""
+        if message.reject:  # a member asks the leader to wake
+            self.unquiesce()
+            return
+        status = self.node.status()
+        if (message.term == status.term and message.frm == status.lead
+                and status.commit == message.commit == self.wal.storage.last_index()):
+            self._set_quiesced()
+        else:
+            self._ask_leader_to_wake(message.frm)
+
+    def _set_quiesced(self) -> None:
+        self.quiesced = True
+        self._ticking.clear()
+        self._idle_ticks = 0
+
+    def unquiesce(self) -> None:
+        """Tick again; a leader heartbeats at once, a follower asks the leader to wake as well."""
+        if not self.quiesced:
+            return
+        self.quiesced = False
+        self._ticking.set()
+        if self.role == Role.LEADER:
+            # The answers mark each follower active before check-quorum looks at the next timeout.
+            self.node.heartbeat()
+        elif self.leader_id:
+            self._ask_leader_to_wake(self.leader_id)
+        self._wake.set()
+
+    def _ask_leader_to_wake(self, leader_id: int) -> None:
+        self.transport.send([Message(MessageType.QUIESCE, to=leader_id, frm=self.config.member_id,
+                                     term=self.node.status().term, reject=True)])
 
     def _batch_committed(self) -> bool:
         """Whether everything this leader appended is committed (durable on a quorum, itself included)."""

@@ -236,6 +236,8 @@ class ShardService:
         are the leader's to serve.
         """
         driver = self.driver
+        if driver.role != Role.LEADER:
+            driver.unquiesce()  # whether a leader is still there is the question
         for _, alarm in sorted(self.store.alarms):
             name = AlarmType.Name(alarm)
             if name not in excluded_alarms:

@@ -41,6 +41,9 @@ class MessageType(IntEnum):
     CHECK_QUORUM = 16  # local: the leader's election timer fired
     SNAP_STATUS = 17  # local: the transport reports a snapshot sent (reject=failed)
     UNREACHABLE = 18  # local: the transport could not reach `frm`
+    # The driver's, never stepped into the core: a leader quiets an idle group (commit = its
+    # last index); reject=True from any member asks the leader to wake it again.
+    QUIESCE = 19
 
 
 # Responses that vouch for local state (a vote, appended entries): they may

@@ -109,6 +109,10 @@ class RawNode:
     def campaign(self) -> None:
         self.raft.step(Message(MessageType.HUP, frm=self.id))
 
+    def heartbeat(self) -> None:
+        """A leader's heartbeat to every follower now, as its timer would send it."""
+        self.raft.step(Message(MessageType.BEAT, frm=self.id))
+
     def step(self, message: Message) -> None:
         """Deliver a message from the network.
 

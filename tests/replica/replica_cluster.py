@@ -89,6 +89,15 @@ class ReplicaGroup:
         return "\n".join(path.read_text(errors="replace")[-3000:] for path in sorted(self.directory.glob("*.log")))
 
 
+def run_scenario(group: ReplicaGroup, scenario) -> None:
+    """Start the group, run the coroutine function `scenario`, stop the group whatever happened."""
+    group.start_all()
+    try:
+        asyncio.run(scenario())
+    finally:
+        group.stop_all()
+
+
 class ShardClient:
     """One internal-API stream to one replica: send requests, await their answers by id."""
 

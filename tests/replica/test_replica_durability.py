@@ -13,7 +13,7 @@ import signal
 
 import grpc
 import pytest
-from replica_cluster import ReplicaGroup, ShardClient, read_all, wait_for_leader
+from replica_cluster import ReplicaGroup, ShardClient, read_all, run_scenario, wait_for_leader
 
 from shards.fault_control import (
     DURABILITY_BOUNDARIES,
@@ -51,14 +51,6 @@ async def restart_and_check(group: ReplicaGroup, acknowledged: dict) -> None:
     assert {key: stored.get(key) for key in acknowledged} == acknowledged
 
 
-def run(group: ReplicaGroup, scenario) -> None:
-    group.start_all()
-    try:
-        asyncio.run(scenario())
-    finally:
-        group.stop_all()
-
-
 @pytest.mark.parametrize("boundary", DURABILITY_BOUNDARIES)
 def test_a_replica_killed_at_a_durability_boundary_loses_no_acknowledged_write(tmp_path, boundary):
     group = ReplicaGroup(tmp_path, size=1, environment={FAILPOINT_VARIABLE: f"{boundary}@{HITS[boundary]}"})
@@ -81,7 +73,7 @@ def test_a_replica_killed_at_a_durability_boundary_loses_no_acknowledged_write(t
         group.environment.clear()
         await restart_and_check(group, acknowledged)
 
-    run(group, scenario)
+    run_scenario(group, scenario)
 
 
 @pytest.mark.parametrize("image", ["the file as it was then", "its newest meta pages over the file as it was"])
@@ -111,4 +103,4 @@ def test_a_replica_that_lost_every_store_write_after_its_durable_point_loses_no_
         group.extra_arguments.clear()
         await restart_and_check(group, acknowledged)
 
-    run(group, scenario)
+    run_scenario(group, scenario)
