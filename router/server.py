@@ -143,7 +143,6 @@ class RouterServer:
         router.read_only = self.read_only
         await router.sync_revision()
         router.leases = Lessor(router, self.meta, state.leases)
-        await self._register(state.shard_map_revision)
         self.metrics = RouterMetrics(router)
         methods = [counted(self.metrics, method) for method in self._methods()]
         # The same methods behind gRPC and the gateway: one state (locks, elections) behind both.
@@ -152,6 +151,7 @@ class RouterServer:
         self._front_end = FrontEnd(self.listen, methods, self._gateway.serve_connection,
                                    message_bytes_max=MAX_MESSAGE_BYTES, reuse_port=self.reuse_port)
         self._front_end.start()
+        await self._register(state.shard_map_revision)  # listed once it serves: clients may use it at once
         if self.gateway_listen:
             await self._gateway.start(self.gateway_listen)
         loop = asyncio.get_running_loop()

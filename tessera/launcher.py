@@ -32,7 +32,7 @@ import grpc
 from router.meta import bootstrap_cluster
 from router.shard_client import CHANNEL_OPTIONS, ReplicaUnreachable, ShardConnection
 from tessera.api.internal_pb2 import ShardRequest, ShardResponse, StatusRequest, StatusResponse
-from tessera.api.rpc_pb2 import RangeRequest, RangeResponse
+from tessera.api.rpc_pb2 import MemberListRequest, MemberListResponse, RangeRequest, RangeResponse
 
 HOST = "127.0.0.1"
 META_GROUP = 0
@@ -455,17 +455,24 @@ class Launcher:
         )
 
     async def _wait_for_router(self) -> None:
-        """Until a Range through the router succeeds: it serves, and reaches the default group."""
+        """Until a Range through the router succeeds (it serves, and reaches the default group) and
+        every router is listed (a router registers once it serves)."""
         channel = self._channel(self.layout.listen)
         method = channel.unary_unary(
             KV_RANGE_METHOD, request_serializer=RangeRequest.SerializeToString,
             response_deserializer=RangeResponse.FromString,
         )
+        member_list = channel.unary_unary(
+            "/etcdserverpb.Cluster/MemberList", request_serializer=MemberListRequest.SerializeToString,
+            response_deserializer=MemberListResponse.FromString,
+        )
         deadline = time.monotonic() + STARTUP_SECONDS
         while True:
             try:
                 await method(RangeRequest(key=b"/", limit=1), timeout=CALL_SECONDS)
-                return
+                listed = await member_list(MemberListRequest(), timeout=CALL_SECONDS)
+                if len(listed.members) >= self.router_count:
+                    return
             except grpc.aio.AioRpcError as error:
                 if time.monotonic() > deadline:
                     raise LauncherError(
