@@ -36,11 +36,12 @@ from typing import Iterable, Protocol
 from google.protobuf.message import DecodeError
 
 from native import crc
-from router.shard_client import REQUEST_TIMEOUT_SECONDS, GroupClient, ReplicaUnreachable, varint
+from router.shard_client import REQUEST_TIMEOUT_SECONDS, GroupClient, ReplicaUnreachable
 from router.shard_map import ShardMap
 from tessera.api import errors, validation
 from tessera.api.ordering import effective_sort, sort_results
 from tessera.api.internal_pb2 import ShardRequest, StatusResponse as GroupStatus
+from tessera.api.internal_stream import varint
 from tessera.api.rpc_pb2 import (
     CompactionRequest,
     CompactionResponse,

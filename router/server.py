@@ -18,7 +18,6 @@ import logging
 import random
 import signal
 
-import grpc
 from aiohttp import web
 from google.protobuf.message import DecodeError
 
@@ -32,7 +31,7 @@ from router.leases import Lessor
 from router.meta import MetaClient, MetaState, wait_until_bootstrapped
 from router.metrics import RouterMetrics, health
 from router.rpc import BIDI_STREAM, SERVER_STREAM, UNARY, Call, Method, counted
-from router.shard_client import WATCH_METHOD, GroupClient
+from router.shard_client import GroupClient, ReplicaUnreachable, ReplicaWatch
 from router.snapshot import snapshot_stream
 from router.watch_proxy import WatchProxy
 from tessera.api import errors
@@ -81,7 +80,6 @@ from tessera.api.rpc_pb2 import (
     TxnRequest,
     WatchCreateRequest,
     WatchRequest,
-    WatchResponse,
 )
 from tessera.api.v3election_pb2 import CampaignRequest, LeaderRequest, ProclaimRequest, ResignRequest
 from tessera.api.v3lock_pb2 import LockRequest, UnlockRequest
@@ -215,13 +213,11 @@ class RouterServer:
     async def _watch_meta(self, member: int) -> None:
         """Follow one meta replica's watch of the system records until it ends or is cancelled."""
         start, end = prefix_range(SYSTEM_PREFIX)
-        call = self.meta_client.connection(member).channel.stream_stream(
-            WATCH_METHOD, request_serializer=WatchRequest.SerializeToString,
-            response_deserializer=WatchResponse.FromString,
-        )(iter([WatchRequest(create_request=WatchCreateRequest(
-            key=start, range_end=end, start_revision=self.state.revision + 1))]))
+        watch = ReplicaWatch(self.meta_client.connection(member).address)
+        watch.send(WatchRequest(create_request=WatchCreateRequest(
+            key=start, range_end=end, start_revision=self.state.revision + 1)))
         try:
-            async for response in call:
+            async for response in watch.responses():
                 if response.canceled:
                     return
                 for event in response.events:
@@ -229,12 +225,12 @@ class RouterServer:
                         self.router.leases.observe(event)
                 if any(not event.kv.key.startswith(LEASES_PREFIX) for event in response.events):
                     await self._apply_meta(await self.meta.load())
-        except grpc.aio.AioRpcError:
+        except ReplicaUnreachable:
             pass
         except errors.EtcdError as error:
             log.info("reloading the meta records failed: %s", error.message)
         finally:
-            call.cancel()
+            watch.close()
 
     async def _register(self, shard_map_revision: int) -> None:
         """Tell the meta group this router's address and the shard map it routes by."""

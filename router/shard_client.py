@@ -1,15 +1,15 @@
-"""The router's side of the internal API: streams to replicas, and a group's leader.
+"""The router's side of the internal API: connections to replicas, and a group's leader.
 
-`ShardConnection` is one `/tessera.internal.Shard/Batch` stream to one
-replica. Requests queued while a stream message is being sent go out together
-in the next one (one stream message carries a batch, never one request), and
-answers come back by id, in whatever order the replica finishes them.
+`ShardConnection` is one batch connection to one replica (tessera/api/internal_stream.py).
+Requests queued during one turn of the event loop go out together in one frame (a
+frame carries a batch, never one request), and answers come back by id, in whatever
+order the replica finishes them. `ReplicaWatch` is one Watch stream to one replica.
 
 `GroupClient` knows a group's members and which one leads. It sends writes
 and linearizable reads to the leader, follows "not leader" hints, and retries
 what is safe to retry: anything not yet proposed (not leader, no leader, a
 replica that could not be reached before the request left), and reads. A
-write whose outcome is unknown (the stream broke after it was sent, or its
+write whose outcome is unknown (the connection broke after it was sent, or its
 leader lost leadership while it waited) is never retried: the client gets
 etcd's answer for that case.
 """
@@ -20,26 +20,17 @@ import asyncio
 import itertools
 import logging
 import random
-from collections.abc import Callable
-
-import grpc
+from collections.abc import AsyncIterator, Callable
 
 from tessera.api import errors
 from tessera.api.internal_pb2 import ShardRequest, ShardResponse, ShardResponseBatch
+from tessera.api.internal_stream import (
+    HELLO_BATCH, HELLO_WATCH, FrameError, FrameReader, frame, frame_header, host_and_port, varint,
+)
+from tessera.api.rpc_pb2 import WatchRequest, WatchResponse
 
 log = logging.getLogger("tessera.router")
 
-BATCH_METHOD = "/tessera.internal.Shard/Batch"
-WATCH_METHOD = "/tessera.internal.Shard/Watch"
-CHANNEL_OPTIONS = [
-    # Replicas may answer with big ranges and watch batches; the router decides what clients get.
-    ("grpc.max_receive_message_length", -1),
-    ("grpc.max_send_message_length", -1),
-    # A short reconnect backoff: a replica that was down a while is used again as soon as it serves.
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
 # How long a request may spend finding a leader and being answered: etcd's
 # request timeout (5 s) plus an election.
 REQUEST_TIMEOUT_SECONDS = 7.0
@@ -49,7 +40,7 @@ SWEEP_SECONDS = 0.1
 
 
 class ReplicaUnreachable(Exception):
-    """The stream to a replica failed. `sent`: whether the request may have reached it."""
+    """The connection to a replica failed. `sent`: whether the request may have reached it."""
 
     def __init__(self, address: str, sent: bool, detail: str):
         super().__init__(f"{address}: {detail}")
@@ -68,19 +59,6 @@ class _Waiting:
         self.sent = False
 
 
-def varint(value: int) -> bytes:
-    """Protobuf's base-128 varint of a non-negative integer."""
-    if value < 0x80:
-        return _SMALL_VARINTS[value]
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-_SMALL_VARINTS = [bytes((value,)) for value in range(0x80)]
 _ID_TAG = b"\x08"        # ShardRequest.id, field 1, varint
 _REQUESTS_TAG = b"\x0a"  # ShardRequestBatch.requests, field 1, length-delimited
 
@@ -93,30 +71,59 @@ def _settle(future: asyncio.Future, outcome: object) -> None:
             future.set_result(outcome)
 
 
+class _Framed(asyncio.Protocol):
+    """A client connection's frames, handed to its owner; the owner is told when it ends."""
+
+    def __init__(self, on_frames: Callable[[list[bytes]], None], on_lost: Callable[[_Framed, str], None]):
+        self.on_frames = on_frames
+        self.on_lost = on_lost
+        self.transport: asyncio.Transport | None = None
+        self.writable = True
+        self.on_writable: Callable[[], None] | None = None
+        self._reader = FrameReader()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._reader.feed(data)
+        except FrameError as error:
+            self.transport.close()
+            self.on_lost(self, str(error))
+            return
+        self.on_frames(frames)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.on_lost(self, f"the connection closed: {error}" if error else "the connection closed")
+
+    def pause_writing(self) -> None:
+        self.writable = False
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        if self.on_writable is not None:
+            self.on_writable()
+
+
 class ShardConnection:
-    """One internal-API stream to one replica; reopened on the next request after it fails.
+    """One batch connection to one replica; opened again on the next request after it fails.
 
     Requests are queued as encoded ShardRequest fields (everything but the id, which the
-    stream assigns), and a batch is their concatenation: no protobuf object per request on
-    the way out. Each request's outcome (its ShardResponse, or ReplicaUnreachable) goes to
+    connection assigns), and a batch is their concatenation: no protobuf object per request
+    on the way out. Each request's outcome (its ShardResponse, or ReplicaUnreachable) goes to
     the callback it was submitted with; one sweep, not a timer per request, ends those that
     wait past their deadline.
     """
 
     def __init__(self, address: str):
         self.address = address
-        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Waiting] = {}
         self._outbox: list[tuple[int, bytes]] = []
-        self._outbox_ready = asyncio.Event()
-        self._stream_number = 0  # the stream now open (or the next); older ones stop sending
-        self._reader: asyncio.Task | None = None
+        self._connection: _Framed | None = None  # open, or being opened
+        self._flush_due = False
         self._sweep_timer: asyncio.TimerHandle | None = None
-
-    @property
-    def channel(self) -> grpc.aio.Channel:
-        return self._channel
 
     async def request(self, request: ShardRequest, timeout: float) -> ShardResponse:
         """Send one request and wait for its answer; ReplicaUnreachable if there is none."""
@@ -133,13 +140,15 @@ class ShardConnection:
 
         `on_outcome(context, outcome)` is called once, with the ShardResponse or a ReplicaUnreachable.
         """
-        if self._reader is None or self._reader.done():
-            self._open()
         loop = asyncio.get_running_loop()
+        if self._connection is None:
+            self._open(loop)
         request_id = next(self._ids)
         self._waiting[request_id] = _Waiting(on_outcome, context, loop.time() + timeout)
         self._outbox.append((request_id, fields))
-        self._outbox_ready.set()
+        if not self._flush_due:
+            self._flush_due = True
+            loop.call_soon(self._flush)
         if self._sweep_timer is None:
             self._sweep_timer = loop.call_later(SWEEP_SECONDS, self._sweep)
         return request_id
@@ -153,59 +162,112 @@ class ShardConnection:
             waiting.on_outcome(waiting.context, ReplicaUnreachable(self.address, True, "no answer in time"))
         self._sweep_timer = loop.call_later(SWEEP_SECONDS, self._sweep) if self._waiting else None
 
-    def _open(self) -> None:
-        self._stream_number += 1
-        call = self._channel.stream_stream(
-            BATCH_METHOD, request_serializer=None,  # the batches are encoded here
-            response_deserializer=ShardResponseBatch.FromString,
-        )(self._batches(self._stream_number))
-        self._reader = asyncio.get_running_loop().create_task(self._read(call))
+    def _open(self, loop: asyncio.AbstractEventLoop) -> None:
+        connection = _Framed(self._answered, self._lost)
+        connection.on_writable = self._flush
+        self._connection = connection
+        loop.create_task(self._connect(loop, connection))
 
-    async def _batches(self, stream_number: int):
-        while True:
-            await self._outbox_ready.wait()
-            if stream_number != self._stream_number:
-                return  # this stream failed; a newer one sends
-            self._outbox_ready.clear()
-            queued, self._outbox = self._outbox, []
-            parts = []
-            for request_id, fields in queued:
-                waiting = self._waiting.get(request_id)
-                if waiting is None:
-                    continue  # its caller gave up before it left
-                waiting.sent = True
-                request = fields + _ID_TAG + varint(request_id)  # last: a field given twice takes its last value
-                parts.append(_REQUESTS_TAG + varint(len(request)) + request)
-            if parts:
-                yield b"".join(parts)
-
-    async def _read(self, call) -> None:
+    async def _connect(self, loop: asyncio.AbstractEventLoop, connection: _Framed) -> None:
+        host, port = host_and_port(self.address)
         try:
-            async for batch in call:
-                for response in batch.responses:
-                    waiting = self._waiting.pop(response.id, None)
-                    if waiting is not None:
-                        waiting.on_outcome(waiting.context, response)
-            detail = "the stream ended"
-        except grpc.aio.AioRpcError as error:
-            detail = f"{error.code().name}: {error.details()}"
-        except asyncio.CancelledError:
-            call.cancel()
-            detail = "the connection closed"
+            await loop.create_connection(lambda: connection, host, port)
+        except OSError as error:
+            self._lost(connection, f"could not connect: {error}")
+            return
+        connection.transport.write(frame(HELLO_BATCH))
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send what is queued as one batch, once the connection is up and takes more."""
+        self._flush_due = False
+        connection = self._connection
+        if connection is None or connection.transport is None or not connection.writable or not self._outbox:
+            return  # the connection's opening or resume_writing flushes again
+        queued, self._outbox = self._outbox, []
+        parts = []
+        for request_id, fields in queued:
+            waiting = self._waiting.get(request_id)
+            if waiting is None:
+                continue  # its caller gave up before it left
+            waiting.sent = True
+            request = fields + _ID_TAG + varint(request_id)  # last: a field given twice takes its last value
+            parts.append(_REQUESTS_TAG + varint(len(request)) + request)
+        if parts:
+            batch = b"".join(parts)
+            connection.transport.write(frame_header(len(batch)) + batch)
+
+    def _answered(self, frames: list[bytes]) -> None:
+        waiting_for = self._waiting
+        for data in frames:
+            for response in ShardResponseBatch.FromString(data).responses:
+                waiting = waiting_for.pop(response.id, None)
+                if waiting is not None:
+                    waiting.on_outcome(waiting.context, response)
+
+    def _lost(self, connection: _Framed, detail: str) -> None:
+        if connection is not self._connection:
+            return  # an older connection, already given up
+        self._connection = None
         self._outbox.clear()
-        self._stream_number += 1
-        self._outbox_ready.set()  # lets the failed stream's request generator end
         failed, self._waiting = self._waiting, {}
         for waiting in failed.values():
             waiting.on_outcome(waiting.context, ReplicaUnreachable(self.address, waiting.sent, detail))
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+        connection = self._connection
+        if connection is not None:
+            if connection.transport is not None:
+                connection.transport.close()
+            self._lost(connection, "the connection closed")
         if self._sweep_timer is not None:
             self._sweep_timer.cancel()
-        await self._channel.close()
+            self._sweep_timer = None
+
+
+class ReplicaWatch:
+    """One Watch stream to one replica: `send` requests (queued until connected), read `responses()`."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self._connection: _Framed | None = None
+        self._unsent: list[bytes] = [frame(HELLO_WATCH)]
+        self._responses: asyncio.Queue[WatchResponse | str] = asyncio.Queue()
+
+    def send(self, request: WatchRequest) -> None:
+        data = frame(request.SerializeToString())
+        if self._connection is not None and self._connection.transport is not None:
+            self._connection.transport.write(data)
+        else:
+            self._unsent.append(data)
+
+    async def responses(self) -> AsyncIterator[WatchResponse]:
+        """The replica's answers, then ReplicaUnreachable saying why the stream ended."""
+        self._connection = _Framed(self._received, self._lost)
+        host, port = host_and_port(self.address)
+        try:
+            await asyncio.get_running_loop().create_connection(lambda: self._connection, host, port)
+        except OSError as error:
+            raise ReplicaUnreachable(self.address, False, f"could not connect: {error}") from None
+        self._connection.transport.write(b"".join(self._unsent))
+        self._unsent = []
+        try:
+            while isinstance(response := await self._responses.get(), WatchResponse):
+                yield response
+        finally:
+            self.close()
+        raise ReplicaUnreachable(self.address, True, response)
+
+    def _received(self, frames: list[bytes]) -> None:
+        for data in frames:
+            self._responses.put_nowait(WatchResponse.FromString(data))
+
+    def _lost(self, connection: _Framed, detail: str) -> None:
+        self._responses.put_nowait(detail)
+
+    def close(self) -> None:
+        if self._connection is not None and self._connection.transport is not None:
+            self._connection.transport.close()
 
 
 class GroupClient:

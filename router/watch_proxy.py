@@ -34,9 +34,8 @@ import itertools
 import logging
 from dataclasses import dataclass, field
 
-import grpc
 
-from router.shard_client import WATCH_METHOD
+from router.shard_client import ReplicaUnreachable, ReplicaWatch
 from tessera.api import errors
 from tessera.api.validation import key_in_range
 from tessera.api.kv_pb2 import Event
@@ -85,37 +84,24 @@ class _ClientWatch:
 class _Upstream:
     """One Watch stream to one replica of a group, shared by the client stream's parts there."""
 
-    def __init__(self, proxy: WatchProxy, group: int, member: int, channel: grpc.aio.Channel):
+    def __init__(self, proxy: WatchProxy, group: int, member: int, address: str):
         self.proxy = proxy
         self.group = group
         self.member = member
         self.parts: dict[int, _Part] = {}
         self.progress_waiters: list[asyncio.Future] = []
-        self._requests: asyncio.Queue[WatchRequest | None] = asyncio.Queue()
-        call = channel.stream_stream(WATCH_METHOD, request_serializer=WatchRequest.SerializeToString,
-                                     response_deserializer=WatchResponse.FromString)(self._outgoing())
-        self.task = asyncio.get_running_loop().create_task(self._read(call))
-
-    async def _outgoing(self):
-        while (request := await self._requests.get()) is not None:
-            yield request
+        self._stream = ReplicaWatch(address)
+        self.task = asyncio.get_running_loop().create_task(self._read())
 
     def send(self, request: WatchRequest) -> None:
-        self._requests.put_nowait(request)
+        self._stream.send(request)
 
-    async def _read(self, call) -> None:
+    async def _read(self) -> None:
         try:
-            async for response in call:
+            async for response in self._stream.responses():
                 self.proxy.on_upstream(self, response)
-            detail = "the stream ended"
-        except grpc.aio.AioRpcError as error:
-            detail = f"{error.code().name}: {error.details()}"
-        except asyncio.CancelledError:
-            call.cancel()
-            raise
-        finally:
-            self._requests.put_nowait(None)  # ends the request stream too
-        self.proxy.on_upstream_failed(self, detail)
+        except ReplicaUnreachable as ended:
+            self.proxy.on_upstream_failed(self, str(ended))
 
 
 class WatchProxy:
@@ -237,7 +223,7 @@ class WatchProxy:
         if upstream is None:
             client = self.router.groups[group]
             member = client.leader_id or client.member_ids[next(self._upstream_ids) % len(client.member_ids)]
-            upstream = _Upstream(self, group, member, client.connection(member).channel)
+            upstream = _Upstream(self, group, member, client.connection(member).address)
             self.upstreams[group] = upstream
         return upstream
 

@@ -22,19 +22,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 from shards.lease_host import LEASE_CHECKPOINT_SECONDS, LeaseHost
 from shards.metrics import Gauges, MetricsServer, ReplicaMetrics
 from shards.mvcc import BATCH_INTERVAL_SECONDS, BATCH_LIMIT_ENTRIES, MvccStore
 from shards.raft import Role
 from shards.raft_driver import MemberAddresses, RaftDriver
-from shards.shard_service import SHARD_SERVICE, ShardService
+from shards.shard_service import ShardService
 from shards.wal import SEGMENT_BYTES_DEFAULT, WriteAheadLog
 from shards.watch import PROGRESS_NOTIFY_INTERVAL_SECONDS
-from tessera.api.internal_pb2 import ShardRequestBatch, ShardResponseBatch
+from tessera.api.internal_stream import host_and_port
 from tessera.api.meta_keys import META_GROUP
-from tessera.api.rpc_pb2 import WatchRequest, WatchResponse
 
 log = logging.getLogger("tessera.replica")
 
@@ -86,7 +83,7 @@ class Replica:
             self.leases = LeaseHost(self.driver, config.lease_checkpoint_interval_seconds)
             self.driver.observer = self.leases
         self.service = ShardService(self.driver, self.leases)
-        self._api_server: grpc.aio.Server | None = None
+        self._api_server: asyncio.Server | None = None
         self._metrics_server: MetricsServer | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -94,23 +91,9 @@ class Replica:
         self._tasks = await self.driver.start()
         if self.leases is not None:
             self._tasks.append(asyncio.get_running_loop().create_task(self.leases.keep()))
-        self._api_server = grpc.aio.server()
-        batch = grpc.stream_stream_rpc_method_handler(
-            self.service.serve_stream,
-            request_deserializer=ShardRequestBatch.FromString,
-            response_serializer=ShardResponseBatch.SerializeToString,
-        )
-        watch = grpc.stream_stream_rpc_method_handler(
-            self.service.serve_watch,
-            request_deserializer=WatchRequest.FromString,
-            response_serializer=WatchResponse.SerializeToString,
-        )
-        self._api_server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler(SHARD_SERVICE, {"Batch": batch, "Watch": watch})]
-        )
         me = self.config.members[self.config.member_id]
-        self._api_server.add_insecure_port(me.api)
-        await self._api_server.start()
+        self._api_server = await asyncio.get_running_loop().create_server(
+            self.service.new_connection, *host_and_port(me.api), reuse_address=True)
         if self.config.metrics_listen is not None:
             self._metrics_server = MetricsServer(self.config.metrics_listen, self.metrics, self.service.health)
             await self._metrics_server.start()
@@ -124,7 +107,7 @@ class Replica:
         if self._metrics_server is not None:
             await self._metrics_server.stop()
         if self._api_server is not None:
-            await self._api_server.stop(grace=None)
+            self._api_server.close()
         await self.driver.stop()
 
     async def failed(self) -> None:

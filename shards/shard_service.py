@@ -1,8 +1,8 @@
 """A replica's internal API: requests from routers turned into proposals, reads and answers.
 
-Routers speak to a replica over two streams (tessera/api/internal.proto):
-`Batch`, batches of ShardRequests answered as they complete, and `Watch`,
-etcd's Watch protocol (shards/watch.py). Each request is served by the method
+Routers speak to a replica over connections of two kinds (tessera/api/internal_stream.py):
+batch connections, batches of ShardRequests answered as they complete, and watch
+connections, etcd's Watch protocol (shards/watch.py). Each request is served by the method
 its kind's row in shards/requests.py names; the answer goes in the field the
 row names, or is the error, in etcd's words.
 
@@ -18,6 +18,9 @@ Back-pressure as etcd: while committed minus applied exceeds
 from __future__ import annotations
 
 import asyncio
+import logging
+
+from google.protobuf.message import DecodeError
 
 from shards.lease_host import LeaseHost
 from shards.raft import Role
@@ -25,13 +28,14 @@ from shards.raft.messages import ConfChangeType
 from shards.raft_driver import RaftDriver
 from shards.requests import REQUEST_KINDS
 from tessera.api import errors, validation
+from tessera.api.internal_stream import HELLO_BATCH, HELLO_WATCH, FrameError, FrameReader, frame, frame_header, varint
 from tessera.api.internal_pb2 import (
     Error,
     LeaseKeysResponse,
     Member,
     ShardRequest,
+    ShardRequestBatch,
     ShardResponse,
-    ShardResponseBatch,
 )
 from tessera.api.rpc_pb2 import (
     AlarmType,
@@ -40,11 +44,13 @@ from tessera.api.rpc_pb2 import (
     MoveLeaderResponse,
     RangeRequest,
     ResponseHeader,
+    WatchRequest,
 )
 
-SHARD_SERVICE = "tessera.internal.Shard"
-# Requests one internal stream may have in flight before the stream stops
-# reading more: a router that floods is slowed, not buffered without bound.
+log = logging.getLogger("tessera.replica")
+
+# Requests one batch connection may have in flight before the replica stops
+# reading it: a router that floods is slowed, not buffered without bound.
 STREAM_IN_FLIGHT_MAX = 10_000
 # A learner may be promoted once it has this share of the leader's committed log (etcd's 90%).
 LEARNER_READY_FRACTION = 0.9
@@ -59,54 +65,11 @@ class ShardService:
         self.leases = leases  # the meta group's lease host; None in a data group
         self._serve = {kind: getattr(self, row.serve) for kind, row in REQUEST_KINDS.items()}
 
-    # --- the streams ------------------------------------------------------------------
+    # --- the connections ------------------------------------------------------------
 
-    async def serve_stream(self, request_iterator, context):
-        """One router connection: batches in, batches of answers out, in completion order."""
-        answers: asyncio.Queue[ShardResponse] = asyncio.Queue()
-        in_flight = asyncio.Semaphore(STREAM_IN_FLIGHT_MAX)
-
-        async def answer(request: ShardRequest) -> None:
-            try:
-                answers.put_nowait(await self.handle(request))
-            finally:
-                in_flight.release()
-
-        async def read_requests() -> None:
-            async for batch in request_iterator:
-                for request in batch.requests:
-                    await in_flight.acquire()
-                    asyncio.get_running_loop().create_task(answer(request))
-
-        reader = asyncio.get_running_loop().create_task(read_requests())
-        try:
-            while True:
-                first = await answers.get()
-                batch = ShardResponseBatch(responses=[first])
-                while not answers.empty():
-                    batch.responses.append(answers.get_nowait())
-                yield batch
-        finally:
-            reader.cancel()
-
-    async def serve_watch(self, request_iterator, context):
-        """One watch stream, in etcd's Watch protocol (see shards.watch)."""
-        hub = self.driver.watch_hub
-        stream = hub.open_stream()
-
-        async def read_requests() -> None:
-            async for request in request_iterator:
-                stream.handle(request)
-
-        reader = asyncio.get_running_loop().create_task(read_requests())
-        try:
-            while True:
-                yield await stream.outbox.get()
-                if stream.outbox.empty():
-                    hub.wake_catch_up()  # a stream that fell behind may go on
-        finally:
-            reader.cancel()
-            hub.close_stream(stream)
+    def new_connection(self) -> asyncio.Protocol:
+        """A protocol for one connection to the API port (tessera/api/internal_stream.py)."""
+        return _Connection(self)
 
     async def handle(self, request: ShardRequest) -> ShardResponse:
         kind = request.WhichOneof("request")
@@ -255,3 +218,117 @@ class ShardService:
         if isinstance(outcome, errors.EtcdError):
             return False, f"RANGE ERROR:{outcome.message}"
         return True, ""
+
+
+_RESPONSES_TAG = b"\x0a"  # ShardResponseBatch.responses, field 1, length-delimited
+
+
+class _Connection(asyncio.Protocol):
+    """One connection to the API port: its hello says whether it carries batches or a watch."""
+
+    def __init__(self, service: ShardService):
+        self.service = service
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._reader = FrameReader()
+        self._on_frames = self._hello
+        self._writable = asyncio.Event()
+        self._writable.set()
+        # a batch connection's state
+        self._in_flight = 0
+        self._answers: list[bytes] = []
+        self._flush_due = False
+        # a watch connection's state
+        self._watch = None
+        self._watch_writer: asyncio.Task | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._reader.feed(data)
+            if frames:
+                self._on_frames(frames)
+        except (FrameError, DecodeError) as error:
+            log.warning("closing an API connection: %s", error)
+            self.transport.close()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.closed = True
+        self._writable.set()
+        if self._watch is not None:
+            self._watch_writer.cancel()
+            self.service.driver.watch_hub.close_stream(self._watch)
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def _hello(self, frames: list[bytes]) -> None:
+        hello, rest = frames[0], frames[1:]
+        if hello == HELLO_BATCH:
+            self._on_frames = self._requests
+        elif hello == HELLO_WATCH:
+            self._on_frames = self._watch_requests
+            self._watch = self.service.driver.watch_hub.open_stream()
+            self._watch_writer = asyncio.get_running_loop().create_task(self._write_watch_responses())
+        else:
+            raise FrameError(f"unknown stream {hello[:64]!r}")
+        if rest:
+            self._on_frames(rest)
+
+    # --- a batch connection: requests served concurrently, answers batched per turn of the loop
+
+    def _requests(self, frames: list[bytes]) -> None:
+        loop = asyncio.get_running_loop()
+        for data in frames:
+            requests = ShardRequestBatch.FromString(data).requests
+            self._in_flight += len(requests)
+            for request in requests:
+                loop.create_task(self._answer(request))
+        if self._in_flight >= STREAM_IN_FLIGHT_MAX:
+            self.transport.pause_reading()
+
+    async def _answer(self, request: ShardRequest) -> None:
+        try:
+            response = await self.service.handle(request)
+        finally:
+            self._in_flight -= 1
+        if self.closed:
+            return
+        answer = response.SerializeToString()
+        self._answers.append(_RESPONSES_TAG + varint(len(answer)) + answer)
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        if self.closed:
+            return
+        batch = b"".join(self._answers)
+        self._answers = []
+        self.transport.write(frame_header(len(batch)) + batch)
+        if self._in_flight < STREAM_IN_FLIGHT_MAX and not self.transport.is_reading():
+            self.transport.resume_reading()
+
+    # --- a watch connection
+
+    def _watch_requests(self, frames: list[bytes]) -> None:
+        for data in frames:
+            self._watch.handle(WatchRequest.FromString(data))
+
+    async def _write_watch_responses(self) -> None:
+        hub, outbox = self.service.driver.watch_hub, self._watch.outbox
+        while True:
+            responses = [await outbox.get()]
+            await self._writable.wait()  # the router reads slowly: the outbox fills and the hub holds back
+            if self.closed:
+                return
+            while not outbox.empty():
+                responses.append(outbox.get_nowait())
+            self.transport.write(b"".join(frame(response.SerializeToString()) for response in responses))
+            hub.wake_catch_up()  # the outbox is empty: a stream that fell behind may go on

@@ -30,7 +30,7 @@ from pathlib import Path
 import grpc
 
 from router.meta import bootstrap_cluster
-from router.shard_client import CHANNEL_OPTIONS, ReplicaUnreachable, ShardConnection
+from router.shard_client import ReplicaUnreachable, ShardConnection
 from tessera.api.internal_pb2 import ShardRequest, ShardResponse, StatusRequest, StatusResponse
 from tessera.api.rpc_pb2 import MemberListRequest, MemberListResponse, RangeRequest, RangeResponse
 
@@ -56,6 +56,13 @@ MAX_RESTART_DELAY = 10.0
 STAYED_UP_SECONDS = 10.0  # up this long: the next crash is a new one, restarted after the first delay
 
 KV_RANGE_METHOD = "/etcdserverpb.KV/Range"
+ROUTER_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", -1),  # whole ranges, as the test asks for them
+    # A short reconnect backoff: a router that was restarted is used again as soon as it serves.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 
 
 class LauncherError(Exception):
@@ -552,7 +559,7 @@ class Launcher:
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         if address not in self._channels:
-            self._channels[address] = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self._channels[address] = grpc.aio.insecure_channel(address, options=ROUTER_CHANNEL_OPTIONS)
         return self._channels[address]
 
     # --- supervision ------------------------------------------------------------------

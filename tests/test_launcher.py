@@ -66,7 +66,7 @@ async def wait_until(condition, what: str, details=lambda: ""):
 async def serving(cluster: Launcher, group: int, member: int) -> bool:
     try:
         return (await cluster.status(group, member)).member_id == member
-    except (grpc.aio.AioRpcError, LauncherError):
+    except LauncherError:
         return False
 
 

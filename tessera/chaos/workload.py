@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from router.shard_client import CHANNEL_OPTIONS, ReplicaUnreachable, ShardConnection
+from router.shard_client import ReplicaUnreachable, ShardConnection
 from tessera.api import rpc_pb2_grpc
 from tessera.api.internal_pb2 import ShardRequest
 from tessera.api.rpc_pb2 import (
@@ -55,6 +55,7 @@ from tessera.chaos.history import (
     WatchEvent,
     WatchLog,
 )
+from tessera.launcher import ROUTER_CHANNEL_OPTIONS
 
 # Two prefixes on two groups of `tessera up`'s shard map: every other key -> group 1, pods -> group 2.
 PREFIX_GROUPS = {"/chaos/": 1, "/registry/pods/chaos/": 2}
@@ -119,7 +120,7 @@ class EtcdKV:
     """The router's KV and Watch services over one channel."""
 
     def __init__(self, endpoint: str):
-        self.channel = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+        self.channel = grpc.aio.insecure_channel(endpoint, options=ROUTER_CHANNEL_OPTIONS)
         self.kv = rpc_pb2_grpc.KVStub(self.channel)
         self.watch = rpc_pb2_grpc.WatchStub(self.channel)
 

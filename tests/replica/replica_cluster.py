@@ -7,7 +7,6 @@ process dies; the test stops them by PID in any case.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import signal
 import subprocess
@@ -15,9 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
-
-from tessera.api.internal_pb2 import ShardRequest, ShardRequestBatch, ShardResponse, ShardResponseBatch
+from router.shard_client import ReplicaUnreachable, ReplicaWatch, ShardConnection
+from tessera.api.internal_pb2 import ShardRequest, ShardResponse
 from tessera.api.rpc_pb2 import PutRequest, RangeRequest, WatchRequest, WatchResponse
 from tessera.launcher import free_ports
 
@@ -99,58 +97,21 @@ def run_scenario(group: ReplicaGroup, scenario) -> None:
 
 
 class ShardClient:
-    """One internal-API stream to one replica: send requests, await their answers by id."""
+    """The router's connection to one replica, as a context: send requests, await their answers."""
 
     def __init__(self, address: str):
         self.address = address
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future] = {}
-        self._outbox: asyncio.Queue = asyncio.Queue()
-        self._channel = grpc.aio.insecure_channel(address)
-        self._task: asyncio.Task | None = None
+        self._connection = ShardConnection(address)
 
     async def __aenter__(self) -> ShardClient:
-        call = self._channel.stream_stream(
-            "/tessera.internal.Shard/Batch",
-            request_serializer=ShardRequestBatch.SerializeToString,
-            response_deserializer=ShardResponseBatch.FromString,
-        )
-        self._call = call(self._batches())
-        self._task = asyncio.get_running_loop().create_task(self._read())
         return self
 
     async def __aexit__(self, *exc_info) -> None:
-        self._call.cancel()
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        await self._channel.close()
-
-    async def _batches(self):
-        while True:
-            first = await self._outbox.get()
-            batch = ShardRequestBatch(requests=[first])
-            while not self._outbox.empty():
-                batch.requests.append(self._outbox.get_nowait())
-            yield batch
-
-    async def _read(self) -> None:
-        try:
-            async for batch in self._call:
-                for response in batch.responses:
-                    future = self._waiting.pop(response.id, None)
-                    if future is not None and not future.done():
-                        future.set_result(response)
-        except grpc.aio.AioRpcError as error:
-            for future in self._waiting.values():
-                if not future.done():
-                    future.set_exception(error)
+        await self._connection.close()
 
     async def request(self, timeout: float = 10.0, **fields) -> ShardResponse:
-        request = ShardRequest(id=next(self._ids), **fields)
-        future = asyncio.get_running_loop().create_future()
-        self._waiting[request.id] = future
-        await self._outbox.put(request)
-        return await asyncio.wait_for(future, timeout)
+        """The replica's answer; ReplicaUnreachable if the connection failed or none came in time."""
+        return await self._connection.request(ShardRequest(**fields), timeout)
 
 
 async def wait_for_leader(group: ReplicaGroup, members=None, timeout: float = STARTUP_SECONDS) -> int:
@@ -163,7 +124,7 @@ async def wait_for_leader(group: ReplicaGroup, members=None, timeout: float = ST
             try:
                 async with ShardClient(group.api_address(member)) as client:
                     leaders.add((await client.request(timeout=1.0, status={})).status.leader_id)
-            except (grpc.aio.AioRpcError, asyncio.TimeoutError):
+            except ReplicaUnreachable:
                 leaders.add(None)
         if len(leaders) == 1 and leaders <= set(members):  # agreed, and alive
             return leaders.pop()
@@ -175,31 +136,21 @@ class WatchClient:
     """One watch stream to one replica, in etcd's Watch protocol."""
 
     def __init__(self, address: str):
-        self._channel = grpc.aio.insecure_channel(address)
-        self._requests: asyncio.Queue = asyncio.Queue()
+        self._watch = ReplicaWatch(address)
+        self._responses = self._watch.responses()
 
     async def __aenter__(self) -> WatchClient:
-        method = self._channel.stream_stream(
-            "/tessera.internal.Shard/Watch",
-            request_serializer=WatchRequest.SerializeToString,
-            response_deserializer=WatchResponse.FromString,
-        )
-        self._call = method(self._outgoing())
         return self
 
     async def __aexit__(self, *exc_info) -> None:
-        self._call.cancel()
-        await self._channel.close()
-
-    async def _outgoing(self):
-        while True:
-            yield await self._requests.get()
+        await self._responses.aclose()
+        self._watch.close()
 
     async def send(self, **fields) -> None:
-        await self._requests.put(WatchRequest(**fields))
+        self._watch.send(WatchRequest(**fields))
 
     async def next(self, timeout: float = 10.0) -> WatchResponse:
-        return await asyncio.wait_for(self._call.read(), timeout)
+        return await asyncio.wait_for(anext(self._responses), timeout)
 
 
 async def put_many(client, prefix: bytes, count: int) -> None:
@@ -222,7 +173,7 @@ async def wait_until_caught_up(group, follower, leader, what="catch up"):
         try:
             if await read_all(group, follower, serializable=True) == expected:
                 return
-        except (grpc.aio.AioRpcError, asyncio.TimeoutError):
+        except ReplicaUnreachable:
             pass
         await asyncio.sleep(0.1)
     raise AssertionError(f"the follower did not {what}\n{group.logs()}")

@@ -11,10 +11,10 @@ import asyncio
 import os
 import signal
 
-import grpc
 import pytest
 from replica_cluster import ReplicaGroup, ShardClient, read_all, run_scenario, wait_for_leader
 
+from router.shard_client import ReplicaUnreachable
 from shards.fault_control import (
     DURABILITY_BOUNDARIES,
     FAILPOINT_VARIABLE,
@@ -63,7 +63,7 @@ def test_a_replica_killed_at_a_durability_boundary_loses_no_acknowledged_write(t
             for wave in range(WAVES_MAX):
                 try:
                     await put_wave(client, wave * WAVE_WRITES, acknowledged)
-                except grpc.aio.AioRpcError:
+                except ReplicaUnreachable:
                     pass
                 if process.poll() is not None:
                     break

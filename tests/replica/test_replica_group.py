@@ -2,7 +2,6 @@
 
 import asyncio
 
-import grpc
 from replica_cluster import (
     ReplicaGroup,
     ShardClient,
@@ -12,6 +11,7 @@ from replica_cluster import (
     wait_until_caught_up,
 )
 
+from router.shard_client import ReplicaUnreachable
 from native import codec, walframe
 from tessera.api.rpc_pb2 import (
     NOSPACE,
@@ -90,7 +90,7 @@ def test_killing_the_leader_under_load_loses_no_acknowledged_write(group):
                                 uncertain.add(key)
                                 await asyncio.sleep(0.05)
                             number += 1
-                except (grpc.aio.AioRpcError, asyncio.TimeoutError):
+                except ReplicaUnreachable:
                     uncertain.add(key)  # the connection died with the request in flight
                     number += 1
                     await asyncio.sleep(0.05)

@@ -37,7 +37,8 @@ def test_a_learner_joins_catches_up_is_promoted_and_a_member_leaves(group):
             assert sorted(member_table(await client.request(member_list={}))) == sorted({1, 2, 3, 4} - {leaving})
         # Once the joined member leads, "not leader" answers say where it is.
         async with ShardClient(group.api_address(leader)) as client:
-            await client.request(move_leader=dict(targetID=4))
+            moved = await client.request(move_leader=dict(targetID=4))
+            assert moved.WhichOneof("response") == "move_leader", moved
         async with ShardClient(group.api_address(leader)) as client:
             answer = await client.request(put=dict(key=b"k", value=b"v"))
             assert (answer.error.leader_id, answer.error.leader_address) == (4, group.api_address(4)), answer

@@ -55,7 +55,7 @@ class _FakeGroupClient:
 
 
 class _FakeConnection:
-    channel = None
+    address = "127.0.0.1:1"  # never dialled: the test plays the replica
 
 
 class _FakeRouter:
@@ -88,7 +88,7 @@ class _FakeRouter:
 class _FakeUpstream:
     """Stands in for watch_proxy._Upstream: records what is sent; the test plays the replica."""
 
-    def __init__(self, proxy, group, member, channel):
+    def __init__(self, proxy, group, member, address):
         self.proxy = proxy
         self.group = group
         self.member = member
