@@ -1,23 +1,29 @@
-"""Peer transport: batches of raft messages between the replicas of a group, over gRPC.
+"""Peer transport: batches of raft messages between the replicas of a group, over TCP.
 
-Each replica serves one stream method, `/tessera.Peer/Raft`, and keeps one
-long-lived client stream to each peer. A stream message is one batch (see
-shards.raft_wire), passed as bytes: grpc does no protobuf work on this path.
+Each replica listens on its peer address and keeps one connection to each
+peer, in the frames of tessera/api/internal_stream.py: a hello naming the
+stream, then one frame per batch (see shards.raft_wire), raw bytes that
+nothing on this path decodes but the receiver.
 
-Sending never blocks the raft loop. Each peer has a bounded queue
-(`send_queue_batches_max`); when it is full, or the peer cannot be reached,
-the batch is dropped and counted, and raft's own retries (heartbeats, append
-probes) recover. A broken stream is redialled with exponential backoff, from
+Sending never blocks the raft loop: a batch is written to the peer's
+connection at once. While the connection is being dialled, up to
+`SEND_QUEUE_BATCHES_MAX` batches wait for it; when more wait, when the peer
+cannot be reached, or when the connection already holds
+`SEND_BUFFER_BYTES_MAX` the peer has not read, the batch is dropped and
+counted, and raft's own retries (heartbeats, append probes) recover. A lost
+connection is redialled with exponential backoff, from
 `redial_backoff_min_seconds` up to `redial_backoff_max_seconds`.
 
-Received batches are decoded and handed to the `on_messages` callback;
-malformed ones are dropped and counted (`batches_malformed`), never trusted.
+Received batches are decoded and handed to the `on_messages` callback, one
+call per read of the socket; malformed ones are dropped and counted
+(`batches_malformed`), never trusted.
 
-Snapshots do not ride the raft stream: a snapshot message goes on a stream
-of its own, `/tessera.Peer/Snapshot`, as the message without its data and
-then the data in chunks of `SNAPSHOT_CHUNK_BYTES`, so a large database never
-holds up heartbeats. When that stream ends, `on_snapshot_sent(member, failed)`
-tells raft whether the follower got it.
+Snapshots do not ride the raft connection: a snapshot message goes on a
+connection of its own, as the message without its data, then the data in
+chunks of `SNAPSHOT_CHUNK_BYTES`, then an empty frame; the receiver answers
+an empty frame once it has the whole snapshot, so a large database never
+holds up heartbeats. Then `on_snapshot_sent(member, failed)` tells raft
+whether the follower got it.
 """
 
 from __future__ import annotations
@@ -27,30 +33,24 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-import grpc
-
 from shards import fault_control
 from shards.raft.messages import Message
 from shards.raft_wire import WireError, decode_messages, encode_messages
+from tessera.api.internal_stream import FrameError, FrameReader, frame, host_and_port
 
 log = logging.getLogger("tessera.transport")
 
-RAFT_METHOD = "/tessera.Peer/Raft"
-SNAPSHOT_METHOD = "/tessera.Peer/Snapshot"
+HELLO_RAFT = b"tessera.Peer/Raft"
+HELLO_SNAPSHOT = b"tessera.Peer/Snapshot"
 SNAPSHOT_CHUNK_BYTES = 1 << 20
-# Batches waiting for one peer: at one batch per raft loop iteration this is
-# seconds of backlog; beyond it the peer is too slow and raft will resend.
+# Batches waiting for a connection being dialled; beyond it raft will resend anyway.
 SEND_QUEUE_BATCHES_MAX = 1024
+# Unsent bytes one peer's connection may hold: seconds of appends at this host's
+# rates. A peer that reads slower than this is too slow, and raft will resend.
+SEND_BUFFER_BYTES_MAX = 64 << 20
 REDIAL_BACKOFF_MIN_SECONDS = 0.05
 REDIAL_BACKOFF_MAX_SECONDS = 2.0
-# One batch holds every message of a Ready for one peer: appends of up to
-# max_size_per_msg each, as many as the in-flight window allows. Raft bounds
-# that, so the stream takes any size gRPC can carry. (Snapshots go in chunks.)
-MESSAGE_BYTES_MAX = 2**31 - 1
-
-
-def _identity(data: bytes) -> bytes:
-    return data
+SNAPSHOT_SECONDS_MAX = 60.0  # a snapshot's connection that takes longer has failed
 
 
 @dataclass
@@ -60,10 +60,37 @@ class PeerStats:
     dials: int = 0
 
 
+class _Link(asyncio.Protocol):
+    """The sending side of one connection to a peer; the peer sends nothing back but a snapshot's receipt."""
+
+    def __init__(self):
+        self.transport: asyncio.Transport | None = None
+        self.lost = asyncio.get_running_loop().create_future()
+        self.received = FrameReader()
+        self.frames: list[bytes] = []
+        self.frame_arrived = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.frames += self.received.feed(data)
+        except FrameError:
+            self.transport.close()
+        self.frame_arrived.set()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(error)
+        self.frame_arrived.set()
+
+
 @dataclass
 class _Peer:
     address: str
-    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(SEND_QUEUE_BATCHES_MAX))
+    link: _Link | None = None  # the connection, once dialled
+    waiting: list[bytes] = field(default_factory=list)  # batches sent while it is dialled
     stats: PeerStats = field(default_factory=PeerStats)
     task: asyncio.Task | None = None
 
@@ -89,46 +116,37 @@ class PeerTransport:
         self.bytes_sent: dict[int, int] = {}
         self.bytes_received: dict[int, int] = {}
         self._peers: dict[int, _Peer] = {}
-        self._server: grpc.aio.Server | None = None
+        self._server: asyncio.Server | None = None
+        self.incoming: set[_Incoming] = set()  # closed on stop, as the process's exit would
         self._faults = fault_control.from_environment()  # None outside chaos runs
         self.port = 0
 
     # --- receiving -------------------------------------------------------------------
 
     async def start(self) -> None:
-        options = [("grpc.max_receive_message_length", MESSAGE_BYTES_MAX)]
-        self._server = grpc.aio.server(options=options)
-        handler = grpc.stream_unary_rpc_method_handler(
-            self._receive, request_deserializer=_identity, response_serializer=_identity
-        )
-        snapshot_handler = grpc.stream_unary_rpc_method_handler(
-            self._receive_snapshot, request_deserializer=_identity, response_serializer=_identity
-        )
-        self._server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-            "tessera.Peer", {"Raft": handler, "Snapshot": snapshot_handler}
-        )])
-        self.port = self._server.add_insecure_port(self.listen_address)
-        await self._server.start()
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _Incoming(self), *host_and_port(self.listen_address), reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
 
-    async def _receive(self, request_iterator, context) -> bytes:
-        async for batch in request_iterator:
+    def received_batches(self, batches: list[bytes], peer: str) -> None:
+        messages = []
+        for batch in batches:
             try:
-                messages = decode_messages(batch)
+                decoded = decode_messages(batch)
             except WireError as error:
                 self.batches_malformed += 1
-                log.warning("dropping a malformed raft batch from %s: %s", context.peer(), error)
+                log.warning("dropping a malformed raft batch from %s: %s", peer, error)
                 continue
             self.batches_received += 1
-            if messages:
-                sender = messages[0].frm  # a batch comes from one replica
+            if decoded:
+                sender = decoded[0].frm  # a batch comes from one replica
                 self.bytes_received[sender] = self.bytes_received.get(sender, 0) + len(batch)
+                messages += decoded
+        if messages:
             self.on_messages(messages)
-        return b""
 
-    async def _receive_snapshot(self, request_iterator, context) -> bytes:
-        chunks = []
-        async for chunk in request_iterator:
-            chunks.append(chunk)
+    def received_snapshot(self, chunks: list[bytes], peer: str) -> bool:
+        """A whole snapshot stream: its head message, then its data. Whether it was one."""
         try:
             if not chunks:
                 raise WireError("an empty snapshot stream")
@@ -137,11 +155,11 @@ class PeerTransport:
                 raise WireError("a snapshot stream that does not start with a snapshot message")
         except (WireError, ValueError) as error:
             self.batches_malformed += 1
-            log.warning("dropping a malformed snapshot from %s: %s", context.peer(), error)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            log.warning("dropping a malformed snapshot from %s: %s", peer, error)
+            return False
         data = b"".join(chunks[1:])
         self.on_messages([message._replace(snapshot=message.snapshot._replace(data=data))])
-        return b""
+        return True
 
     # --- sending ---------------------------------------------------------------------
 
@@ -176,9 +194,18 @@ class PeerTransport:
             if self._faults is not None and self._faults.blocks(self.listen_address, peer.address):
                 peer.stats.batches_dropped += 1  # an injected partition: lost as on a cut network
                 continue
-            try:
-                peer.queue.put_nowait(encode_messages(batch))
-            except asyncio.QueueFull:
+            link = peer.link
+            if link is not None and not link.lost.done():
+                if link.transport.get_write_buffer_size() > SEND_BUFFER_BYTES_MAX:
+                    peer.stats.batches_dropped += 1
+                    continue
+                data = encode_messages(batch)
+                link.transport.write(frame(data))
+                peer.stats.batches_sent += 1
+                self.bytes_sent[member_id] = self.bytes_sent.get(member_id, 0) + len(data)
+            elif len(peer.waiting) < SEND_QUEUE_BATCHES_MAX:
+                peer.waiting.append(encode_messages(batch))
+            else:
                 peer.stats.batches_dropped += 1
 
     def _send_snapshot(self, message: Message) -> None:
@@ -191,65 +218,116 @@ class PeerTransport:
     async def _stream_snapshot(self, address: str, message: Message) -> None:
         data = message.snapshot.data
         head = encode_messages([message._replace(snapshot=message.snapshot._replace(data=b""))])
-
-        async def chunks():
-            yield head
-            for start in range(0, len(data), SNAPSHOT_CHUNK_BYTES):
-                yield data[start:start + SNAPSHOT_CHUNK_BYTES]
-
         failed = True
+        link = _Link()
         try:
-            async with grpc.aio.insecure_channel(address) as channel:
-                stream = channel.stream_unary(SNAPSHOT_METHOD, request_serializer=_identity,
-                                              response_deserializer=_identity)
-                await stream(chunks())
-                failed = False
-        except (grpc.aio.AioRpcError, OSError) as error:
-            log.warning("snapshot to member %d at %s failed: %s", message.to, address, error)
+            await asyncio.wait_for(self._deliver_snapshot(link, address, head, data), SNAPSHOT_SECONDS_MAX)
+            failed = False
+        except (OSError, asyncio.TimeoutError, ConnectionError) as error:
+            log.warning("snapshot to member %d at %s failed: %s", message.to, address, error or "timed out")
+        finally:
+            if link.transport is not None:
+                link.transport.close()
         self.on_snapshot_sent(message.to, failed)
+
+    @staticmethod
+    async def _deliver_snapshot(link: _Link, address: str, head: bytes, data: bytes) -> None:
+        await asyncio.get_running_loop().create_connection(lambda: link, *host_and_port(address))
+        link.transport.write(frame(HELLO_SNAPSHOT) + frame(head))
+        for start in range(0, len(data), SNAPSHOT_CHUNK_BYTES):
+            link.transport.write(frame(data[start:start + SNAPSHOT_CHUNK_BYTES]))
+        link.transport.write(frame(b""))
+        while not link.frames:  # the receipt: the follower has it whole
+            if link.lost.done():
+                raise ConnectionError("the follower closed the connection before it had the snapshot")
+            link.frame_arrived.clear()
+            await link.frame_arrived.wait()
 
     def stats(self, member_id: int) -> PeerStats:
         return self._peers[member_id].stats
 
     async def _send_loop(self, member_id: int, peer: _Peer) -> None:
+        """Keep a connection to the peer: dial, hand over what waited, redial once it is lost."""
+        loop = asyncio.get_running_loop()
         backoff = self.redial_backoff_min_seconds
         while True:
             peer.stats.dials += 1
-            channel = grpc.aio.insecure_channel(
-                peer.address, options=[("grpc.max_send_message_length", MESSAGE_BYTES_MAX)]
-            )
+            link = _Link()
             try:
-                await asyncio.wait_for(channel.channel_ready(), backoff)
-                stream = channel.stream_unary(RAFT_METHOD, request_serializer=_identity,
-                                              response_deserializer=_identity)
-                call = stream(self._drain(member_id, peer))
-                backoff = self.redial_backoff_min_seconds
-                await call
-            except (grpc.aio.AioRpcError, asyncio.TimeoutError, OSError) as error:
+                await asyncio.wait_for(loop.create_connection(lambda: link, *host_and_port(peer.address)), backoff)
+            except (OSError, asyncio.TimeoutError) as error:
                 log.debug("peer %d at %s unreachable: %s", member_id, peer.address, error)
+                # What waited while the peer was away is stale by now: raft will resend.
+                peer.stats.batches_dropped += len(peer.waiting)
+                peer.waiting.clear()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.redial_backoff_max_seconds)
+                continue
+            backoff = self.redial_backoff_min_seconds
+            waiting, peer.waiting = peer.waiting, []
+            link.transport.write(frame(HELLO_RAFT) + b"".join(frame(batch) for batch in waiting))
+            peer.stats.batches_sent += len(waiting)
+            self.bytes_sent[member_id] = self.bytes_sent.get(member_id, 0) + sum(map(len, waiting))
+            peer.link = link
+            try:
+                await link.lost
             finally:
-                await channel.close()
-            # Whatever queued while the peer was away is stale by now: raft will resend.
-            self._discard_queued(peer)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.redial_backoff_max_seconds)
-
-    async def _drain(self, member_id: int, peer: _Peer):
-        while True:
-            batch = await peer.queue.get()
-            peer.stats.batches_sent += 1
-            self.bytes_sent[member_id] = self.bytes_sent.get(member_id, 0) + len(batch)
-            yield batch
-
-    @staticmethod
-    def _discard_queued(peer: _Peer) -> None:
-        while not peer.queue.empty():
-            peer.queue.get_nowait()
-            peer.stats.batches_dropped += 1
+                peer.link = None
+                link.transport.close()
+            log.debug("connection to peer %d at %s lost", member_id, peer.address)
 
     async def stop(self) -> None:
         for member_id in list(self._peers):
             self.remove_peer(member_id)
         if self._server is not None:
-            await self._server.stop(grace=None)
+            self._server.close()
             self._server = None
+        for incoming in list(self.incoming):
+            incoming.transport.close()
+
+
+class _Incoming(asyncio.Protocol):
+    """A connection from a peer: raft batches, or one snapshot."""
+
+    def __init__(self, transport: PeerTransport):
+        self.owner = transport
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self._reader = FrameReader()
+        self._kind: bytes | None = None
+        self._chunks: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.peer = "%s:%s" % transport.get_extra_info("peername")[:2]
+        self.owner.incoming.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.owner.incoming.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._reader.feed(data)
+        except FrameError as error:
+            log.warning("closing a peer connection from %s: %s", self.peer, error)
+            self.transport.close()
+            return
+        if frames and self._kind is None:
+            self._kind = frames.pop(0)
+            if self._kind not in (HELLO_RAFT, HELLO_SNAPSHOT):
+                log.warning("closing a peer connection from %s: unknown stream %r", self.peer, self._kind[:64])
+                self.transport.close()
+                return
+        if not frames:
+            return
+        if self._kind == HELLO_RAFT:
+            self.owner.received_batches(frames, self.peer)
+            return
+        for chunk in frames:
+            if chunk:
+                self._chunks.append(chunk)
+                continue
+            if self.owner.received_snapshot(self._chunks, self.peer):
+                self.transport.write(frame(b""))  # the receipt
+            self.transport.close()
+            return

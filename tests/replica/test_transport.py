@@ -1,14 +1,13 @@
-"""The peer transport over real gRPC on 127.0.0.1: delivery, order, drops, redial, bad bytes."""
+"""The peer transport over real TCP on 127.0.0.1: delivery, order, drops, redial, bad bytes."""
 
 import asyncio
 import socket
 
-import grpc
-
 from shards.raft.messages import Message, MessageType
 from shards.raft.storage import ConfState, Entry, Snapshot, SnapshotMeta
 from shards.raft_wire import encode_messages
-from shards.transport import RAFT_METHOD, SEND_QUEUE_BATCHES_MAX, PeerTransport
+from shards.transport import HELLO_RAFT, HELLO_SNAPSHOT, SEND_QUEUE_BATCHES_MAX, PeerTransport
+from tessera.api.internal_stream import frame
 
 FAST_REDIAL = dict(redial_backoff_min_seconds=0.02, redial_backoff_max_seconds=0.1)
 
@@ -125,18 +124,14 @@ def test_malformed_batches_are_dropped_and_counted():
         b = PeerTransport(2, "127.0.0.1:0", inbox, **FAST_REDIAL)
         await b.start()
         try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{b.port}") as channel:
-                call = channel.stream_unary(RAFT_METHOD, request_serializer=lambda x: x,
-                                            response_deserializer=lambda x: x)
-
-                async def batches():
-                    yield b"\xff\xff\xff\xffgarbage"
-                    yield encode_messages([heartbeat(2, 5)])
-
-                await call(batches())
+            _, writer = await asyncio.open_connection("127.0.0.1", b.port)
+            writer.write(frame(HELLO_RAFT) + frame(b"\xff\xff\xff\xffgarbage")
+                         + frame(encode_messages([heartbeat(2, 5)])))
+            await writer.drain()
             await inbox.wait_for(1)
             assert b.batches_malformed == 1 and b.batches_received == 1
             assert inbox.messages == [heartbeat(2, 5)]
+            writer.close()
         finally:
             await b.stop()
 
@@ -193,6 +188,26 @@ def test_a_snapshot_streams_in_chunks_apart_from_raft_traffic_and_reports_delive
             assert sorted(reports) == [(2, False), (3, True)]
         finally:
             await a.stop()
+            await b.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_bad_stream_or_snapshot_is_refused_and_counted():
+    async def scenario():
+        inbox = Inbox()
+        b = PeerTransport(2, "127.0.0.1:0", inbox, **FAST_REDIAL)
+        await b.start()
+        try:
+            for sent in (frame(b"tessera.Peer/Nothing"),  # an unknown stream
+                         frame(HELLO_RAFT) + b"\xff\xff\xff\xff",  # a frame of 4 GiB
+                         frame(HELLO_SNAPSHOT) + frame(encode_messages([heartbeat(2, 5)])) + frame(b"")):
+                reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
+                writer.write(sent)
+                assert await asyncio.wait_for(reader.read(), 5.0) == b""  # closed, and no receipt
+                writer.close()
+            assert b.batches_malformed == 1 and inbox.messages == []  # the snapshot without a snapshot
+        finally:
             await b.stop()
 
     asyncio.run(scenario())
