@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import queue
@@ -381,6 +382,12 @@ class EtcdServer:
             time.sleep(0.05)
         raise AssertionError(f"etcd not healthy within {STARTUP_SECONDS} s\n{self.log_tail()}")
 
+    def etcdctl(self, *args: str) -> str:
+        """stdout of an etcdctl 3.5 command against this server that must succeed."""
+        code, out, err = run_etcdctl(etcdctl_path(), self.endpoint, *args)
+        assert code == 0, f"etcdctl {args} against {self.endpoint}: {err}"
+        return out
+
     def log_tail(self, chars: int = 4000) -> str:
         try:
             return (self.directory / "etcd.log").read_text(errors="replace")[-chars:]
@@ -408,3 +415,17 @@ class EtcdServer:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def write_snapshot(path: Path, database: bytes) -> Path:
+    """A bbolt database as etcd's snapshot files hold one: followed by its sha256."""
+    path.write_bytes(database + hashlib.sha256(database).digest())
+    return path
+
+
+def restored_etcd(database: bytes, directory: Path) -> EtcdServer:
+    """An etcd 3.5 (to start with `with`) whose data dir etcdutl restores from `database`."""
+    etcd_path()  # ToolUnavailable before anything is written
+    directory.mkdir(parents=True, exist_ok=True)
+    return EtcdServer(name="restored", directory=directory / "etcd",
+                      snapshot=write_snapshot(directory / "restored.snapshot", database))

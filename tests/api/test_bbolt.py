@@ -9,7 +9,6 @@ etcd-3.5.1.snapshot.json is that etcd's own `get --prefix -w json` at the time.
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import random
@@ -66,8 +65,7 @@ def written(buckets, page_size: int = 4096) -> bytes:
 
 
 def etcdutl_status(data: bytes, tmp_path: Path) -> dict:
-    path = tmp_path / "status.db"
-    path.write_bytes(data + hashlib.sha256(data).digest())
+    path = etcd_tools.write_snapshot(tmp_path / "status.db", data)
     result = subprocess.run([str(_tool(etcd_tools.etcdutl_path)), "snapshot", "status", str(path), "-w", "json"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -151,16 +149,10 @@ def test_etcds_file_written_again_reads_the_same_and_etcdutl_hashes_it_the_same(
 
 
 def test_etcd_restored_from_the_written_file_serves_what_etcd_served(tmp_path):
-    _tool(etcd_tools.etcd_path)
     reader = BoltReader(GOLDEN)
     data = written([(name, as_spec(bucket)) for name, bucket in reader.buckets()])
-    snapshot = tmp_path / "rewritten.snapshot"
-    snapshot.write_bytes(data + hashlib.sha256(data).digest())
-    with etcd_tools.EtcdServer(name="restored", directory=tmp_path / "etcd", snapshot=snapshot) as etcd:
-        code, out, err = etcd_tools.run_etcdctl(etcd_tools.etcdctl_path(), etcd.endpoint,
-                                                "get", "", "--prefix", "-w", "json")
-    assert code == 0, err
-    answer = json.loads(out)
+    with _tool(lambda: etcd_tools.restored_etcd(data, tmp_path)) as etcd:
+        answer = json.loads(etcd.etcdctl("get", "", "--prefix", "-w", "json"))
     assert answer["kvs"] == ETCD_VIEW["kvs"]
     assert answer["header"]["revision"] == ETCD_VIEW["header"]["revision"]
 
