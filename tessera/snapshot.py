@@ -22,10 +22,17 @@ restore leaves nothing that `tessera up` would start:
     addresses, the shard map, and the lease records as saved (remaining TTLs
     as of their last checkpoint).
 
+A snapshot etcd wrote (no `tessera` bucket) is imported instead: a new
+cluster of `tessera up`'s groups and map, every record of etcd's `key` bucket
+(the history it had not compacted, tombstones included) in the store of the
+group the map gives its key, at etcd's revision and compaction
+(MvccStore.load_history), and etcd's leases as lease records.
+
 No raft log is written: `tessera up --data-dir DIR` starts every group as a
 new one, and each group's first write gets a revision above R. The history
-before R is not in a snapshot: reads and watches below R are refused as
-compacted.
+before R is not in a Tessera snapshot: reads and watches below R are refused
+as compacted (an imported etcd snapshot keeps etcd's history down to its
+compaction).
 """
 
 from __future__ import annotations
@@ -53,13 +60,14 @@ from router.snapshot import (
     TESSERA_BUCKET,
 )
 from shards.durable import fsync_directory
-from shards.mvcc import MvccStore
+from shards.mvcc import FIRST_REVISION, MvccStore
 from tessera.api import etcd_backend as etcd
 from tessera.api import rpc_pb2_grpc
 from tessera.api.bbolt import BoltFormatError, BoltReader, Bucket
 from tessera.api.internal_pb2 import ClusterRecord, GroupRecord, LeaseRecord, Member, SnapshotHeader
 from tessera.api.internal_pb2 import ShardMap as ShardMapRecord
 from tessera.api.kv_pb2 import KeyValue
+from tessera.api.lease_pb2 import Lease
 from tessera.api.meta_keys import CLUSTER_KEY, META_GROUP, SHARDS_KEY, group_key, lease_key
 from tessera.api.rpc_pb2 import SnapshotRequest
 from tessera.launcher import LAYOUT_FILE, Layout, replica_data_dir
@@ -81,9 +89,12 @@ class SnapshotSummary:
     keys: int
     leases: int
     size_bytes: int
+    history_records: int | None = None  # a snapshot etcd wrote: the records of its history
 
     def __str__(self) -> str:
-        return (f"revision {self.revision}: {self.keys} keys in {self.groups} groups, {self.leases} leases, "
+        where = f"in {self.groups} groups" if self.groups else "written by etcd"
+        history = f" ({self.history_records} records of history)" if self.history_records is not None else ""
+        return (f"revision {self.revision}: {self.keys} keys{history} {where}, {self.leases} leases, "
                 f"{size_text(self.size_bytes)}")
 
 
@@ -156,8 +167,7 @@ class TesseraContents:
     def __init__(self, database: BoltReader, path: Path):
         bucket = database.bucket(TESSERA_BUCKET)
         if bucket is None:
-            raise SnapshotError(f"{path}: no {TESSERA_BUCKET.decode()} bucket: a snapshot etcd wrote, "
-                                f"which this Tessera cannot import yet")
+            raise SnapshotError(f"{path}: no {TESSERA_BUCKET.decode()} bucket: not a Tessera snapshot")
         header, shard_map = bucket.get(HEADER_KEY), bucket.get(SHARD_MAP_KEY)
         groups, leases = bucket.bucket(GROUPS_BUCKET), bucket.bucket(LEASES_BUCKET)
         if not isinstance(header, bytes) or not isinstance(shard_map, bytes) or groups is None or leases is None:
@@ -175,10 +185,86 @@ class TesseraContents:
         return sum(entry.keys for entry in self.header.groups)
 
 
-def key_values(keys: Bucket, revision: int) -> Iterator[KeyValue]:
+class EtcdHistory:
+    """A snapshot etcd wrote (no tessera bucket): its history, revision, compaction and leases.
+
+    etcd's revision is its last change's, or its compaction's if that is higher
+    (etcd's own rule on start); the compaction is the one etcd finished, or the
+    one it had scheduled (etcd resumes that on start). A lease that live keys
+    name but the lease bucket lacks is taken as revoked, as a Tessera snapshot
+    takes it: the restored cluster finishes the revoke.
+    """
+
+    def __init__(self, database: BoltReader, path: Path):
+        buckets = {name: database.bucket(name) for name in (etcd.KEY_BUCKET, etcd.META_BUCKET, etcd.LEASE_BUCKET)}
+        missing = [name.decode() for name, bucket in buckets.items() if bucket is None]
+        if missing:
+            raise SnapshotError(f"{path}: neither Tessera's nor etcd's snapshot: no {', '.join(missing)} bucket")
+        self.path = path
+        self.keys_bucket = buckets[etcd.KEY_BUCKET]
+        meta = buckets[etcd.META_BUCKET]
+        self.compacted = max((codec.decode_revision(value)[0] for value in (
+            meta.get(etcd.FINISHED_COMPACT_KEY), meta.get(etcd.SCHEDULED_COMPACT_KEY)) if isinstance(value, bytes)),
+            default=0)
+        self.records = last = 0
+        leases_of_keys: dict[bytes, int] = {}  # live key -> its lease
+        self.live_keys = set()
+        for _, kv, (main, _, tombstone) in self.history():
+            self.records += 1
+            last = main
+            if tombstone:
+                self.live_keys.discard(kv.key)
+                leases_of_keys.pop(kv.key, None)
+            else:
+                self.live_keys.add(kv.key)
+                leases_of_keys[kv.key] = kv.lease
+        self.revision = max(last, self.compacted, FIRST_REVISION)
+        self.leases = [LeaseRecord(id=lease.ID, ttl=lease.TTL, remaining_ttl=lease.RemainingTTL)
+                       for lease in (Lease.FromString(value) for _, value in buckets[etcd.LEASE_BUCKET].items())]
+        known = {lease.id for lease in self.leases}
+        self.leases += [LeaseRecord(id=lease_id, revoked=True)
+                        for lease_id in sorted(set(leases_of_keys.values()) - known - {0})]
+
+    def history(self) -> Iterator[tuple[bytes, KeyValue, tuple[int, int, bool]]]:
+        """Every record of the key bucket: (revision key, record, (main, sub, tombstone)), in revision order."""
+        for revision_key, value in self.keys_bucket.items():
+            yield revision_key, KeyValue.FromString(value), _revision_of(self.path, revision_key)
+
+    def summary(self) -> SnapshotSummary:
+        return SnapshotSummary(self.revision, 0, len(self.live_keys), len(self.leases), self.path.stat().st_size,
+                               history_records=self.records)
+
+
+def _import_etcd(history: EtcdHistory, staging: Path, listen: str, progress: Progress) -> SnapshotSummary:
+    """A snapshot etcd wrote, as a new cluster of `tessera up`'s groups and map: each key's whole
+    uncompacted history (revisions, versions, leases as etcd kept them) in the group the map gives it."""
+    layout = Layout.new(listen)
+    shard_map = ShardMap.initial(layout.prefixes, layout.default_group)
+    groups = _layout_groups(layout)
+    done = 0
+    for group in sorted(groups.keys() - {META_GROUP}):
+        # One pass over the key bucket per group: memory stays one page, whatever the snapshot's size.
+        mine = ((revision_key, kv) for revision_key, kv, _ in history.history() if shard_map.group_of(kv.key) == group)
+        pages = _pages(mine, lambda count: progress.count(done + count, history.records, "importing etcd's history"))
+        done += _load_store(staging, groups[group],
+                            lambda store: store.load_history(pages, history.revision, history.compacted))
+    _finish_meta(staging, layout, shard_map.to_record(), history.leases, history.revision)
+    summary = history.summary()
+    summary.groups = len(groups) - 1
+    return summary
+
+
+def _revision_of(path: Path, revision_key: bytes) -> tuple[int, int, bool]:
+    try:
+        return codec.decode_revision(revision_key)
+    except codec.CodecError:
+        raise SnapshotError(f"{path}: key bucket key {revision_key.hex()} is not a revision") from None
+
+
+def key_values(path: Path, keys: Bucket, revision: int) -> Iterator[KeyValue]:
     """The records of a Tessera snapshot's `key` bucket, each checked to be a key live at `revision`."""
     for revision_key, value in keys.items():
-        main, _, tombstone = codec.decode_revision(revision_key)
+        main, _, tombstone = _revision_of(path, revision_key)
         kv = KeyValue.FromString(value)
         if tombstone or kv.mod_revision != main or main > revision:
             raise SnapshotError(f"revision key {revision_key.hex()} ({kv.key!r}) is not a key live at the "
@@ -195,8 +281,10 @@ def status(path: Path, progress: Progress, checksum_verified: bool = False) -> S
         problems = database.check()
         if problems:
             raise SnapshotError(f"{path}: the database's pages are not whole: " + "; ".join(problems[:10]))
+        if database.bucket(TESSERA_BUCKET) is None:
+            return EtcdHistory(database, path).summary()
         contents = TesseraContents(database, path)
-        keys = sum(1 for _ in key_values(database.bucket(etcd.KEY_BUCKET), contents.header.revision))
+        keys = sum(1 for _ in key_values(path, database.bucket(etcd.KEY_BUCKET), contents.header.revision))
     except BoltFormatError as error:
         raise SnapshotError(f"{path}: {error}") from None
     if keys != contents.keys:
@@ -234,6 +322,8 @@ def restore(path: str | os.PathLike, data_dir: str | os.PathLike, listen: str,
 
 def _restore_into(database: BoltReader, path: Path, staging: Path, listen: str,
                   progress: Progress) -> SnapshotSummary:
+    if database.bucket(TESSERA_BUCKET) is None:
+        return _import_etcd(EtcdHistory(database, path), staging, listen, progress)
     contents = TesseraContents(database, path)
     revision = contents.header.revision
     shard_map = ShardMap.from_record(contents.shard_map)
@@ -243,10 +333,10 @@ def _restore_into(database: BoltReader, path: Path, staging: Path, listen: str,
         if group == META_GROUP:
             continue
         # One pass over the key bucket per group: memory stays one page, whatever the snapshot's size.
-        mine = (kv for kv in key_values(database.bucket(etcd.KEY_BUCKET), revision)
+        mine = (kv for kv in key_values(path, database.bucket(etcd.KEY_BUCKET), revision)
                 if shard_map.group_of(kv.key) == group)
-        count = _load_store(staging, record, revision, _pages(mine, lambda count: progress.count(
-            loaded + count, contents.keys, "restoring keys")))
+        pages = _pages(mine, lambda count: progress.count(loaded + count, contents.keys, "restoring keys"))
+        count = _load_store(staging, record, lambda store: store.bulk_load(pages, revision))
         if count != counts.get(group, 0):
             raise SnapshotError(f"{path}: group {group} has {count} keys by the shard map; "
                                 f"the header counts {counts.get(group, 0)}")
@@ -255,10 +345,15 @@ def _restore_into(database: BoltReader, path: Path, staging: Path, listen: str,
         raise SnapshotError(f"{path}: {loaded} keys belong to the snapshot's groups; the header counts "
                             f"{contents.keys}")
     layout = _layout(contents.groups, shard_map, listen)
-    _load_store(staging, _layout_groups(layout)[META_GROUP], revision,
-                [_meta_records(layout, contents.shard_map, contents.leases, revision)])
-    layout.save(staging / LAYOUT_FILE)
+    _finish_meta(staging, layout, contents.shard_map, contents.leases, revision)
     return SnapshotSummary(revision, len(contents.groups) - 1, loaded, len(contents.leases), path.stat().st_size)
+
+
+def _finish_meta(staging: Path, layout: Layout, shard_map: ShardMapRecord, leases, revision: int) -> None:
+    """The meta group's store (the cluster, groups, map and leases at `revision`), and the layout file."""
+    records = _meta_records(layout, shard_map, leases, revision)
+    _load_store(staging, _layout_groups(layout)[META_GROUP], lambda store: store.bulk_load([records], revision))
+    layout.save(staging / LAYOUT_FILE)
 
 
 def _pages(kvs: Iterator[KeyValue], report) -> Iterator[list[KeyValue]]:
@@ -270,16 +365,16 @@ def _pages(kvs: Iterator[KeyValue], report) -> Iterator[list[KeyValue]]:
         report(count)
 
 
-def _load_store(staging: Path, group: GroupRecord, revision: int, pages) -> int:
-    """Load the first member's store, then copy its database to the others; the keys loaded."""
+def _load_store(staging: Path, group: GroupRecord, fill):
+    """Fill the first member's store (`fill(store)`), then copy its database to the others; what fill gave."""
     members = sorted(member.id for member in group.members)
     if not members:
         raise SnapshotError(f"group {group.id} has no members in the snapshot")
     first = _store_path(staging, group.id, members[0])
     with MvccStore.open(first) as store:
         try:
-            count = store.bulk_load(pages, revision)
-        except ValueError as error:  # whole, yet not a snapshot this revision can hold
+            result = fill(store)
+        except ValueError as error:  # whole, yet not a history this store can hold
             raise SnapshotError(f"group {group.id}: {error}") from None
     for member in members[1:]:
         copy = _store_path(staging, group.id, member)
@@ -288,7 +383,7 @@ def _load_store(staging: Path, group: GroupRecord, revision: int, pages) -> int:
         with open(copy / "data.mdb", "rb+") as file:
             os.fsync(file.fileno())
         fsync_directory(copy)
-    return count
+    return result
 
 
 def _store_path(staging: Path, group: int, member: int) -> Path:
