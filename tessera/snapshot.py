@@ -192,7 +192,8 @@ class EtcdHistory:
     (etcd's own rule on start); the compaction is the one etcd finished, or the
     one it had scheduled (etcd resumes that on start). A lease that live keys
     name but the lease bucket lacks is taken as revoked, as a Tessera snapshot
-    takes it: the restored cluster finishes the revoke.
+    takes it: the restored cluster finishes the revoke. Reading it takes one
+    pass over the history, holding the live keys (not their values).
     """
 
     def __init__(self, database: BoltReader, path: Path):
@@ -203,7 +204,7 @@ class EtcdHistory:
         self.path = path
         self.keys_bucket = buckets[etcd.KEY_BUCKET]
         meta = buckets[etcd.META_BUCKET]
-        self.compacted = max((codec.decode_revision(value)[0] for value in (
+        self.compacted = max((_revision_of(path, value)[0] for value in (
             meta.get(etcd.FINISHED_COMPACT_KEY), meta.get(etcd.SCHEDULED_COMPACT_KEY)) if isinstance(value, bytes)),
             default=0)
         self.records = last = 0

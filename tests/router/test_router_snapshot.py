@@ -36,7 +36,7 @@ from router.snapshot import (
 )
 from tessera import snapshot
 from tessera.api import etcd_backend
-from tessera.api.bbolt import BoltReader
+from tessera.api.bbolt import BoltReader, BucketSpec, write_bolt
 from tessera.api.internal_pb2 import GroupRecord, LeaseRecord, Member, ShardMap, SnapshotGroupKeys, SnapshotHeader
 from tessera.api.kv_pb2 import KeyValue
 from tessera.api.lease_pb2 import Lease
@@ -414,3 +414,21 @@ def test_a_snapshot_etcd_wrote_restores_with_its_history_revisions_and_leases(tm
         assert (lease_now["granted-ttl"], lease_now["keys"]) == (lease_then["granted-ttl"], lease_then["keys"])
         code, out, err = tessera_ctl("put", "/top/after", "a", "-w", "json")
         assert code == 0 and json.loads(out)["header"]["revision"] == current + 1, err
+
+
+def test_status_of_a_snapshot_etcd_wrote_counts_its_live_keys_history_and_leases():
+    golden = Path(__file__).parents[1] / "api" / "etcd-3.5.1.snapshot"  # see tests/api/make_etcd_snapshot_golden.py
+    checked = tessera("snapshot", "status", str(golden))
+    assert checked.returncode == 0, checked.stderr
+    # 158 records (revisions 2 to 158, two at 6: a txn); 156 keys, /b deleted: 155 live.
+    assert "revision 158: 155 keys (158 records of history) written by etcd, 1 leases" in checked.stdout
+
+
+def test_a_bbolt_file_that_is_no_snapshot_is_refused_saying_what_it_lacks(tmp_path):
+    with tempfile.TemporaryFile() as file:
+        write_bolt(file, [(b"key", BucketSpec())])
+        file.seek(0)
+        other = etcd_tools.write_snapshot(tmp_path / "other.snapshot", file.read())
+    refused = tessera("snapshot", "restore", str(other), "--data-dir", str(tmp_path / "restored"))
+    assert refused.returncode == 1
+    assert "neither Tessera's nor etcd's snapshot: no meta, lease bucket" in refused.stderr
