@@ -37,7 +37,7 @@ and a real etcd starts from the restored data dir:
               Tessera's raft indexes are its groups', none is etcd's, and 0 is
               what etcd reads as "none saved", so an etcd restored by etcdutl
               applies every entry after its restore.
-    lease     every lease: id (8 bytes, big-endian) -> leasepb.Lease {ID, TTL,
+    lease     every lease: id (int64, 8 bytes big-endian) -> leasepb.Lease {ID, TTL,
               RemainingTTL}. A lease marked revoked is given TTL 1, so etcd
               expires it (after its minimum TTL) and deletes its keys: the
               revoke Tessera had under way, finished.
@@ -50,7 +50,7 @@ and a real etcd starts from the restored data dir:
                 shard_map   ShardMap (a range still moving is left out: it holds
                             no keys, and restored it would refuse writes for good)
                 groups      bucket: group id (8 bytes, big-endian) -> GroupRecord
-                leases      bucket: lease id (8 bytes, big-endian) -> LeaseRecord,
+                leases      bucket: lease id (as etcd's lease bucket) -> LeaseRecord,
                             with Tessera's revoked mark and remaining TTL
               Each key's group is the one the shard map gives it.
 
@@ -169,15 +169,15 @@ def write_database(cut: ClusterCut, file: BinaryIO) -> None:
     """The snapshot's bbolt database (layout above) into `file`."""
     revision = cut.header.revision
     compacted = codec.encode_revision(revision, 0)
-    leases = sorted(cut.leases.items())
-    etcd_leases = [(etcd.u64(lease_id), Lease(ID=lease_id, TTL=REVOKED_LEASE_TTL if record.revoked else record.ttl,
-                                              RemainingTTL=0 if record.revoked else record.remaining_ttl)
-                    .SerializeToString()) for lease_id, record in leases]
+    leases = sorted((etcd.lease_id_key(lease_id), record) for lease_id, record in cut.leases.items())
+    etcd_leases = [(key, Lease(ID=record.id, TTL=REVOKED_LEASE_TTL if record.revoked else record.ttl,
+                               RemainingTTL=0 if record.revoked else record.remaining_ttl).SerializeToString())
+                   for key, record in leases]
     tessera = BucketSpec([
         (GROUPS_BUCKET, BucketSpec([(etcd.u64(group), record.SerializeToString())
                                     for group, record in sorted(cut.groups.items())])),
         (HEADER_KEY, cut.header.SerializeToString()),
-        (LEASES_BUCKET, BucketSpec([(etcd.u64(lease_id), record.SerializeToString()) for lease_id, record in leases])),
+        (LEASES_BUCKET, BucketSpec([(key, record.SerializeToString()) for key, record in leases])),
         (SHARD_MAP_KEY, cut.shard_map.SerializeToString()),
     ])
     buckets = {

@@ -12,7 +12,7 @@ it (server/mvcc/buckets, mvcc/revision.go, lease/lessor.go, etcd 3.5):
               big-endian); scheduledCompactRev, finishedCompactRev: compactions
               (a 17-byte revision key of main revision R, sub 0); confState:
               JSON of the raft membership.
-    lease     lease id (8 bytes big-endian) -> leasepb.Lease.
+    lease     lease id (int64, its 8 bytes big-endian) -> leasepb.Lease.
     members   member id (hex) -> JSON {"id", "peerURLs", "name"?, "isLearner"?};
     members_removed, alarm, auth, authUsers, authRoles: as their names say.
     cluster   clusterVersion -> "3.5.0".
@@ -49,6 +49,7 @@ AUTH_REVISION_KEY = b"authRevision"
 CLUSTER_VERSION = b"3.5.0"
 
 _U64 = struct.Struct(">Q")
+_LEASE_ID = struct.Struct(">q")  # etcd's lease ids are int64, stored as their 8 bytes (uint64(id))
 # Revision keys are native.codec's encode_revision/decode_revision (this module imports nothing of ours).
 
 
@@ -60,3 +61,14 @@ def parse_u64(data: bytes, what: str) -> int:
     if len(data) != _U64.size:
         raise ValueError(f"{what} is {len(data)} bytes, not {_U64.size}")
     return _U64.unpack(data)[0]
+
+
+def lease_id_key(lease_id: int) -> bytes:
+    """The lease bucket's key of a lease: a negative id sorts after every positive one, as in etcd's."""
+    return _LEASE_ID.pack(lease_id)
+
+
+def parse_lease_id_key(data: bytes) -> int:
+    if len(data) != _LEASE_ID.size:
+        raise ValueError(f"a lease id key is {len(data)} bytes, not {_LEASE_ID.size}")
+    return _LEASE_ID.unpack(data)[0]

@@ -120,7 +120,7 @@ def test_etcds_meta_and_lease_buckets():
     assert etcd_backend.parse_u64(meta.get(etcd_backend.CONSISTENT_INDEX_KEY), "consistent_index") > 0
     assert etcd_backend.parse_u64(meta.get(etcd_backend.TERM_KEY), "term") >= 1
     leases = list(reader.bucket(etcd_backend.LEASE_BUCKET).items())
-    assert [(etcd_backend.parse_u64(key, "lease id"), Lease.FromString(value).ID, Lease.FromString(value).TTL)
+    assert [(etcd_backend.parse_lease_id_key(key), Lease.FromString(value).ID, Lease.FromString(value).TTL)
             for key, value in leases] == [(ETCD_VIEW["lease"], ETCD_VIEW["lease"], 600)]
     assert reader.bucket(etcd_backend.CLUSTER_BUCKET).get(etcd_backend.CLUSTER_VERSION_KEY) == b"3.5.0"
     assert reader.bucket(b"no such bucket") is None

@@ -82,7 +82,8 @@ def two_groups_one_revision(spool) -> ClusterCut:
                                                                 SnapshotGroupKeys(group=2, keys=1)])
     groups = {group: GroupRecord(id=group, members=[Member(id=1)]) for group in (0, 1, 2)}
     return ClusterCut(header, ShardMap(default_group=1), groups,
-                      {5: LeaseRecord(id=5, ttl=60, remaining_ttl=42), 6: LeaseRecord(id=6, revoked=True)}, keys)
+                      {5: LeaseRecord(id=5, ttl=60, remaining_ttl=42), 6: LeaseRecord(id=6, revoked=True),
+                       -5: LeaseRecord(id=-5, ttl=30)}, keys)  # etcd takes any non-zero int64 id
 
 
 def test_keys_two_groups_gave_one_revision_get_sub_revisions_of_their_own():
@@ -97,11 +98,13 @@ def test_keys_two_groups_gave_one_revision_get_sub_revisions_of_their_own():
     assert meta[etcd_backend.FINISHED_COMPACT_KEY] == meta[etcd_backend.SCHEDULED_COMPACT_KEY] == \
         codec.encode_revision(12, 0)
     assert meta[etcd_backend.CONSISTENT_INDEX_KEY] == etcd_backend.u64(0)
-    assert [Lease.FromString(value) for _, value in database.bucket(etcd_backend.LEASE_BUCKET).items()] == [
-        Lease(ID=5, TTL=60, RemainingTTL=42), Lease(ID=6, TTL=REVOKED_LEASE_TTL)]
+    # Keyed as etcd keys them: the id's 8 bytes, so a negative id comes last.
+    assert [(etcd_backend.parse_lease_id_key(key), Lease.FromString(value)) for key, value in database.bucket(
+        etcd_backend.LEASE_BUCKET).items()] == [(5, Lease(ID=5, TTL=60, RemainingTTL=42)),
+                                                (6, Lease(ID=6, TTL=REVOKED_LEASE_TTL)), (-5, Lease(ID=-5, TTL=30))]
     tessera = database.bucket(TESSERA_BUCKET)
     assert [LeaseRecord.FromString(value) for _, value in tessera.bucket(LEASES_BUCKET).items()] == [
-        LeaseRecord(id=5, ttl=60, remaining_ttl=42), LeaseRecord(id=6, revoked=True)]
+        LeaseRecord(id=5, ttl=60, remaining_ttl=42), LeaseRecord(id=6, revoked=True), LeaseRecord(id=-5, ttl=30)]
     assert [name for name, _ in database.buckets()] == sorted([*etcd_backend.ETCD_BUCKETS, TESSERA_BUCKET])
 
 
@@ -292,9 +295,9 @@ def test_keys_of_a_lease_the_meta_group_no_longer_has_are_saved_with_the_lease_m
     assert saved.returncode == 0, saved.stderr
     database = BoltReader(file.read_bytes())
     saved_leases = database.bucket(TESSERA_BUCKET).bucket(LEASES_BUCKET)
-    assert LeaseRecord.FromString(saved_leases.get(etcd_backend.u64(lease))) == LeaseRecord(id=lease, revoked=True)
+    assert LeaseRecord.FromString(saved_leases.get(etcd_backend.lease_id_key(lease))) == LeaseRecord(id=lease, revoked=True)
     # etcd's bucket has it with the shortest TTL: a restored etcd finishes the revoke too.
-    assert Lease.FromString(database.bucket(etcd_backend.LEASE_BUCKET).get(etcd_backend.u64(lease))) == Lease(
+    assert Lease.FromString(database.bucket(etcd_backend.LEASE_BUCKET).get(etcd_backend.lease_id_key(lease))) == Lease(
         ID=lease, TTL=REVOKED_LEASE_TTL)
     assert any(KeyValue.FromString(value).lease == lease
                for _, value in database.bucket(etcd_backend.KEY_BUCKET).items())
