@@ -67,9 +67,7 @@ async def bootstrap_cluster(groups: dict[int, dict[int, tuple[str, str]]], prefi
     `groups`: group -> member -> (peer address, internal API address), group 0 included.
     """
     members = {member: api for member, (_, api) in groups[META_GROUP].items()}
-    shard_map = ShardMap([], default_group)
-    for prefix, group in sorted(prefixes.items()):
-        shard_map = shard_map.assign(prefix, group)
+    shard_map = ShardMap.initial(prefixes, default_group)
     records = [_put_op(CLUSTER_KEY, ClusterRecord(cluster_id=secrets.randbits(63) or 1)),
                _put_op(SHARDS_KEY, shard_map.to_record())]
     for group_id, group_members in sorted(groups.items()):

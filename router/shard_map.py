@@ -67,6 +67,14 @@ class ShardMap:
         return cls([(r.start, r.end, r.group) for r in record.ranges], record.default_group,
                    [(r.start, r.end, r.group) for r in record.moving])
 
+    @classmethod
+    def initial(cls, prefixes: dict[bytes, int], default_group: int) -> ShardMap:
+        """A new cluster's map: each prefix to its group, every other key to `default_group`."""
+        shard_map = cls([], default_group)
+        for prefix, group in sorted(prefixes.items()):
+            shard_map = shard_map.assign(prefix, group)
+        return shard_map
+
     def to_record(self) -> ShardMapRecord:
         return ShardMapRecord(
             ranges=[ShardRange(start=start, end=end, group=group) for start, end, group in self.ranges],

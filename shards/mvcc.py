@@ -632,37 +632,78 @@ class MvccStore:
         etcd refuses them after a compaction. One write transaction per page; a load
         that fails leaves the pages before it, and the store is to be discarded.
         """
-        if self.applied_index or self.revision != FIRST_REVISION or len(self._index):
-            raise StoreInvariantError(f"bulk_load needs an empty store; {self.path} is not")
         loaded = 0
+
+        def changes(page: Sequence[KeyValue]):
+            nonlocal loaded
+            for kv in page:
+                if not 0 < kv.create_revision <= kv.mod_revision <= revision or kv.version < 1:
+                    raise ValueError(f"key {kv.key!r}: revisions {kv.create_revision}/{kv.mod_revision} "
+                                     f"(version {kv.version}) do not fit a snapshot at {revision}")
+                yield kv.mod_revision, loaded, False, kv
+                loaded += 1
+
+        self._fill((changes(page) for page in pages), revision, compacted=revision, compaction_done=True)
+        return loaded
+
+    def load_history(self, pages: Iterable[Sequence[tuple[bytes, KeyValue]]], revision: int, compacted: int) -> int:
+        """Fill an empty store with history as etcd's backend keeps it; the records loaded.
+
+        `pages` hold (revision key, KeyValue) in revision order, as etcd's `key` bucket
+        does: a put's record as it was written, a tombstone's with only its key (its mod
+        revision is set here, as this store keeps tombstones). The store ends at
+        `revision` and compacted at `compacted` (0: never); history below it that etcd
+        had not removed yet is removed by compaction steps, as after any compaction.
+        Failure leaves a store to be discarded, as bulk_load's does.
+        """
+        loaded = 0
+
+        def changes(page):
+            nonlocal loaded
+            for revision_key, kv in page:
+                main, sub, tombstone = codec.decode_revision(revision_key)
+                if tombstone:
+                    kv = KeyValue(key=kv.key, mod_revision=main)
+                elif not (0 < kv.create_revision <= kv.mod_revision == main <= revision and kv.version >= 1):
+                    raise ValueError(f"key {kv.key!r} at revision {main}: revisions {kv.create_revision}/"
+                                     f"{kv.mod_revision} (version {kv.version}) are not a put's at {main}")
+                yield main, sub, tombstone, kv
+                loaded += 1
+
+        self._fill((changes(page) for page in pages), revision, compacted=compacted, compaction_done=False)
+        return loaded
+
+    def _fill(self, pages, revision: int, compacted: int, compaction_done: bool) -> None:
+        """Write pages of changes (main, sub, tombstone, KeyValue), in revision order per key, into
+        an empty store, then its revision and its compaction, done or still to do."""
+        if self.applied_index or self.revision != FIRST_REVISION or len(self._index):
+            raise StoreInvariantError(f"loading a snapshot needs an empty store; {self.path} is not")
+        leases: dict[bytes, int] = {}  # key -> the lease its latest record has
         try:
             for page in pages:
                 with self._env.begin(write=True) as txn:
-                    for kv in page:
-                        if not 0 < kv.create_revision <= kv.mod_revision <= revision or kv.version < 1:
-                            raise ValueError(f"key {kv.key!r}: revisions {kv.create_revision}/{kv.mod_revision} "
-                                             f"(version {kv.version}) do not fit a snapshot at {revision}")
-                        txn.put(codec.encode_revision(kv.mod_revision, loaded), codec.encode_key_value(
+                    for main, sub, tombstone, kv in page:
+                        txn.put(codec.encode_revision(main, sub, tombstone), codec.encode_key_value(
                             kv.key, kv.create_revision, kv.mod_revision, kv.version, kv.value, kv.lease),
                             db=self._history)
-                        self._index.add(kv.key, kv.mod_revision, loaded)
+                        self._index.add(kv.key, main, sub, tombstone=tombstone)
+                        previous = leases.pop(kv.key, 0)
+                        if previous and previous != kv.lease:
+                            txn.delete(_lease_prefix(previous) + kv.key, db=self._leases)
                         if kv.lease:
+                            leases[kv.key] = kv.lease
                             txn.put(_lease_prefix(kv.lease) + kv.key, b"", db=self._leases)
-                        loaded += 1
                 self._committed_since_durable = True
         except BaseException:
             self._load()  # the page's transaction was aborted: memory must match disk again
             raise
         with self._env.begin(write=True) as txn:
-            for name, value in ((_META_REVISION, revision), (_META_COMPACTED, revision),
-                                (_META_COMPACT_FINISHED, revision)):
+            for name, value in ((_META_REVISION, revision), (_META_COMPACTED, compacted),
+                                (_META_COMPACT_FINISHED, compacted if compaction_done else 0)):
                 txn.put(name, _u64(value), db=self._meta)
         self._committed_since_durable = True
         self.make_durable()
         self._load()
-        return loaded
-
-    # --- maintenance -------------------------------------------------------------------
 
     def hash_kv(self, revision: int = 0) -> tuple[int, int]:
         """(CRC32C over the history readable at `revision`, compacted revision).

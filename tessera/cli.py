@@ -370,7 +370,8 @@ def add_snapshot_commands(commands) -> None:
     status.add_argument("file")
     status.set_defaults(run=command_snapshot_status)
     restore = snapshot_commands.add_parser(
-        "restore", help="make a new cluster's data dir from FILE; then start it with tessera up --data-dir")
+        "restore", help="make a new cluster's data dir from FILE (Tessera's snapshot, or one etcd "
+                   "wrote); then start it with tessera up --data-dir")
     restore.add_argument("file")
     restore.add_argument("--data-dir", required=True, help="the new cluster's data dir (must not exist or be empty)")
     restore.add_argument("--listen", default=DEFAULT_LISTEN,

