@@ -92,6 +92,7 @@ from tessera.api.ordering import effective_sort, sort_results
 from tessera.api.validation import key_in_range
 from tessera.api.kv_pb2 import Event, KeyValue
 from tessera.api.rpc_pb2 import (
+    NONE,
     NOSPACE,
     AlarmMember,
     AlarmRequest,
@@ -572,6 +573,8 @@ class MvccStore:
         member_alarm = (request.memberID, request.alarm)
         alarm_key = _u64(request.memberID) + bytes([request.alarm])
         if request.action == AlarmRequest.ACTIVATE:
+            if request.alarm == NONE:  # etcd raises no alarm of type NONE
+                return response
             self.alarms.add(member_alarm)
             txn.put(alarm_key, b"", db=self._alarms_db)
             response.alarms.add(memberID=request.memberID, alarm=request.alarm)

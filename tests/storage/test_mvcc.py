@@ -14,6 +14,7 @@ from shards.mvcc import (
 from tessera.api import errors
 from tessera.api.kv_pb2 import Event, KeyValue
 from tessera.api.rpc_pb2 import (
+    NONE,
     NOSPACE,
     AlarmRequest,
     Compare,
@@ -414,6 +415,14 @@ def test_nospace_alarm_refuses_writes_that_add_data_until_disarmed(store):
     assert store.put(b"b") == errors.NoSpace()
     store.apply(AlarmRequest(action=AlarmRequest.DEACTIVATE, memberID=1, alarm=NOSPACE))
     assert store.put(b"b").header.revision == 4
+
+
+def test_alarm_none_is_never_raised(store):
+    """etcd's apply ignores ACTIVATE of alarm NONE: nothing is kept, nothing answered."""
+    assert list(store.apply(AlarmRequest(action=AlarmRequest.ACTIVATE, memberID=5, alarm=NONE)).alarms) == []
+    assert list(store.apply(AlarmRequest(action=AlarmRequest.GET)).alarms) == []
+    store.reopen()
+    assert list(store.apply(AlarmRequest(action=AlarmRequest.GET)).alarms) == []
 
 
 def test_quota_exceeded_compares_the_pages_in_use_with_the_quota(tmp_path):
