@@ -458,10 +458,17 @@ class RouterServer:
             yield (await self.router.leases.keep_alive(request.ID)).SerializeToString()
 
     async def _member_list(self, _request) -> MemberListResponse:
+        """The routers, as etcd's members: each has a peer URL, as every etcd member has (tools
+        match members by it). A router has no peer port: its one URL, the client port, is both.
+        etcd's Cluster answers carry no revision in their header."""
         state = await self.meta.load()
-        return MemberListResponse(header=self.router.header(), members=[
-            Member(ID=record.id, name=record.name, clientURLs=[f"http://{record.client_address}"])
-            for record in sorted(state.routers.values(), key=lambda r: r.id)])
+        header = self.router.header()
+        header.ClearField("revision")
+        members = []
+        for record in sorted(state.routers.values(), key=lambda r: r.id):
+            url = f"http://{record.client_address}"
+            members.append(Member(ID=record.id, name=record.name, peerURLs=[url], clientURLs=[url]))
+        return MemberListResponse(header=header, members=members)
 
     async def _move_leader(self, request: MoveLeaderRequest) -> MoveLeaderResponse:
         """etcd's MoveLeader. Each router answers Status as the leader of its own endpoint, and

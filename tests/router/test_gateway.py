@@ -295,7 +295,11 @@ def test_cluster_maintenance_and_auth(gateways):
     for status, answer in pair.send("/v3/maintenance/status", {}):
         assert status == 200 and answer["version"].startswith("3.5.") and answer["leader"] and answer["raftIndex"]
     (_, etcd_members), (_, tessera_members) = pair.send("/v3/cluster/member/list", {})
-    assert set(etcd_members["members"][0]) >= set(tessera_members["members"][0]) >= {"ID", "name", "clientURLs"}
+    assert sorted(tessera_members["header"]) == sorted(etcd_members["header"])  # no revision in either
+    [etcd_member] = etcd_members["members"]
+    for member in tessera_members["members"]:  # ID, name, peerURLs, clientURLs; isLearner false, left out
+        assert set(member) == set(etcd_member) == {"ID", "name", "peerURLs", "clientURLs"}
+        assert all(url.startswith("http://") for url in member["peerURLs"] + member["clientURLs"])
     for status, answer in pair.send("/v3/maintenance/hash", {}):
         assert status == 200 and int(answer["hash"]) > 0, answer
     # A target that is not a member: etcd's gateway and Tessera's give the same error.
