@@ -37,21 +37,29 @@ What etcd 3.5's gateway does (observed on etcd 3.5.1 with curl):
 - HTTP headers become gRPC metadata: `Grpc-Metadata-<Name>` as `<name>` (so
   `Grpc-Metadata-Hasleader: true` is clientv3's WithRequireLeader), and
   Authorization as `authorization`.
+- `Grpc-Timeout: <integer><H|M|S|m|u|n>` is the call's deadline (0: none; a
+  negative one has passed): past it, a unary call answers DEADLINE_EXCEEDED
+  "context deadline exceeded" (504), a stream ends with that error as its last
+  chunk. A value that does not parse is INVALID_ARGUMENT "invalid
+  grpc-timeout: <value>", before the body is read.
 
 Where this differs: JSON that parses but does not fit the request (a string
 where a bool goes, an unknown enum name) gets protobuf's message, not Go's
 (still INVALID_ARGUMENT, 400); base64 that etcd rejects (URL-safe alphabet,
 no padding) is accepted; a stream's requests are not held to gRPC's message
-size limit.
+size limit; a Grpc-Timeout that has passed already (negative) is answered
+before the body is read, so a bad body then gets the deadline's error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import http
 import json
 import logging
+import re
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple
@@ -232,18 +240,25 @@ class Gateway:
             return _text(404, "Not Found")
         if request.method != "POST":
             return _text(405, "Method Not Allowed")
+        try:
+            timeout = _grpc_timeout(request.headers.get("Grpc-Timeout", ""))
+            if timeout is not None and timeout <= 0:
+                raise _deadline_exceeded()
+        except errors.EtcdError as error:
+            return _error(error.code, error.message)
         call = Call(_metadata(request))
         method = route.method
         if method.kind == BIDI_STREAM:
-            return await self._bidi_stream(request, route, call)
+            return await self._bidi_stream(request, route, call, timeout)
         try:
             data = await _unary_request(request, route.request_type)
         except errors.EtcdError as error:
             return _error(error.code, error.message)
         if method.kind == SERVER_STREAM:
-            return await _stream_answers(request, route, method.handler(data, call))
+            return await _stream_answers(request, route, method.handler(data, call), timeout)
         try:
-            answer = await method.handler(data, call)
+            async with _deadline(timeout):
+                answer = await method.handler(data, call)
         except errors.EtcdError as error:
             return _error(error.code, error.message)
         except Exception as error:  # a bug: what grpc would answer, and a trace in the log
@@ -253,7 +268,8 @@ class Gateway:
         return web.Response(body=_json(_to_json(route.answer_type.FromString(answer))),
                             headers=ANSWER_HEADERS)
 
-    async def _bidi_stream(self, request: web.BaseRequest, route: _Route, call: Call) -> web.StreamResponse:
+    async def _bidi_stream(self, request: web.BaseRequest, route: _Route, call: Call,
+                           timeout: float | None) -> web.StreamResponse:
         values = _json_values(request.content)
         try:  # grpc-gateway decodes the first request before it opens the stream
             first = await anext(values, NOTHING)
@@ -272,7 +288,7 @@ class Gateway:
             except _BadBody:
                 pass  # grpc-gateway stops sending, and the stream goes on
 
-        return await _stream_answers(request, route, route.method.handler(requests(), call))
+        return await _stream_answers(request, route, route.method.handler(requests(), call), timeout)
 
 
 async def _unary_request(request: web.BaseRequest, request_type: type[Message]) -> bytes:
@@ -289,14 +305,16 @@ async def _unary_request(request: web.BaseRequest, request_type: type[Message]) 
     return data
 
 
-async def _stream_answers(request: web.BaseRequest, route: _Route, answers) -> web.StreamResponse:
-    """Each answer as a chunk {"result": ...}; an error as a last chunk {"error": ...}."""
+async def _stream_answers(request: web.BaseRequest, route: _Route, answers,
+                          timeout: float | None) -> web.StreamResponse:
+    """Each answer as a chunk {"result": ...}; an error (the deadline's too) as a last chunk {"error": ...}."""
     response = web.StreamResponse(headers=ANSWER_HEADERS)
     try:
-        async for data in answers:
-            if not response.prepared:
-                await response.prepare(request)
-            await response.write(_json({"result": _to_json(route.answer_type.FromString(data))}) + b"\n")
+        async with _deadline(timeout):
+            async for data in answers:
+                if not response.prepared:
+                    await response.prepare(request)
+                await response.write(_json({"result": _to_json(route.answer_type.FromString(data))}) + b"\n")
     except errors.EtcdError as error:
         status = _HTTP_STATUS.get(error.code, 500)
         if not response.prepared:
@@ -311,6 +329,42 @@ async def _stream_answers(request: web.BaseRequest, route: _Route, answers) -> w
         await response.prepare(request)
     await response.write_eof()
     return response
+
+
+# grpc-gateway's Grpc-Timeout units, in nanoseconds (Go's time.Duration).
+_TIMEOUT_UNIT_NANOSECONDS = {"H": 3600 * 10**9, "M": 60 * 10**9, "S": 10**9, "m": 10**6, "u": 10**3, "n": 1}
+_GO_INT = re.compile(r"[+-]?[0-9]+")  # what Go's strconv.ParseInt takes
+_INT64_LIMIT = 1 << 63
+
+
+def _grpc_timeout(value: str) -> float | None:
+    """The deadline a Grpc-Timeout header sets, in seconds (<= 0: passed already); None: none.
+
+    As grpc-gateway v1 decodes it: an int64 and a unit letter, multiplied as Go's int64 is
+    (a product past its range wraps around), and 0 meaning no deadline."""
+    if not value:
+        return None
+    digits, unit = value[:-1], value[-1]
+    if (unit not in _TIMEOUT_UNIT_NANOSECONDS or not _GO_INT.fullmatch(digits)
+            or not -_INT64_LIMIT <= int(digits) < _INT64_LIMIT):
+        raise errors.Reported("INVALID_ARGUMENT", f"invalid grpc-timeout: {value}")
+    nanoseconds = (int(digits) * _TIMEOUT_UNIT_NANOSECONDS[unit] + _INT64_LIMIT) % (2 * _INT64_LIMIT) - _INT64_LIMIT
+    return nanoseconds / 1e9 if nanoseconds else None
+
+
+@contextlib.asynccontextmanager
+async def _deadline(timeout: float | None):
+    """Run the body until `timeout` seconds pass (None: no limit), then raise DEADLINE_EXCEEDED."""
+    try:
+        async with asyncio.timeout(timeout):
+            yield
+    except TimeoutError:
+        raise _deadline_exceeded() from None
+
+
+def _deadline_exceeded() -> errors.EtcdError:
+    """A call past its Grpc-Timeout: what etcd's gateway passes on from its gRPC client."""
+    return errors.Reported("DEADLINE_EXCEEDED", "context deadline exceeded")
 
 
 def _metadata(request: web.BaseRequest) -> tuple[tuple[str, str], ...]:
