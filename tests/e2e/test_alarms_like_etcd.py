@@ -20,9 +20,14 @@ from tessera.api.rpc_pb2 import (
     NOSPACE,
     AlarmRequest,
     AlarmType,
+    CompactionRequest,
+    DeleteRangeRequest,
     MemberListRequest,
     PutRequest,
+    RangeRequest,
+    RequestOp,
     StatusRequest,
+    TxnRequest,
 )
 
 CALL_SECONDS = 10.0
@@ -54,12 +59,16 @@ class Side:
         errors = self.maintenance.Status(StatusRequest(), timeout=CALL_SECONDS).errors
         return sorted(error.replace(f"memberID:{self.member} ", "memberID:M ") for error in errors)
 
-    def put(self, key: bytes) -> str:
+    def outcome(self, method: str, request) -> str:
+        """"ok", or the error a KV call answers."""
         try:
-            self.kv.Put(PutRequest(key=key, value=b"v"), timeout=CALL_SECONDS)
+            getattr(self.kv, method)(request, timeout=CALL_SECONDS)
             return "ok"
         except grpc.RpcError as error:
             return f"{error.code().name}: {error.details()}"
+
+    def put(self, key: bytes) -> str:
+        return self.outcome("Put", PutRequest(key=key, value=b"v"))
 
     def disarm_all(self) -> None:
         for alarm in self.maintenance.Alarm(AlarmRequest(action=GET), timeout=CALL_SECONDS).alarms:
@@ -113,6 +122,32 @@ def test_an_alarm_is_listed_once_per_member_and_type(sides, keys):
     assert ours == etcd
     assert etcd[0] == ("activate for all members", [("0", "NOSPACE")])  # what python-etcd3 asserts
     assert etcd[7] == ("put", "RESOURCE_EXHAUSTED: etcdserver: mvcc: database space exceeded")
+
+
+def test_a_corrupt_alarm_stops_every_write_and_no_read(sides, keys):
+    """etcd's corrupt applier: puts, deletes, transactions that write and compactions fail with
+    DATA_LOSS; ranges and transactions of ranges alone are served."""
+    key = (keys.events + "k").encode()
+    ranged = RequestOp(request_range=RangeRequest(key=key))
+
+    def scenario(side: Side):
+        yield "put before", side.put(key)
+        yield "activate", side.alarm(ACTIVATE, "7", alarm=CORRUPT)
+        yield "put", side.put(key)
+        yield "delete", side.outcome("DeleteRange", DeleteRangeRequest(key=key))
+        yield "delete of nothing", side.outcome("DeleteRange", DeleteRangeRequest(key=key + b"-absent"))
+        yield "txn that writes", side.outcome("Txn", TxnRequest(failure=[RequestOp(request_put=PutRequest(key=key))]))
+        yield "txn of ranges", side.outcome("Txn", TxnRequest(success=[ranged], failure=[ranged]))
+        yield "range", side.outcome("Range", RangeRequest(key=key))
+        yield "compact", side.outcome("Compact", CompactionRequest(revision=1))
+        yield "list", side.alarm(GET)
+        yield "status errors", side.status_errors()
+        yield "deactivate", side.alarm(DEACTIVATE, "7", alarm=CORRUPT)
+        yield "put after", side.put(key)
+
+    etcd, ours = transcripts(sides, scenario)
+    assert ours == etcd
+    assert etcd[2] == ("put", "DATA_LOSS: etcdserver: corrupt cluster")
 
 
 def test_alarm_none_and_deactivating_what_is_not_raised_change_nothing(sides):

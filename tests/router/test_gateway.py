@@ -310,6 +310,13 @@ def test_each_grpc_code_gets_etcds_http_status(gateways):
         pair.same("/v3/maintenance/alarm", {"action": "DEACTIVATE", "alarm": "NOSPACE"})
     too_large = {"key": b64("/top/big"), "value": base64.b64encode(b"x" * (2 * 1024 * 1024)).decode()}
     assert pair.same("/v3/kv/put", too_large)[0] == 429
+    # DATA_LOSS: 500, from a store whose CORRUPT alarm is raised.
+    try:
+        pair.same("/v3/maintenance/alarm", {"action": "ACTIVATE", "memberID": "7", "alarm": "CORRUPT"})
+        assert pair.same("/v3/kv/put", {"key": b64("/top/corrupt"), "value": b64("v")}) == (500, {
+            "error": "etcdserver: corrupt cluster", "code": 15, "message": "etcdserver: corrupt cluster"})
+    finally:
+        pair.same("/v3/maintenance/alarm", {"action": "DEACTIVATE", "memberID": "7", "alarm": "CORRUPT"})
 
 
 def test_grpc_timeout_is_the_calls_deadline(gateways):
