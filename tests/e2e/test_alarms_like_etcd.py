@@ -1,7 +1,8 @@
 """Alarms answer as a real etcd 3.5's do: one alarm per member and type, whatever the number of groups.
 
 The same calls (python-etcd3's alarm tests, and what etcdctl's `alarm list`,
-`alarm disarm` and `endpoint status` show) go to a real etcd and to
+`alarm disarm` and `endpoint status` show, and the writes, reads and lease
+calls each alarm refuses or lets through) go to a real etcd and to
 `endpoint`; each side's transcript is compared. Member ids differ between
 the two: the transcript names a side's own first member "M". Alarms stop
 the whole store's puts, so each test disarms what it raised, on both sides,
@@ -9,6 +10,8 @@ even when it fails.
 """
 
 from __future__ import annotations
+
+import secrets
 
 import grpc
 import pytest
@@ -22,6 +25,8 @@ from tessera.api.rpc_pb2 import (
     AlarmType,
     CompactionRequest,
     DeleteRangeRequest,
+    LeaseGrantRequest,
+    LeaseRevokeRequest,
     MemberListRequest,
     PutRequest,
     RangeRequest,
@@ -36,12 +41,13 @@ SOME_MEMBER = 7  # no member of either side: etcd keeps an alarm for any id it i
 
 
 class Side:
-    """One endpoint's Maintenance, Cluster and KV calls; member ids written as names."""
+    """One endpoint's Maintenance, Cluster, KV and Lease calls; member ids written as names."""
 
     def __init__(self, address: str):
         self.channel = grpc.insecure_channel(address)
         self.maintenance = rpc_pb2_grpc.MaintenanceStub(self.channel)
         self.kv = rpc_pb2_grpc.KVStub(self.channel)
+        self.lease = rpc_pb2_grpc.LeaseStub(self.channel)
         members = rpc_pb2_grpc.ClusterStub(self.channel).MemberList(MemberListRequest(), timeout=CALL_SECONDS)
         self.member = members.members[0].ID
         self.names = {0: "0", self.member: "M", SOME_MEMBER: "7"}
@@ -59,16 +65,22 @@ class Side:
         errors = self.maintenance.Status(StatusRequest(), timeout=CALL_SECONDS).errors
         return sorted(error.replace(f"memberID:{self.member} ", "memberID:M ") for error in errors)
 
-    def outcome(self, method: str, request) -> str:
-        """"ok", or the error a KV call answers."""
+    def outcome(self, call, request) -> str:
+        """"ok", or the error a call (one of the stubs' methods) answers."""
         try:
-            getattr(self.kv, method)(request, timeout=CALL_SECONDS)
+            call(request, timeout=CALL_SECONDS)
             return "ok"
         except grpc.RpcError as error:
             return f"{error.code().name}: {error.details()}"
 
     def put(self, key: bytes) -> str:
-        return self.outcome("Put", PutRequest(key=key, value=b"v"))
+        return self.outcome(self.kv.Put, PutRequest(key=key, value=b"v"))
+
+    def grant(self, lease: int) -> str:
+        return self.outcome(self.lease.LeaseGrant, LeaseGrantRequest(ID=lease, TTL=60))
+
+    def revoke(self, lease: int) -> str:
+        return self.outcome(self.lease.LeaseRevoke, LeaseRevokeRequest(ID=lease))
 
     def disarm_all(self) -> None:
         for alarm in self.maintenance.Alarm(AlarmRequest(action=GET), timeout=CALL_SECONDS).alarms:
@@ -100,6 +112,7 @@ def transcripts(sides, scenario) -> list[list]:
 def test_an_alarm_is_listed_once_per_member_and_type(sides, keys):
     """python-etcd3's test_create_alarm_all_members, _specific_member, test_list_alarms, test_disarm_alarm."""
     key = (keys.pods + "alarmed").encode()
+    lease = secrets.randbits(48)
 
     def scenario(side: Side):
         yield "activate for all members", side.alarm(ACTIVATE)
@@ -110,6 +123,8 @@ def test_an_alarm_is_listed_once_per_member_and_type(sides, keys):
         yield "list CORRUPT", side.alarm(GET, alarm=CORRUPT)
         yield "status errors", side.status_errors()
         yield "put", side.put(key)
+        yield "lease grant", side.grant(lease)
+        yield "lease revoke", side.revoke(lease)
         yield "deactivate one", side.alarm(DEACTIVATE, "M")
         yield "deactivate it again", side.alarm(DEACTIVATE, "M")
         yield "list", side.alarm(GET)
@@ -117,6 +132,8 @@ def test_an_alarm_is_listed_once_per_member_and_type(sides, keys):
         yield "list", side.alarm(GET)
         yield "status errors", side.status_errors()
         yield "put", side.put(key)
+        yield "lease grant", side.grant(lease)
+        yield "lease revoke", side.revoke(lease)
 
     etcd, ours = transcripts(sides, scenario)
     assert ours == etcd
@@ -129,25 +146,30 @@ def test_a_corrupt_alarm_stops_every_write_and_no_read(sides, keys):
     DATA_LOSS; ranges and transactions of ranges alone are served."""
     key = (keys.events + "k").encode()
     ranged = RequestOp(request_range=RangeRequest(key=key))
+    lease = secrets.randbits(48)
 
     def scenario(side: Side):
         yield "put before", side.put(key)
+        yield "lease grant before", side.grant(lease)
         yield "activate", side.alarm(ACTIVATE, "7", alarm=CORRUPT)
         yield "put", side.put(key)
-        yield "delete", side.outcome("DeleteRange", DeleteRangeRequest(key=key))
-        yield "delete of nothing", side.outcome("DeleteRange", DeleteRangeRequest(key=key + b"-absent"))
-        yield "txn that writes", side.outcome("Txn", TxnRequest(failure=[RequestOp(request_put=PutRequest(key=key))]))
-        yield "txn of ranges", side.outcome("Txn", TxnRequest(success=[ranged], failure=[ranged]))
-        yield "range", side.outcome("Range", RangeRequest(key=key))
-        yield "compact", side.outcome("Compact", CompactionRequest(revision=1))
+        yield "delete", side.outcome(side.kv.DeleteRange, DeleteRangeRequest(key=key))
+        yield "delete of nothing", side.outcome(side.kv.DeleteRange, DeleteRangeRequest(key=key + b"-absent"))
+        yield "txn that writes", side.outcome(side.kv.Txn, TxnRequest(failure=[RequestOp(request_put=PutRequest(key=key))]))
+        yield "txn of ranges", side.outcome(side.kv.Txn, TxnRequest(success=[ranged], failure=[ranged]))
+        yield "range", side.outcome(side.kv.Range, RangeRequest(key=key))
+        yield "compact", side.outcome(side.kv.Compact, CompactionRequest(revision=1))
+        yield "lease grant", side.grant(lease + 1)
+        yield "lease revoke", side.revoke(lease)
         yield "list", side.alarm(GET)
         yield "status errors", side.status_errors()
         yield "deactivate", side.alarm(DEACTIVATE, "7", alarm=CORRUPT)
         yield "put after", side.put(key)
+        yield "lease revoke after", side.revoke(lease)
 
     etcd, ours = transcripts(sides, scenario)
     assert ours == etcd
-    assert etcd[2] == ("put", "DATA_LOSS: etcdserver: corrupt cluster")
+    assert etcd[3] == ("put", "DATA_LOSS: etcdserver: corrupt cluster")
 
 
 def test_alarm_none_and_deactivating_what_is_not_raised_change_nothing(sides):
