@@ -3,9 +3,10 @@
 etcd's gateway is an HTTP mux that turns JSON into the gRPC request and the
 answer back into JSON. This one does the same without the loopback: it
 calls the very methods the gRPC front end serves (router/rpc.py), so every
-answer and error is the gRPC front end's. It serves the /v3 paths of every
-method the router serves (_PATHS), and GET /version, by which gateway
-clients (etcd3gw) pick the API path. It runs on the router's client port,
+answer and error is the gRPC front end's. It serves etcd 3.5's /v3 paths
+(_PATHS; a method the router does not serve answers UNIMPLEMENTED, as over
+gRPC), and GET /version, by which gateway clients (etcd3gw) pick the API
+path. It runs on the router's client port,
 as etcd's does (the native edge hands it every HTTP/1 connection,
 `serve_connection`), and on a port of its own if asked (`start`).
 
@@ -69,7 +70,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from router.core import MAX_REQUEST_BYTES
-from router.rpc import BIDI_STREAM, SERVER_STREAM, Call, Method, unexpected
+from router.rpc import BIDI_STREAM, SERVER_STREAM, UNARY, Call, Method, unexpected
 from tessera.api import errors, rpc_pb2 as rpc, v3election_pb2 as election, v3lock_pb2 as lock
 
 log = logging.getLogger("tessera.router")
@@ -109,8 +110,9 @@ _HTTP_STATUS = {
     "DATA_LOSS": 500,
 }
 
-# path -> (gRPC method, request type, answer type): etcd 3.5's gateway paths of the methods
-# the router serves.
+# path -> (gRPC method, request type, answer type): etcd 3.5's gateway paths. A method the router
+# does not serve is answered as its gRPC front end answers it (UNIMPLEMENTED, 501). HashKV has no
+# path: etcd 3.5's .proto gives it Hash's, /v3/maintenance/hash, where Hash answers.
 _PATHS = {
     "/v3/kv/range": ("/etcdserverpb.KV/Range", rpc.RangeRequest, rpc.RangeResponse),
     "/v3/kv/put": ("/etcdserverpb.KV/Put", rpc.PutRequest, rpc.PutResponse),
@@ -131,11 +133,17 @@ _PATHS = {
     "/v3/lease/leases": ("/etcdserverpb.Lease/LeaseLeases", rpc.LeaseLeasesRequest, rpc.LeaseLeasesResponse),
     "/v3/kv/lease/leases": ("/etcdserverpb.Lease/LeaseLeases", rpc.LeaseLeasesRequest,
                             rpc.LeaseLeasesResponse),
+    "/v3/cluster/member/add": ("/etcdserverpb.Cluster/MemberAdd", rpc.MemberAddRequest, rpc.MemberAddResponse),
+    "/v3/cluster/member/remove": ("/etcdserverpb.Cluster/MemberRemove", rpc.MemberRemoveRequest,
+                                  rpc.MemberRemoveResponse),
+    "/v3/cluster/member/update": ("/etcdserverpb.Cluster/MemberUpdate", rpc.MemberUpdateRequest,
+                                  rpc.MemberUpdateResponse),
     "/v3/cluster/member/list": ("/etcdserverpb.Cluster/MemberList", rpc.MemberListRequest,
                                 rpc.MemberListResponse),
+    "/v3/cluster/member/promote": ("/etcdserverpb.Cluster/MemberPromote", rpc.MemberPromoteRequest,
+                                   rpc.MemberPromoteResponse),
     "/v3/maintenance/status": ("/etcdserverpb.Maintenance/Status", rpc.StatusRequest, rpc.StatusResponse),
     "/v3/maintenance/alarm": ("/etcdserverpb.Maintenance/Alarm", rpc.AlarmRequest, rpc.AlarmResponse),
-    "/v3/maintenance/hashkv": ("/etcdserverpb.Maintenance/HashKV", rpc.HashKVRequest, rpc.HashKVResponse),
     "/v3/maintenance/defragment": ("/etcdserverpb.Maintenance/Defragment", rpc.DefragmentRequest,
                                    rpc.DefragmentResponse),
     "/v3/maintenance/hash": ("/etcdserverpb.Maintenance/Hash", rpc.HashRequest, rpc.HashResponse),
@@ -143,15 +151,33 @@ _PATHS = {
                                             rpc.MoveLeaderResponse),
     "/v3/maintenance/snapshot": ("/etcdserverpb.Maintenance/Snapshot", rpc.SnapshotRequest,
                                  rpc.SnapshotResponse),
+    "/v3/maintenance/downgrade": ("/etcdserverpb.Maintenance/Downgrade", rpc.DowngradeRequest,
+                                  rpc.DowngradeResponse),
     "/v3/auth/status": ("/etcdserverpb.Auth/AuthStatus", rpc.AuthStatusRequest, rpc.AuthStatusResponse),
     "/v3/auth/authenticate": ("/etcdserverpb.Auth/Authenticate", rpc.AuthenticateRequest,
                               rpc.AuthenticateResponse),
     "/v3/auth/enable": ("/etcdserverpb.Auth/AuthEnable", rpc.AuthEnableRequest, rpc.AuthEnableResponse),
     "/v3/auth/disable": ("/etcdserverpb.Auth/AuthDisable", rpc.AuthDisableRequest, rpc.AuthDisableResponse),
-    "/v3/auth/user/list": ("/etcdserverpb.Auth/UserList", rpc.AuthUserListRequest, rpc.AuthUserListResponse),
+    "/v3/auth/user/add": ("/etcdserverpb.Auth/UserAdd", rpc.AuthUserAddRequest, rpc.AuthUserAddResponse),
     "/v3/auth/user/get": ("/etcdserverpb.Auth/UserGet", rpc.AuthUserGetRequest, rpc.AuthUserGetResponse),
-    "/v3/auth/role/list": ("/etcdserverpb.Auth/RoleList", rpc.AuthRoleListRequest, rpc.AuthRoleListResponse),
+    "/v3/auth/user/list": ("/etcdserverpb.Auth/UserList", rpc.AuthUserListRequest, rpc.AuthUserListResponse),
+    "/v3/auth/user/delete": ("/etcdserverpb.Auth/UserDelete", rpc.AuthUserDeleteRequest,
+                             rpc.AuthUserDeleteResponse),
+    "/v3/auth/user/changepw": ("/etcdserverpb.Auth/UserChangePassword", rpc.AuthUserChangePasswordRequest,
+                               rpc.AuthUserChangePasswordResponse),
+    "/v3/auth/user/grant": ("/etcdserverpb.Auth/UserGrantRole", rpc.AuthUserGrantRoleRequest,
+                            rpc.AuthUserGrantRoleResponse),
+    "/v3/auth/user/revoke": ("/etcdserverpb.Auth/UserRevokeRole", rpc.AuthUserRevokeRoleRequest,
+                             rpc.AuthUserRevokeRoleResponse),
+    "/v3/auth/role/add": ("/etcdserverpb.Auth/RoleAdd", rpc.AuthRoleAddRequest, rpc.AuthRoleAddResponse),
     "/v3/auth/role/get": ("/etcdserverpb.Auth/RoleGet", rpc.AuthRoleGetRequest, rpc.AuthRoleGetResponse),
+    "/v3/auth/role/list": ("/etcdserverpb.Auth/RoleList", rpc.AuthRoleListRequest, rpc.AuthRoleListResponse),
+    "/v3/auth/role/delete": ("/etcdserverpb.Auth/RoleDelete", rpc.AuthRoleDeleteRequest,
+                             rpc.AuthRoleDeleteResponse),
+    "/v3/auth/role/grant": ("/etcdserverpb.Auth/RoleGrantPermission", rpc.AuthRoleGrantPermissionRequest,
+                            rpc.AuthRoleGrantPermissionResponse),
+    "/v3/auth/role/revoke": ("/etcdserverpb.Auth/RoleRevokePermission", rpc.AuthRoleRevokePermissionRequest,
+                             rpc.AuthRoleRevokePermissionResponse),
     "/v3/lock/lock": ("/v3lockpb.Lock/Lock", lock.LockRequest, lock.LockResponse),
     "/v3/lock/unlock": ("/v3lockpb.Lock/Unlock", lock.UnlockRequest, lock.UnlockResponse),
     "/v3/election/campaign": ("/v3electionpb.Election/Campaign", election.CampaignRequest,
@@ -185,7 +211,7 @@ class Gateway:
                  get_routes: dict[str, Callable[[web.BaseRequest], Awaitable[web.Response]]] | None = None):
         """`get_routes`: more paths answered to GET (the router's /metrics and /health)."""
         by_path = {method.path: method for method in methods}
-        self._routes = {path: _Route(by_path[method], request_type, answer_type)
+        self._routes = {path: _Route(by_path.get(method) or _unimplemented(method), request_type, answer_type)
                         for path, (method, request_type, answer_type) in _PATHS.items()}
         self._get_routes = get_routes or {}
         major, minor, _ = version.split(".", 2)
@@ -289,6 +315,16 @@ class Gateway:
                 pass  # grpc-gateway stops sending, and the stream goes on
 
         return await _stream_answers(request, route, route.method.handler(requests(), call), timeout)
+
+
+def _unimplemented(path: str) -> Method:
+    """A unary method the router does not serve: the gRPC front end's answer, in grpc-go's words."""
+    service, name = path.strip("/").split("/")
+
+    async def refuse(_data, _call):
+        raise errors.Reported("UNIMPLEMENTED", f"unknown method {name} for service {service}")
+
+    return Method(service, name, UNARY, refuse)
 
 
 async def _unary_request(request: web.BaseRequest, request_type: type[Message]) -> bytes:

@@ -12,6 +12,7 @@ The cluster's map: /registry/pods/ -> group 2, /registry/events/ -> group 3, els
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import http.client
@@ -21,11 +22,13 @@ import time
 import urllib.error
 import urllib.request
 
+import grpc
 import pytest
 
 from cluster import ClusterThread
 from etcd_tools import EtcdServer, ToolUnavailable
 from router.server import RouterServer
+from tessera.api.rpc_pb2 import MemberAddRequest, MemberAddResponse
 from tessera.launcher import free_ports
 
 HEADER = ["cluster_id", "member_id", "raft_term", "revision"]  # a header, normalized
@@ -364,6 +367,51 @@ def test_only_post_and_get_version(gateways):
         with urllib.request.urlopen(url + "/version", timeout=10) as answer:
             version = json.loads(answer.read())
         assert version["etcdserver"].startswith("3.5.") and version["etcdcluster"] == "3.5.0"
+
+
+# etcd 3.5's gateway paths (rpc.proto, v3lock.proto, v3election.proto), and one it lacks:
+# HashKV's path is Hash's there, /v3/maintenance/hash.
+ETCD_PATHS = [f"/v3/{path}" for path in (
+    "kv/range", "kv/put", "kv/deleterange", "kv/txn", "kv/compaction", "watch",
+    "lease/grant", "lease/revoke", "kv/lease/revoke", "lease/keepalive", "lease/timetolive",
+    "kv/lease/timetolive", "lease/leases", "kv/lease/leases",
+    "cluster/member/add", "cluster/member/remove", "cluster/member/update", "cluster/member/list",
+    "cluster/member/promote",
+    "maintenance/alarm", "maintenance/status", "maintenance/defragment", "maintenance/hash",
+    "maintenance/snapshot", "maintenance/transfer-leadership", "maintenance/downgrade",
+    "auth/enable", "auth/disable", "auth/status", "auth/authenticate",
+    "auth/user/add", "auth/user/get", "auth/user/list", "auth/user/delete", "auth/user/changepw",
+    "auth/user/grant", "auth/user/revoke",
+    "auth/role/add", "auth/role/get", "auth/role/list", "auth/role/delete", "auth/role/grant", "auth/role/revoke",
+    "lock/lock", "lock/unlock",
+    "election/campaign", "election/proclaim", "election/leader", "election/observe", "election/resign")]
+
+
+@pytest.mark.parametrize("path", [*ETCD_PATHS, "/v3/maintenance/hashkv"])
+def test_the_paths_are_etcds(gateways, path):
+    """GET tells a path etcd serves (405) from one it does not (404), without calling the method."""
+    etcd, ours = (post(url, path, b"", method="GET") for url in gateways)
+    assert ours == etcd == ((404, "Not Found\n") if path.endswith("hashkv") else (405, "Method Not Allowed\n"))
+
+
+def test_a_method_not_served_answers_as_over_grpc(gateways, tessera_router):
+    """etcd's path, and the gRPC front end's UNIMPLEMENTED answer (grpc-go's words), 501."""
+    _, tessera_gateway = gateways
+    message = "unknown method MemberAdd for service etcdserverpb.Cluster"
+    assert post(tessera_gateway, "/v3/cluster/member/add", {"peerURLs": ["http://127.0.0.1:1"]}) == (
+        501, {"error": message, "code": 12, "message": message})
+    assert post(tessera_gateway, "/v3/cluster/member/add", b"{bad")[0] == 400  # the body is read first
+
+    async def over_grpc():
+        async with grpc.aio.insecure_channel(tessera_router.listen) as channel:
+            add = channel.unary_unary("/etcdserverpb.Cluster/MemberAdd",
+                                      request_serializer=MemberAddRequest.SerializeToString,
+                                      response_deserializer=MemberAddResponse.FromString)
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await add(MemberAddRequest(peerURLs=["http://127.0.0.1:1"]), timeout=10)
+            return failure.value.code(), failure.value.details()
+
+    assert asyncio.run(over_grpc()) == (grpc.StatusCode.UNIMPLEMENTED, message)
 
 
 def test_cluster_maintenance_and_auth(gateways):
