@@ -66,12 +66,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple
 
 from aiohttp import web
-from google.protobuf import json_format
+from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
 
 from router.core import MAX_REQUEST_BYTES
 from router.rpc import BIDI_STREAM, SERVER_STREAM, UNARY, Call, Method, unexpected
-from tessera.api import errors, rpc_pb2 as rpc, v3election_pb2 as election, v3lock_pb2 as lock
+from tessera.api import errors
+# The services of _PATHS, in protobuf's default pool, where _route finds their messages.
+from tessera.api import rpc_pb2, v3election_pb2, v3lock_pb2  # noqa: F401
 
 log = logging.getLogger("tessera.router")
 
@@ -110,84 +112,61 @@ _HTTP_STATUS = {
     "DATA_LOSS": 500,
 }
 
-# path -> (gRPC method, request type, answer type): etcd 3.5's gateway paths. A method the router
-# does not serve is answered as its gRPC front end answers it (UNIMPLEMENTED, 501). HashKV has no
-# path: etcd 3.5's .proto gives it Hash's, /v3/maintenance/hash, where Hash answers.
+# path -> gRPC method: etcd 3.5's gateway paths (the request and answer types are the method's in
+# its .proto). A method the router does not serve is answered as its gRPC front end answers it
+# (UNIMPLEMENTED, 501). HashKV has no path: etcd 3.5's .proto gives it Hash's,
+# /v3/maintenance/hash, where Hash answers.
 _PATHS = {
-    "/v3/kv/range": ("/etcdserverpb.KV/Range", rpc.RangeRequest, rpc.RangeResponse),
-    "/v3/kv/put": ("/etcdserverpb.KV/Put", rpc.PutRequest, rpc.PutResponse),
-    "/v3/kv/deleterange": ("/etcdserverpb.KV/DeleteRange", rpc.DeleteRangeRequest, rpc.DeleteRangeResponse),
-    "/v3/kv/txn": ("/etcdserverpb.KV/Txn", rpc.TxnRequest, rpc.TxnResponse),
-    "/v3/kv/compaction": ("/etcdserverpb.KV/Compact", rpc.CompactionRequest, rpc.CompactionResponse),
-    "/v3/watch": ("/etcdserverpb.Watch/Watch", rpc.WatchRequest, rpc.WatchResponse),
-    "/v3/lease/grant": ("/etcdserverpb.Lease/LeaseGrant", rpc.LeaseGrantRequest, rpc.LeaseGrantResponse),
-    "/v3/lease/revoke": ("/etcdserverpb.Lease/LeaseRevoke", rpc.LeaseRevokeRequest, rpc.LeaseRevokeResponse),
-    "/v3/kv/lease/revoke": ("/etcdserverpb.Lease/LeaseRevoke", rpc.LeaseRevokeRequest,
-                            rpc.LeaseRevokeResponse),
-    "/v3/lease/keepalive": ("/etcdserverpb.Lease/LeaseKeepAlive", rpc.LeaseKeepAliveRequest,
-                            rpc.LeaseKeepAliveResponse),
-    "/v3/lease/timetolive": ("/etcdserverpb.Lease/LeaseTimeToLive", rpc.LeaseTimeToLiveRequest,
-                             rpc.LeaseTimeToLiveResponse),
-    "/v3/kv/lease/timetolive": ("/etcdserverpb.Lease/LeaseTimeToLive", rpc.LeaseTimeToLiveRequest,
-                                rpc.LeaseTimeToLiveResponse),
-    "/v3/lease/leases": ("/etcdserverpb.Lease/LeaseLeases", rpc.LeaseLeasesRequest, rpc.LeaseLeasesResponse),
-    "/v3/kv/lease/leases": ("/etcdserverpb.Lease/LeaseLeases", rpc.LeaseLeasesRequest,
-                            rpc.LeaseLeasesResponse),
-    "/v3/cluster/member/add": ("/etcdserverpb.Cluster/MemberAdd", rpc.MemberAddRequest, rpc.MemberAddResponse),
-    "/v3/cluster/member/remove": ("/etcdserverpb.Cluster/MemberRemove", rpc.MemberRemoveRequest,
-                                  rpc.MemberRemoveResponse),
-    "/v3/cluster/member/update": ("/etcdserverpb.Cluster/MemberUpdate", rpc.MemberUpdateRequest,
-                                  rpc.MemberUpdateResponse),
-    "/v3/cluster/member/list": ("/etcdserverpb.Cluster/MemberList", rpc.MemberListRequest,
-                                rpc.MemberListResponse),
-    "/v3/cluster/member/promote": ("/etcdserverpb.Cluster/MemberPromote", rpc.MemberPromoteRequest,
-                                   rpc.MemberPromoteResponse),
-    "/v3/maintenance/status": ("/etcdserverpb.Maintenance/Status", rpc.StatusRequest, rpc.StatusResponse),
-    "/v3/maintenance/alarm": ("/etcdserverpb.Maintenance/Alarm", rpc.AlarmRequest, rpc.AlarmResponse),
-    "/v3/maintenance/defragment": ("/etcdserverpb.Maintenance/Defragment", rpc.DefragmentRequest,
-                                   rpc.DefragmentResponse),
-    "/v3/maintenance/hash": ("/etcdserverpb.Maintenance/Hash", rpc.HashRequest, rpc.HashResponse),
-    "/v3/maintenance/transfer-leadership": ("/etcdserverpb.Maintenance/MoveLeader", rpc.MoveLeaderRequest,
-                                            rpc.MoveLeaderResponse),
-    "/v3/maintenance/snapshot": ("/etcdserverpb.Maintenance/Snapshot", rpc.SnapshotRequest,
-                                 rpc.SnapshotResponse),
-    "/v3/maintenance/downgrade": ("/etcdserverpb.Maintenance/Downgrade", rpc.DowngradeRequest,
-                                  rpc.DowngradeResponse),
-    "/v3/auth/status": ("/etcdserverpb.Auth/AuthStatus", rpc.AuthStatusRequest, rpc.AuthStatusResponse),
-    "/v3/auth/authenticate": ("/etcdserverpb.Auth/Authenticate", rpc.AuthenticateRequest,
-                              rpc.AuthenticateResponse),
-    "/v3/auth/enable": ("/etcdserverpb.Auth/AuthEnable", rpc.AuthEnableRequest, rpc.AuthEnableResponse),
-    "/v3/auth/disable": ("/etcdserverpb.Auth/AuthDisable", rpc.AuthDisableRequest, rpc.AuthDisableResponse),
-    "/v3/auth/user/add": ("/etcdserverpb.Auth/UserAdd", rpc.AuthUserAddRequest, rpc.AuthUserAddResponse),
-    "/v3/auth/user/get": ("/etcdserverpb.Auth/UserGet", rpc.AuthUserGetRequest, rpc.AuthUserGetResponse),
-    "/v3/auth/user/list": ("/etcdserverpb.Auth/UserList", rpc.AuthUserListRequest, rpc.AuthUserListResponse),
-    "/v3/auth/user/delete": ("/etcdserverpb.Auth/UserDelete", rpc.AuthUserDeleteRequest,
-                             rpc.AuthUserDeleteResponse),
-    "/v3/auth/user/changepw": ("/etcdserverpb.Auth/UserChangePassword", rpc.AuthUserChangePasswordRequest,
-                               rpc.AuthUserChangePasswordResponse),
-    "/v3/auth/user/grant": ("/etcdserverpb.Auth/UserGrantRole", rpc.AuthUserGrantRoleRequest,
-                            rpc.AuthUserGrantRoleResponse),
-    "/v3/auth/user/revoke": ("/etcdserverpb.Auth/UserRevokeRole", rpc.AuthUserRevokeRoleRequest,
-                             rpc.AuthUserRevokeRoleResponse),
-    "/v3/auth/role/add": ("/etcdserverpb.Auth/RoleAdd", rpc.AuthRoleAddRequest, rpc.AuthRoleAddResponse),
-    "/v3/auth/role/get": ("/etcdserverpb.Auth/RoleGet", rpc.AuthRoleGetRequest, rpc.AuthRoleGetResponse),
-    "/v3/auth/role/list": ("/etcdserverpb.Auth/RoleList", rpc.AuthRoleListRequest, rpc.AuthRoleListResponse),
-    "/v3/auth/role/delete": ("/etcdserverpb.Auth/RoleDelete", rpc.AuthRoleDeleteRequest,
-                             rpc.AuthRoleDeleteResponse),
-    "/v3/auth/role/grant": ("/etcdserverpb.Auth/RoleGrantPermission", rpc.AuthRoleGrantPermissionRequest,
-                            rpc.AuthRoleGrantPermissionResponse),
-    "/v3/auth/role/revoke": ("/etcdserverpb.Auth/RoleRevokePermission", rpc.AuthRoleRevokePermissionRequest,
-                             rpc.AuthRoleRevokePermissionResponse),
-    "/v3/lock/lock": ("/v3lockpb.Lock/Lock", lock.LockRequest, lock.LockResponse),
-    "/v3/lock/unlock": ("/v3lockpb.Lock/Unlock", lock.UnlockRequest, lock.UnlockResponse),
-    "/v3/election/campaign": ("/v3electionpb.Election/Campaign", election.CampaignRequest,
-                              election.CampaignResponse),
-    "/v3/election/proclaim": ("/v3electionpb.Election/Proclaim", election.ProclaimRequest,
-                              election.ProclaimResponse),
-    "/v3/election/leader": ("/v3electionpb.Election/Leader", election.LeaderRequest, election.LeaderResponse),
-    "/v3/election/observe": ("/v3electionpb.Election/Observe", election.LeaderRequest,
-                             election.LeaderResponse),
-    "/v3/election/resign": ("/v3electionpb.Election/Resign", election.ResignRequest, election.ResignResponse),
+    "/v3/kv/range": "/etcdserverpb.KV/Range",
+    "/v3/kv/put": "/etcdserverpb.KV/Put",
+    "/v3/kv/deleterange": "/etcdserverpb.KV/DeleteRange",
+    "/v3/kv/txn": "/etcdserverpb.KV/Txn",
+    "/v3/kv/compaction": "/etcdserverpb.KV/Compact",
+    "/v3/watch": "/etcdserverpb.Watch/Watch",
+    "/v3/lease/grant": "/etcdserverpb.Lease/LeaseGrant",
+    "/v3/lease/revoke": "/etcdserverpb.Lease/LeaseRevoke",
+    "/v3/kv/lease/revoke": "/etcdserverpb.Lease/LeaseRevoke",
+    "/v3/lease/keepalive": "/etcdserverpb.Lease/LeaseKeepAlive",
+    "/v3/lease/timetolive": "/etcdserverpb.Lease/LeaseTimeToLive",
+    "/v3/kv/lease/timetolive": "/etcdserverpb.Lease/LeaseTimeToLive",
+    "/v3/lease/leases": "/etcdserverpb.Lease/LeaseLeases",
+    "/v3/kv/lease/leases": "/etcdserverpb.Lease/LeaseLeases",
+    "/v3/cluster/member/add": "/etcdserverpb.Cluster/MemberAdd",
+    "/v3/cluster/member/remove": "/etcdserverpb.Cluster/MemberRemove",
+    "/v3/cluster/member/update": "/etcdserverpb.Cluster/MemberUpdate",
+    "/v3/cluster/member/list": "/etcdserverpb.Cluster/MemberList",
+    "/v3/cluster/member/promote": "/etcdserverpb.Cluster/MemberPromote",
+    "/v3/maintenance/status": "/etcdserverpb.Maintenance/Status",
+    "/v3/maintenance/alarm": "/etcdserverpb.Maintenance/Alarm",
+    "/v3/maintenance/defragment": "/etcdserverpb.Maintenance/Defragment",
+    "/v3/maintenance/hash": "/etcdserverpb.Maintenance/Hash",
+    "/v3/maintenance/transfer-leadership": "/etcdserverpb.Maintenance/MoveLeader",
+    "/v3/maintenance/snapshot": "/etcdserverpb.Maintenance/Snapshot",
+    "/v3/maintenance/downgrade": "/etcdserverpb.Maintenance/Downgrade",
+    "/v3/auth/status": "/etcdserverpb.Auth/AuthStatus",
+    "/v3/auth/authenticate": "/etcdserverpb.Auth/Authenticate",
+    "/v3/auth/enable": "/etcdserverpb.Auth/AuthEnable",
+    "/v3/auth/disable": "/etcdserverpb.Auth/AuthDisable",
+    "/v3/auth/user/add": "/etcdserverpb.Auth/UserAdd",
+    "/v3/auth/user/get": "/etcdserverpb.Auth/UserGet",
+    "/v3/auth/user/list": "/etcdserverpb.Auth/UserList",
+    "/v3/auth/user/delete": "/etcdserverpb.Auth/UserDelete",
+    "/v3/auth/user/changepw": "/etcdserverpb.Auth/UserChangePassword",
+    "/v3/auth/user/grant": "/etcdserverpb.Auth/UserGrantRole",
+    "/v3/auth/user/revoke": "/etcdserverpb.Auth/UserRevokeRole",
+    "/v3/auth/role/add": "/etcdserverpb.Auth/RoleAdd",
+    "/v3/auth/role/get": "/etcdserverpb.Auth/RoleGet",
+    "/v3/auth/role/list": "/etcdserverpb.Auth/RoleList",
+    "/v3/auth/role/delete": "/etcdserverpb.Auth/RoleDelete",
+    "/v3/auth/role/grant": "/etcdserverpb.Auth/RoleGrantPermission",
+    "/v3/auth/role/revoke": "/etcdserverpb.Auth/RoleRevokePermission",
+    "/v3/lock/lock": "/v3lockpb.Lock/Lock",
+    "/v3/lock/unlock": "/v3lockpb.Lock/Unlock",
+    "/v3/election/campaign": "/v3electionpb.Election/Campaign",
+    "/v3/election/proclaim": "/v3electionpb.Election/Proclaim",
+    "/v3/election/leader": "/v3electionpb.Election/Leader",
+    "/v3/election/observe": "/v3electionpb.Election/Observe",
+    "/v3/election/resign": "/v3electionpb.Election/Resign",
 }
 
 
@@ -211,8 +190,7 @@ class Gateway:
                  get_routes: dict[str, Callable[[web.BaseRequest], Awaitable[web.Response]]] | None = None):
         """`get_routes`: more paths answered to GET (the router's /metrics and /health)."""
         by_path = {method.path: method for method in methods}
-        self._routes = {path: _Route(by_path.get(method) or _unimplemented(method), request_type, answer_type)
-                        for path, (method, request_type, answer_type) in _PATHS.items()}
+        self._routes = {path: _route(method, by_path) for path, method in _PATHS.items()}
         self._get_routes = get_routes or {}
         major, minor, _ = version.split(".", 2)
         self._version = _json({"etcdserver": version, "etcdcluster": f"{major}.{minor}.0"})
@@ -317,10 +295,17 @@ class Gateway:
         return await _stream_answers(request, route, route.method.handler(requests(), call), timeout)
 
 
-def _unimplemented(path: str) -> Method:
-    """A unary method the router does not serve: the gRPC front end's answer, in grpc-go's words."""
-    service, name = path.strip("/").split("/")
+def _route(method_path: str, served: dict[str, Method]) -> _Route:
+    """The route to a gRPC method ("/etcdserverpb.KV/Range"), with its request and answer types."""
+    service, name = method_path.strip("/").split("/")
+    descriptor = descriptor_pool.Default().FindMethodByName(f"{service}.{name}")
+    return _Route(served.get(method_path) or _unimplemented(service, name),
+                  message_factory.GetMessageClass(descriptor.input_type),
+                  message_factory.GetMessageClass(descriptor.output_type))
 
+
+def _unimplemented(service: str, name: str) -> Method:
+    """A unary method the router does not serve: the gRPC front end's answer, in grpc-go's words."""
     async def refuse(_data, _call):
         raise errors.Reported("UNIMPLEMENTED", f"unknown method {name} for service {service}")
 
