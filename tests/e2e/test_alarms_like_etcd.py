@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from tessera.api import rpc_pb2_grpc
+from tessera.api.meta_keys import prefix_range
 from tessera.api.rpc_pb2 import (
     CORRUPT,
     NONE,
@@ -92,8 +93,9 @@ class Side:
 
 
 @pytest.fixture
-def sides(reference_endpoint, endpoint):
-    """(real etcd, the endpoint under test), neither with an alarm before or after the test."""
+def sides(reference_endpoint, endpoint, keys):
+    """(real etcd, the endpoint under test), neither with an alarm before or after the test; the
+    test's keys (`keys`) are deleted on both afterwards (the `keys` fixture knows `endpoint` only)."""
     pair = [Side(reference_endpoint), Side(endpoint)]
     try:
         for side in pair:
@@ -102,6 +104,9 @@ def sides(reference_endpoint, endpoint):
     finally:
         for side in pair:
             side.disarm_all()
+            for prefix in keys.prefixes:
+                key, range_end = prefix_range(prefix.encode())
+                side.kv.DeleteRange(DeleteRangeRequest(key=key, range_end=range_end), timeout=CALL_SECONDS)
             side.close()
 
 
