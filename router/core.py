@@ -533,6 +533,11 @@ class Router:
         answers = await asyncio.gather(*(self.group_status(group) for group in groups), return_exceptions=True)
         return dict(zip(groups, answers))
 
+    async def alarm_types(self) -> set[int]:
+        """The types of the alarms raised in the data groups that answer (NOSPACE, CORRUPT)."""
+        return {alarm.alarm for status in (await self.statuses()).values()
+                if not isinstance(status, BaseException) for alarm in status.alarms}
+
 
 def _piece_of(request: RangeRequest, piece, at: int, with_values: bool) -> RangeRequest:
     sub = RangeRequest()

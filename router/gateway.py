@@ -3,9 +3,10 @@
 etcd's gateway is an HTTP mux that turns JSON into the gRPC request and the
 answer back into JSON. This one does the same without the loopback: it
 calls the very methods the gRPC front end serves (router/rpc.py), so every
-answer and error is the gRPC front end's. It serves the /v3 paths of every
-method the router serves (_PATHS), and GET /version, by which gateway
-clients (etcd3gw) pick the API path. It runs on the router's client port,
+answer and error is the gRPC front end's. It serves etcd 3.5's /v3 paths
+(_PATHS; a method the router does not serve answers UNIMPLEMENTED, as over
+gRPC), and GET /version, by which gateway clients (etcd3gw) pick the API
+path. It runs on the router's client port,
 as etcd's does (the native edge hands it every HTTP/1 connection,
 `serve_connection`), and on a port of its own if asked (`start`).
 
@@ -37,32 +38,42 @@ What etcd 3.5's gateway does (observed on etcd 3.5.1 with curl):
 - HTTP headers become gRPC metadata: `Grpc-Metadata-<Name>` as `<name>` (so
   `Grpc-Metadata-Hasleader: true` is clientv3's WithRequireLeader), and
   Authorization as `authorization`.
+- `Grpc-Timeout: <integer><H|M|S|m|u|n>` is the call's deadline (0: none; a
+  negative one has passed): past it, a unary call answers DEADLINE_EXCEEDED
+  "context deadline exceeded" (504), a stream ends with that error as its last
+  chunk. A value that does not parse is INVALID_ARGUMENT "invalid
+  grpc-timeout: <value>", before the body is read.
 
 Where this differs: JSON that parses but does not fit the request (a string
 where a bool goes, an unknown enum name) gets protobuf's message, not Go's
 (still INVALID_ARGUMENT, 400); base64 that etcd rejects (URL-safe alphabet,
 no padding) is accepted; a stream's requests are not held to gRPC's message
-size limit.
+size limit; a Grpc-Timeout that has passed already (negative) is answered
+before the body is read, so a bad body then gets the deadline's error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import http
 import json
 import logging
+import re
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple
 
 from aiohttp import web
-from google.protobuf import json_format
+from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
 
 from router.core import MAX_REQUEST_BYTES
-from router.rpc import BIDI_STREAM, SERVER_STREAM, Call, Method, unexpected
-from tessera.api import errors, rpc_pb2 as rpc, v3election_pb2 as election, v3lock_pb2 as lock
+from router.rpc import BIDI_STREAM, SERVER_STREAM, UNARY, Call, Method, unexpected
+from tessera.api import errors
+# The services of _PATHS, in protobuf's default pool, where _route finds their messages.
+from tessera.api import rpc_pb2, v3election_pb2, v3lock_pb2  # noqa: F401
 
 log = logging.getLogger("tessera.router")
 
@@ -101,59 +112,61 @@ _HTTP_STATUS = {
     "DATA_LOSS": 500,
 }
 
-# path -> (gRPC method, request type, answer type): etcd 3.5's gateway paths of the methods
-# the router serves.
+# path -> gRPC method: etcd 3.5's gateway paths (the request and answer types are the method's in
+# its .proto). A method the router does not serve is answered as its gRPC front end answers it
+# (UNIMPLEMENTED, 501). HashKV has no path: etcd 3.5's .proto gives it Hash's,
+# /v3/maintenance/hash, where Hash answers.
 _PATHS = {
-    "/v3/kv/range": ("/etcdserverpb.KV/Range", rpc.RangeRequest, rpc.RangeResponse),
-    "/v3/kv/put": ("/etcdserverpb.KV/Put", rpc.PutRequest, rpc.PutResponse),
-    "/v3/kv/deleterange": ("/etcdserverpb.KV/DeleteRange", rpc.DeleteRangeRequest, rpc.DeleteRangeResponse),
-    "/v3/kv/txn": ("/etcdserverpb.KV/Txn", rpc.TxnRequest, rpc.TxnResponse),
-    "/v3/kv/compaction": ("/etcdserverpb.KV/Compact", rpc.CompactionRequest, rpc.CompactionResponse),
-    "/v3/watch": ("/etcdserverpb.Watch/Watch", rpc.WatchRequest, rpc.WatchResponse),
-    "/v3/lease/grant": ("/etcdserverpb.Lease/LeaseGrant", rpc.LeaseGrantRequest, rpc.LeaseGrantResponse),
-    "/v3/lease/revoke": ("/etcdserverpb.Lease/LeaseRevoke", rpc.LeaseRevokeRequest, rpc.LeaseRevokeResponse),
-    "/v3/kv/lease/revoke": ("/etcdserverpb.Lease/LeaseRevoke", rpc.LeaseRevokeRequest,
-                            rpc.LeaseRevokeResponse),
-    "/v3/lease/keepalive": ("/etcdserverpb.Lease/LeaseKeepAlive", rpc.LeaseKeepAliveRequest,
-                            rpc.LeaseKeepAliveResponse),
-    "/v3/lease/timetolive": ("/etcdserverpb.Lease/LeaseTimeToLive", rpc.LeaseTimeToLiveRequest,
-                             rpc.LeaseTimeToLiveResponse),
-    "/v3/kv/lease/timetolive": ("/etcdserverpb.Lease/LeaseTimeToLive", rpc.LeaseTimeToLiveRequest,
-                                rpc.LeaseTimeToLiveResponse),
-    "/v3/lease/leases": ("/etcdserverpb.Lease/LeaseLeases", rpc.LeaseLeasesRequest, rpc.LeaseLeasesResponse),
-    "/v3/kv/lease/leases": ("/etcdserverpb.Lease/LeaseLeases", rpc.LeaseLeasesRequest,
-                            rpc.LeaseLeasesResponse),
-    "/v3/cluster/member/list": ("/etcdserverpb.Cluster/MemberList", rpc.MemberListRequest,
-                                rpc.MemberListResponse),
-    "/v3/maintenance/status": ("/etcdserverpb.Maintenance/Status", rpc.StatusRequest, rpc.StatusResponse),
-    "/v3/maintenance/alarm": ("/etcdserverpb.Maintenance/Alarm", rpc.AlarmRequest, rpc.AlarmResponse),
-    "/v3/maintenance/hashkv": ("/etcdserverpb.Maintenance/HashKV", rpc.HashKVRequest, rpc.HashKVResponse),
-    "/v3/maintenance/defragment": ("/etcdserverpb.Maintenance/Defragment", rpc.DefragmentRequest,
-                                   rpc.DefragmentResponse),
-    "/v3/maintenance/hash": ("/etcdserverpb.Maintenance/Hash", rpc.HashRequest, rpc.HashResponse),
-    "/v3/maintenance/transfer-leadership": ("/etcdserverpb.Maintenance/MoveLeader", rpc.MoveLeaderRequest,
-                                            rpc.MoveLeaderResponse),
-    "/v3/maintenance/snapshot": ("/etcdserverpb.Maintenance/Snapshot", rpc.SnapshotRequest,
-                                 rpc.SnapshotResponse),
-    "/v3/auth/status": ("/etcdserverpb.Auth/AuthStatus", rpc.AuthStatusRequest, rpc.AuthStatusResponse),
-    "/v3/auth/authenticate": ("/etcdserverpb.Auth/Authenticate", rpc.AuthenticateRequest,
-                              rpc.AuthenticateResponse),
-    "/v3/auth/enable": ("/etcdserverpb.Auth/AuthEnable", rpc.AuthEnableRequest, rpc.AuthEnableResponse),
-    "/v3/auth/disable": ("/etcdserverpb.Auth/AuthDisable", rpc.AuthDisableRequest, rpc.AuthDisableResponse),
-    "/v3/auth/user/list": ("/etcdserverpb.Auth/UserList", rpc.AuthUserListRequest, rpc.AuthUserListResponse),
-    "/v3/auth/user/get": ("/etcdserverpb.Auth/UserGet", rpc.AuthUserGetRequest, rpc.AuthUserGetResponse),
-    "/v3/auth/role/list": ("/etcdserverpb.Auth/RoleList", rpc.AuthRoleListRequest, rpc.AuthRoleListResponse),
-    "/v3/auth/role/get": ("/etcdserverpb.Auth/RoleGet", rpc.AuthRoleGetRequest, rpc.AuthRoleGetResponse),
-    "/v3/lock/lock": ("/v3lockpb.Lock/Lock", lock.LockRequest, lock.LockResponse),
-    "/v3/lock/unlock": ("/v3lockpb.Lock/Unlock", lock.UnlockRequest, lock.UnlockResponse),
-    "/v3/election/campaign": ("/v3electionpb.Election/Campaign", election.CampaignRequest,
-                              election.CampaignResponse),
-    "/v3/election/proclaim": ("/v3electionpb.Election/Proclaim", election.ProclaimRequest,
-                              election.ProclaimResponse),
-    "/v3/election/leader": ("/v3electionpb.Election/Leader", election.LeaderRequest, election.LeaderResponse),
-    "/v3/election/observe": ("/v3electionpb.Election/Observe", election.LeaderRequest,
-                             election.LeaderResponse),
-    "/v3/election/resign": ("/v3electionpb.Election/Resign", election.ResignRequest, election.ResignResponse),
+    "/v3/kv/range": "/etcdserverpb.KV/Range",
+    "/v3/kv/put": "/etcdserverpb.KV/Put",
+    "/v3/kv/deleterange": "/etcdserverpb.KV/DeleteRange",
+    "/v3/kv/txn": "/etcdserverpb.KV/Txn",
+    "/v3/kv/compaction": "/etcdserverpb.KV/Compact",
+    "/v3/watch": "/etcdserverpb.Watch/Watch",
+    "/v3/lease/grant": "/etcdserverpb.Lease/LeaseGrant",
+    "/v3/lease/revoke": "/etcdserverpb.Lease/LeaseRevoke",
+    "/v3/kv/lease/revoke": "/etcdserverpb.Lease/LeaseRevoke",
+    "/v3/lease/keepalive": "/etcdserverpb.Lease/LeaseKeepAlive",
+    "/v3/lease/timetolive": "/etcdserverpb.Lease/LeaseTimeToLive",
+    "/v3/kv/lease/timetolive": "/etcdserverpb.Lease/LeaseTimeToLive",
+    "/v3/lease/leases": "/etcdserverpb.Lease/LeaseLeases",
+    "/v3/kv/lease/leases": "/etcdserverpb.Lease/LeaseLeases",
+    "/v3/cluster/member/add": "/etcdserverpb.Cluster/MemberAdd",
+    "/v3/cluster/member/remove": "/etcdserverpb.Cluster/MemberRemove",
+    "/v3/cluster/member/update": "/etcdserverpb.Cluster/MemberUpdate",
+    "/v3/cluster/member/list": "/etcdserverpb.Cluster/MemberList",
+    "/v3/cluster/member/promote": "/etcdserverpb.Cluster/MemberPromote",
+    "/v3/maintenance/status": "/etcdserverpb.Maintenance/Status",
+    "/v3/maintenance/alarm": "/etcdserverpb.Maintenance/Alarm",
+    "/v3/maintenance/defragment": "/etcdserverpb.Maintenance/Defragment",
+    "/v3/maintenance/hash": "/etcdserverpb.Maintenance/Hash",
+    "/v3/maintenance/transfer-leadership": "/etcdserverpb.Maintenance/MoveLeader",
+    "/v3/maintenance/snapshot": "/etcdserverpb.Maintenance/Snapshot",
+    "/v3/maintenance/downgrade": "/etcdserverpb.Maintenance/Downgrade",
+    "/v3/auth/status": "/etcdserverpb.Auth/AuthStatus",
+    "/v3/auth/authenticate": "/etcdserverpb.Auth/Authenticate",
+    "/v3/auth/enable": "/etcdserverpb.Auth/AuthEnable",
+    "/v3/auth/disable": "/etcdserverpb.Auth/AuthDisable",
+    "/v3/auth/user/add": "/etcdserverpb.Auth/UserAdd",
+    "/v3/auth/user/get": "/etcdserverpb.Auth/UserGet",
+    "/v3/auth/user/list": "/etcdserverpb.Auth/UserList",
+    "/v3/auth/user/delete": "/etcdserverpb.Auth/UserDelete",
+    "/v3/auth/user/changepw": "/etcdserverpb.Auth/UserChangePassword",
+    "/v3/auth/user/grant": "/etcdserverpb.Auth/UserGrantRole",
+    "/v3/auth/user/revoke": "/etcdserverpb.Auth/UserRevokeRole",
+    "/v3/auth/role/add": "/etcdserverpb.Auth/RoleAdd",
+    "/v3/auth/role/get": "/etcdserverpb.Auth/RoleGet",
+    "/v3/auth/role/list": "/etcdserverpb.Auth/RoleList",
+    "/v3/auth/role/delete": "/etcdserverpb.Auth/RoleDelete",
+    "/v3/auth/role/grant": "/etcdserverpb.Auth/RoleGrantPermission",
+    "/v3/auth/role/revoke": "/etcdserverpb.Auth/RoleRevokePermission",
+    "/v3/lock/lock": "/v3lockpb.Lock/Lock",
+    "/v3/lock/unlock": "/v3lockpb.Lock/Unlock",
+    "/v3/election/campaign": "/v3electionpb.Election/Campaign",
+    "/v3/election/proclaim": "/v3electionpb.Election/Proclaim",
+    "/v3/election/leader": "/v3electionpb.Election/Leader",
+    "/v3/election/observe": "/v3electionpb.Election/Observe",
+    "/v3/election/resign": "/v3electionpb.Election/Resign",
 }
 
 
@@ -177,8 +190,7 @@ class Gateway:
                  get_routes: dict[str, Callable[[web.BaseRequest], Awaitable[web.Response]]] | None = None):
         """`get_routes`: more paths answered to GET (the router's /metrics and /health)."""
         by_path = {method.path: method for method in methods}
-        self._routes = {path: _Route(by_path[method], request_type, answer_type)
-                        for path, (method, request_type, answer_type) in _PATHS.items()}
+        self._routes = {path: _route(method, by_path) for path, method in _PATHS.items()}
         self._get_routes = get_routes or {}
         major, minor, _ = version.split(".", 2)
         self._version = _json({"etcdserver": version, "etcdcluster": f"{major}.{minor}.0"})
@@ -232,18 +244,25 @@ class Gateway:
             return _text(404, "Not Found")
         if request.method != "POST":
             return _text(405, "Method Not Allowed")
+        try:
+            timeout = _grpc_timeout(request.headers.get("Grpc-Timeout", ""))
+            if timeout is not None and timeout <= 0:
+                raise _deadline_exceeded()
+        except errors.EtcdError as error:
+            return _error(error.code, error.message)
         call = Call(_metadata(request))
         method = route.method
         if method.kind == BIDI_STREAM:
-            return await self._bidi_stream(request, route, call)
+            return await self._bidi_stream(request, route, call, timeout)
         try:
             data = await _unary_request(request, route.request_type)
         except errors.EtcdError as error:
             return _error(error.code, error.message)
         if method.kind == SERVER_STREAM:
-            return await _stream_answers(request, route, method.handler(data, call))
+            return await _stream_answers(request, route, method.handler(data, call), timeout)
         try:
-            answer = await method.handler(data, call)
+            async with _deadline(timeout):
+                answer = await method.handler(data, call)
         except errors.EtcdError as error:
             return _error(error.code, error.message)
         except Exception as error:  # a bug: what grpc would answer, and a trace in the log
@@ -253,7 +272,8 @@ class Gateway:
         return web.Response(body=_json(_to_json(route.answer_type.FromString(answer))),
                             headers=ANSWER_HEADERS)
 
-    async def _bidi_stream(self, request: web.BaseRequest, route: _Route, call: Call) -> web.StreamResponse:
+    async def _bidi_stream(self, request: web.BaseRequest, route: _Route, call: Call,
+                           timeout: float | None) -> web.StreamResponse:
         values = _json_values(request.content)
         try:  # grpc-gateway decodes the first request before it opens the stream
             first = await anext(values, NOTHING)
@@ -272,7 +292,24 @@ class Gateway:
             except _BadBody:
                 pass  # grpc-gateway stops sending, and the stream goes on
 
-        return await _stream_answers(request, route, route.method.handler(requests(), call))
+        return await _stream_answers(request, route, route.method.handler(requests(), call), timeout)
+
+
+def _route(method_path: str, served: dict[str, Method]) -> _Route:
+    """The route to a gRPC method ("/etcdserverpb.KV/Range"), with its request and answer types."""
+    service, name = method_path.strip("/").split("/")
+    descriptor = descriptor_pool.Default().FindMethodByName(f"{service}.{name}")
+    return _Route(served.get(method_path) or _unimplemented(service, name),
+                  message_factory.GetMessageClass(descriptor.input_type),
+                  message_factory.GetMessageClass(descriptor.output_type))
+
+
+def _unimplemented(service: str, name: str) -> Method:
+    """A unary method the router does not serve: the gRPC front end's answer, in grpc-go's words."""
+    async def refuse(_data, _call):
+        raise errors.Reported("UNIMPLEMENTED", f"unknown method {name} for service {service}")
+
+    return Method(service, name, UNARY, refuse)
 
 
 async def _unary_request(request: web.BaseRequest, request_type: type[Message]) -> bytes:
@@ -289,14 +326,16 @@ async def _unary_request(request: web.BaseRequest, request_type: type[Message]) 
     return data
 
 
-async def _stream_answers(request: web.BaseRequest, route: _Route, answers) -> web.StreamResponse:
-    """Each answer as a chunk {"result": ...}; an error as a last chunk {"error": ...}."""
+async def _stream_answers(request: web.BaseRequest, route: _Route, answers,
+                          timeout: float | None) -> web.StreamResponse:
+    """Each answer as a chunk {"result": ...}; an error (the deadline's too) as a last chunk {"error": ...}."""
     response = web.StreamResponse(headers=ANSWER_HEADERS)
     try:
-        async for data in answers:
-            if not response.prepared:
-                await response.prepare(request)
-            await response.write(_json({"result": _to_json(route.answer_type.FromString(data))}) + b"\n")
+        async with _deadline(timeout):
+            async for data in answers:
+                if not response.prepared:
+                    await response.prepare(request)
+                await response.write(_json({"result": _to_json(route.answer_type.FromString(data))}) + b"\n")
     except errors.EtcdError as error:
         status = _HTTP_STATUS.get(error.code, 500)
         if not response.prepared:
@@ -311,6 +350,42 @@ async def _stream_answers(request: web.BaseRequest, route: _Route, answers) -> w
         await response.prepare(request)
     await response.write_eof()
     return response
+
+
+# grpc-gateway's Grpc-Timeout units, in nanoseconds (Go's time.Duration).
+_TIMEOUT_UNIT_NANOSECONDS = {"H": 3600 * 10**9, "M": 60 * 10**9, "S": 10**9, "m": 10**6, "u": 10**3, "n": 1}
+_GO_INT = re.compile(r"[+-]?[0-9]+")  # what Go's strconv.ParseInt takes
+_INT64_LIMIT = 1 << 63
+
+
+def _grpc_timeout(value: str) -> float | None:
+    """The deadline a Grpc-Timeout header sets, in seconds (<= 0: passed already); None: none.
+
+    As grpc-gateway v1 decodes it: an int64 and a unit letter, multiplied as Go's int64 is
+    (a product past its range wraps around), and 0 meaning no deadline."""
+    if not value:
+        return None
+    digits, unit = value[:-1], value[-1]
+    if (unit not in _TIMEOUT_UNIT_NANOSECONDS or not _GO_INT.fullmatch(digits)
+            or not -_INT64_LIMIT <= int(digits) < _INT64_LIMIT):
+        raise errors.Reported("INVALID_ARGUMENT", f"invalid grpc-timeout: {value}")
+    nanoseconds = (int(digits) * _TIMEOUT_UNIT_NANOSECONDS[unit] + _INT64_LIMIT) % (2 * _INT64_LIMIT) - _INT64_LIMIT
+    return nanoseconds / 1e9 if nanoseconds else None
+
+
+@contextlib.asynccontextmanager
+async def _deadline(timeout: float | None):
+    """Run the body until `timeout` seconds pass (None: no limit), then raise DEADLINE_EXCEEDED."""
+    try:
+        async with asyncio.timeout(timeout):
+            yield
+    except TimeoutError:
+        raise _deadline_exceeded() from None
+
+
+def _deadline_exceeded() -> errors.EtcdError:
+    """A call past its Grpc-Timeout: what etcd's gateway passes on from its gRPC client."""
+    return errors.Reported("DEADLINE_EXCEEDED", "context deadline exceeded")
 
 
 def _metadata(request: web.BaseRequest) -> tuple[tuple[str, str], ...]:

@@ -9,7 +9,8 @@ at once: none of them holds a deadline.
 What a router does:
 - grant: create the record (the id chosen here if the client chose none; an id
   the client chose may have been revoked before, so every group is first told
-  to take puts with it again);
+  to take puts with it again); refused, as etcd refuses it, while a data group
+  holds a NOSPACE or CORRUPT alarm (a revoke too, while one holds CORRUPT);
 - keep-alive, time-to-live, list: ask the meta leader (time-to-live with keys
   gathers them from every group);
 - revoke, asked for: mark the record revoked, then finish it;
@@ -39,6 +40,8 @@ from tessera.api.internal_pb2 import LeaseRecord, ShardRequest
 from tessera.api.kv_pb2 import Event
 from tessera.api.meta_keys import lease_id_of, lease_key
 from tessera.api.rpc_pb2 import (
+    CORRUPT,
+    NOSPACE,
     LeaseGrantRequest,
     LeaseGrantResponse,
     LeaseKeepAliveResponse,
@@ -108,6 +111,11 @@ class Lessor:
             raise errors.LeaseNotFound()
 
     async def grant(self, request: LeaseGrantRequest) -> LeaseGrantResponse:
+        alarms = await self.router.alarm_types()
+        if CORRUPT in alarms:  # etcd's appliers under these alarms refuse a grant before any check
+            raise errors.Corrupt()
+        if NOSPACE in alarms:
+            raise errors.NoSpace()
         if request.TTL > MAX_LEASE_TTL_SECONDS:
             raise errors.LeaseTTLTooLarge()
         ttl = max(request.TTL, self.minimum_ttl)
@@ -150,6 +158,8 @@ class Lessor:
         return await self._ask_meta_leader(ShardRequest(lease_leases=LeaseLeasesRequest()))
 
     async def revoke(self, lease_id: int) -> LeaseRevokeResponse:
+        if CORRUPT in await self.router.alarm_types():  # etcd's corrupt applier refuses a revoke
+            raise errors.Corrupt()
         key = lease_key(lease_id)
         while True:
             kv = await self.meta.get(key)

@@ -41,6 +41,7 @@ from tessera.api.internal_pb2 import RouterRecord, ShardRequest
 from tessera.api.meta_keys import LEASES_PREFIX, META_GROUP, SYSTEM_PREFIX, prefix_range, router_key
 from tessera.api.rpc_pb2 import (
     NONE,
+    AlarmMember,
     AlarmRequest,
     AlarmResponse,
     AlarmType,
@@ -453,10 +454,17 @@ class RouterServer:
             yield (await self.router.leases.keep_alive(request.ID)).SerializeToString()
 
     async def _member_list(self, _request) -> MemberListResponse:
+        """The routers, as etcd's members: each has a peer URL, as every etcd member has (tools
+        match members by it). A router has no peer port: its one URL, the client port, is both.
+        etcd's Cluster answers carry no revision in their header."""
         state = await self.meta.load()
-        return MemberListResponse(header=self.router.header(), members=[
-            Member(ID=record.id, name=record.name, clientURLs=[f"http://{record.client_address}"])
-            for record in sorted(state.routers.values(), key=lambda r: r.id)])
+        header = self.router.header()
+        header.ClearField("revision")
+        members = []
+        for record in sorted(state.routers.values(), key=lambda r: r.id):
+            url = f"http://{record.client_address}"
+            members.append(Member(ID=record.id, name=record.name, peerURLs=[url], clientURLs=[url]))
+        return MemberListResponse(header=header, members=members)
 
     async def _move_leader(self, request: MoveLeaderRequest) -> MoveLeaderResponse:
         """etcd's MoveLeader. Each router answers Status as the leader of its own endpoint, and
@@ -470,6 +478,7 @@ class RouterServer:
         router = self.router
         response = StatusResponse(header=router.header(), version=ETCD_VERSION,
                                   leader=router.member_id)
+        alarms = []
         for group, status in sorted((await router.statuses()).items()):
             if isinstance(status, BaseException):
                 response.errors.append(f"group {group}: {getattr(status, 'message', status)}")
@@ -479,28 +488,48 @@ class RouterServer:
             response.raftIndex += status.commit_index
             response.raftAppliedIndex += status.applied_index
             response.raftTerm = max(response.raftTerm, status.term)
-            response.errors.extend(f"memberID:{alarm.memberID} alarm:{AlarmType.Name(alarm.alarm)} "
-                                   f"(group {group})" for alarm in status.alarms)
+            alarms.extend(status.alarms)
+        response.errors.extend(_alarm_text(alarm) for alarm in _distinct(alarms))
         return response
 
     async def _alarm(self, request: AlarmRequest) -> AlarmResponse:
+        """etcd's Alarm: one alarm per member and type, for the whole cluster. Each data group
+        keeps every alarm in its own store (a NOSPACE alarm refuses the group's puts), so an
+        alarm is raised and cleared in every group, and the groups' answers are merged."""
         router = self.router
-        response = AlarmResponse(header=router.header())
         if request.action == AlarmRequest.GET:
-            for status in (await router.statuses()).values():
+            statuses = (await router.statuses()).values()
+            for status in statuses:
                 if isinstance(status, BaseException):
                     raise status
-                response.alarms.extend(alarm for alarm in status.alarms
-                                       if request.alarm in (NONE, alarm.alarm))
-            return response
+            alarms = [alarm for status in statuses for alarm in status.alarms
+                      if request.alarm in (NONE, alarm.alarm)]
+            return AlarmResponse(header=router.header(), alarms=_distinct(alarms))
         router.check_writable()
-        if request.alarm not in AlarmType.values():
-            return response  # etcd too accepts an alarm it does not know, and does nothing
+        if (request.alarm == NONE or request.alarm not in AlarmType.values()
+                or request.action not in (AlarmRequest.ACTIVATE, AlarmRequest.DEACTIVATE)):
+            # Raising or clearing alarm NONE changes nothing in etcd. An alarm type or an action
+            # that etcd 3.5.1 does not know crashes it (a panic in its apply); here, nothing.
+            return AlarmResponse(header=router.header())
         answers = await asyncio.gather(*(router.write(group, ShardRequest(alarm=request))
                                          for group in sorted(router.groups)))
-        for answer in answers:
-            response.alarms.extend(answer.alarms)
-        return response
+        return AlarmResponse(header=router.header(),
+                             alarms=_distinct(alarm for answer in answers for alarm in answer.alarms))
+
+
+def _distinct(alarms) -> list[AlarmMember]:
+    """Each (member, type) once, in that order. An alarm raised through the API is in every data
+    group's list; one a full group raised (its member's NOSPACE) is in that group's only."""
+    return [AlarmMember(memberID=member, alarm=alarm)
+            for member, alarm in sorted({(alarm.memberID, alarm.alarm) for alarm in alarms})]
+
+
+def _alarm_text(alarm: AlarmMember) -> str:
+    """An alarm as etcd's Status lists it: Go's compact text form, fields at 0 left out
+    ("memberID:5 alarm:NOSPACE ", "alarm:CORRUPT ")."""
+    fields = [f"memberID:{alarm.memberID} " if alarm.memberID else "",
+              f"alarm:{AlarmType.Name(alarm.alarm)} " if alarm.alarm else ""]
+    return "".join(fields)
 
 
 def _unmarshal_error(error: DecodeError) -> str:

@@ -12,7 +12,9 @@ On disk, one LMDB environment with named databases:
     meta      applied raft index, current revision, compaction revisions
     leases    lease id (8 bytes, big-endian) + key -> empty: the attachments
     revoked   lease id -> revision of the revoke: a put with it must fail
-    alarms    member id (8 bytes) + alarm type (1 byte) -> empty
+    alarms    member id (8 bytes) + alarm type (1 byte) -> empty: while a
+              NOSPACE alarm is raised, writes that add data are refused; while
+              a CORRUPT one is, every write of data (etcd's appliers)
     members   member id (8 bytes) -> the group member's record (opaque here):
               membership applied with the rest, carried by snapshots
 
@@ -92,6 +94,8 @@ from tessera.api.ordering import effective_sort, sort_results
 from tessera.api.validation import key_in_range
 from tessera.api.kv_pb2 import Event, KeyValue
 from tessera.api.rpc_pb2 import (
+    CORRUPT,
+    NONE,
     NOSPACE,
     AlarmMember,
     AlarmRequest,
@@ -283,6 +287,8 @@ class MvccStore:
         self.alarms: set[tuple[int, int]] = set()  # (member id, alarm type)
         # A NOSPACE alarm is raised: writes that add data are refused until it is cleared.
         self.space_exceeded = False
+        # A CORRUPT alarm is raised: every write of data is refused until it is cleared.
+        self.corrupt = False
         # Durability (see the module's docstring): the point on disk, and the one being flushed.
         self.durable_applied_index = 0
         self._durable: DurablePoint | None = None
@@ -362,7 +368,7 @@ class MvccStore:
             for revision_key, record in txn.cursor(db=self._history):
                 index.add_record(codec.decode_key_value(record)[KEY], revision_key)
             self.alarms = {(_U64.unpack(key[:8])[0], key[8]) for key, _ in txn.cursor(db=self._alarms_db)}
-        self.space_exceeded = any(alarm == NOSPACE for _, alarm in self.alarms)
+        self._alarms_changed()
         self._index = index
         self.applied_index = meta.get(_META_APPLIED_INDEX, 0)
         self.revision = meta.get(_META_REVISION, FIRST_REVISION)
@@ -538,6 +544,8 @@ class MvccStore:
         apply = _APPLY.get(type(request))
         if apply is None:
             raise TypeError(f"the store does not apply {type(request).__name__}")
+        if self.corrupt and _writes_data(request):
+            return errors.Corrupt()
         try:
             response = apply(change, request)
         except errors.EtcdError as error:
@@ -572,6 +580,8 @@ class MvccStore:
         member_alarm = (request.memberID, request.alarm)
         alarm_key = _u64(request.memberID) + bytes([request.alarm])
         if request.action == AlarmRequest.ACTIVATE:
+            if request.alarm == NONE:  # etcd raises no alarm of type NONE
+                return response
             self.alarms.add(member_alarm)
             txn.put(alarm_key, b"", db=self._alarms_db)
             response.alarms.add(memberID=request.memberID, alarm=request.alarm)
@@ -582,8 +592,12 @@ class MvccStore:
                 response.alarms.add(memberID=request.memberID, alarm=request.alarm)
         else:
             response.alarms.extend(AlarmMember(memberID=m, alarm=a) for m, a in sorted(self.alarms))
-        self.space_exceeded = any(alarm == NOSPACE for _, alarm in self.alarms)
+        self._alarms_changed()
         return response
+
+    def _alarms_changed(self) -> None:
+        kinds = {alarm for _, alarm in self.alarms}
+        self.space_exceeded, self.corrupt = NOSPACE in kinds, CORRUPT in kinds
 
     # --- compaction --------------------------------------------------------------------
 
@@ -1115,6 +1129,15 @@ _APPLY = {
     SetMember: _Change.set_member,
     RemoveMember: _Change.remove_member,
 }
+
+
+def _writes_data(request) -> bool:
+    """What etcd refuses while a CORRUPT alarm is raised: every client write, a transaction
+    unless all its operations are ranges (etcd serves those as reads), and a compaction."""
+    if isinstance(request, TxnRequest):
+        return any(op.WhichOneof("request") != "request_range" for op in (*request.success, *request.failure))
+    return isinstance(request, (PutRequest, DeleteRangeRequest, CompactionRequest))
+
 
 _ZERO_RECORD = (b"", 0, 0, 0, b"", 0)
 # Where each compare target sits in a record, and the Compare field holding the operand.

@@ -12,6 +12,7 @@ The cluster's map: /registry/pods/ -> group 2, /registry/events/ -> group 3, els
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import http.client
@@ -21,11 +22,13 @@ import time
 import urllib.error
 import urllib.request
 
+import grpc
 import pytest
 
 from cluster import ClusterThread
 from etcd_tools import EtcdServer, ToolUnavailable
 from router.server import RouterServer
+from tessera.api.rpc_pb2 import MemberAddRequest, MemberAddResponse
 from tessera.launcher import free_ports
 
 HEADER = ["cluster_id", "member_id", "raft_term", "revision"]  # a header, normalized
@@ -81,10 +84,10 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def post(url: str, path: str, body, method: str = "POST") -> tuple[int, object]:
+def post(url: str, path: str, body, method: str = "POST", headers: dict | None = None) -> tuple[int, object]:
     """(HTTP status, the answer: JSON decoded, or text if it is not JSON)."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(url + path, data=data, method=method)
+    request = urllib.request.Request(url + path, data=data, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
             status, raw = answer.status, answer.read()
@@ -122,13 +125,13 @@ class Pair:
         self.urls = gateways
         self.bases = [0, 0]
 
-    def send(self, path: str, body) -> list[tuple[int, object]]:
-        return [post(url, path, body) for url in self.urls]
+    def send(self, path: str, body, headers: dict | None = None) -> list[tuple[int, object]]:
+        return [post(url, path, body, headers=headers) for url in self.urls]
 
-    def same(self, path: str, body) -> tuple[int, object]:
+    def same(self, path: str, body, headers: dict | None = None) -> tuple[int, object]:
         """Send to both; assert the answers agree; return Tessera's (normalized)."""
         answers = [(status, normalized(answer, base))
-                   for (status, answer), base in zip(self.send(path, body), self.bases)]
+                   for (status, answer), base in zip(self.send(path, body, headers), self.bases)]
         assert answers[1] == answers[0], f"{path} {body}: Tessera {answers[1]} != etcd {answers[0]}"
         return answers[1]
 
@@ -212,10 +215,12 @@ def test_lease_grant_time_to_live_keep_alive_revoke(gateways):
     assert pair.same("/v3/kv/lease/revoke", {"ID": lease})[0] == 404
 
 
-def open_stream(url: str, path: str, body) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+def open_stream(url: str, path: str, body,
+                headers: dict | None = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     host, port = url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=10)
-    connection.request("POST", path, body=body if isinstance(body, bytes) else json.dumps(body))
+    connection.request("POST", path, body=body if isinstance(body, bytes) else json.dumps(body),
+                       headers=headers or {})
     return connection, connection.getresponse()
 
 
@@ -277,6 +282,84 @@ def test_errors_are_etcds(gateways, path, body):
     Pair(gateways).same(path, body)
 
 
+def test_every_grpc_code_has_an_http_status():
+    """grpc-gateway v1's HTTPStatusFromCode maps each code; none falls to the default."""
+    from router.gateway import _HTTP_STATUS
+    from tessera.api import errors
+
+    assert set(_HTTP_STATUS) == set(errors.STATUS_CODES)
+
+
+def test_each_grpc_code_gets_etcds_http_status(gateways):
+    """Every code both stores can be made to answer, through each gateway: the same status and body.
+    (INVALID_ARGUMENT, OUT_OF_RANGE, NOT_FOUND and UNKNOWN: test_errors_are_etcds.)"""
+    pair = Pair(gateways)
+    lease = secrets.randbits(48)
+    # FAILED_PRECONDITION is 400 in etcd 3.5's gateway (grpc-gateway v1.16), not 412.
+    assert pair.same("/v3/lease/grant", {"TTL": 60, "ID": lease})[0] == 200
+    assert pair.same("/v3/lease/grant", {"TTL": 60, "ID": lease}) == (400, {
+        "error": "etcdserver: lease already exists", "code": 9, "message": "etcdserver: lease already exists"})
+    pair.same("/v3/lease/revoke", {"ID": lease})
+    for path, body in (("/v3/auth/enable", {}), ("/v3/auth/user/get", {"name": "nobody"}),
+                       ("/v3/auth/authenticate", {"name": "nobody", "password": "x"})):
+        assert pair.same(path, body)[0] == 400
+    # RESOURCE_EXHAUSTED: 429, from a full store and from a message over gRPC's limit.
+    try:
+        assert pair.same("/v3/maintenance/alarm", {"action": "ACTIVATE", "alarm": "NOSPACE"}) == (
+            200, {"header": HEADER, "alarms": [{"alarm": "NOSPACE"}]})
+        status, answer = pair.same("/v3/kv/put", {"key": b64("/registry/pods/full"), "value": b64("v")})
+        assert (status, answer["message"]) == (429, "etcdserver: mvcc: database space exceeded")
+    finally:
+        pair.same("/v3/maintenance/alarm", {"action": "DEACTIVATE", "alarm": "NOSPACE"})
+    too_large = {"key": b64("/top/big"), "value": base64.b64encode(b"x" * (2 * 1024 * 1024)).decode()}
+    assert pair.same("/v3/kv/put", too_large)[0] == 429
+    # DATA_LOSS: 500, from a store whose CORRUPT alarm is raised.
+    try:
+        pair.same("/v3/maintenance/alarm", {"action": "ACTIVATE", "memberID": "7", "alarm": "CORRUPT"})
+        assert pair.same("/v3/kv/put", {"key": b64("/top/corrupt"), "value": b64("v")}) == (500, {
+            "error": "etcdserver: corrupt cluster", "code": 15, "message": "etcdserver: corrupt cluster"})
+    finally:
+        pair.same("/v3/maintenance/alarm", {"action": "DEACTIVATE", "memberID": "7", "alarm": "CORRUPT"})
+
+
+def test_grpc_timeout_is_the_calls_deadline(gateways):
+    """A lock held elsewhere: the call waits until its Grpc-Timeout, then 504 DEADLINE_EXCEEDED."""
+    pair = Pair(gateways)
+    holder, waiter = secrets.randbits(48), secrets.randbits(48)
+    for lease in (holder, waiter):
+        pair.same("/v3/lease/grant", {"TTL": 60, "ID": lease})
+    try:
+        name = b64("/top/gateway-lock")
+        for status, answer in pair.send("/v3/lock/lock", {"name": name, "lease": holder}):
+            assert status == 200 and answer["key"], answer
+        assert pair.same("/v3/lock/lock", {"name": name, "lease": waiter}, {"Grpc-Timeout": "300m"}) == (504, {
+            "error": "context deadline exceeded", "code": 4, "message": "context deadline exceeded"})
+        assert pair.same("/v3/kv/range", {"key": name}, {"Grpc-Timeout": "-1S"})[0] == 504  # passed already
+        assert pair.same("/v3/kv/range", {"key": name}, {"Grpc-Timeout": "0S"})[0] == 200  # no deadline
+        assert pair.same("/v3/kv/range", {"key": name}, {"Grpc-Timeout": "10S"})[0] == 200
+        for value in ("abc", "5", "1x", "1.5S", "+-1S", "99999999999999999999S"):
+            assert pair.same("/v3/kv/range", {"key": name}, {"Grpc-Timeout": value}) == (400, {
+                "error": f"invalid grpc-timeout: {value}", "code": 3, "message": f"invalid grpc-timeout: {value}"})
+        assert pair.same("/v3/kv/nothing", {}, {"Grpc-Timeout": "abc"}) == (404, "Not Found\n")
+    finally:
+        for lease in (holder, waiter):
+            pair.same("/v3/lease/revoke", {"ID": lease})
+
+
+def test_grpc_timeout_ends_a_stream_with_the_deadlines_error(gateways):
+    for url in gateways:
+        connection, response = open_stream(url, "/v3/watch", {"create_request": {"key": b64("/top/w")}},
+                                           {"Grpc-Timeout": "2S"})  # time enough to be created
+        try:
+            assert response.status == 200
+            assert watch_answer(response, 0) == {"result": {"header": WATCH_HEADER, "created": True}}
+            assert json.loads(response.readline()) == {"error": {
+                "grpc_code": 4, "http_code": 504, "message": "context deadline exceeded",
+                "http_status": "Gateway Timeout"}}
+        finally:
+            connection.close()
+
+
 def test_only_post_and_get_version(gateways):
     answers = [post(url, "/v3/kv/range", None, method="GET") for url in gateways]
     assert answers[1] == answers[0] == (405, "Method Not Allowed\n")
@@ -284,6 +367,51 @@ def test_only_post_and_get_version(gateways):
         with urllib.request.urlopen(url + "/version", timeout=10) as answer:
             version = json.loads(answer.read())
         assert version["etcdserver"].startswith("3.5.") and version["etcdcluster"] == "3.5.0"
+
+
+# etcd 3.5's gateway paths (rpc.proto, v3lock.proto, v3election.proto), and one it lacks:
+# HashKV's path is Hash's there, /v3/maintenance/hash.
+ETCD_PATHS = [f"/v3/{path}" for path in (
+    "kv/range", "kv/put", "kv/deleterange", "kv/txn", "kv/compaction", "watch",
+    "lease/grant", "lease/revoke", "kv/lease/revoke", "lease/keepalive", "lease/timetolive",
+    "kv/lease/timetolive", "lease/leases", "kv/lease/leases",
+    "cluster/member/add", "cluster/member/remove", "cluster/member/update", "cluster/member/list",
+    "cluster/member/promote",
+    "maintenance/alarm", "maintenance/status", "maintenance/defragment", "maintenance/hash",
+    "maintenance/snapshot", "maintenance/transfer-leadership", "maintenance/downgrade",
+    "auth/enable", "auth/disable", "auth/status", "auth/authenticate",
+    "auth/user/add", "auth/user/get", "auth/user/list", "auth/user/delete", "auth/user/changepw",
+    "auth/user/grant", "auth/user/revoke",
+    "auth/role/add", "auth/role/get", "auth/role/list", "auth/role/delete", "auth/role/grant", "auth/role/revoke",
+    "lock/lock", "lock/unlock",
+    "election/campaign", "election/proclaim", "election/leader", "election/observe", "election/resign")]
+
+
+@pytest.mark.parametrize("path", [*ETCD_PATHS, "/v3/maintenance/hashkv"])
+def test_the_paths_are_etcds(gateways, path):
+    """GET tells a path etcd serves (405) from one it does not (404), without calling the method."""
+    etcd, ours = (post(url, path, b"", method="GET") for url in gateways)
+    assert ours == etcd == ((404, "Not Found\n") if path.endswith("hashkv") else (405, "Method Not Allowed\n"))
+
+
+def test_a_method_not_served_answers_as_over_grpc(gateways, tessera_router):
+    """etcd's path, and the gRPC front end's UNIMPLEMENTED answer (grpc-go's words), 501."""
+    _, tessera_gateway = gateways
+    message = "unknown method MemberAdd for service etcdserverpb.Cluster"
+    assert post(tessera_gateway, "/v3/cluster/member/add", {"peerURLs": ["http://127.0.0.1:1"]}) == (
+        501, {"error": message, "code": 12, "message": message})
+    assert post(tessera_gateway, "/v3/cluster/member/add", b"{bad")[0] == 400  # the body is read first
+
+    async def over_grpc():
+        async with grpc.aio.insecure_channel(tessera_router.listen) as channel:
+            add = channel.unary_unary("/etcdserverpb.Cluster/MemberAdd",
+                                      request_serializer=MemberAddRequest.SerializeToString,
+                                      response_deserializer=MemberAddResponse.FromString)
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await add(MemberAddRequest(peerURLs=["http://127.0.0.1:1"]), timeout=10)
+            return failure.value.code(), failure.value.details()
+
+    assert asyncio.run(over_grpc()) == (grpc.StatusCode.UNIMPLEMENTED, message)
 
 
 def test_cluster_maintenance_and_auth(gateways):
@@ -295,7 +423,11 @@ def test_cluster_maintenance_and_auth(gateways):
     for status, answer in pair.send("/v3/maintenance/status", {}):
         assert status == 200 and answer["version"].startswith("3.5.") and answer["leader"] and answer["raftIndex"]
     (_, etcd_members), (_, tessera_members) = pair.send("/v3/cluster/member/list", {})
-    assert set(etcd_members["members"][0]) >= set(tessera_members["members"][0]) >= {"ID", "name", "clientURLs"}
+    assert sorted(tessera_members["header"]) == sorted(etcd_members["header"])  # no revision in either
+    [etcd_member] = etcd_members["members"]
+    for member in tessera_members["members"]:  # ID, name, peerURLs, clientURLs; isLearner false, left out
+        assert set(member) == set(etcd_member) == {"ID", "name", "peerURLs", "clientURLs"}
+        assert all(url.startswith("http://") for url in member["peerURLs"] + member["clientURLs"])
     for status, answer in pair.send("/v3/maintenance/hash", {}):
         assert status == 200 and int(answer["hash"]) > 0, answer
     # A target that is not a member: etcd's gateway and Tessera's give the same error.

@@ -14,6 +14,8 @@ from shards.mvcc import (
 from tessera.api import errors
 from tessera.api.kv_pb2 import Event, KeyValue
 from tessera.api.rpc_pb2 import (
+    CORRUPT,
+    NONE,
     NOSPACE,
     AlarmRequest,
     Compare,
@@ -414,6 +416,31 @@ def test_nospace_alarm_refuses_writes_that_add_data_until_disarmed(store):
     assert store.put(b"b") == errors.NoSpace()
     store.apply(AlarmRequest(action=AlarmRequest.DEACTIVATE, memberID=1, alarm=NOSPACE))
     assert store.put(b"b").header.revision == 4
+
+
+def test_corrupt_alarm_refuses_every_write_of_data_until_disarmed(store):
+    store.put(b"a")
+    store.apply(AlarmRequest(action=AlarmRequest.ACTIVATE, memberID=2, alarm=CORRUPT))
+    for write in (PutRequest(key=b"b"), DeleteRangeRequest(key=b"a"), DeleteRangeRequest(key=b"absent"),
+                  TxnRequest(success=[put_op(b"c")]), TxnRequest(failure=[RequestOp(
+                      request_delete_range=DeleteRangeRequest(key=b"a"))]), CompactionRequest(revision=2)):
+        refused = store.apply(write)
+        assert (refused.code, refused.message) == ("DATA_LOSS", "etcdserver: corrupt cluster"), write
+    # Reads go on, a transaction of ranges alone too (etcd serves it as a read).
+    read = store.apply(TxnRequest(success=[RequestOp(request_range=RangeRequest(key=b"a"))]))
+    assert read.responses[0].response_range.count == 1
+    store.reopen()
+    assert store.put(b"b") == errors.Corrupt()
+    store.apply(AlarmRequest(action=AlarmRequest.DEACTIVATE, memberID=2, alarm=CORRUPT))
+    assert store.put(b"b").header.revision == 3
+
+
+def test_alarm_none_is_never_raised(store):
+    """etcd's apply ignores ACTIVATE of alarm NONE: nothing is kept, nothing answered."""
+    assert list(store.apply(AlarmRequest(action=AlarmRequest.ACTIVATE, memberID=5, alarm=NONE)).alarms) == []
+    assert list(store.apply(AlarmRequest(action=AlarmRequest.GET)).alarms) == []
+    store.reopen()
+    assert list(store.apply(AlarmRequest(action=AlarmRequest.GET)).alarms) == []
 
 
 def test_quota_exceeded_compares_the_pages_in_use_with_the_quota(tmp_path):
