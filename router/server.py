@@ -12,7 +12,6 @@ library in between (ARCHITECTURE decision 2). Errors are etcd's
 from __future__ import annotations
 
 import asyncio
-import gc
 import hashlib
 import logging
 import random
@@ -94,7 +93,6 @@ LEADER_CHECK_SECONDS = 0.5
 DEREGISTER_SECONDS = 2.0
 META_RETRY_SECONDS = 0.5
 STOP_GRACE_SECONDS = 1.0
-GC_YOUNG_THRESHOLD = 50_000  # allocations between collections of the youngest generation (Python's: 700)
 
 
 def router_id(name: str) -> int:
@@ -552,10 +550,6 @@ async def serve(listen: str, meta_members: dict[int, str], **options) -> None:
     """Run a router until SIGTERM or SIGINT; `options` as RouterServer takes them."""
     server = RouterServer(listen, meta_members, **options)
     await server.start()
-    # Every call allocates a few short-lived objects and almost none form cycles: what is alive
-    # after start is left out of collections, and the youngest generation is collected less often.
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

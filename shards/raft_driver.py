@@ -62,6 +62,7 @@ finishes the install (the WAL's snapshot is newer than the store).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import secrets
@@ -96,6 +97,7 @@ QUIESCE_AFTER_TICKS = 3  # idle ticks (heartbeat intervals) before a leader quie
 # (5 s) plus an election, so a leader change can complete before giving up.
 WRITE_TIMEOUT_SECONDS = 7.0
 READ_TIMEOUT_SECONDS = 7.0
+DEADLINE_SWEEP_SECONDS = 0.1  # how late a write or read past its timeout may be answered
 
 
 class ReplicaStateError(Exception):
@@ -193,6 +195,9 @@ class RaftDriver:
         self._ticks_due = 0
         self._writes: list[tuple[int, bytes]] = []  # (proposal id, entry data) to propose
         self._waiting_writes: dict[int, asyncio.Future] = {}
+        # (deadline, future, proposal id or None): writes and reads waiting, oldest first
+        self._deadlines: collections.deque[tuple[float, asyncio.Future, int | None]] = collections.deque()
+        self._deadline_sweep: asyncio.TimerHandle | None = None
         self._read_queue: list[_PendingRead] = []
         self._read_rounds: dict[bytes, _ReadRound] = {}
         self._next_proposal_id = secrets.randbits(62)
@@ -243,6 +248,8 @@ class RaftDriver:
         await self.transport.stop()
         self.watch_hub.stop()
         self._fail_waiting(errors.Stopped())
+        if self._deadline_sweep is not None:
+            self._deadline_sweep.cancel()
         self.wal.close()
         self.store.close()
 
@@ -323,26 +330,42 @@ class RaftDriver:
         return await self._outcome_of(proposal_id)
 
     async def _outcome_of(self, proposal_id: int):
-        future = asyncio.get_running_loop().create_future()
+        future = self._future_until(WRITE_TIMEOUT_SECONDS, proposal_id)
         self._waiting_writes[proposal_id] = future
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), WRITE_TIMEOUT_SECONDS)
-        except asyncio.TimeoutError:
-            self._waiting_writes.pop(proposal_id, None)
-            self.metrics.proposals_failed += 1
-            return errors.RequestTimeout()
+        return await future
 
     async def read(self, request: ShardRequest):
         """A linearizable read: served once the applied index reaches a confirmed ReadIndex."""
         self.check_leader()
         self.unquiesce()
-        future = asyncio.get_running_loop().create_future()
+        future = self._future_until(READ_TIMEOUT_SECONDS)
         self._read_queue.append(_PendingRead(request, future))
         self._wake.set()
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), READ_TIMEOUT_SECONDS)
-        except asyncio.TimeoutError:
-            return errors.RequestTimeout()
+        return await future
+
+    def _future_until(self, timeout: float, proposal_id: int | None = None) -> asyncio.Future:
+        """A future for an outcome, given "request timed out" if it has none in `timeout`.
+
+        One sweep ends them all, in deadline order: no timer, no task per request.
+        """
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._deadlines.append((loop.time() + timeout, future, proposal_id))
+        if self._deadline_sweep is None:
+            self._deadline_sweep = loop.call_later(DEADLINE_SWEEP_SECONDS, self._sweep_deadlines)
+        return future
+
+    def _sweep_deadlines(self) -> None:
+        loop = asyncio.get_running_loop()
+        now, deadlines = loop.time(), self._deadlines
+        while deadlines and (deadlines[0][0] <= now or deadlines[0][1].done()):
+            _, future, proposal_id = deadlines.popleft()
+            if not future.done():
+                if proposal_id is not None:
+                    self._waiting_writes.pop(proposal_id, None)
+                    self.metrics.proposals_failed += 1
+                future.set_result(errors.RequestTimeout())
+        self._deadline_sweep = loop.call_later(DEADLINE_SWEEP_SECONDS, self._sweep_deadlines) if deadlines else None
 
     def local_range(self, request: ShardRequest):
         try:

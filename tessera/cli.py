@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import gc
 import os
 import platform
 import signal
@@ -32,6 +33,7 @@ from tessera.launcher import (
 )
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+GC_YOUNG_THRESHOLD = 50_000  # allocations between collections of the youngest generation (Python's: 700)
 
 
 def build_info() -> dict[str, str]:
@@ -153,6 +155,7 @@ def command_replica(args: argparse.Namespace) -> int:
         backend_batch_limit_entries=args.backend_batch_limit,
     )
     stop_with_parent(args.parent_pid)
+    collect_garbage_rarely()
     try:
         asyncio.run(run_replica(config, args.parent_pid))
     except KeyboardInterrupt:
@@ -174,6 +177,17 @@ async def run_replica(config: ReplicaConfig, parent_pid: int | None) -> None:
         pass
 
 
+def collect_garbage_rarely() -> None:
+    """For a server process: its requests allocate short-lived objects, almost none in cycles.
+
+    What the process has loaded is left out of collections, and the youngest generation
+    is collected every GC_YOUNG_THRESHOLD allocations instead of Python's 700: collections
+    took a sixth of a busy replica's time, and as much of the router's.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def stop_with_parent(parent_pid: int | None) -> None:
     """Have the kernel send SIGTERM when the parent (a launcher, a test) dies, even by SIGKILL."""
     if parent_pid is None:
@@ -191,6 +205,7 @@ def command_router(args: argparse.Namespace) -> int:
 
     stop_with_parent(args.parent_pid)
     logs.configure("router", listen=args.listen)
+    collect_garbage_rarely()
     try:
         auto_compaction = None
         if args.auto_compaction_mode:
