@@ -13,8 +13,17 @@ from pathlib import Path
 from tessera.chaos.checker import check_all
 from tessera.chaos.faults import FAULT_KINDS
 from tessera.chaos.history import History
-from tessera.chaos.run import CHECK_BUDGET_SECONDS, CLIENTS_DEFAULT, RunConfig, parse_faults, run_chaos, summary, \
-    timeline_png
+from tessera.chaos.run import (
+    CHECK_BUDGET_SECONDS,
+    CHECK_BUDGET_SHARE,
+    CLIENTS_DEFAULT,
+    RunConfig,
+    check_budget_for,
+    parse_faults,
+    run_chaos,
+    summary,
+    timeline_png,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=int, default=CLIENTS_DEFAULT, help="concurrent workload clients")
     parser.add_argument("--directory", type=Path, default=None,
                         help="where the cluster, history, summary and timeline go (default: a new temporary one)")
-    parser.add_argument("--check-budget", type=float, default=CHECK_BUDGET_SECONDS,
-                        help="seconds the linearizability search may take")
+    parser.add_argument("--check-budget", type=float, default=None,
+                        help=f"seconds the linearizability search may take (default {CHECK_BUDGET_SECONDS:.0f}, "
+                             f"or {CHECK_BUDGET_SHARE} x --duration if that is more)")
     parser.add_argument("--keep-data", action="store_true", help="keep the cluster's data even when the run passes")
     parser.add_argument("--check", type=Path, default=None, metavar="HISTORY",
                         help="only check a saved history.jsonl again (no cluster)")
@@ -39,7 +49,7 @@ def run_from_arguments(args: argparse.Namespace) -> int:
         except (OSError, ValueError, TypeError, KeyError) as error:
             print(f"tessera chaos: cannot read {args.check}: {error}", file=sys.stderr)
             return 2
-        verdicts = check_all(history, args.check_budget)
+        verdicts = check_all(history, args.check_budget or CHECK_BUDGET_SECONDS)
         for verdict in verdicts:
             print(f"{verdict.name}: {verdict.verdict} ({verdict.checked} checked in {verdict.seconds:.2f} s)")
             for problem in verdict.problems:
@@ -53,7 +63,8 @@ def run_from_arguments(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else random.randrange(1 << 24)
     directory = args.directory or Path(tempfile.mkdtemp(prefix=f"tessera-chaos-{seed}-"))
     config = RunConfig(duration_seconds=args.duration, seed=seed, faults=faults, directory=directory,
-                       clients=args.clients, check_budget_seconds=args.check_budget, keep_data=args.keep_data)
+                       clients=args.clients, keep_data=args.keep_data,
+                       check_budget_seconds=args.check_budget or check_budget_for(args.duration))
     try:
         run = asyncio.run(run_chaos(config))
     except FileExistsError as error:

@@ -47,6 +47,10 @@ WATCHERS_PER_PREFIX = 2
 HEAL_SECONDS = 60.0  # after the last fault: every group must have a leader again by then
 FINAL_SECONDS = 60.0  # to read every key back, write the end markers, and let watchers catch up
 CHECK_BUDGET_SECONDS = 120.0
+# A longer run records a longer history: its linearizability search may take this share of the
+# run's duration when that is more than CHECK_BUDGET_SECONDS (a 30-minute run's 1.6 million
+# operations took 150 s to check).
+CHECK_BUDGET_SHARE = 0.25
 WAL_SEGMENT_BYTES = 4 * 1024 * 1024  # as the test cluster's: small segments, little disk
 MARKER_KEY = "zz-end"  # written under each prefix after the run: the end of its change log
 
@@ -78,6 +82,11 @@ class RunReport:
     @property
     def valid(self) -> bool:
         return not self.notes and all(verdict.valid for verdict in self.verdicts)
+
+
+def check_budget_for(duration_seconds: float) -> float:
+    """The linearizability search's default budget for a run of this duration."""
+    return max(CHECK_BUDGET_SECONDS, CHECK_BUDGET_SHARE * duration_seconds)
 
 
 def parse_faults(text: str) -> list[str]:
