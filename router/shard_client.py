@@ -175,6 +175,9 @@ class ShardConnection:
         except OSError as error:
             self._lost(connection, f"could not connect: {error}")
             return
+        if connection is not self._connection:
+            connection.transport.close()  # closed while it was being opened
+            return
         connection.transport.write(frame(HELLO_BATCH))
         self._flush()
 

@@ -1,10 +1,10 @@
-"""Which member of a group GroupClient asks: serializable reads spread over all, the rest the leader first."""
+"""The router's side of the internal API: which member GroupClient asks, and ShardConnection's sockets."""
 
 from __future__ import annotations
 
 import asyncio
 
-from router.shard_client import GroupClient
+from router.shard_client import GroupClient, ReplicaUnreachable, ShardConnection
 from tessera.api.internal_pb2 import ShardRequest, ShardResponse, StatusResponse
 from tessera.api.rpc_pb2 import RangeRequest, RangeResponse
 
@@ -45,5 +45,25 @@ def test_serializable_reads_spread_over_the_members_and_a_status_asks_the_leader
         for _ in range(10):
             await client.call(ShardRequest(status={}), write=False, any_member=True)
         assert members[1].asked == before[1] + 10 and members[2].asked == before[2]
+
+    asyncio.run(scenario())
+
+
+def test_a_connection_closed_while_it_opens_leaves_no_socket_behind():
+    async def scenario():
+        ended = asyncio.get_running_loop().create_future()
+
+        async def peer(reader, writer):
+            ended.set_result(await reader.read())  # what arrives before the router's side closes
+            writer.close()
+
+        server = await asyncio.start_server(peer, "127.0.0.1", 0)
+        connection = ShardConnection("127.0.0.1:%d" % server.sockets[0].getsockname()[1])
+        outcome = asyncio.get_running_loop().create_future()
+        connection.submit(ShardRequest(status={}).SerializeToString(), lambda _, result: outcome.set_result(result), None)
+        await connection.close()  # before the connection is made
+        assert isinstance(await outcome, ReplicaUnreachable) and not (await outcome).sent
+        assert await asyncio.wait_for(ended, 5.0) == b""  # closed, and nothing was sent on it
+        server.close()
 
     asyncio.run(scenario())
