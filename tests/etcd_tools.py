@@ -144,20 +144,28 @@ def _is_etcd34(binary: Path) -> bool:
     return "etcd Version: 3.4." in _version_line(binary, "--version")
 
 
+def _debian_binary(package: str, directory: Path, binary: str, wanted) -> tuple[Path | None, str]:
+    """`binary` of Debian's `package`, unpacked into `directory` once (under a lock); else None and why not."""
+    cached = directory / "usr" / "bin" / binary
+    reason = None
+    if not (cached.is_file() and wanted(cached)):
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        with open(CACHE_DIR / f".{package}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one download at a time, across processes
+            if not (cached.is_file() and wanted(cached)):
+                reason = _fetch_debian_package(package, directory)
+    if cached.is_file() and wanted(cached):
+        return cached, ""
+    return None, reason or f"the unpacked {package} has no {binary} of the version wanted"
+
+
 @functools.cache
 def etcd34_path() -> Path:
     """The etcd 3.4 server binary (Debian's etcd-server 3.4.23), fetched into the cache on first use."""
-    cached = ETCD34_DIR / "usr" / "bin" / "etcd"
-    reason = None
-    if not (cached.is_file() and _is_etcd34(cached)):
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        with open(CACHE_DIR / ".etcd-server.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one download at a time, across processes
-            if not (cached.is_file() and _is_etcd34(cached)):
-                reason = _fetch_debian_package("etcd-server", ETCD34_DIR)
-    if cached.is_file() and _is_etcd34(cached):
-        return cached
-    raise ToolUnavailable(f"no etcd 3.4: {reason or 'the unpacked etcd-server has no etcd 3.4'}")
+    binary, reason = _debian_binary("etcd-server", ETCD34_DIR, "etcd", _is_etcd34)
+    if binary is None:
+        raise ToolUnavailable(f"no etcd 3.4: {reason}")
+    return binary
 
 
 @functools.cache
@@ -168,21 +176,13 @@ def etcdctl34_path() -> Path:
         if _is_etcdctl34(Path(override)):
             return Path(override)
         raise ToolUnavailable(f"TESSERA_ETCDCTL34={override} is not an etcdctl 3.4")
-    cached = ETCDCTL34_DIR / "usr" / "bin" / "etcdctl"
-    reason = None
-    if not (cached.is_file() and _is_etcdctl34(cached)):
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        with open(CACHE_DIR / ".etcd-client.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one download at a time, across processes
-            if not (cached.is_file() and _is_etcdctl34(cached)):
-                reason = _fetch_debian_package("etcd-client", ETCDCTL34_DIR)
-    if cached.is_file() and _is_etcdctl34(cached):
-        return cached
+    binary, reason = _debian_binary("etcd-client", ETCDCTL34_DIR, "etcdctl", _is_etcdctl34)
+    if binary is not None:
+        return binary
     on_path = shutil.which("etcdctl")
     if on_path and _is_etcdctl34(Path(on_path)):
         return Path(on_path)
-    raise ToolUnavailable(f"no etcdctl 3.4: {reason or 'the unpacked etcd-client has no etcdctl 3.4'}; "
-                          "none on PATH either")
+    raise ToolUnavailable(f"no etcdctl 3.4: {reason}; none on PATH either")
 
 
 # ---------------------------------------------------------------- processes
