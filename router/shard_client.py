@@ -72,9 +72,15 @@ def _settle(future: asyncio.Future, outcome: object) -> None:
 
 
 class _Framed(asyncio.Protocol):
-    """A client connection's frames, handed to its owner; the owner is told when it ends."""
+    """A client connection's frames, handed to its owner; the owner is told when it ends.
 
-    def __init__(self, on_frames: Callable[[list[bytes]], None], on_lost: Callable[[_Framed, str], None]):
+    The hello goes out as the connection is made, before anything the owner writes: the
+    owner may write as soon as `transport` is set, before its connect call has returned.
+    """
+
+    def __init__(self, hello: bytes, on_frames: Callable[[list[bytes]], None],
+                 on_lost: Callable[[_Framed, str], None]):
+        self.hello = hello
         self.on_frames = on_frames
         self.on_lost = on_lost
         self.transport: asyncio.Transport | None = None
@@ -83,6 +89,7 @@ class _Framed(asyncio.Protocol):
         self._reader = FrameReader()
 
     def connection_made(self, transport: asyncio.Transport) -> None:
+        transport.write(frame(self.hello))
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -163,7 +170,7 @@ class ShardConnection:
         self._sweep_timer = loop.call_later(SWEEP_SECONDS, self._sweep) if self._waiting else None
 
     def _open(self, loop: asyncio.AbstractEventLoop) -> None:
-        connection = _Framed(self._answered, self._lost)
+        connection = _Framed(HELLO_BATCH, self._answered, self._lost)
         connection.on_writable = self._flush
         self._connection = connection
         loop.create_task(self._connect(loop, connection))
@@ -178,7 +185,6 @@ class ShardConnection:
         if connection is not self._connection:
             connection.transport.close()  # closed while it was being opened
             return
-        connection.transport.write(frame(HELLO_BATCH))
         self._flush()
 
     def _flush(self) -> None:
@@ -234,26 +240,26 @@ class ReplicaWatch:
     def __init__(self, address: str):
         self.address = address
         self._connection: _Framed | None = None
-        self._unsent: list[bytes] = [frame(HELLO_WATCH)]
+        self._unsent: list[bytes] | None = []  # requests sent before the connection was up; None once they left
         self._responses: asyncio.Queue[WatchResponse | str] = asyncio.Queue()
 
     def send(self, request: WatchRequest) -> None:
         data = frame(request.SerializeToString())
-        if self._connection is not None and self._connection.transport is not None:
+        if self._unsent is None:
             self._connection.transport.write(data)
         else:
             self._unsent.append(data)
 
     async def responses(self) -> AsyncIterator[WatchResponse]:
         """The replica's answers, then ReplicaUnreachable saying why the stream ended."""
-        self._connection = _Framed(self._received, self._lost)
+        self._connection = _Framed(HELLO_WATCH, self._received, self._lost)
         host, port = host_and_port(self.address)
         try:
             await asyncio.get_running_loop().create_connection(lambda: self._connection, host, port)
         except OSError as error:
             raise ReplicaUnreachable(self.address, False, f"could not connect: {error}") from None
         self._connection.transport.write(b"".join(self._unsent))
-        self._unsent = []
+        self._unsent = None
         try:
             while isinstance(response := await self._responses.get(), WatchResponse):
                 yield response

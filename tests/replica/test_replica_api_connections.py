@@ -87,3 +87,20 @@ def test_a_replica_that_does_not_listen_is_unreachable_and_the_request_was_not_s
             await connection.close()
 
     asyncio.run(scenario())
+
+
+def test_requests_sent_on_every_turn_while_the_connection_opens_are_all_answered(lone_replica):
+    """The hello goes first even when a batch is flushed the moment the socket connects."""
+    async def scenario():
+        connection = ShardConnection(lone_replica.api_address(1))
+        try:
+            answers = []
+            for _ in range(30):  # one request a turn of the loop, from before the connection is made
+                answers.append(asyncio.ensure_future(connection.request(ShardRequest(status={}), timeout=5.0)))
+                await asyncio.sleep(0)
+            answered = [await answer for answer in answers]
+            assert all(answer.HasField("status") for answer in answered), answered
+        finally:
+            await connection.close()
+
+    asyncio.run(scenario())
