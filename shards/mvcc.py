@@ -179,6 +179,9 @@ class Proposal(NamedTuple):
     requests: Sequence  # PutRequest, DeleteRangeRequest, TxnRequest, CompactionRequest, ...
     # Leases the router does not know: a put with one, on the path a txn takes, is refused.
     unknown_leases: frozenset = frozenset()
+    # Whether anyone waits for the responses: a follower's entries, and a leader's
+    # entries replayed after a restart, are applied without building any.
+    respond: bool = True
 
 
 class ChangeEvent(NamedTuple):
@@ -186,6 +189,7 @@ class ChangeEvent(NamedTuple):
 
     type: int  # Event.PUT or Event.DELETE
     revision: int  # main revision
+    key: bytes
     kv: bytes  # the KeyValue (for a delete: key and mod_revision)
     prev_kv: bytes | None  # the KeyValue it replaced, if the key existed
 
@@ -228,7 +232,9 @@ class DurablePoint(NamedTuple):
 
 
 class ApplyResult(NamedTuple):
-    responses: list  # per proposal: None if already applied, else a response or EtcdError per request
+    # Per proposal: None if already applied or nobody waits (Proposal.respond), else a
+    # response (None: a header alone) or EtcdError per request.
+    responses: list
     events: list[ChangeEvent]
     commit_seconds: float  # the LMDB commit alone (etcd's backend commit duration)
 
@@ -474,7 +480,7 @@ class MvccStore:
                 if key_in_range(record_key, key, range_end) and main > self.compacted_revision:
                     previous = self._index.get(record_key, main - 1)
                     events.append(ChangeEvent(
-                        Event.DELETE if tombstone else Event.PUT, main, record,
+                        Event.DELETE if tombstone else Event.PUT, main, record_key, record,
                         self._record_bytes(txn, previous) if previous is not None else None,
                     ))
                 present = cursor.next()
@@ -524,10 +530,12 @@ class MvccStore:
                 if proposal.index <= self.applied_index:
                     responses.append(None)
                     continue
-                responses.append([
-                    self._apply_request(txn, request, proposal.floor, events, proposal.unknown_leases)
+                answers = [
+                    self._apply_request(txn, request, proposal.floor, events, proposal.unknown_leases,
+                                        proposal.respond)
                     for request in proposal.requests
-                ])
+                ]
+                responses.append(answers if proposal.respond else None)
                 self.applied_index = proposal.index
             txn.put(_META_APPLIED_INDEX, _u64(self.applied_index), db=self._meta)
             txn.put(_META_REVISION, _u64(self.revision), db=self._meta)
@@ -539,7 +547,10 @@ class MvccStore:
         self._committed_since_durable = True
         return ApplyResult(responses, events, time.perf_counter() - started)
 
-    def _apply_request(self, txn, request, floor: int, events: list[ChangeEvent], unknown_leases=frozenset()):
+    def _apply_request(self, txn, request, floor: int, events: list[ChangeEvent], unknown_leases=frozenset(),
+                       respond: bool = True):
+        if type(request) is PutRequest:
+            return self._apply_put(txn, request, floor, events, unknown_leases, respond)
         change = _Change(self, txn, floor, events, unknown_leases)
         apply = _APPLY.get(type(request))
         if apply is None:
@@ -554,6 +565,50 @@ class MvccStore:
         if response is not None:
             response.header.revision = self.revision
         return response
+
+    def _apply_put(self, txn, request: PutRequest, floor: int, events: list[ChangeEvent], unknown_leases,
+                   respond: bool):
+        """A put on its own, the write path's common case: what _Change does, without one."""
+        if self.corrupt:
+            return errors.Corrupt()
+        try:
+            self._check_put(txn, request, unknown_leases)
+        except errors.EtcdError as error:
+            return error
+        self.revision = main = max(self.revision + 1, floor)
+        previous_bytes = self._write_put(txn, request, main, 0, events)
+        if not respond:
+            return None
+        response = _put_response(request, previous_bytes)
+        response.header.revision = main
+        return response
+
+    def _write_put(self, txn, request: PutRequest, main: int, sub: int, events: list[ChangeEvent]) -> bytes | None:
+        """Write a put at revision (main, sub); returns the record it replaced, if the key existed."""
+        key = request.key
+        index = self._index
+        previous_revision = index.get(key)
+        if previous_revision is None:
+            previous_bytes = None
+            create, version, previous_lease = main, 1, 0
+            value = request.value
+            lease = request.lease
+        else:
+            previous_bytes = self._record_bytes(txn, previous_revision)
+            previous = codec.decode_key_value(previous_bytes)
+            create, version, previous_lease = previous[CREATE], previous[VERSION] + 1, previous[LEASE]
+            value = previous[VALUE] if request.ignore_value else request.value
+            lease = previous_lease if request.ignore_lease else request.lease
+        record = codec.encode_key_value(key, create, main, version, value, lease)
+        txn.put(codec.encode_revision(main, sub), record, db=self._history)
+        index.add(key, main, sub)
+        if previous_lease != lease:
+            if previous_lease:
+                txn.delete(_lease_prefix(previous_lease) + key, db=self._leases)
+            if lease:
+                txn.put(_lease_prefix(lease) + key, b"", db=self._leases)
+        events.append(ChangeEvent(Event.PUT, main, key, record, previous_bytes))
+        return previous_bytes
 
     def _check_put(self, txn, request: PutRequest, unknown_leases=frozenset()) -> None:
         if self.space_exceeded:
@@ -946,36 +1001,8 @@ class _Change:
         return revision
 
     def put(self, request: PutRequest) -> PutResponse:
-        store, txn = self.store, self.txn
-        previous_revision = store._index.get(request.key)
-        previous_bytes = previous = None
-        if previous_revision is not None:
-            previous_bytes = store._record_bytes(txn, previous_revision)
-            previous = codec.decode_key_value(previous_bytes)
-        value = previous[VALUE] if request.ignore_value else request.value
-        lease = previous[LEASE] if request.ignore_lease else request.lease
         main, sub = self._next_revision()
-        record = codec.encode_key_value(
-            request.key,
-            previous[CREATE] if previous else main,
-            main,
-            previous[VERSION] + 1 if previous else 1,
-            value,
-            lease,
-        )
-        txn.put(codec.encode_revision(main, sub), record, db=store._history)
-        store._index.add(request.key, main, sub)
-        previous_lease = previous[LEASE] if previous else 0
-        if previous_lease != lease:
-            if previous_lease:
-                txn.delete(_lease_prefix(previous_lease) + request.key, db=store._leases)
-            if lease:
-                txn.put(_lease_prefix(lease) + request.key, b"", db=store._leases)
-        self.events.append(ChangeEvent(Event.PUT, main, record, previous_bytes))
-        response = PutResponse()
-        if request.prev_kv and previous is not None:
-            response.prev_kv.MergeFromString(previous_bytes)
-        return response
+        return _put_response(request, self.store._write_put(self.txn, request, main, sub, self.events))
 
     def delete_range(self, request: DeleteRangeRequest) -> DeleteRangeResponse:
         index = self.store._index
@@ -1001,7 +1028,7 @@ class _Change:
         store._index.add(key, main, sub, tombstone=True)
         if lease:
             txn.delete(_lease_prefix(lease) + key, db=store._leases)
-        self.events.append(ChangeEvent(Event.DELETE, main, tombstone, previous_bytes))
+        self.events.append(ChangeEvent(Event.DELETE, main, key, tombstone, previous_bytes))
         return previous_bytes
 
     def checked_put(self, request: PutRequest) -> PutResponse:
@@ -1129,6 +1156,13 @@ _APPLY = {
     SetMember: _Change.set_member,
     RemoveMember: _Change.remove_member,
 }
+
+
+def _put_response(request: PutRequest, previous_bytes: bytes | None) -> PutResponse:
+    response = PutResponse()
+    if request.prev_kv and previous_bytes is not None:
+        response.prev_kv.MergeFromString(previous_bytes)
+    return response
 
 
 def _writes_data(request) -> bool:

@@ -638,7 +638,8 @@ class RaftDriver:
 
     def _apply(self, entries) -> None:
         proposals = []
-        waiting: dict[int, int] = {}  # position in proposals -> proposal id
+        waiting: dict[int, int] = {}  # position in proposals -> proposal id of a write waited for here
+        waiting_writes = self._waiting_writes
         for entry in entries:
             if entry.type == EntryType.CONF_CHANGE:
                 proposals.append(Proposal(entry.index, 0, (self._apply_member_change(entry.data),)))
@@ -648,9 +649,12 @@ class RaftDriver:
                 continue
             request = ShardRequest.FromString(entry.data)
             kind = request.WhichOneof("request")
-            waiting[len(proposals)] = request.id
+            respond = request.id in waiting_writes
+            if respond:
+                waiting[len(proposals)] = request.id
+            unknown_leases = request.unknown_leases
             proposals.append(Proposal(entry.index, request.floor, (REQUEST_KINDS[kind].to_store(request),),
-                                      frozenset(request.unknown_leases)))
+                                      frozenset(unknown_leases) if unknown_leases else frozenset(), respond))
         started = time.perf_counter()
         result = self.store.apply(proposals)
         failpoint(STORE_APPLIED)

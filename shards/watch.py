@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from native import codec
 from shards.mvcc import ChangeEvent, MvccStore
 from tessera.api import errors
 from tessera.api.validation import key_in_range
@@ -59,10 +58,10 @@ class _Watcher:
     next_revision: int
     synced: bool
 
-    def wants(self, event: ChangeEvent, key: bytes) -> bool:
+    def wants(self, event: ChangeEvent) -> bool:
         return (
             event.revision >= self.next_revision and event.type not in self.filters
-            and key_in_range(key, self.key, self.range_end)
+            and key_in_range(event.key, self.key, self.range_end)
         )
 
 
@@ -137,14 +136,11 @@ class WatchStream:
             response.header.revision = self.hub.store.revision
         self.outbox.put_nowait(response)
 
-    def deliver(self, watcher: _Watcher, events: list[ChangeEvent], keys: list[bytes]) -> None:
-        """Send a watcher the events it wants of these (whole revisions), and move it past them.
-
-        `keys` are the events' keys, decoded once for every watcher.
-        """
+    def deliver(self, watcher: _Watcher, events: list[ChangeEvent]) -> None:
+        """Send a watcher the events it wants of these (whole revisions), and move it past them."""
         response = WatchResponse(watch_id=watcher.id)
-        for event, key in zip(events, keys):
-            if watcher.wants(event, key):
+        for event in events:
+            if watcher.wants(event):
                 added = response.events.add(type=event.type)
                 added.kv.MergeFromString(event.kv)
                 if watcher.prev_kv and event.prev_kv is not None:
@@ -203,14 +199,13 @@ class WatchHub:
 
     def publish(self, events: list[ChangeEvent]) -> None:
         """Live events of one applied batch, in revision order, to every synced watcher."""
-        keys = _event_keys(events)
         for stream in self.streams:
             if stream.backed_up:
                 stream.fall_behind()
                 continue
             for watcher in stream.watchers.values():
                 if watcher.synced:
-                    stream.deliver(watcher, events, keys)
+                    stream.deliver(watcher, events)
 
     def resync_all(self) -> None:
         """After the store was replaced by a snapshot: its events were never published."""
@@ -247,12 +242,9 @@ class WatchHub:
             stream.send(WatchResponse(
                 watch_id=watcher.id, canceled=True, compact_revision=self.store.compacted_revision))
             return True
-        stream.deliver(watcher, events, _event_keys(events))
+        stream.deliver(watcher, events)
         watcher.next_revision = next_revision
         # Nothing is applied between the read and this check: at the head means synced.
         watcher.synced = next_revision > self.store.revision
         return watcher.synced
 
-
-def _event_keys(events: list[ChangeEvent]) -> list[bytes]:
-    return [codec.decode_key_value(event.kv)[0] for event in events]

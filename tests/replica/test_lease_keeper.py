@@ -14,11 +14,12 @@ EXTEND = 1.0
 
 def put(record: LeaseRecord, revision: int = 1) -> ChangeEvent:
     kv = codec.encode_key_value(lease_key(record.id), 1, revision, 1, record.SerializeToString(), 0)
-    return ChangeEvent(Event.PUT, revision, kv, None)
+    return ChangeEvent(Event.PUT, revision, lease_key(record.id), kv, None)
 
 
 def delete(lease_id: int) -> ChangeEvent:
-    return ChangeEvent(Event.DELETE, 2, codec.encode_key_value(lease_key(lease_id), 0, 2, 0, b"", 0), None)
+    key = lease_key(lease_id)
+    return ChangeEvent(Event.DELETE, 2, key, codec.encode_key_value(key, 0, 2, 0, b"", 0), None)
 
 
 def stored(record: LeaseRecord, mod_revision: int = 1) -> KeyValue:
