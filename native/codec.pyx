@@ -360,3 +360,27 @@ def decode_key_value(record):
         return key, numbers[2], numbers[3], numbers[4], value, numbers[6]
     finally:
         PyBuffer_Release(&view)
+
+
+def repeated_messages(data):
+    """The elements of a message whose fields are all one repeated message field
+    numbered 1 (ShardRequestBatch.requests, ShardResponseBatch.responses), as
+    bytes each, unparsed: a request can be proposed as the bytes it came in."""
+    cdef Py_buffer view
+    cdef list found = []
+    cdef Py_ssize_t position = 0
+    cdef uint64_t tag, length
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        while position < view.len:
+            read_varint(<const unsigned char *>view.buf, view.len, &position, &tag)
+            if tag != (1 << 3 | WIRE_BYTES):
+                raise CodecError(f"field tag {tag} at offset {position}: not a repeated message numbered 1")
+            read_varint(<const unsigned char *>view.buf, view.len, &position, &length)
+            if length > <uint64_t>(view.len - position):
+                raise CodecError(f"a message of {length} bytes at offset {position} runs past the end")
+            found.append(PyBytes_FromStringAndSize(<const char *>view.buf + position, <Py_ssize_t>length))
+            position += <Py_ssize_t>length
+    finally:
+        PyBuffer_Release(&view)
+    return found

@@ -70,7 +70,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from shards.durable import write_file_durably
 from shards.fault_control import STORE_APPLIED, WAL_SYNCED, failpoint
@@ -84,6 +84,7 @@ from shards.transport import PeerTransport
 from shards.wal import WriteAheadLog
 from shards.watch import WatchHub
 from tessera.api import errors
+from tessera.api.internal_stream import varint
 from tessera.api.internal_pb2 import Member, MemberChange, MemberListResponse, ShardRequest, StatusResponse
 from tessera.api.rpc_pb2 import NOSPACE, AlarmRequest, RangeRequest
 
@@ -98,6 +99,17 @@ QUIESCE_AFTER_TICKS = 3  # idle ticks (heartbeat intervals) before a leader quie
 WRITE_TIMEOUT_SECONDS = 7.0
 READ_TIMEOUT_SECONDS = 7.0
 DEADLINE_SWEEP_SECONDS = 0.1  # how late a write or read past its timeout may be answered
+
+
+_PROPOSAL_ID_TAG = b"\x08"  # ShardRequest.id, field 1, varint
+
+
+def _resolver(future: asyncio.Future) -> Callable[[object], None]:
+    """An outcome callback that resolves `future` (unless its waiter gave up and cancelled it)."""
+    def resolve(outcome) -> None:
+        if not future.done():
+            future.set_result(outcome)
+    return resolve
 
 
 class ReplicaStateError(Exception):
@@ -194,9 +206,11 @@ class RaftDriver:
         self._heartbeats_sent: dict[int, float] = {}  # peer -> when the oldest unanswered heartbeat left
         self._ticks_due = 0
         self._writes: list[tuple[int, bytes]] = []  # (proposal id, entry data) to propose
-        self._waiting_writes: dict[int, asyncio.Future] = {}
-        # (deadline, future, proposal id or None): writes and reads waiting, oldest first
-        self._deadlines: collections.deque[tuple[float, asyncio.Future, int | None]] = collections.deque()
+        # proposal id -> what to call with the write's outcome, once (see `submit`)
+        self._waiting_writes: dict[int, Callable[[object], None]] = {}
+        # Writes and reads waiting, oldest first: (deadline, proposal id) for a write,
+        # (deadline, future) for a read.
+        self._deadlines: collections.deque[tuple[float, int | asyncio.Future]] = collections.deque()
         self._deadline_sweep: asyncio.TimerHandle | None = None
         self._read_queue: list[_PendingRead] = []
         self._read_rounds: dict[bytes, _ReadRound] = {}
@@ -286,23 +300,27 @@ class RaftDriver:
             self.unquiesce()  # asked for the leader's work: the leader may be gone
             raise errors.NotLeader() if self.leader_id else errors.NoLeader()
 
-    def queue_proposal(self, request: ShardRequest) -> int:
-        """Queue a request for the next proposal batch, under a new proposal id."""
+    def queue_proposal(self, request: ShardRequest, encoded: bytes | None = None) -> int:
+        """Queue a request for the next proposal batch, under a new proposal id.
+
+        `encoded`: the request as it came on the wire, if at hand; the entry is
+        those bytes with the proposal id appended (protobuf keeps a scalar field's
+        last value), so the request is not encoded again.
+        """
         self.unquiesce()
         proposal_id = self._next_proposal_id
         self._next_proposal_id += 1
-        entry = ShardRequest()
-        entry.CopyFrom(request)
-        entry.id = proposal_id
-        self._writes.append((proposal_id, entry.SerializeToString()))
+        if encoded is None:
+            encoded = request.SerializeToString()
+        self._writes.append((proposal_id, encoded + _PROPOSAL_ID_TAG + varint(proposal_id)))
         self._wake.set()
         return proposal_id
 
-    async def propose(self, request: ShardRequest):
-        """The outcome of applying the request once committed, or the error that ended the wait.
+    def submit(self, request: ShardRequest, on_outcome: Callable[[object], None], encoded: bytes | None = None) -> None:
+        """Propose a write; `on_outcome` gets, once, the outcome of applying it or the error that ended the wait.
 
-        Refused as etcd refuses it: not the leader, too many entries committed but not
-        applied, or (for what adds data) past the quota.
+        Refused (raised here) as etcd refuses it: not the leader, too many entries
+        committed but not applied, or (for what adds data) past the quota.
         """
         self.check_leader()
         if self.commit_index - self.store.applied_index > self.config.max_pending_applies:
@@ -313,7 +331,13 @@ class RaftDriver:
                 self.queue_proposal(ShardRequest(alarm=AlarmRequest(
                     action=AlarmRequest.ACTIVATE, memberID=self.config.member_id, alarm=NOSPACE)))
             raise errors.NoSpace()
-        return await self._outcome_of(self.queue_proposal(request))
+        self._wait_for(self.queue_proposal(request, encoded), on_outcome)
+
+    async def propose(self, request: ShardRequest):
+        """`submit`, awaited: the outcome, or the error that ended the wait."""
+        future = asyncio.get_running_loop().create_future()
+        self.submit(request, _resolver(future))
+        return await future
 
     async def propose_conf_change(self, change_type: ConfChangeType, member_id: int, record: Member):
         """The member list once the change is applied (one change at a time, as raft allows)."""
@@ -327,44 +351,51 @@ class RaftDriver:
             self.metrics.proposals_failed += 1
             raise errors.RequestTimeout() from None  # another change is pending: etcd times out too
         self._wake.set()
-        return await self._outcome_of(proposal_id)
-
-    async def _outcome_of(self, proposal_id: int):
-        future = self._future_until(WRITE_TIMEOUT_SECONDS, proposal_id)
-        self._waiting_writes[proposal_id] = future
+        future = asyncio.get_running_loop().create_future()
+        self._wait_for(proposal_id, _resolver(future))
         return await future
+
+    def _wait_for(self, proposal_id: int, on_outcome: Callable[[object], None]) -> None:
+        self._waiting_writes[proposal_id] = on_outcome
+        self._add_deadline(WRITE_TIMEOUT_SECONDS, proposal_id)
 
     async def read(self, request: ShardRequest):
         """A linearizable read: served once the applied index reaches a confirmed ReadIndex."""
         self.check_leader()
         self.unquiesce()
-        future = self._future_until(READ_TIMEOUT_SECONDS)
+        future = asyncio.get_running_loop().create_future()
+        self._add_deadline(READ_TIMEOUT_SECONDS, future)
         self._read_queue.append(_PendingRead(request, future))
         self._wake.set()
         return await future
 
-    def _future_until(self, timeout: float, proposal_id: int | None = None) -> asyncio.Future:
-        """A future for an outcome, given "request timed out" if it has none in `timeout`.
+    def _add_deadline(self, timeout: float, waiting: int | asyncio.Future) -> None:
+        """A write's proposal id or a read's future gets "request timed out" if it has no outcome in `timeout`.
 
         One sweep ends them all, in deadline order: no timer, no task per request.
         """
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._deadlines.append((loop.time() + timeout, future, proposal_id))
+        self._deadlines.append((loop.time() + timeout, waiting))
         if self._deadline_sweep is None:
             self._deadline_sweep = loop.call_later(DEADLINE_SWEEP_SECONDS, self._sweep_deadlines)
-        return future
 
     def _sweep_deadlines(self) -> None:
         loop = asyncio.get_running_loop()
-        now, deadlines = loop.time(), self._deadlines
-        while deadlines and (deadlines[0][0] <= now or deadlines[0][1].done()):
-            _, future, proposal_id = deadlines.popleft()
-            if not future.done():
-                if proposal_id is not None:
-                    self._waiting_writes.pop(proposal_id, None)
+        now, deadlines, writes = loop.time(), self._deadlines, self._waiting_writes
+        while deadlines:
+            deadline, waiting = deadlines[0]
+            if type(waiting) is int:
+                if waiting in writes and deadline > now:
+                    break
+                if waiting in writes:
                     self.metrics.proposals_failed += 1
-                future.set_result(errors.RequestTimeout())
+                    self._answer_write(waiting, errors.RequestTimeout())
+            else:
+                if not waiting.done() and deadline > now:
+                    break
+                if not waiting.done():
+                    waiting.set_result(errors.RequestTimeout())
+            deadlines.popleft()
         self._deadline_sweep = loop.call_later(DEADLINE_SWEEP_SECONDS, self._sweep_deadlines) if deadlines else None
 
     def local_range(self, request: ShardRequest):
@@ -713,9 +744,9 @@ class RaftDriver:
         self._read_queue = []
 
     def _answer_write(self, proposal_id: int, outcome) -> None:
-        future = self._waiting_writes.pop(proposal_id, None)
-        if future is not None and not future.done():
-            future.set_result(outcome)
+        on_outcome = self._waiting_writes.pop(proposal_id, None)
+        if on_outcome is not None:
+            on_outcome(outcome)
 
     def _serve_read_rounds(self) -> None:
         applied = self.store.applied_index

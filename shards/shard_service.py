@@ -18,9 +18,13 @@ Back-pressure as etcd: while committed minus applied exceeds
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from typing import Callable
 
 from google.protobuf.message import DecodeError
+
+from native import codec
 
 from shards.lease_host import LeaseHost
 from shards.raft import Role
@@ -34,7 +38,6 @@ from tessera.api.internal_pb2 import (
     LeaseKeysResponse,
     Member,
     ShardRequest,
-    ShardRequestBatch,
     ShardResponse,
 )
 from tessera.api.rpc_pb2 import (
@@ -71,27 +74,35 @@ class ShardService:
         """A protocol for one connection to the API port (tessera/api/internal_stream.py)."""
         return _Connection(self)
 
-    async def handle(self, request: ShardRequest) -> ShardResponse:
-        kind = request.WhichOneof("request")
-        response = ShardResponse(id=request.id)
+    async def outcome(self, request: ShardRequest, kind: str | None):
+        """The answer to a request: its response message, None for a header alone, or an EtcdError."""
         try:
             if kind is None:
                 raise errors.KeyNotFound()  # an empty request: etcd's answer to an empty op
-            outcome = await self._serve[kind](request)
+            return await self._serve[kind](request)
         except errors.EtcdError as error:
-            outcome = error
-        if isinstance(outcome, errors.NotLeader):
-            leader = self.driver.members.get(self.driver.leader_id)
-            response.error.CopyFrom(Error(code=outcome.code, message=outcome.message,
-                                          leader_id=self.driver.leader_id,
-                                          leader_address=leader.api if leader else ""))
-        elif isinstance(outcome, errors.EtcdError):
-            response.error.CopyFrom(Error(code=outcome.code, message=outcome.message))
-        else:
-            # None: the store answers the request with no message of its own, so a header does.
-            getattr(response, REQUEST_KINDS[kind].answer).CopyFrom(
-                outcome if outcome is not None else self._header())
-        return response
+            return error
+
+    def encode_answer(self, request_id: int, kind: str | None, outcome) -> bytes:
+        """A ShardResponse, encoded: the answer to request `request_id` of this kind."""
+        if isinstance(outcome, errors.EtcdError):
+            error = Error(code=outcome.code, message=outcome.message)
+            if isinstance(outcome, errors.NotLeader):
+                leader = self.driver.members.get(self.driver.leader_id)
+                error.leader_id = self.driver.leader_id
+                error.leader_address = leader.api if leader else ""
+            return ShardResponse(id=request_id, error=error).SerializeToString()
+        # None: the store answers the request with no message of its own, so a header does.
+        body = (outcome if outcome is not None else self._header()).SerializeToString()
+        # The response's fields, as protobuf lays them out: the id, then the answer's field.
+        return (_RESPONSE_ID_TAG + varint(request_id) + _ANSWER_TAGS[REQUEST_KINDS[kind].answer]
+                + varint(len(body)) + body)
+
+    def submit_write(self, request: ShardRequest, kind: str, encoded: bytes,
+                     on_outcome: Callable[[object], None]) -> None:
+        """Propose a put, delete or txn as it arrives; `on_outcome` gets its outcome (see RaftDriver.submit)."""
+        self._check_write(request, kind)
+        self.driver.submit(request, on_outcome, encoded)
 
     def _header(self) -> ResponseHeader:
         return ResponseHeader(revision=self.store.revision)
@@ -105,16 +116,18 @@ class ShardService:
         return await self.driver.read(request)
 
     async def write(self, request: ShardRequest):
-        driver = self.driver
-        driver.check_leader()  # "not leader" comes before any complaint about the request, as etcd
         kind = request.WhichOneof("request")
+        self._check_write(request, kind)
+        outcome = await self.driver.propose(request)
+        if kind == "compaction" and request.compaction.physical and not isinstance(outcome, errors.EtcdError):
+            await self.driver.compaction_removed()  # etcd's physical compaction: answered once history is gone here
+        return outcome
+
+    def _check_write(self, request: ShardRequest, kind: str) -> None:
+        self.driver.check_leader()  # "not leader" comes before any complaint about the request, as etcd
         check = _WRITE_CHECKS.get(kind)
         if check is not None:
             check(getattr(request, kind))
-        outcome = await driver.propose(request)
-        if kind == "compaction" and request.compaction.physical and not isinstance(outcome, errors.EtcdError):
-            await driver.compaction_removed()  # etcd's physical compaction: answered once history is gone here
-        return outcome
 
     async def lease_query(self, request: ShardRequest):
         if self.leases is None:
@@ -221,6 +234,13 @@ class ShardService:
 
 
 _RESPONSES_TAG = b"\x0a"  # ShardResponseBatch.responses, field 1, length-delimited
+_RESPONSE_ID_TAG = b"\x08"  # ShardResponse.id, field 1, varint
+# ShardResponse's answer fields: each one's tag, length-delimited.
+_ANSWER_TAGS = {field.name: varint(field.number << 3 | 2) for field in ShardResponse.DESCRIPTOR.oneofs_by_name[
+    "response"].fields}
+# Writes proposed as soon as they are read, their answers sent from the driver's callback:
+# no task per request on the write path's common kinds.
+_SUBMITTED_KINDS = frozenset(("put", "delete_range", "txn"))
 
 
 class _Connection(asyncio.Protocol):
@@ -250,7 +270,7 @@ class _Connection(asyncio.Protocol):
             frames = self._reader.feed(data)
             if frames:
                 self._on_frames(frames)
-        except (FrameError, DecodeError) as error:
+        except (FrameError, DecodeError, codec.CodecError) as error:
             log.warning("closing an API connection: %s", error)
             self.transport.close()
 
@@ -284,22 +304,36 @@ class _Connection(asyncio.Protocol):
 
     def _requests(self, frames: list[bytes]) -> None:
         loop = asyncio.get_running_loop()
+        service = self.service
         for data in frames:
-            requests = ShardRequestBatch.FromString(data).requests
-            self._in_flight += len(requests)
-            for request in requests:
-                loop.create_task(self._answer(request))
+            for encoded in codec.repeated_messages(data):
+                request = ShardRequest.FromString(encoded)
+                kind = request.WhichOneof("request")
+                self._in_flight += 1
+                if kind not in _SUBMITTED_KINDS:
+                    loop.create_task(self._answer(request, kind))
+                    continue
+                answered = functools.partial(self._answered, request.id, kind)
+                try:
+                    service.submit_write(request, kind, encoded, answered)
+                except errors.EtcdError as error:
+                    answered(error)
         if self._in_flight >= STREAM_IN_FLIGHT_MAX:
             self.transport.pause_reading()
 
-    async def _answer(self, request: ShardRequest) -> None:
+    async def _answer(self, request: ShardRequest, kind: str | None) -> None:
         try:
-            response = await self.service.handle(request)
-        finally:
+            outcome = await self.service.outcome(request, kind)
+        except BaseException:
             self._in_flight -= 1
+            raise
+        self._answered(request.id, kind, outcome)
+
+    def _answered(self, request_id: int, kind: str | None, outcome) -> None:
+        self._in_flight -= 1
         if self.closed:
             return
-        answer = response.SerializeToString()
+        answer = self.service.encode_answer(request_id, kind, outcome)
         self._answers.append(_RESPONSES_TAG + varint(len(answer)) + answer)
         if not self._flush_due:
             self._flush_due = True
