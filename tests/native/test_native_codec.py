@@ -9,7 +9,9 @@ from google.protobuf.message import DecodeError
 
 from native import codec
 from shards.raft.storage import Entry
+from tessera.api.internal_pb2 import ShardRequest, ShardRequestBatch
 from tessera.api.kv_pb2 import KeyValue
+from tessera.api.rpc_pb2 import PutRequest
 
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
 entries = st.tuples(u64, u64, st.integers(min_value=0, max_value=255), st.binary(max_size=300))
@@ -155,3 +157,22 @@ def test_key_value_decoding_of_arbitrary_bytes_agrees_with_protobuf_or_refuses(d
         assert decoded == tuple(getattr(parsed, name) for name in KEY_VALUE_FIELDS)
     # Anything protobuf refuses, we refuse too (we may refuse more: group wire types).
     assert parsed is not None or decoded is None
+
+
+@given(st.lists(st.binary(max_size=300), max_size=20))
+def test_repeated_messages_are_the_batch_elements_as_protobuf_encodes_them(payloads):
+    requests = [ShardRequest(id=i, put=PutRequest(key=b"k", value=payload)) for i, payload in enumerate(payloads)]
+    encoded = ShardRequestBatch(requests=requests).SerializeToString()
+    assert [ShardRequest.FromString(part) for part in codec.repeated_messages(encoded)] == requests
+
+
+@pytest.mark.parametrize("bad, why", [
+    (b"\x08\x01", "field tag 8"),  # a varint field 1, not a message
+    (b"\x12\x00", "field tag 18"),  # a message numbered 2
+    (b"\x0a\x05abc", "runs past the end"),
+    (b"\x0a", "cut short"),
+    (b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", "longer than 10 bytes"),
+])
+def test_repeated_messages_refuses_other_layouts(bad, why):
+    with pytest.raises(codec.CodecError, match=why):
+        codec.repeated_messages(bad)
