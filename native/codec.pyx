@@ -384,3 +384,68 @@ def repeated_messages(data):
     finally:
         PyBuffer_Release(&view)
     return found
+
+
+cdef object plain_put_fields(const unsigned char *p, Py_ssize_t length):
+    """A PutRequest's (key, value); None if it sets anything but those two."""
+    cdef Py_ssize_t pos = 0
+    cdef uint64_t tag, size, number
+    cdef object key = b"", value = b""
+    while pos < length:
+        read_varint(p, length, &pos, &tag)
+        if tag == (3 << 3 | WIRE_VARINT) or tag == (4 << 3 | WIRE_VARINT) or tag == (5 << 3 | WIRE_VARINT) \
+                or tag == (6 << 3 | WIRE_VARINT):
+            read_varint(p, length, &pos, &number)  # lease, prev_kv, ignore_value, ignore_lease
+            if number:
+                return None
+            continue
+        if tag != (1 << 3 | WIRE_BYTES) and tag != (2 << 3 | WIRE_BYTES):
+            return None
+        read_varint(p, length, &pos, &size)
+        if size > <uint64_t>(length - pos):
+            raise CodecError(f"a put's field at offset {pos} runs past its end")
+        if tag == (1 << 3 | WIRE_BYTES):
+            key = PyBytes_FromStringAndSize(<const char *>p + pos, <Py_ssize_t>size)
+        else:
+            value = PyBytes_FromStringAndSize(<const char *>p + pos, <Py_ssize_t>size)
+        pos += <Py_ssize_t>size
+    return key, value
+
+
+def decode_plain_put(data):
+    """(id, floor, key, value) of a ShardRequest that is a put and nothing more; None otherwise.
+
+    "Nothing more": no lease, no prev_kv, ignore_value or ignore_lease, no
+    unknown lease, no other field. Those, and anything this cannot read as
+    protobuf would, are left to protobuf (None). Repeated scalar fields keep
+    their last value, as protobuf does: a raft entry is the request's wire
+    bytes with the proposal id appended.
+    """
+    cdef Py_buffer view
+    cdef Py_ssize_t pos = 0
+    cdef uint64_t tag, size, request_id = 0, floor = 0
+    cdef object put = None
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    cdef const unsigned char *p = <const unsigned char *>view.buf
+    try:
+        while pos < view.len:
+            read_varint(p, view.len, &pos, &tag)
+            if tag == (1 << 3 | WIRE_VARINT):
+                read_varint(p, view.len, &pos, &request_id)
+            elif tag == (2 << 3 | WIRE_VARINT):
+                read_varint(p, view.len, &pos, &floor)
+            elif tag == (4 << 3 | WIRE_BYTES) and put is None:  # a second one would merge into the first
+                read_varint(p, view.len, &pos, &size)
+                if size > <uint64_t>(view.len - pos):
+                    raise CodecError(f"the put at offset {pos} runs past the request")
+                put = plain_put_fields(p + pos, <Py_ssize_t>size)
+                if put is None:
+                    return None
+                pos += <Py_ssize_t>size
+            else:
+                return None
+        if put is None:
+            return None
+        return request_id, <long long>floor, put[0], put[1]
+    finally:
+        PyBuffer_Release(&view)

@@ -171,12 +171,23 @@ class RemoveMember(NamedTuple):
     member_id: int
 
 
+class PlainPut(NamedTuple):
+    """A put with a key and a value and nothing more, as native.codec.decode_plain_put reads it
+    from a raft entry: applied as its PutRequest would be, with no protobuf object built."""
+
+    key: bytes
+    value: bytes
+    # The PutRequest fields a plain put leaves unset (class attributes, not fields).
+    lease = 0
+    prev_kv = ignore_value = ignore_lease = False
+
+
 class Proposal(NamedTuple):
     """What one committed raft entry asks of the store."""
 
     index: int  # raft index
     floor: int  # the lowest main revision its changes may take
-    requests: Sequence  # PutRequest, DeleteRangeRequest, TxnRequest, CompactionRequest, ...
+    requests: Sequence  # PutRequest (or PlainPut), DeleteRangeRequest, TxnRequest, CompactionRequest, ...
     # Leases the router does not know: a put with one, on the path a txn takes, is refused.
     unknown_leases: frozenset = frozenset()
     # Whether anyone waits for the responses: a follower's entries, and a leader's
@@ -549,7 +560,7 @@ class MvccStore:
 
     def _apply_request(self, txn, request, floor: int, events: list[ChangeEvent], unknown_leases=frozenset(),
                        respond: bool = True):
-        if type(request) is PutRequest:
+        if type(request) is PlainPut or type(request) is PutRequest:
             return self._apply_put(txn, request, floor, events, unknown_leases, respond)
         change = _Change(self, txn, floor, events, unknown_leases)
         apply = _APPLY.get(type(request))
@@ -566,8 +577,8 @@ class MvccStore:
             response.header.revision = self.revision
         return response
 
-    def _apply_put(self, txn, request: PutRequest, floor: int, events: list[ChangeEvent], unknown_leases,
-                   respond: bool):
+    def _apply_put(self, txn, request: PutRequest | PlainPut, floor: int, events: list[ChangeEvent],
+                   unknown_leases, respond: bool):
         """A put on its own, the write path's common case: what _Change does, without one."""
         if self.corrupt:
             return errors.Corrupt()
@@ -583,7 +594,8 @@ class MvccStore:
         response.header.revision = main
         return response
 
-    def _write_put(self, txn, request: PutRequest, main: int, sub: int, events: list[ChangeEvent]) -> bytes | None:
+    def _write_put(self, txn, request: PutRequest | PlainPut, main: int, sub: int,
+                   events: list[ChangeEvent]) -> bytes | None:
         """Write a put at revision (main, sub); returns the record it replaced, if the key existed."""
         key = request.key
         index = self._index
@@ -610,7 +622,7 @@ class MvccStore:
         events.append(ChangeEvent(Event.PUT, main, key, record, previous_bytes))
         return previous_bytes
 
-    def _check_put(self, txn, request: PutRequest, unknown_leases=frozenset()) -> None:
+    def _check_put(self, txn, request: PutRequest | PlainPut, unknown_leases=frozenset()) -> None:
         if self.space_exceeded:
             raise errors.NoSpace()
         if (request.ignore_value or request.ignore_lease) and self._index.get(request.key) is None:
@@ -1158,7 +1170,7 @@ _APPLY = {
 }
 
 
-def _put_response(request: PutRequest, previous_bytes: bytes | None) -> PutResponse:
+def _put_response(request: PutRequest | PlainPut, previous_bytes: bytes | None) -> PutResponse:
     response = PutResponse()
     if request.prev_kv and previous_bytes is not None:
         response.prev_kv.MergeFromString(previous_bytes)

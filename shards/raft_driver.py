@@ -75,7 +75,8 @@ from typing import TYPE_CHECKING, Callable
 from shards.durable import write_file_durably
 from shards.fault_control import STORE_APPLIED, WAL_SYNCED, failpoint
 from shards.metrics import ReplicaMetrics
-from shards.mvcc import ChangeEvent, MvccStore, Proposal, RemoveMember, SetMember
+from native import codec
+from shards.mvcc import ChangeEvent, MvccStore, PlainPut, Proposal, RemoveMember, SetMember
 from shards.raft import Config, ProposalDropped, RawNode, Ready, Role
 from shards.raft.messages import ConfChange, ConfChangeType, Message, MessageType
 from shards.raft.storage import Entry, EntryType, HardState, Snapshot, SnapshotMeta
@@ -677,6 +678,14 @@ class RaftDriver:
                 continue
             if not entry.data:  # a new leader's empty entry
                 proposals.append(Proposal(entry.index, 0, ()))
+                continue
+            plain_put = codec.decode_plain_put(entry.data)
+            if plain_put is not None:  # the common case, read without protobuf
+                proposal_id, floor, key, value = plain_put
+                respond = proposal_id in waiting_writes
+                if respond:
+                    waiting[len(proposals)] = proposal_id
+                proposals.append(Proposal(entry.index, floor, (PlainPut(key, value),), frozenset(), respond))
                 continue
             request = ShardRequest.FromString(entry.data)
             kind = request.WhichOneof("request")

@@ -10,6 +10,7 @@ from google.protobuf.message import DecodeError
 from native import codec
 from shards.raft.storage import Entry
 from tessera.api.internal_pb2 import ShardRequest, ShardRequestBatch
+from tessera.api.internal_stream import varint
 from tessera.api.kv_pb2 import KeyValue
 from tessera.api.rpc_pb2 import PutRequest
 
@@ -176,3 +177,41 @@ def test_repeated_messages_are_the_batch_elements_as_protobuf_encodes_them(paylo
 def test_repeated_messages_refuses_other_layouts(bad, why):
     with pytest.raises(codec.CodecError, match=why):
         codec.repeated_messages(bad)
+
+
+_puts = st.builds(
+    PutRequest, key=st.binary(max_size=40), value=st.binary(max_size=100),
+    lease=st.sampled_from([0, 0, 7, -1]), prev_kv=st.booleans(), ignore_value=st.booleans(),
+    ignore_lease=st.booleans())
+_requests = st.one_of(
+    st.builds(ShardRequest, id=st.integers(0, 2**64 - 1), floor=st.integers(-2**63, 2**63 - 1), put=_puts),
+    st.builds(ShardRequest, id=st.integers(0, 2**64 - 1), raise_revision=st.integers(0, 2**63 - 1)),
+    st.builds(ShardRequest, put=_puts, unknown_leases=st.lists(st.integers(1, 99), max_size=2)),
+)
+
+
+@given(_requests, st.one_of(st.none(), st.integers(0, 2**64 - 1)))
+def test_plain_put_reads_what_protobuf_reads_or_leaves_it_to_protobuf(request, appended_id):
+    encoded = request.SerializeToString()
+    if appended_id is not None:  # a raft entry: the request's bytes, then the proposal id
+        encoded += b"\x08" + varint(appended_id)
+    parsed = ShardRequest.FromString(encoded)
+    put = parsed.put
+    plain = (parsed.WhichOneof("request") == "put" and not parsed.unknown_leases and not put.lease
+             and not (put.prev_kv or put.ignore_value or put.ignore_lease))
+    expected = (parsed.id, parsed.floor, put.key, put.value) if plain else None
+    assert codec.decode_plain_put(encoded) == expected
+
+
+def test_plain_put_leaves_a_repeated_put_to_protobuf():
+    # Two put fields merge in protobuf; the native reader does not merge, it declines.
+    encoded = (ShardRequest(put=PutRequest(key=b"a")).SerializeToString()
+               + ShardRequest(put=PutRequest(value=b"v")).SerializeToString())
+    assert codec.decode_plain_put(encoded) is None
+    assert ShardRequest.FromString(encoded).put == PutRequest(key=b"a", value=b"v")
+
+
+def test_plain_put_refuses_a_cut_request():
+    encoded = ShardRequest(id=1, put=PutRequest(key=b"key", value=b"value")).SerializeToString()
+    with pytest.raises(codec.CodecError):
+        codec.decode_plain_put(encoded[:-2])
