@@ -449,3 +449,14 @@ def decode_plain_put(data):
         return request_id, <long long>floor, put[0], put[1]
     finally:
         PyBuffer_Release(&view)
+
+
+cdef list SMALL_VARINTS = [bytes((value,)) for value in range(0x80)]
+
+
+def varint(uint64_t value):
+    """Protobuf's base-128 varint of a non-negative integer below 2**64."""
+    if value < 0x80:
+        return SMALL_VARINTS[value]
+    cdef unsigned char out[10]
+    return PyBytes_FromStringAndSize(<const char *>out, write_varint(out, value))

@@ -41,7 +41,7 @@ from router.shard_map import ShardMap
 from tessera.api import errors, validation
 from tessera.api.ordering import effective_sort, sort_results
 from tessera.api.internal_pb2 import ShardRequest, StatusResponse as GroupStatus
-from tessera.api.internal_stream import varint
+from native.codec import varint
 from tessera.api.rpc_pb2 import (
     CompactionRequest,
     CompactionResponse,

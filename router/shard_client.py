@@ -22,10 +22,11 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable
 
+from native.codec import varint
 from tessera.api import errors
 from tessera.api.internal_pb2 import ShardRequest, ShardResponse, ShardResponseBatch
 from tessera.api.internal_stream import (
-    HELLO_BATCH, HELLO_WATCH, FrameError, FrameReader, frame, frame_header, host_and_port, varint,
+    HELLO_BATCH, HELLO_WATCH, FrameError, FrameReader, frame, frame_header, host_and_port,
 )
 from tessera.api.rpc_pb2 import WatchRequest, WatchResponse
 

@@ -76,6 +76,7 @@ from shards.durable import write_file_durably
 from shards.fault_control import STORE_APPLIED, WAL_SYNCED, failpoint
 from shards.metrics import ReplicaMetrics
 from native import codec
+from native.codec import varint
 from shards.mvcc import ChangeEvent, MvccStore, PlainPut, Proposal, RemoveMember, SetMember
 from shards.raft import Config, ProposalDropped, RawNode, Ready, Role
 from shards.raft.messages import ConfChange, ConfChangeType, Message, MessageType
@@ -85,7 +86,6 @@ from shards.transport import PeerTransport
 from shards.wal import WriteAheadLog
 from shards.watch import WatchHub
 from tessera.api import errors
-from tessera.api.internal_stream import varint
 from tessera.api.internal_pb2 import Member, MemberChange, MemberListResponse, ShardRequest, StatusResponse
 from tessera.api.rpc_pb2 import NOSPACE, AlarmRequest, RangeRequest
 
@@ -326,7 +326,8 @@ class RaftDriver:
         self.check_leader()
         if self.commit_index - self.store.applied_index > self.config.max_pending_applies:
             raise errors.TooManyRequests()
-        if request.WhichOneof("request") in ("put", "txn") and self.store.quota_exceeded(request.ByteSize()):
+        if (request.WhichOneof("request") in ("put", "txn")
+                and self.store.quota_exceeded(len(encoded) if encoded is not None else request.ByteSize())):
             # As etcd: the alarm goes through raft, so every replica refuses the same writes.
             if not self.store.space_exceeded:
                 self.queue_proposal(ShardRequest(alarm=AlarmRequest(

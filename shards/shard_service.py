@@ -25,6 +25,7 @@ from typing import Callable
 from google.protobuf.message import DecodeError
 
 from native import codec
+from native.codec import varint
 
 from shards.lease_host import LeaseHost
 from shards.raft import Role
@@ -32,7 +33,7 @@ from shards.raft.messages import ConfChangeType
 from shards.raft_driver import RaftDriver
 from shards.requests import REQUEST_KINDS
 from tessera.api import errors, validation
-from tessera.api.internal_stream import HELLO_BATCH, HELLO_WATCH, FrameError, FrameReader, frame, frame_header, varint
+from tessera.api.internal_stream import HELLO_BATCH, HELLO_WATCH, FrameError, FrameReader, frame, frame_header
 from tessera.api.internal_pb2 import (
     Error,
     LeaseKeysResponse,

@@ -90,18 +90,3 @@ def host_and_port(address: str) -> tuple[str, int]:
     """"host:port" (or "[v6]:port") as the socket calls take it."""
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
-
-
-def varint(value: int) -> bytes:
-    """Protobuf's base-128 varint of a non-negative integer."""
-    if value < 0x80:
-        return _SMALL_VARINTS[value]
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-_SMALL_VARINTS = [bytes((value,)) for value in range(0x80)]

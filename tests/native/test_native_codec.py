@@ -10,7 +10,6 @@ from google.protobuf.message import DecodeError
 from native import codec
 from shards.raft.storage import Entry
 from tessera.api.internal_pb2 import ShardRequest, ShardRequestBatch
-from tessera.api.internal_stream import varint
 from tessera.api.kv_pb2 import KeyValue
 from tessera.api.rpc_pb2 import PutRequest
 
@@ -194,7 +193,7 @@ _requests = st.one_of(
 def test_plain_put_reads_what_protobuf_reads_or_leaves_it_to_protobuf(request, appended_id):
     encoded = request.SerializeToString()
     if appended_id is not None:  # a raft entry: the request's bytes, then the proposal id
-        encoded += b"\x08" + varint(appended_id)
+        encoded += b"\x08" + codec.varint(appended_id)
     parsed = ShardRequest.FromString(encoded)
     put = parsed.put
     plain = (parsed.WhichOneof("request") == "put" and not parsed.unknown_leases and not put.lease
@@ -215,3 +214,12 @@ def test_plain_put_refuses_a_cut_request():
     encoded = ShardRequest(id=1, put=PutRequest(key=b"key", value=b"value")).SerializeToString()
     with pytest.raises(codec.CodecError):
         codec.decode_plain_put(encoded[:-2])
+
+
+def test_varints_are_protobufs():
+    values = (0, 1, 127, 128, 300, 2**32, 2**64 - 1)
+    assert [codec.varint(value) for value in values] == [
+        b"\x00", b"\x01", b"\x7f", b"\x80\x01", b"\xac\x02", b"\x80\x80\x80\x80\x10", b"\xff" * 9 + b"\x01"]
+    assert [ShardRequest.FromString(b"\x08" + codec.varint(value)).id for value in values] == list(values)
+    with pytest.raises(OverflowError):
+        codec.varint(-1)
