@@ -301,24 +301,23 @@ class RaftDriver:
             self.unquiesce()  # asked for the leader's work: the leader may be gone
             raise errors.NotLeader() if self.leader_id else errors.NoLeader()
 
-    def queue_proposal(self, request: ShardRequest, encoded: bytes | None = None) -> int:
-        """Queue a request for the next proposal batch, under a new proposal id.
+    def queue_proposal(self, request: ShardRequest) -> int:
+        """Queue a request for the next proposal batch, under a new proposal id."""
+        return self._queue_encoded(request.SerializeToString())
 
-        `encoded`: the request as it came on the wire, if at hand; the entry is
-        those bytes with the proposal id appended (protobuf keeps a scalar field's
-        last value), so the request is not encoded again.
-        """
+    def _queue_encoded(self, encoded: bytes) -> int:
+        # The entry is the request's bytes with the proposal id appended (protobuf keeps
+        # a scalar field's last value): a request that came on the wire goes as it came.
         self.unquiesce()
         proposal_id = self._next_proposal_id
         self._next_proposal_id += 1
-        if encoded is None:
-            encoded = request.SerializeToString()
         self._writes.append((proposal_id, encoded + _PROPOSAL_ID_TAG + varint(proposal_id)))
         self._wake.set()
         return proposal_id
 
-    def submit(self, request: ShardRequest, on_outcome: Callable[[object], None], encoded: bytes | None = None) -> None:
-        """Propose a write; `on_outcome` gets, once, the outcome of applying it or the error that ended the wait.
+    def submit(self, kind: str, encoded: bytes, on_outcome: Callable[[object], None]) -> None:
+        """Propose a write, an encoded ShardRequest of this kind; `on_outcome` gets, once,
+        the outcome of applying it or the error that ended the wait.
 
         Refused (raised here) as etcd refuses it: not the leader, too many entries
         committed but not applied, or (for what adds data) past the quota.
@@ -326,19 +325,18 @@ class RaftDriver:
         self.check_leader()
         if self.commit_index - self.store.applied_index > self.config.max_pending_applies:
             raise errors.TooManyRequests()
-        if (request.WhichOneof("request") in ("put", "txn")
-                and self.store.quota_exceeded(len(encoded) if encoded is not None else request.ByteSize())):
+        if kind in ("put", "txn") and self.store.quota_exceeded(len(encoded)):
             # As etcd: the alarm goes through raft, so every replica refuses the same writes.
             if not self.store.space_exceeded:
                 self.queue_proposal(ShardRequest(alarm=AlarmRequest(
                     action=AlarmRequest.ACTIVATE, memberID=self.config.member_id, alarm=NOSPACE)))
             raise errors.NoSpace()
-        self._wait_for(self.queue_proposal(request, encoded), on_outcome)
+        self._wait_for(self._queue_encoded(encoded), on_outcome)
 
     async def propose(self, request: ShardRequest):
         """`submit`, awaited: the outcome, or the error that ended the wait."""
         future = asyncio.get_running_loop().create_future()
-        self.submit(request, _resolver(future))
+        self.submit(request.WhichOneof("request"), request.SerializeToString(), _resolver(future))
         return await future
 
     async def propose_conf_change(self, change_type: ConfChangeType, member_id: int, record: Member):

@@ -28,6 +28,7 @@ from native import codec
 from native.codec import varint
 
 from shards.lease_host import LeaseHost
+from shards.mvcc import PlainPut
 from shards.raft import Role
 from shards.raft.messages import ConfChangeType
 from shards.raft_driver import RaftDriver
@@ -99,11 +100,13 @@ class ShardService:
         return (_RESPONSE_ID_TAG + varint(request_id) + _ANSWER_TAGS[REQUEST_KINDS[kind].answer]
                 + varint(len(body)) + body)
 
-    def submit_write(self, request: ShardRequest, kind: str, encoded: bytes,
-                     on_outcome: Callable[[object], None]) -> None:
-        """Propose a put, delete or txn as it arrives; `on_outcome` gets its outcome (see RaftDriver.submit)."""
-        self._check_write(request, kind)
-        self.driver.submit(request, on_outcome, encoded)
+    def submit_write(self, kind: str, message, encoded: bytes, on_outcome: Callable[[object], None]) -> None:
+        """Propose a put, delete or txn as it arrives; `on_outcome` gets its outcome (see RaftDriver.submit).
+
+        `message` is the kind's request (a PlainPut for a put read natively), `encoded` the ShardRequest's bytes.
+        """
+        self._check_write(kind, message)
+        self.driver.submit(kind, encoded, on_outcome)
 
     def _header(self) -> ResponseHeader:
         return ResponseHeader(revision=self.store.revision)
@@ -118,17 +121,17 @@ class ShardService:
 
     async def write(self, request: ShardRequest):
         kind = request.WhichOneof("request")
-        self._check_write(request, kind)
+        self._check_write(kind, getattr(request, kind))
         outcome = await self.driver.propose(request)
         if kind == "compaction" and request.compaction.physical and not isinstance(outcome, errors.EtcdError):
             await self.driver.compaction_removed()  # etcd's physical compaction: answered once history is gone here
         return outcome
 
-    def _check_write(self, request: ShardRequest, kind: str) -> None:
+    def _check_write(self, kind: str, message) -> None:
         self.driver.check_leader()  # "not leader" comes before any complaint about the request, as etcd
         check = _WRITE_CHECKS.get(kind)
         if check is not None:
-            check(getattr(request, kind))
+            check(message)
 
     async def lease_query(self, request: ShardRequest):
         if self.leases is None:
@@ -308,15 +311,21 @@ class _Connection(asyncio.Protocol):
         service = self.service
         for data in frames:
             for encoded in codec.repeated_messages(data):
-                request = ShardRequest.FromString(encoded)
-                kind = request.WhichOneof("request")
                 self._in_flight += 1
-                if kind not in _SUBMITTED_KINDS:
-                    loop.create_task(self._answer(request, kind))
-                    continue
-                answered = functools.partial(self._answered, request.id, kind)
+                plain_put = codec.decode_plain_put(encoded)
+                if plain_put is not None:  # the common case, read without protobuf
+                    request_id, _, key, value = plain_put
+                    kind, message = "put", PlainPut(key, value)
+                else:
+                    request = ShardRequest.FromString(encoded)
+                    kind = request.WhichOneof("request")
+                    if kind not in _SUBMITTED_KINDS:
+                        loop.create_task(self._answer(request, kind))
+                        continue
+                    request_id, message = request.id, getattr(request, kind)
+                answered = functools.partial(self._answered, request_id, kind)
                 try:
-                    service.submit_write(request, kind, encoded, answered)
+                    service.submit_write(kind, message, encoded, answered)
                 except errors.EtcdError as error:
                     answered(error)
         if self._in_flight >= STREAM_IN_FLIGHT_MAX:
