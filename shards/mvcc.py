@@ -523,7 +523,9 @@ class MvccStore:
         while True:
             try:
                 result = self._apply_batch(proposals)
-                self._in_use_bytes = self.db_size_in_use_bytes()
+                # The records written, until the next durable point counts the pages exactly:
+                # counting them takes a read transaction and a stat of every database.
+                self._in_use_bytes += sum(len(event.kv) for event in result.events)
                 return result
             except lmdb.MapFullError:
                 self._grow_map()
@@ -847,8 +849,13 @@ class MvccStore:
     def quota_exceeded(self, incoming_bytes: int = 0) -> bool:
         """Whether a write of about `incoming_bytes` would pass the quota (checked before proposing).
 
-        Uses the pages in use as of the last applied batch, so the check costs nothing per request.
+        Uses the pages in use as of the last durable point (every `batch_interval_seconds` under
+        writes) plus the records applied since, so the check costs nothing per request; the
+        pages are counted exactly before a write is refused.
         """
+        if self._in_use_bytes + incoming_bytes <= self.quota_bytes:
+            return False
+        self._in_use_bytes = self.db_size_in_use_bytes()
         return self._in_use_bytes + incoming_bytes > self.quota_bytes
 
     def defragment(self) -> None:
@@ -929,6 +936,7 @@ class MvccStore:
         point.check_meta_pages(self.path / "data.mdb")
         self._committed_since_durable = False
         self._flush_started = time.monotonic()
+        self._in_use_bytes = self.db_size_in_use_bytes()
         return point, pin
 
     def _flush(self, point: DurablePoint) -> None:
