@@ -114,10 +114,18 @@ class ShardService:
     # --- reads and writes ----------------------------------------------------------------
 
     async def range(self, request: ShardRequest):
-        validation.check_range(request.range)
         if request.range.serializable:
-            return self.driver.local_range(request)
+            return self.serializable_range(request)
+        validation.check_range(request.range)
         return await self.driver.read(request)
+
+    def serializable_range(self, request: ShardRequest):
+        """A serializable read, from this replica's store, at once: the answer or the EtcdError."""
+        try:
+            validation.check_range(request.range)
+        except errors.EtcdError as error:
+            return error
+        return self.driver.local_range(request)
 
     async def write(self, request: ShardRequest):
         kind = request.WhichOneof("request")
@@ -319,6 +327,9 @@ class _Connection(asyncio.Protocol):
                 else:
                     request = ShardRequest.FromString(encoded)
                     kind = request.WhichOneof("request")
+                    if kind == "range" and request.range.serializable:
+                        self._answered(request.id, kind, service.serializable_range(request))
+                        continue
                     if kind not in _SUBMITTED_KINDS:
                         loop.create_task(self._answer(request, kind))
                         continue
