@@ -6,6 +6,12 @@ connections, etcd's Watch protocol (shards/watch.py). Each request is served by 
 its kind's row in shards/requests.py names; the answer goes in the field the
 row names, or is the error, in etcd's words.
 
+The write path's common kinds take no task: a put, delete or txn is checked and
+proposed as it is read (a put with a key and a value is read natively, and its
+wire bytes become the raft entry), and answered from the driver's callback once
+applied; a serializable read is answered at once. Everything else is served by
+a task of its own, as it may wait.
+
 A replica that is not the leader answers writes and linearizable reads with
 "not leader" and the leader's address, without proposing. Serializable reads
 are served by any replica from its own store.
