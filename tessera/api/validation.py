@@ -10,6 +10,9 @@ from tessera.api import errors
 from tessera.api.rpc_pb2 import DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest
 
 MAX_TXN_OPS_DEFAULT = 128  # etcd's --max-txn-ops
+# The sort options etcd knows (values() builds a new list at every call: kept once here).
+_SORT_ORDERS = frozenset(RangeRequest.SortOrder.values())
+_SORT_TARGETS = frozenset(RangeRequest.SortTarget.values())
 
 
 def key_in_range(key: bytes, start: bytes, range_end: bytes) -> bool:
@@ -22,8 +25,7 @@ def key_in_range(key: bytes, start: bytes, range_end: bytes) -> bool:
 def check_range(request: RangeRequest) -> None:
     if not request.key:
         raise errors.EmptyKey()
-    if request.sort_order not in RangeRequest.SortOrder.values() or \
-            request.sort_target not in RangeRequest.SortTarget.values():
+    if request.sort_order not in _SORT_ORDERS or request.sort_target not in _SORT_TARGETS:
         raise errors.InvalidSortOption()
 
 
