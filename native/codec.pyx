@@ -460,3 +460,112 @@ def varint(uint64_t value):
         return SMALL_VARINTS[value]
     cdef unsigned char out[10]
     return PyBytes_FromStringAndSize(<const char *>out, write_varint(out, value))
+
+
+cdef int skip_field(const unsigned char *p, Py_ssize_t length, Py_ssize_t *pos, uint64_t wire) except -1:
+    """Move past a field's value of this wire type."""
+    cdef uint64_t size
+    if wire == WIRE_VARINT:
+        read_varint(p, length, pos, &size)
+    elif wire == WIRE_BYTES:
+        read_varint(p, length, pos, &size)
+        if size > <uint64_t>(length - pos[0]):
+            raise CodecError(f"a field at offset {pos[0]} runs past the message")
+        pos[0] += <Py_ssize_t>size
+    elif wire == WIRE_FIXED64 or wire == WIRE_FIXED32:
+        pos[0] += 8 if wire == WIRE_FIXED64 else 4
+        if pos[0] > length:
+            raise CodecError(f"a fixed-width field runs past the message")
+    else:
+        raise CodecError(f"wire type {wire} before offset {pos[0]} is not one this reads")
+    return 0
+
+
+def answer_parts(response):
+    """(id, answer field number, answer bytes) of an encoded ShardResponse.
+
+    The id is field 1; the answer is the one other field, a message. Field
+    number 0 (and None) where protobuf should read it instead: no answer, or
+    an answer given twice (protobuf would merge the two).
+    """
+    cdef Py_buffer view
+    cdef Py_ssize_t pos = 0, start
+    cdef uint64_t tag, size, response_id = 0, field = 0
+    cdef object body = None
+    PyObject_GetBuffer(response, &view, PyBUF_SIMPLE)
+    cdef const unsigned char *p = <const unsigned char *>view.buf
+    try:
+        while pos < view.len:
+            read_varint(p, view.len, &pos, &tag)
+            if tag == (1 << 3 | WIRE_VARINT):
+                read_varint(p, view.len, &pos, &response_id)
+            elif tag & 7 == WIRE_BYTES and tag >> 3 > 1 and field == 0:
+                field = tag >> 3
+                read_varint(p, view.len, &pos, &size)
+                if size > <uint64_t>(view.len - pos):
+                    raise CodecError(f"the answer at offset {pos} runs past the response")
+                body = PyBytes_FromStringAndSize(<const char *>p + pos, <Py_ssize_t>size)
+                pos += <Py_ssize_t>size
+            elif tag & 7 == WIRE_BYTES and tag >> 3 > 1:
+                return response_id, 0, None
+            else:
+                skip_field(p, view.len, &pos, tag & 7)
+        return response_id, field, body
+    finally:
+        PyBuffer_Release(&view)
+
+
+def restamp_header(answer, uint64_t cluster_id, uint64_t member_id, uint64_t raft_term):
+    """(revision, answer) with the answer's header (field 1, an etcd ResponseHeader) made anew.
+
+    The header keeps the revision it had and takes the cluster id, member id
+    and raft term given; it goes first, the answer's other fields follow as they
+    were, in their order. What the router does to every answer a replica gives.
+    """
+    cdef Py_buffer view
+    cdef Py_ssize_t pos = 0, start, header_pos, header_end, rest_bytes = 0
+    cdef uint64_t tag, size, number, revision = 0
+    cdef list kept = []  # (start, end) of the fields after the header
+    cdef uint64_t numbers[4]
+    cdef Py_ssize_t header_bytes = 0, field
+    cdef unsigned char *o
+    PyObject_GetBuffer(answer, &view, PyBUF_SIMPLE)
+    cdef const unsigned char *p = <const unsigned char *>view.buf
+    try:
+        while pos < view.len:
+            start = pos
+            read_varint(p, view.len, &pos, &tag)
+            if tag == (1 << 3 | WIRE_BYTES):
+                read_varint(p, view.len, &pos, &size)
+                if size > <uint64_t>(view.len - pos):
+                    raise CodecError(f"the header at offset {pos} runs past the answer")
+                header_pos, header_end = pos, pos + <Py_ssize_t>size
+                while header_pos < header_end:
+                    read_varint(p, header_end, &header_pos, &tag)
+                    if tag == (3 << 3 | WIRE_VARINT):
+                        read_varint(p, header_end, &header_pos, &revision)
+                    else:
+                        skip_field(p, header_end, &header_pos, tag & 7)
+                pos = header_end
+            else:
+                skip_field(p, view.len, &pos, tag & 7)
+                kept.append((start, pos))
+                rest_bytes += pos - start
+        numbers[:] = [cluster_id, member_id, revision, raft_term]
+        for field in range(4):
+            if numbers[field]:
+                header_bytes += 1 + varint_bytes(numbers[field])
+        out = PyBytes_FromStringAndSize(NULL, 1 + varint_bytes(header_bytes) + header_bytes + rest_bytes)
+        o = <unsigned char *>PyBytes_AS_STRING(out)
+        o[0] = 1 << 3 | WIRE_BYTES
+        start = 1 + write_varint(o + 1, header_bytes)
+        for field in range(4):
+            if numbers[field]:
+                o[start] = (field + 1) << 3 | WIRE_VARINT
+                start += 1 + write_varint(o + start + 1, numbers[field])
+        for begin, end in kept:
+            memcpy(o + start, p + <Py_ssize_t>begin, <Py_ssize_t>end - <Py_ssize_t>begin)
+            start += <Py_ssize_t>end - <Py_ssize_t>begin
+        return revision, out
+    finally:
+        PyBuffer_Release(&view)

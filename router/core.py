@@ -35,13 +35,13 @@ from typing import Iterable, Protocol
 
 from google.protobuf.message import DecodeError
 
-from native import crc
+from native import codec, crc
+from native.codec import varint
 from router.shard_client import REQUEST_TIMEOUT_SECONDS, GroupClient, ReplicaUnreachable
 from router.shard_map import ShardMap
 from tessera.api import errors, validation
 from tessera.api.ordering import effective_sort, sort_results
-from tessera.api.internal_pb2 import ShardRequest, StatusResponse as GroupStatus
-from native.codec import varint
+from tessera.api.internal_pb2 import ShardRequest, ShardResponse, StatusResponse as GroupStatus
 from tessera.api.rpc_pb2 import (
     CompactionRequest,
     CompactionResponse,
@@ -71,6 +71,7 @@ DEFRAGMENT_TIMEOUT_SECONDS = 300.0  # a replica rewrites its whole database
 _FLOOR_TAG, _RANGE_TAG, _PUT_TAG, _TXN_TAG = b"\x10", b"\x1a", b"\x22", b"\x32"
 # Errors after which a request was not proposed (or was a read), so the general path may send it again.
 _NOT_PROPOSED = (errors.NotLeader, errors.NoLeader)
+_ERROR_FIELD = ShardResponse.DESCRIPTOR.fields_by_name["error"].number
 _READ_RETRIES = (errors.NotLeader, errors.NoLeader, errors.LeaderChanged, errors.RequestTimeout,
                  errors.FutureRevision)
 
@@ -382,18 +383,26 @@ class Router:
             if write and outcome.sent:
                 return responder.fail(errors.RequestTimeout())  # it may be applied: never sent twice
             return responder.fallback()
-        kind = outcome.WhichOneof("response")
-        if kind == "error":
-            error = outcome.error
-            reported = errors.from_report(error.code, error.message)
-            if error.leader_id or isinstance(reported, _READ_RETRIES if not write else _NOT_PROPOSED):
-                return responder.fallback()
-            if write and isinstance(reported, errors.FutureRevision):
-                return responder.fallback()  # a txn's read above the group: a failed txn changed nothing
-            return responder.fail(reported)
-        answer = getattr(outcome, kind)
-        self._stamp(answer.header, responder.group)
-        responder.reply(answer.SerializeToString())
+        _, field, answer = codec.answer_parts(outcome)
+        if field not in (_ERROR_FIELD, 0):
+            # The replica's answer as it came, with the header the client is to see.
+            group = responder.group
+            revision, answer = codec.restamp_header(answer, self.cluster_id, self.member_id, self.groups[group].term)
+            self.observe_group(group, revision)
+            return responder.reply(answer)
+        response = ShardResponse.FromString(outcome)
+        kind = response.WhichOneof("response")
+        if kind != "error":  # an answer protobuf had to read (none is encoded so)
+            answer = getattr(response, kind)
+            self._stamp(answer.header, responder.group)
+            return responder.reply(answer.SerializeToString())
+        error = response.error
+        reported = errors.from_report(error.code, error.message)
+        if error.leader_id or isinstance(reported, _READ_RETRIES if not write else _NOT_PROPOSED):
+            return responder.fallback()
+        if write and isinstance(reported, errors.FutureRevision):
+            return responder.fallback()  # a txn's read above the group: a failed txn changed nothing
+        return responder.fail(reported)
 
     # --- reads -------------------------------------------------------------------------
 

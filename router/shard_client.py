@@ -22,9 +22,10 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable
 
+from native import codec
 from native.codec import varint
 from tessera.api import errors
-from tessera.api.internal_pb2 import ShardRequest, ShardResponse, ShardResponseBatch
+from tessera.api.internal_pb2 import ShardRequest, ShardResponse
 from tessera.api.internal_stream import (
     HELLO_BATCH, HELLO_WATCH, FrameError, FrameReader, frame, frame_header, host_and_port,
 )
@@ -69,7 +70,7 @@ def _settle(future: asyncio.Future, outcome: object) -> None:
         if isinstance(outcome, BaseException):
             future.set_exception(outcome)
         else:
-            future.set_result(outcome)
+            future.set_result(ShardResponse.FromString(outcome))
 
 
 class _Framed(asyncio.Protocol):
@@ -146,7 +147,8 @@ class ShardConnection:
                timeout: float = REQUEST_TIMEOUT_SECONDS) -> int:
         """Queue a request, `fields` its encoded ShardRequest without the id; returns the id.
 
-        `on_outcome(context, outcome)` is called once, with the ShardResponse or a ReplicaUnreachable.
+        `on_outcome(context, outcome)` is called once, with the encoded ShardResponse (unparsed: the
+        fast path passes its answer on as it came) or a ReplicaUnreachable.
         """
         loop = asyncio.get_running_loop()
         if self._connection is None:
@@ -210,8 +212,8 @@ class ShardConnection:
     def _answered(self, frames: list[bytes]) -> None:
         waiting_for = self._waiting
         for data in frames:
-            for response in ShardResponseBatch.FromString(data).responses:
-                waiting = waiting_for.pop(response.id, None)
+            for response in codec.repeated_messages(data):
+                waiting = waiting_for.pop(codec.answer_parts(response)[0], None)
                 if waiting is not None:
                     waiting.on_outcome(waiting.context, response)
 

@@ -9,9 +9,9 @@ from google.protobuf.message import DecodeError
 
 from native import codec
 from shards.raft.storage import Entry
-from tessera.api.internal_pb2 import ShardRequest, ShardRequestBatch
+from tessera.api.internal_pb2 import ShardRequest, ShardRequestBatch, ShardResponse
 from tessera.api.kv_pb2 import KeyValue
-from tessera.api.rpc_pb2 import PutRequest
+from tessera.api.rpc_pb2 import PutRequest, PutResponse, RangeResponse, ResponseHeader
 
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
 entries = st.tuples(u64, u64, st.integers(min_value=0, max_value=255), st.binary(max_size=300))
@@ -223,3 +223,34 @@ def test_varints_are_protobufs():
     assert [ShardRequest.FromString(b"\x08" + codec.varint(value)).id for value in values] == list(values)
     with pytest.raises(OverflowError):
         codec.varint(-1)
+
+
+_answers = st.one_of(
+    st.builds(ShardResponse, id=st.integers(0, 2**64 - 1), range=st.builds(
+        RangeResponse, header=st.builds(ResponseHeader, revision=st.integers(0, 2**63 - 1),
+                                        raft_term=st.integers(0, 9), member_id=st.integers(0, 9)),
+        kvs=st.lists(st.builds(KeyValue, key=st.binary(max_size=20), value=st.binary(max_size=40),
+                               mod_revision=st.integers(0, 2**40)), max_size=3),
+        more=st.booleans(), count=st.integers(0, 99))),
+    st.builds(ShardResponse, id=st.integers(0, 2**64 - 1), put=st.builds(
+        PutResponse, header=st.builds(ResponseHeader, revision=st.integers(0, 2**63 - 1)))),
+    st.builds(ShardResponse, id=st.integers(0, 2**64 - 1), put=st.just(PutResponse())),
+)
+
+
+@given(_answers, st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
+def test_an_answer_restamped_natively_is_protobufs_restamped(response, cluster_id, member_id, raft_term):
+    response_id, field, body = codec.answer_parts(response.SerializeToString())
+    kind = response.WhichOneof("response")
+    assert (response_id, field) == (response.id, ShardResponse.DESCRIPTOR.fields_by_name[kind].number)
+    expected = type(getattr(response, kind))()
+    expected.CopyFrom(getattr(response, kind))
+    revision = expected.header.revision
+    expected.header.cluster_id, expected.header.member_id, expected.header.raft_term = cluster_id, member_id, raft_term
+    assert codec.restamp_header(body, cluster_id, member_id, raft_term) == (revision, expected.SerializeToString())
+
+
+def test_answer_parts_leaves_an_answer_given_twice_to_protobuf():
+    twice = ShardResponse(id=3, put=PutResponse()).SerializeToString() + ShardResponse(put=PutResponse()).SerializeToString()
+    assert codec.answer_parts(twice) == (3, 0, None)
+    assert codec.answer_parts(ShardResponse(id=4).SerializeToString()) == (4, 0, None)

@@ -44,7 +44,10 @@ def put_and_answer(outcome_for) -> tuple[Responder, Router, bytes]:
         (request_id, fields), = connection._outbox
         waiting = connection._waiting.pop(request_id)
         waiting.sent = True
-        waiting.on_outcome(waiting.context, outcome_for(request_id))
+        outcome = outcome_for(request_id)
+        if isinstance(outcome, ShardResponse):
+            outcome = outcome.SerializeToString()  # an answer comes encoded, as the replica sent it
+        waiting.on_outcome(waiting.context, outcome)
         connection._reader.cancel()
         await connection.close()
         return responder, router, fields
