@@ -27,6 +27,7 @@ from tessera.launcher import (
     DEFAULT_LISTEN,
     GROUPS,
     LAYOUT_FILE,
+    MEMBERS,
     META_GROUP,
     Launcher,
     LauncherError,
@@ -176,8 +177,12 @@ def command_replica(args: argparse.Namespace) -> int:
     return 0
 
 
-def cluster_shape(args: argparse.Namespace):
-    """The cluster at its founding, from --cluster or --discovery-srv; None when neither is given."""
+def cluster_shape(args: argparse.Namespace, groups=GROUPS):
+    """The cluster at its founding, from --cluster or --discovery-srv; None when neither is given.
+
+    `groups`: those to look up in DNS (a replica needs its own only); with all of them the
+    shape is checked as a whole, as a founding needs it.
+    """
     from tessera import deploy
 
     if args.cluster and args.discovery_srv:
@@ -185,7 +190,10 @@ def cluster_shape(args: argparse.Namespace):
     if args.cluster:
         return deploy.load_cluster_file(args.cluster)
     if args.discovery_srv:
-        return deploy.discover_srv(args.discovery_srv, args.discovery_groups, args.discovery_dns)
+        shape = deploy.discover_srv(args.discovery_srv, groups, args.discovery_dns, args.discovery_size)
+        if set(groups) == set(args.discovery_groups):
+            deploy.check_shape(shape, f"DNS SRV under {args.discovery_srv}")
+        return shape
     return None
 
 
@@ -193,7 +201,7 @@ def replica_members(args: argparse.Namespace):
     """(the group's initial members, this replica's id) from --members, --cluster or --discovery-srv."""
     from tessera.deploy import DeployError
 
-    shape = cluster_shape(args)
+    shape = cluster_shape(args, groups=(args.group,))
     if (shape is None) == (args.members is None):
         raise DeployError("give the group's initial members: --members, --cluster or --discovery-srv (one)")
     members = args.members if shape is None else shape.members(args.group)
@@ -250,7 +258,7 @@ def command_router(args: argparse.Namespace) -> int:
     from tessera.deploy import DeployError
 
     try:
-        shape = cluster_shape(args)
+        shape = cluster_shape(args, groups=args.discovery_groups)
     except DeployError as error:
         print(f"tessera router: {error}", file=sys.stderr)
         return 2
@@ -313,6 +321,9 @@ def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--discovery-groups", type=parse_groups, default=GROUPS, metavar="G,G,...",
                         help="the groups to look up with --discovery-srv (default tessera up's: "
                              f"{','.join(map(str, GROUPS))})")
+    parser.add_argument("--discovery-size", type=int, default=len(MEMBERS), metavar="N",
+                        help="the members each group is founded with: fewer SRV records are refused "
+                             "(default %(default)s, as tessera up)")
     parser.add_argument("--discovery-dns", default=None, metavar="HOST:PORT",
                         help="ask this DNS server for the SRV records (default: the system's resolver)")
 

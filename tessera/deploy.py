@@ -22,7 +22,9 @@ and the initial shard map. It learns it the way an etcd member learns
     A group's members are numbered 1..N in the natural order of their target
     names (StatefulSet pod `tessera-g1-0` is member 1), so every host that
     reads the same records numbers them alike. The groups are `tessera up`'s
-    (--discovery-groups to change), and so is the shard map.
+    (--discovery-groups to change), and so are the shard map and the three
+    members a group is founded with (--discovery-size): fewer records (a member
+    not yet scheduled) are refused rather than founding a smaller group.
 
 The cluster's shape matters only at its founding: afterwards membership lives
 in each group's raft log and the meta group, and changes with `tessera member`.
@@ -39,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shards.raft_driver import MemberAddresses
-from tessera.launcher import DEFAULT_GROUP, GROUPS, INITIAL_PREFIXES
+from tessera.launcher import DEFAULT_GROUP, GROUPS, INITIAL_PREFIXES, MEMBERS
 
 PEER_SERVICE = "_peer._tcp"
 API_SERVICE = "_api._tcp"
@@ -121,10 +123,14 @@ def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def discover_srv(domain: str, groups=GROUPS, nameserver: str | None = None) -> ClusterShape:
-    """The cluster's shape from DNS SRV records under `domain` (the module's docstring says which).
+def discover_srv(domain: str, groups=GROUPS, nameserver: str | None = None,
+                 size: int = len(MEMBERS)) -> ClusterShape:
+    """The members of `groups` from DNS SRV records under `domain` (the module's docstring says which).
 
-    `nameserver` (HOST:PORT) asks that server instead of the system's resolver.
+    Each group must list `size` members: a group founded by the members whose records
+    happened to be published already would lock the others out. `nameserver`
+    (HOST:PORT) asks that server instead of the system's resolver. The shape is not
+    checked as a whole: a replica asks for its own group only.
     """
     import dns.exception
     import dns.resolver
@@ -152,9 +158,11 @@ def discover_srv(domain: str, groups=GROUPS, nameserver: str | None = None) -> C
         if peer_hosts != api_hosts:
             raise DeployError(f"{service}: the {PEER_SERVICE} targets ({', '.join(peers)}) and the "
                               f"{API_SERVICE} targets ({', '.join(apis)}) are not the same hosts")
+        if len(peers) != size:
+            raise DeployError(f"{service}: {len(peers)} members in DNS ({', '.join(peers)}), not the "
+                              f"{size} the group is founded with (--discovery-size)")
         shape.groups[group] = {member: MemberAddresses(peer=peer, api=api)
                                for member, (peer, api) in enumerate(zip(peers, apis), start=1)}
-    check_shape(shape, f"DNS SRV under {domain}")
     return shape
 
 

@@ -27,7 +27,7 @@ from etcd_tools import ToolUnavailable
 from shards.raft_driver import MemberAddresses
 from tessera import cli
 from tessera.deploy import (
-    DeployError, config_file_arguments, discover_srv, load_cluster_file,
+    DeployError, check_shape, config_file_arguments, discover_srv, load_cluster_file,
 )
 from tessera.launcher import INITIAL_PREFIXES, Layout, free_ports
 
@@ -48,7 +48,9 @@ class SrvServer:
         self.records = records
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.socket.bind(("127.0.0.1", 0))
+        self.socket.settimeout(0.05)  # how soon the thread sees it is to stop
         self.address = f"127.0.0.1:{self.socket.getsockname()[1]}"
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
     def __enter__(self) -> SrvServer:
@@ -56,15 +58,16 @@ class SrvServer:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self.socket.close()  # the thread's recvfrom fails and it ends
-        self._thread.join(timeout=5)
+        self._stop.set()
+        self._thread.join()
+        self.socket.close()
 
     def _serve(self) -> None:
-        while True:
+        while not self._stop.is_set():
             try:
                 data, sender = self.socket.recvfrom(4096)
-            except OSError:
-                return
+            except TimeoutError:
+                continue
             query = dns.message.from_wire(data)
             answer = dns.message.make_response(query)
             name = query.question[0].name.to_text()
@@ -130,7 +133,8 @@ def test_srv_discovery_numbers_members_in_the_natural_order_of_their_names():
     members = [(f"tessera-g{{}}-{ordinal}.svc.test", 2380, 2390) for ordinal in (10, 2, 0, 1)]
     groups = {group: [(target.format(group), peer, api) for target, peer, api in members] for group in range(4)}
     with SrvServer(srv_records("svc.test", groups)) as server:
-        shape = discover_srv("svc.test", nameserver=server.address)
+        shape = discover_srv("svc.test", nameserver=server.address, size=4)
+        check_shape(shape, "svc.test")
     assert {member: addresses.peer for member, addresses in shape.members(1).items()} == {
         1: "tessera-g1-0.svc.test:2380", 2: "tessera-g1-1.svc.test:2380",
         3: "tessera-g1-2.svc.test:2380", 4: "tessera-g1-10.svc.test:2380"}
@@ -139,18 +143,22 @@ def test_srv_discovery_numbers_members_in_the_natural_order_of_their_names():
     # tessera up's shard map names groups 2 and 3: a cluster of groups 0 and 1 lacks them.
     with SrvServer(srv_records("svc.test", groups)) as server:
         with pytest.raises(DeployError, match="the shard map names group 2"):
-            discover_srv("svc.test", groups=(0, 1), nameserver=server.address)
+            check_shape(discover_srv("svc.test", groups=(0, 1), nameserver=server.address, size=4), "svc.test")
+        # Three members are what a group is founded with by default: four records are refused.
+        with pytest.raises(DeployError, match=r"^tessera-g1\.svc\.test: 4 members in DNS .*not the 3 the group is "
+                                              r"founded with \(--discovery-size\)"):
+            discover_srv("svc.test", groups=(1,), nameserver=server.address)
 
 
 def test_srv_discovery_refuses_missing_or_mismatched_records():
     with SrvServer(srv_records("svc.test", {0: [("a.svc.test", 1, 2)]})) as server:
         with pytest.raises(DeployError, match=r"^DNS SRV _peer\._tcp\.tessera-g1\.svc\.test: .*does not exist"):
-            discover_srv("svc.test", groups=(0, 1), nameserver=server.address)
+            discover_srv("svc.test", groups=(0, 1), nameserver=server.address, size=1)
     records = srv_records("svc.test", {0: [("a.svc.test", 1, 2)]})
     records["_api._tcp.tessera-g0.svc.test"] = [("b.svc.test", 2)]
     with SrvServer(records) as server:
         with pytest.raises(DeployError, match="are not the same hosts"):
-            discover_srv("svc.test", groups=(0,), nameserver=server.address)
+            discover_srv("svc.test", groups=(0,), nameserver=server.address, size=1)
 
 
 # --- config files and the commands' answers to what they lack -------------------------------
@@ -200,10 +208,11 @@ def test_replicas_and_router_found_a_cluster_from_srv_records(tmp_path):
     listen = f"127.0.0.1:{next(ports)}"
     processes = []
     with SrvServer(srv_records("tessera.test", groups)) as server:
-        discovery = ["--discovery-srv", "tessera.test", "--discovery-dns", server.address]
+        discovery = ["--discovery-srv", "tessera.test", "--discovery-dns", server.address, "--discovery-size", "1"]
         (tmp_path / "replica-0.yaml").write_text(json.dumps({
             "group": 0, "advertise-peer": f"localhost:{groups[0][0][1]}", "data-dir": str(tmp_path / "g0"),
-            "wal-segment-bytes": 4 << 20, "discovery-srv": "tessera.test", "discovery-dns": server.address}))
+            "wal-segment-bytes": 4 << 20, "discovery-srv": "tessera.test", "discovery-dns": server.address,
+            "discovery-size": 1}))
         commands = [["replica", "--config", str(tmp_path / "replica-0.yaml"), "--parent-pid", str(os.getpid())]]
         commands += [["replica", "--group", str(group), "--member", "1", "--data-dir", str(tmp_path / f"g{group}"),
                       "--wal-segment-bytes", str(4 << 20), "--parent-pid", str(os.getpid()), *discovery]
