@@ -723,6 +723,15 @@ def command_alarm(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("replica", "router"):
+        argv = with_config_file(argv)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tessera", description=tessera.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("version", help="print version and native build info").set_defaults(
@@ -839,11 +848,7 @@ def main(argv: list[str] | None = None) -> int:
                                               "(linearizability, watch, durability, revisions)")
     chaos_command.add_arguments(chaos)
     chaos.set_defaults(run=chaos_command.run_from_arguments)
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("replica", "router"):
-        argv = with_config_file(argv)
-    args = parser.parse_args(argv)
-    return args.run(args)
+    return parser
 
 
 def add_operator_commands(commands) -> None:

@@ -43,6 +43,11 @@ from pathlib import Path
 from shards.raft_driver import MemberAddresses
 from tessera.launcher import DEFAULT_GROUP, GROUPS, INITIAL_PREFIXES, MEMBERS
 
+# The ports of a host that runs one replica (and of a router's): etcd's where etcd has one.
+PEER_PORT = 2380
+API_PORT = 2390
+METRICS_PORT = 2381  # etcd's --listen-metrics-urls port
+CLIENT_PORT = 2379
 PEER_SERVICE = "_peer._tcp"
 API_SERVICE = "_api._tcp"
 DNS_TIMEOUT_SECONDS = 5.0

@@ -35,15 +35,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tessera.deploy import API_PORT, CLIENT_PORT, METRICS_PORT, PEER_PORT  # every host has an address of its own
 from tessera.launcher import (
     DEFAULT_GROUP, GROUPS, INITIAL_PREFIXES, LAYOUT_FILE, MEMBERS, META_GROUP, Launcher, Layout, Supervised,
     replica_data_dir,
 )
 
-PEER_PORT = 2380  # etcd's peer port: every host has an address of its own, so all use the same ports
-API_PORT = 2390
-METRICS_PORT = 2381  # etcd's --listen-metrics-urls port
-CLIENT_PORT = 2379
 GATEWAY_PORT = 2378
 SUBNET_PREFIX = "10.213"  # the third octet is drawn per network, avoiding those in use
 CLUSTER_FILE = "cluster.yaml"
