@@ -197,8 +197,9 @@ def test_commands_say_what_they_lack(tmp_path, capsys, argv, error):
 
 
 def test_replicas_and_router_found_a_cluster_from_srv_records(tmp_path):
-    """One replica per group (tessera up's groups) and a router, each told only the domain; the router
-    founds the cluster, etcdctl uses it. Replica 0 takes its flags from a config file."""
+    """One replica per group (tessera up's groups) and a router, each told only the domain; the router,
+    started first, waits for the meta group and founds the cluster, etcdctl uses it. Replica 0 takes its
+    flags from a config file."""
     try:
         etcdctl = etcd_tools.etcdctl_path()
     except ToolUnavailable as reason:
@@ -213,11 +214,11 @@ def test_replicas_and_router_found_a_cluster_from_srv_records(tmp_path):
             "group": 0, "advertise-peer": f"localhost:{groups[0][0][1]}", "data-dir": str(tmp_path / "g0"),
             "wal-segment-bytes": 4 << 20, "discovery-srv": "tessera.test", "discovery-dns": server.address,
             "discovery-size": 1}))
-        commands = [["replica", "--config", str(tmp_path / "replica-0.yaml"), "--parent-pid", str(os.getpid())]]
+        commands = [["router", "--listen", listen, "--parent-pid", str(os.getpid()), *discovery],
+                    ["replica", "--config", str(tmp_path / "replica-0.yaml"), "--parent-pid", str(os.getpid())]]
         commands += [["replica", "--group", str(group), "--member", "1", "--data-dir", str(tmp_path / f"g{group}"),
                       "--wal-segment-bytes", str(4 << 20), "--parent-pid", str(os.getpid()), *discovery]
                      for group in (1, 2, 3)]
-        commands.append(["router", "--listen", listen, "--parent-pid", str(os.getpid()), *discovery])
         try:
             for index, command in enumerate(commands):
                 with open(tmp_path / f"process-{index}.log", "wb") as log:
@@ -225,7 +226,7 @@ def test_replicas_and_router_found_a_cluster_from_srv_records(tmp_path):
                                                       stdout=log, stderr=subprocess.STDOUT))
             deadline = time.monotonic() + 60
             while (answer := etcd_tools.run_etcdctl(etcdctl, listen, "put", "/registry/pods/p", "v"))[0] != 0:
-                assert time.monotonic() < deadline, (answer, (tmp_path / "process-4.log").read_text()[-2000:])
+                assert time.monotonic() < deadline, (answer, (tmp_path / "process-0.log").read_text()[-2000:])
                 assert all(process.poll() is None for process in processes), "a process exited"
                 time.sleep(0.2)
             code, out, _ = etcd_tools.run_etcdctl(etcdctl, listen, "get", "/registry/pods/p", "--print-value-only")
