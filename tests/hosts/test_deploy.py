@@ -196,10 +196,24 @@ def test_commands_say_what_they_lack(tmp_path, capsys, argv, error):
 # --- a cluster founded from SRV records ------------------------------------------------
 
 
+def listening_addresses(pid: int) -> set[str]:
+    """HOST:PORT of each IPv4 TCP socket process `pid` listens on (from /proc)."""
+    inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
+              if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")}
+    found = set()
+    for line in open("/proc/net/tcp").readlines()[1:]:
+        fields = line.split()
+        address, state, inode = fields[1], fields[3], fields[9]
+        if state == "0A" and inode in inodes:  # 0A: LISTEN
+            host, port = address.split(":")
+            found.add(f"{socket.inet_ntoa(bytes.fromhex(host)[::-1])}:{int(port, 16)}")
+    return found
+
+
 def test_replicas_and_router_found_a_cluster_from_srv_records(tmp_path):
     """One replica per group (tessera up's groups) and a router, each told only the domain; the router,
     started first, waits for the meta group and founds the cluster, etcdctl uses it. Replica 0 takes its
-    flags from a config file."""
+    flags from a config file, and binds to other addresses than it is known by (127.0.0.1, not localhost)."""
     try:
         etcdctl = etcd_tools.etcdctl_path()
     except ToolUnavailable as reason:
@@ -213,7 +227,8 @@ def test_replicas_and_router_found_a_cluster_from_srv_records(tmp_path):
         (tmp_path / "replica-0.yaml").write_text(json.dumps({
             "group": 0, "advertise-peer": f"localhost:{groups[0][0][1]}", "data-dir": str(tmp_path / "g0"),
             "wal-segment-bytes": 4 << 20, "discovery-srv": "tessera.test", "discovery-dns": server.address,
-            "discovery-size": 1}))
+            "discovery-size": 1, "listen-peer": f"127.0.0.1:{groups[0][0][1]}",
+            "listen-api": f"127.0.0.1:{groups[0][0][2]}"}))
         commands = [["router", "--listen", listen, "--parent-pid", str(os.getpid()), *discovery],
                     ["replica", "--config", str(tmp_path / "replica-0.yaml"), "--parent-pid", str(os.getpid())]]
         commands += [["replica", "--group", str(group), "--member", "1", "--data-dir", str(tmp_path / f"g{group}"),
@@ -233,6 +248,8 @@ def test_replicas_and_router_found_a_cluster_from_srv_records(tmp_path):
             assert (code, out) == (0, "v\n")
             code, out, _ = etcd_tools.run_etcdctl(etcdctl, listen, "endpoint", "status", "-w", "json")
             assert code == 0 and json.loads(out)[0]["Status"]["header"]["revision"] >= 2
+            assert listening_addresses(processes[1].pid) == {f"127.0.0.1:{groups[0][0][1]}",
+                                                             f"127.0.0.1:{groups[0][0][2]}"}
         finally:
             for process in processes:
                 process.send_signal(signal.SIGKILL)
