@@ -199,7 +199,7 @@ def cluster_shape(args: argparse.Namespace, groups=GROUPS):
 
 def replica_members(args: argparse.Namespace):
     """(the group's initial members, this replica's id) from --members, --cluster or --discovery-srv."""
-    from tessera.deploy import DeployError
+    from tessera.deploy import DeployError, member_at
 
     shape = cluster_shape(args, groups=(args.group,))
     if (shape is None) == (args.members is None):
@@ -209,12 +209,7 @@ def replica_members(args: argparse.Namespace):
     if member is None:
         if args.advertise_peer is None:
             raise DeployError("give --member, or --advertise-peer to find it among the members")
-        member = next((found for found, addresses in members.items() if addresses.peer == args.advertise_peer),
-                      None)
-        if member is None:
-            known = ", ".join(addresses.peer for addresses in members.values())
-            raise DeployError(f"no member of group {args.group} has peer address {args.advertise_peer} "
-                              f"(they have {known})")
+        member = member_at(members, args.group, args.advertise_peer)
     if member not in members:
         raise DeployError(f"member {member} is not among group {args.group}'s members ({sorted(members)})")
     return members, member

@@ -70,18 +70,19 @@ class ClusterShape:
             raise DeployError(f"the cluster has no group {group} (it has {sorted(self.groups)})")
         return self.groups[group]
 
-    def member_at(self, group: int, peer_address: str) -> int:
-        """The id of the group's member whose peer address is `peer_address`."""
-        for member, addresses in self.members(group).items():
-            if addresses.peer == peer_address:
-                return member
-        known = ", ".join(addresses.peer for addresses in self.members(group).values())
-        raise DeployError(f"no member of group {group} has peer address {peer_address} (they have {known})")
-
     def layout_groups(self) -> dict[int, dict[int, tuple[str, str]]]:
         """As the meta group's bootstrap takes them: group -> member -> (peer, api)."""
         return {group: {member: (addresses.peer, addresses.api) for member, addresses in members.items()}
                 for group, members in self.groups.items()}
+
+
+def member_at(members: dict[int, MemberAddresses], group: int, peer_address: str) -> int:
+    """The id of the group's member whose peer address is `peer_address`."""
+    for member, addresses in members.items():
+        if addresses.peer == peer_address:
+            return member
+    known = ", ".join(addresses.peer for addresses in members.values())
+    raise DeployError(f"no member of group {group} has peer address {peer_address} (they have {known})")
 
 
 def load_cluster_file(path: str | Path) -> ClusterShape:

@@ -6,6 +6,9 @@ the bridge, with one address of its own. The root namespace reaches every host
 through the bridge, as a client on the same network would. Everything it makes
 is named `tsh-TAG-...` (TAG random per network) and removed by `remove()`,
 which tolerates a half-built network, so a failed start leaves nothing behind.
+The bridge's alias names the process that made it: a process killed before
+it could remove its network (SIGKILL, a CI timeout) leaves it to the next
+network made on the machine, which removes it (`remove_abandoned_networks`).
 
 Faults live in the network itself, as they would between machines:
 partitions and one-way loss are nftables rules in the sending host's
@@ -27,6 +30,7 @@ says what is missing, for a test to skip with that reason.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -45,6 +49,7 @@ GATEWAY_PORT = 2378
 SUBNET_PREFIX = "10.213"  # the third octet is drawn per network, avoiding those in use
 CLUSTER_FILE = "cluster.yaml"
 FAULT_TABLE = "tsh_faults"
+MAKER_ALIAS = "tessera netns, made by pid "
 COMMAND_SECONDS = 10.0
 
 
@@ -97,8 +102,10 @@ class NetnsNetwork:
         self._created_bridge = False
 
     def create(self) -> None:
+        remove_abandoned_networks()
         run("ip", "link", "add", self.bridge, "type", "bridge")
         self._created_bridge = True
+        run("ip", "link", "set", self.bridge, "alias", f"{MAKER_ALIAS}{os.getpid()}")
         run("ip", "addr", "add", f"{self.gateway_address}/{self.subnet.prefixlen}", "dev", self.bridge)
         run("ip", "link", "set", self.bridge, "up")
 
@@ -194,6 +201,36 @@ class NetnsNetwork:
         return True
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's: alive
+    return True
+
+
+def remove_abandoned_networks() -> list[str]:
+    """Remove every network whose maker has died without removing it; their tags."""
+    removed = []
+    for link in json.loads(run("ip", "-j", "link", "show", "type", "bridge").stdout or "[]"):
+        name, alias = link["ifname"], link.get("ifalias", "")
+        if not (name.startswith("tsh-") and alias.startswith(MAKER_ALIAS)):
+            continue
+        if _alive(int(alias.removeprefix(MAKER_ALIAS))):
+            continue
+        tag = name.split("-")[1]
+        for line in run("ip", "netns", "list").stdout.splitlines():
+            if line.startswith(f"tsh-{tag}-"):
+                run("ip", "netns", "del", line.split()[0], check=False)
+        for port in json.loads(run("ip", "-j", "link", "show", "master", name).stdout or "[]"):
+            run("ip", "link", "del", port["ifname"], check=False)
+        run("ip", "link", "del", name, check=False)
+        removed.append(tag)
+    return removed
+
+
 def replica_host(group: int, member: int) -> str:
     return f"g{group}m{member}"
 
@@ -269,9 +306,6 @@ class NetnsLauncher(Launcher):
                    "--parent-pid", str(os.getpid()), *self.router_arguments]
         return Supervised(name="router", command=self.network.in_namespace(ROUTER_HOST, command),
                           log_path=self.logs_dir / "router.log")
-
-    def host_of(self, group: int, member: int) -> str:
-        return replica_host(group, member)
 
 
 def cluster_file_text(layout: Layout) -> str:

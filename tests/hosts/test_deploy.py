@@ -27,7 +27,7 @@ from etcd_tools import ToolUnavailable
 from shards.raft_driver import MemberAddresses
 from tessera import cli
 from tessera.deploy import (
-    DeployError, check_shape, config_file_arguments, discover_srv, load_cluster_file,
+    DeployError, check_shape, config_file_arguments, discover_srv, load_cluster_file, member_at,
 )
 from tessera.launcher import INITIAL_PREFIXES, Layout, free_ports
 
@@ -99,7 +99,7 @@ def test_cluster_file_in_yaml(tmp_path):
     assert shape.members(0) == {1: MemberAddresses("host-a:2380", "host-a:2390"),
                                 2: MemberAddresses("host-b:2380", "host-b:2390")}
     assert shape.prefixes == {b"/registry/": 1} and shape.default_group == 1
-    assert shape.member_at(0, "host-b:2380") == 2
+    assert member_at(shape.members(0), 0, "host-b:2380") == 2
 
 
 def test_tessera_ups_cluster_json_is_a_cluster_file_with_its_shard_map(tmp_path):

@@ -160,3 +160,22 @@ def test_the_network_is_removed_when_the_cluster_stops(tmp_path):
         tag = cluster.launcher.network.tag
         assert tag in our_links()
     assert tag not in our_links()
+
+
+def test_a_network_whose_maker_was_killed_is_removed_by_the_next_one():
+    """SIGKILL leaves no chance to clean up: the next network made on the machine removes what is left."""
+    maker = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from tessera.netns import NetnsNetwork; network = NetnsNetwork(); "
+                               "network.create(); network.add_host('a'); network.add_host('b'); "
+                               "print(network.tag, flush=True); time.sleep(60)"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        tag = maker.stdout.readline().strip()
+        assert tag and f"tsh-{tag}-a" in our_links()
+        assert tag not in netns.remove_abandoned_networks()  # its maker is alive: left alone
+    finally:
+        maker.kill()
+        maker.wait()
+    assert f"tsh-{tag}-br" in our_links()
+    assert netns.remove_abandoned_networks() == [tag]
+    assert tag not in our_links()
