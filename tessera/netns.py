@@ -29,6 +29,7 @@ says what is missing, for a test to skip with that reason.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -57,12 +58,19 @@ class NetnsError(Exception):
     """A network command failed; the message has the command and what it printed."""
 
 
+@functools.cache
 def unavailable() -> str | None:
-    """Why namespaces cannot be made here (None when they can)."""
+    """Why namespaces cannot be made here (None when they can): tried once, with one made and removed,
+    since root in a container may still lack the right to make them."""
     if os.geteuid() != 0:
         return "network namespaces need root"
     if shutil.which("ip") is None:
         return "no `ip` command (Debian package iproute2)"
+    probe = f"tsh-probe-{os.getpid()}"
+    made = run("ip", "netns", "add", probe, check=False)
+    if made.returncode != 0:
+        return f"cannot make a network namespace here: {made.stderr.strip()}"
+    run("ip", "netns", "del", probe, check=False)
     return None
 
 

@@ -155,6 +155,46 @@ def test_a_leader_cut_off_in_the_network_is_replaced_and_catches_up(hosts, cut):
         time.sleep(0.1)
 
 
+def tessera(*args: str) -> str:
+    """A `tessera` operator command from the root namespace; its output, which must say it succeeded."""
+    done = subprocess.run([sys.executable, "-m", "tessera.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, f"tessera {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
+def test_a_replica_whose_host_is_lost_comes_back_on_a_new_host(hosts, tmp_path):
+    """docs/deploy.md's runbook with --meta: add a member at a new host's addresses, start it there with
+    the printed command, promote it, remove the lost one. The group then keeps its quorum with one more
+    of the original members down, which it could only do with the new member voting."""
+    etcdctl = etcdctl_binary()
+    launcher, network = hosts.launcher, hosts.launcher.network
+    group, lost = 3, 1
+    meta = ",".join(f"{member}={api}" for member, (_, api) in launcher.layout.groups[0].items())
+    launcher.kill(group, lost)
+    leader_after(hosts, group, other_than=lost)  # the operator's commands go to the group's leader
+    new_address = network.add_host("new-host")
+    added = tessera("member", "add", str(group), "--peer", f"{new_address}:{netns.PEER_PORT}",
+                    "--api", f"{new_address}:{netns.API_PORT}", "--meta", meta)
+    member = int(re.search(rf"group {group}: member (\d+) added as a learner", added).group(1))
+    start = re.search(r"^\s*(tessera replica .*) --data-dir DIR$", added, re.MULTILINE).group(1).split()
+    replica = subprocess.Popen(
+        network.in_namespace("new-host", [sys.executable, "-m", "tessera.cli", *start[1:], "--data-dir",
+                                          str(tmp_path / "new-member"), "--parent-pid", str(os.getpid())]),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert "promoted to voter" in tessera("member", "promote", str(group), str(member), "--meta", meta)
+        assert f"member {lost} removed" in tessera("member", "remove", str(group), str(lost), "--meta", meta)
+        launcher.kill(group, 2)  # of the original three only member 3 is left
+        code, out, err = etcd_tools.run_etcdctl(etcdctl, hosts.endpoint, "put", "/registry/events/moved", "yes")
+        assert (code, out) == (0, "OK\n"), err
+        listed = tessera("member", "list", str(group), "--meta", meta)
+        assert f"{new_address}:{netns.PEER_PORT}" in listed
+    finally:
+        replica.kill()
+        replica.wait()
+
+
 def test_the_network_is_removed_when_the_cluster_stops(tmp_path):
     with ClusterThread(tmp_path, netns=True) as cluster:
         tag = cluster.launcher.network.tag
