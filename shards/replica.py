@@ -46,6 +46,10 @@ class ReplicaConfig:
     member_id: int
     data_dir: Path
     members: dict[int, MemberAddresses]  # the initial (or, to join, current) membership, this replica included
+    # Where to bind, when not on the addresses the cluster knows it by (members[member_id]):
+    # e.g. 0.0.0.0:PORT behind a DNS name or a NAT.
+    listen_peer: str | None = None
+    listen_api: str | None = None
     heartbeat_interval_ms: int = 100
     election_timeout_ms: int = 1000
     quota_backend_bytes: int = 2 * 1024**3
@@ -93,7 +97,7 @@ class Replica:
             self._tasks.append(asyncio.get_running_loop().create_task(self.leases.keep()))
         me = self.config.members[self.config.member_id]
         self._api_server = await asyncio.get_running_loop().create_server(
-            self.service.new_connection, *host_and_port(me.api), reuse_address=True)
+            self.service.new_connection, *host_and_port(self.config.listen_api or me.api), reuse_address=True)
         if self.config.metrics_listen is not None:
             self._metrics_server = MetricsServer(self.config.metrics_listen, self.metrics, self.service.health)
             await self._metrics_server.start()

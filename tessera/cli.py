@@ -25,14 +25,18 @@ from tessera.progress import Progress, size_text
 from tessera.launcher import (
     DEFAULT_DATA_DIR,
     DEFAULT_LISTEN,
+    GROUPS,
     LAYOUT_FILE,
+    MEMBERS,
     META_GROUP,
     Launcher,
     LauncherError,
     Layout,
+    replica_data_dir,
 )
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+BOOTSTRAP_RETRY_SECONDS = 1.0  # a router waiting for the meta group's hosts to come up
 GC_YOUNG_THRESHOLD = 50_000  # allocations between collections of the youngest generation (Python's: 700)
 
 
@@ -137,12 +141,18 @@ def parse_meta(text: str) -> dict[int, str]:
 
 
 def command_replica(args: argparse.Namespace) -> int:
-    logs.configure("replica", group=args.group, member=args.member)
-    if args.member not in args.members:
-        print(f"tessera replica: member {args.member} is not in --members", file=sys.stderr)
+    from tessera.deploy import DeployError
+
+    try:
+        members, member = replica_members(args)
+    except DeployError as error:
+        print(f"tessera replica: {error}", file=sys.stderr)
         return 2
+    logs.configure("replica", group=args.group, member=member)
     config = ReplicaConfig(
-        group_id=args.group, member_id=args.member, data_dir=Path(args.data_dir), members=args.members,
+        group_id=args.group, member_id=member, members=members, listen_peer=args.listen_peer,
+        listen_api=args.listen_api,
+        data_dir=Path(args.data_dir or replica_data_dir(Path(DEFAULT_DATA_DIR), args.group, member)),
         heartbeat_interval_ms=args.heartbeat_interval, election_timeout_ms=args.election_timeout,
         quota_backend_bytes=args.quota_backend_bytes, snapshot_count=args.snapshot_count,
         snapshot_catchup_entries=args.snapshot_catchup_entries, join=args.join,
@@ -165,6 +175,44 @@ def command_replica(args: argparse.Namespace) -> int:
         print(f"tessera replica: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def cluster_shape(args: argparse.Namespace, groups=GROUPS):
+    """The cluster at its founding, from --cluster or --discovery-srv; None when neither is given.
+
+    `groups`: those to look up in DNS (a replica needs its own only); with all of them the
+    shape is checked as a whole, as a founding needs it.
+    """
+    from tessera import deploy
+
+    if args.cluster and args.discovery_srv:
+        raise deploy.DeployError("give --cluster or --discovery-srv, not both")
+    if args.cluster:
+        return deploy.load_cluster_file(args.cluster)
+    if args.discovery_srv:
+        shape = deploy.discover_srv(args.discovery_srv, groups, args.discovery_dns, args.discovery_size)
+        if set(groups) == set(args.discovery_groups):
+            deploy.check_shape(shape, f"DNS SRV under {args.discovery_srv}")
+        return shape
+    return None
+
+
+def replica_members(args: argparse.Namespace):
+    """(the group's initial members, this replica's id) from --members, --cluster or --discovery-srv."""
+    from tessera.deploy import DeployError, member_at
+
+    shape = cluster_shape(args, groups=(args.group,))
+    if (shape is None) == (args.members is None):
+        raise DeployError("give the group's initial members: --members, --cluster or --discovery-srv (one)")
+    members = args.members if shape is None else shape.members(args.group)
+    member = args.member
+    if member is None:
+        if args.advertise_peer is None:
+            raise DeployError("give --member, or --advertise-peer to find it among the members")
+        member = member_at(members, args.group, args.advertise_peer)
+    if member not in members:
+        raise DeployError(f"member {member} is not among group {args.group}'s members ({sorted(members)})")
+    return members, member
 
 
 async def run_replica(config: ReplicaConfig, parent_pid: int | None) -> None:
@@ -202,21 +250,101 @@ def stop_with_parent(parent_pid: int | None) -> None:
 def command_router(args: argparse.Namespace) -> int:
     # Imported here: the router is its own part, and `tessera version` must work without it.
     from router.server import run
+    from tessera.deploy import DeployError
 
+    try:
+        shape = cluster_shape(args, groups=args.discovery_groups)
+    except DeployError as error:
+        print(f"tessera router: {error}", file=sys.stderr)
+        return 2
+    if (shape is None) == (args.meta is None):
+        print("tessera router: give the meta group (--meta) or the cluster (--cluster or --discovery-srv)",
+              file=sys.stderr)
+        return 2
     stop_with_parent(args.parent_pid)
     logs.configure("router", listen=args.listen)
     collect_garbage_rarely()
     try:
+        if shape is not None:
+            # A router told the whole cluster founds it, once: every router may try, the first one writes.
+            asyncio.run(bootstrap_when_reachable(shape))
+            meta = {member: addresses.api for member, addresses in shape.members(META_GROUP).items()}
+        else:
+            meta = args.meta
         auto_compaction = None
         if args.auto_compaction_mode:
             auto_compaction = (args.auto_compaction_mode,
                                compaction_retention(args.auto_compaction_mode, args.auto_compaction_retention))
-        run(listen=args.listen, meta_addresses=args.meta, name=args.name, gateway_listen=args.gateway_listen,
+        run(listen=args.listen, meta_addresses=meta, name=args.name, gateway_listen=args.gateway_listen,
             auto_compaction=auto_compaction, corruption_check_interval=args.corruption_check_interval,
             read_only=args.read_only, reuse_port=args.reuse_port)
     except KeyboardInterrupt:
         pass
     return 0
+
+
+async def bootstrap_when_reachable(shape) -> None:
+    """Write the cluster's records into the meta group once it has a leader, however long its hosts take."""
+    import logging
+
+    from router.meta import bootstrap_cluster
+
+    while True:
+        try:
+            await bootstrap_cluster(shape.layout_groups(), shape.prefixes, shape.default_group)
+            return
+        except (EtcdError, OSError) as error:
+            logging.getLogger("tessera.router").info("waiting for the meta group to bootstrap the cluster: %s",
+                                                     error)
+            await asyncio.sleep(BOOTSTRAP_RETRY_SECONDS)
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="a YAML file of this command's flags (long names as keys), as etcd's "
+                             "--config-file; flags given here win")
+
+
+def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where a process placed by hand learns the cluster's initial shape (tessera/deploy.py)."""
+    parser.add_argument("--cluster", default=None, metavar="FILE",
+                        help="the cluster file, the same on every host: every group's members and the "
+                             "shard map (JSON or YAML; tessera up's cluster.json is one)")
+    parser.add_argument("--discovery-srv", default=None, metavar="DOMAIN",
+                        help="instead of --cluster: DNS SRV records _peer._tcp.tessera-gG.DOMAIN and "
+                             "_api._tcp.tessera-gG.DOMAIN name group G's members, as etcd's discovery")
+    parser.add_argument("--discovery-groups", type=parse_groups, default=GROUPS, metavar="G,G,...",
+                        help="the groups to look up with --discovery-srv (default tessera up's: "
+                             f"{','.join(map(str, GROUPS))})")
+    parser.add_argument("--discovery-size", type=int, default=len(MEMBERS), metavar="N",
+                        help="the members each group is founded with: fewer SRV records are refused "
+                             "(default %(default)s, as tessera up)")
+    parser.add_argument("--discovery-dns", default=None, metavar="HOST:PORT",
+                        help="ask this DNS server for the SRV records (default: the system's resolver)")
+
+
+def parse_groups(text: str) -> tuple[int, ...]:
+    if not all(part.isdigit() for part in text.split(",")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of group ids G,G,...")
+    return tuple(int(part) for part in text.split(","))
+
+
+def with_config_file(argv: list[str]) -> list[str]:
+    """The command line with a --config file's flags put right after the command, so its own flags win."""
+    from tessera.deploy import DeployError, config_file_arguments
+
+    for index, word in enumerate(argv):
+        if word == "--config" and index + 1 < len(argv):
+            path = argv[index + 1]
+        elif word.startswith("--config="):
+            path = word.partition("=")[2]
+        else:
+            continue
+        try:
+            return [argv[0], *config_file_arguments(path), *argv[1:]]
+        except DeployError as error:
+            raise SystemExit(f"tessera {argv[0]}: {error}") from None
+    return argv
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -505,7 +633,7 @@ def command_member_remove(args: argparse.Namespace) -> int:
 def _remove(args: argparse.Namespace, group: int, member: int) -> None:
     """Remove from the group; with a local launcher, also from the layout, which stops the replica."""
     from router import admin
-    from tessera.launcher import change_layout, replica_data_dir
+    from tessera.launcher import change_layout
 
     leader = asyncio.run(admin.remove_member(meta_members(args), group, member))
     print(f"group {group}: member {member} removed (member {leader} leads)", flush=True)
@@ -590,6 +718,15 @@ def command_alarm(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("replica", "router"):
+        argv = with_config_file(argv)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tessera", description=tessera.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("version", help="print version and native build info").set_defaults(
@@ -609,11 +746,22 @@ def main(argv: list[str] | None = None) -> int:
     add_auto_compaction_arguments(up)
     up.set_defaults(run=command_up)
     replica = commands.add_parser("replica", help="run one replica of one raft group")
+    add_config_argument(replica)
     replica.add_argument("--group", type=int, required=True, help="the group's id")
-    replica.add_argument("--member", type=int, required=True, help="this replica's member id")
-    replica.add_argument("--data-dir", required=True, help="WAL and MVCC store; reused on restart")
-    replica.add_argument("--members", type=parse_members, required=True,
+    replica.add_argument("--member", type=int, default=None,
+                         help="this replica's member id (or give --advertise-peer)")
+    replica.add_argument("--advertise-peer", default=None, metavar="HOST:PORT",
+                         help="instead of --member: this replica's peer address among the group's members")
+    replica.add_argument("--data-dir", default=None,
+                         help=f"WAL and MVCC store; reused on restart (default "
+                              f"{replica_data_dir(Path(DEFAULT_DATA_DIR), 'GROUP', 'MEMBER')}, as tessera up)")
+    replica.add_argument("--members", type=parse_members, default=None,
                          help="initial membership: ID=PEER_ADDRESS/API_ADDRESS,... (this member included)")
+    add_shape_arguments(replica)
+    replica.add_argument("--listen-peer", default=None, metavar="HOST:PORT",
+                         help="bind raft traffic here (default: its address among the members), e.g. 0.0.0.0:PORT")
+    replica.add_argument("--listen-api", default=None, metavar="HOST:PORT",
+                         help="bind the internal API here (default: its address among the members)")
     replica.add_argument("--heartbeat-interval", type=int, default=100, help="milliseconds (etcd's default)")
     replica.add_argument("--election-timeout", type=int, default=1000, help="milliseconds (etcd's default)")
     replica.add_argument("--quota-backend-bytes", type=int, default=2 * 1024**3)
@@ -645,9 +793,12 @@ def main(argv: list[str] | None = None) -> int:
                          help="stop when this process is gone (test clusters stop themselves)")
     replica.set_defaults(run=command_replica)
     router = commands.add_parser("router", help="serve etcd's v3 API in front of the cluster's groups")
-    router.add_argument("--listen", required=True, help="HOST:PORT of the etcd endpoint")
-    router.add_argument("--meta", type=parse_meta, required=True,
-                        help="the meta group's replicas: ID=API_ADDRESS,...")
+    add_config_argument(router)
+    router.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT of the etcd endpoint (default %(default)s)")
+    router.add_argument("--meta", type=parse_meta, default=None,
+                        help="the meta group's replicas: ID=API_ADDRESS,... (or give the cluster: the "
+                             "router then also founds it)")
+    add_shape_arguments(router)
     router.add_argument("--name", default=None,
                         help="this router's name, unique in the cluster (default router-LISTEN)")
     router.add_argument("--reuse-port", action="store_true",
@@ -692,8 +843,7 @@ def main(argv: list[str] | None = None) -> int:
                                               "(linearizability, watch, durability, revisions)")
     chaos_command.add_arguments(chaos)
     chaos.set_defaults(run=chaos_command.run_from_arguments)
-    args = parser.parse_args(argv)
-    return args.run(args)
+    return parser
 
 
 def add_operator_commands(commands) -> None:

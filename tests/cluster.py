@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from tessera.launcher import Launcher
+from tessera.netns import NetnsLauncher
 
 # Small WAL segments: 12 replicas take 48 MB of disk, not 768 MB.
 TEST_WAL_SEGMENT_BYTES = 4 * 1024 * 1024
@@ -20,14 +21,18 @@ TEST_WAL_SEGMENT_BYTES = 4 * 1024 * 1024
 class ClusterThread:
     """Start with `with ClusterThread(directory) as cluster:`; `cluster.endpoint` serves etcd's API."""
 
-    def __init__(self, directory: Path, supervise: bool = False, replica_arguments=(), routers: int = 1):
+    def __init__(self, directory: Path, supervise: bool = False, replica_arguments=(), routers: int = 1,
+                 netns: bool = False):
+        """`netns`: each process in a network namespace of its own (tessera/netns.py; needs root)."""
         self.reports: list[str] = []  # what the launcher said: exits and restarts
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tessera-launcher", daemon=True)
-        self.launcher = Launcher(directory, listen="127.0.0.1:0", supervise=supervise,
-                                 wal_segment_bytes=TEST_WAL_SEGMENT_BYTES,
-                                 replica_arguments=list(replica_arguments), routers=routers,
-                                 report=self.reports.append)
+        options = dict(supervise=supervise, wal_segment_bytes=TEST_WAL_SEGMENT_BYTES,
+                       replica_arguments=list(replica_arguments), report=self.reports.append)
+        if netns:
+            self.launcher = NetnsLauncher(directory, **options)
+        else:
+            self.launcher = Launcher(directory, listen="127.0.0.1:0", routers=routers, **options)
 
     def __enter__(self) -> ClusterThread:
         self._thread.start()

@@ -42,3 +42,17 @@ def tessera_cluster(tmp_path_factory):
 
     with ClusterThread(tmp_path_factory.mktemp("tessera-cluster")) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def netns_cluster(tmp_path_factory):
+    """The same cluster with each replica and the router in a network namespace of its own, started by
+    the per-host commands (docs/deploy.md); skipped where namespaces cannot be made."""
+    from cluster import ClusterThread
+    from tessera import netns
+
+    reason = netns.unavailable()
+    if reason:
+        pytest.skip(reason)
+    with ClusterThread(tmp_path_factory.mktemp("tessera-netns"), netns=True) as cluster:
+        yield cluster

@@ -14,6 +14,8 @@ from tessera.chaos.checker import check_all
 from tessera.chaos.faults import FAULT_KINDS
 from tessera.chaos.history import History
 from tessera.chaos.run import (
+    AUTO,
+    NETWORKS,
     CHECK_BUDGET_SECONDS,
     CHECK_BUDGET_SHARE,
     CLIENTS_DEFAULT,
@@ -32,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--faults", default="kill,pause",
                         help=f"comma-separated fault kinds from {','.join(FAULT_KINDS)}, or none (default kill,pause)")
     parser.add_argument("--clients", type=int, default=CLIENTS_DEFAULT, help="concurrent workload clients")
+    parser.add_argument("--network", choices=NETWORKS, default=AUTO,
+                        help="netns: each process in a network namespace of its own, network faults made "
+                             "with nftables and netem (root); loopback: 127.0.0.1, network faults through "
+                             "the transport hook; auto (default): netns where it can be made")
     parser.add_argument("--directory", type=Path, default=None,
                         help="where the cluster, history, summary and timeline go (default: a new temporary one)")
     parser.add_argument("--check-budget", type=float, default=None,
@@ -63,7 +69,7 @@ def run_from_arguments(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else random.randrange(1 << 24)
     directory = args.directory or Path(tempfile.mkdtemp(prefix=f"tessera-chaos-{seed}-"))
     config = RunConfig(duration_seconds=args.duration, seed=seed, faults=faults, directory=directory,
-                       clients=args.clients, keep_data=args.keep_data,
+                       clients=args.clients, keep_data=args.keep_data, network=args.network,
                        check_budget_seconds=args.check_budget or check_budget_for(args.duration))
     try:
         run = asyncio.run(run_chaos(config))

@@ -4,8 +4,16 @@ One fault at a time: wait a gap, inject, hold, heal, record. Kinds (`--faults`):
 
 - kill: SIGKILL then restart of a random replica, of a group's leader, or of the router.
 - pause: SIGSTOP then SIGCONT of a random replica, a group's leader, or the router.
-- partition: one replica cut off from its group's peers, both ways, through the
-  peer transport's fault hook (shards/fault_control.py); the router still reaches it.
+- partition: one replica cut off from its group's peers, both ways; the router still
+  reaches it. On a cluster in network namespaces (tessera/netns.py) the cut is
+  nftables rules in the network; on 127.0.0.1, the peer transport's fault hook
+  (shards/fault_control.py).
+- loss: what one replica sends its peers is lost, one way: a share of its packets
+  (nftables' random numbers) in namespaces, all of its raft batches through the
+  hook on 127.0.0.1.
+- latency: every packet a group's replicas send is delayed by 1-5 ms (tc netem, in
+  namespaces on a kernel that has netem; the run leaves this kind out elsewhere and
+  says so).
 - disk: a slow disk, a delay before every WAL fdatasync of one replica (or of a
   whole group), through the same hook.
 - quota: a full quota: one data group's NOSPACE alarm raised through its raft log, as
@@ -29,13 +37,16 @@ from dataclasses import dataclass
 from shards.fault_control import write_faults
 from tessera.api.rpc_pb2 import NOSPACE, AlarmRequest
 from tessera.launcher import META_GROUP, Launcher, LauncherError
+from tessera.netns import NetnsLauncher, NetnsNetwork, replica_host
 
 KILL = "kill"
 PAUSE = "pause"
 PARTITION = "partition"
 DISK = "disk"
 QUOTA = "quota"
-FAULT_KINDS = (KILL, PAUSE, PARTITION, DISK, QUOTA)
+LOSS = "loss"
+LATENCY = "latency"
+FAULT_KINDS = (KILL, PAUSE, PARTITION, DISK, QUOTA, LOSS, LATENCY)
 
 # Groups faults land on: the meta group (the router's) and the two the workload's keys live in.
 TARGET_GROUPS = (META_GROUP, 1, 2)
@@ -46,6 +57,8 @@ GAP_SECONDS = (1.0, 4.0)  # quiet time between faults
 FSYNC_DELAY_SECONDS = (0.05, 0.4)
 LEADER_LOOKUP_SECONDS = 2.0
 ALARM_MEMBER_ID = 1  # whose alarm the quota fault raises: one id, so the heal disarms that one
+LOSS_PERCENTS = (10, 30, 60, 100)  # of the packets a replica sends its peers
+LATENCY_MS = (1.0, 5.0)  # between hosts in one region: the range the issue asks throughput at
 
 
 @dataclass
@@ -152,15 +165,50 @@ class Nemesis:
             pass
         self._paused.discard(pid)
 
+    @property
+    def network(self) -> NetnsNetwork | None:
+        """The cluster's network when it runs in namespaces: faults go there rather than to the hook."""
+        return self.launcher.network if isinstance(self.launcher, NetnsLauncher) else None
+
     async def _inject_partition(self, record: FaultRecord):
         group, member = await self._target_member(record)
         peers = self.launcher.layout.groups[group]
+        if self.network is not None:
+            self.network.partition(replica_host(group, member),
+                                   [replica_host(group, other) for other in peers if other != member])
+            record.detail = "cut off from its peers (nftables)"
+            return self.network.heal
         isolated = peers[member][0]
         blocked = [link for other, (address, _) in peers.items() if other != member
                    for link in ((isolated, address), (address, isolated))]
         record.detail = "cut off from its peers"
         write_faults(self.control_path, blocked=blocked)
         return self._clear_control
+
+    async def _inject_loss(self, record: FaultRecord):
+        group, member = await self._target_member(record)
+        peers = self.launcher.layout.groups[group]
+        if self.network is not None:
+            percent = self.rng.choice(LOSS_PERCENTS)
+            for other in peers:
+                if other != member:
+                    self.network.drop(replica_host(group, member), replica_host(group, other), percent)
+            record.detail = f"{percent}% of what it sends its peers lost (nftables)"
+            return self.network.heal
+        sender = peers[member][0]
+        blocked = [(sender, address) for other, (address, _) in peers.items() if other != member]
+        record.detail = "all it sends its peers lost (transport hook)"
+        write_faults(self.control_path, blocked=blocked)
+        return self._clear_control
+
+    async def _inject_latency(self, record: FaultRecord):
+        group = self.rng.choice(TARGET_GROUPS)
+        delay_ms = self.rng.uniform(*LATENCY_MS)
+        record.target = f"group {group} (every member)"
+        record.detail = f"+{delay_ms:.1f} ms on every packet they send (netem)"
+        for member in self.launcher.layout.groups[group]:
+            self.network.netem(replica_host(group, member), delay_ms=delay_ms)
+        return self.network.heal
 
     async def _inject_disk(self, record: FaultRecord):
         delay = self.rng.uniform(*FSYNC_DELAY_SECONDS)
@@ -221,6 +269,8 @@ class Nemesis:
             self.launcher.restart_router()
             self._router_down = False
         self._clear_control()
+        if self.network is not None:
+            self.network.heal()
         for group in sorted(self._alarmed):
             await self._disarm(group)
 

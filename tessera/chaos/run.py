@@ -22,7 +22,8 @@ from router.shard_client import ShardConnection
 from shards.fault_control import ENVIRONMENT_VARIABLE, write_faults
 from tessera.api.rpc_pb2 import RangeRequest
 from tessera.chaos.checker import Verdict, check_all
-from tessera.chaos.faults import FAULT_KINDS, FaultRecord, Nemesis, wait_healthy
+from tessera import netns
+from tessera.chaos.faults import FAULT_KINDS, LATENCY, FaultRecord, Nemesis, wait_healthy
 from tessera.chaos.history import KINDS, OUTCOMES, History
 from tessera.chaos.workload import (
     FINAL_CLIENT,
@@ -53,6 +54,8 @@ CHECK_BUDGET_SECONDS = 120.0
 CHECK_BUDGET_SHARE = 0.25
 WAL_SEGMENT_BYTES = 4 * 1024 * 1024  # as the test cluster's: small segments, little disk
 MARKER_KEY = "zz-end"  # written under each prefix after the run: the end of its change log
+AUTO, NETNS, LOOPBACK = "auto", "netns", "loopback"
+NETWORKS = (AUTO, NETNS, LOOPBACK)
 
 
 @dataclass
@@ -64,10 +67,21 @@ class RunConfig:
     clients: int = CLIENTS_DEFAULT
     check_budget_seconds: float = CHECK_BUDGET_SECONDS
     keep_data: bool = False
+    # NETNS: each process in a network namespace of its own, network faults made with nftables and
+    # netem; LOOPBACK: 127.0.0.1, network faults through the transport hook; AUTO: NETNS where it can.
+    network: str = AUTO
 
     def replay_command(self) -> str:
         return (f"python -m tessera.chaos --seed {self.seed} --duration {self.duration_seconds:g} "
-                f"--faults {','.join(self.faults) or 'none'} --clients {self.clients}")
+                f"--faults {','.join(self.faults) or 'none'} --clients {self.clients} --network {self.network}")
+
+
+def resolve_network(asked: str) -> tuple[str, str | None]:
+    """(NETNS or LOOPBACK, why not NETNS when AUTO fell back)."""
+    if asked != AUTO:
+        return asked, None
+    reason = netns.faults_unavailable()
+    return (LOOPBACK, reason) if reason else (NETNS, None)
 
 
 @dataclass
@@ -193,10 +207,21 @@ async def run_chaos(config: RunConfig, report=print) -> RunReport:
     faults: list[FaultRecord] = []
     workload_seconds = 0.0
     try:
-        launcher = Launcher(data_dir, listen="127.0.0.1:0", supervise=False, wal_segment_bytes=WAL_SEGMENT_BYTES,
-                            report=lambda line: report(f"  launcher: {line}"))
+        config.network, fallback_reason = resolve_network(config.network)
+        if fallback_reason:
+            report(f"on 127.0.0.1, network faults through the transport hook: {fallback_reason}")
+        options = dict(supervise=False, wal_segment_bytes=WAL_SEGMENT_BYTES,
+                       report=lambda line: report(f"  launcher: {line}"))
+        if config.network == NETNS:
+            launcher = netns.NetnsLauncher(data_dir, **options)
+        else:
+            launcher = Launcher(data_dir, listen="127.0.0.1:0", **options)
         async with launcher:
-            report(f"cluster up in {data_dir}; router on {launcher.layout.listen}; "
+            if LATENCY in config.faults and (config.network != NETNS or not launcher.network.netem_available()):
+                config.faults = [kind for kind in config.faults if kind != LATENCY]
+                report("latency faults left out: they need the cluster in namespaces (--network netns) on a "
+                       "kernel with the netem qdisc (sch_netem)")
+            report(f"cluster up in {data_dir} ({config.network}); router on {launcher.layout.listen}; "
                    f"{config.duration_seconds:g} s of workload, faults: {', '.join(config.faults) or 'none'}, "
                    f"seed {config.seed}")
             try:
@@ -265,7 +290,8 @@ def summary(run: RunReport) -> str:
     return "\n".join(lines)
 
 
-FAULT_COLOURS = {"kill": "tab:red", "pause": "tab:orange", "partition": "tab:purple", "disk": "tab:brown"}
+FAULT_COLOURS = {"kill": "tab:red", "pause": "tab:orange", "partition": "tab:purple", "disk": "tab:brown",
+                 "loss": "tab:pink", "latency": "tab:olive"}
 
 
 def timeline_png(run: RunReport, path: Path) -> bool:

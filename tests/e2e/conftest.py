@@ -45,22 +45,25 @@ def etcd_server():
         yield server
 
 
-# What the tests run against: Tessera, or (to check the tests themselves) a real etcd.
+# What the tests run against: Tessera, Tessera with every process in a network namespace of its
+# own ("netns", tests/hosts/test_netns_cluster.py), or (to check the tests themselves) a real etcd.
 TARGET = os.environ.get("TESSERA_E2E_TARGET", "tessera")
 
 
 @pytest.fixture(scope="session")
 def endpoint(request) -> str:
-    """The etcd v3 endpoint under test, "127.0.0.1:PORT": the shared Tessera cluster's router."""
+    """The etcd v3 endpoint under test, "HOST:PORT": the shared Tessera cluster's router."""
     if TARGET == "etcd":
         return request.getfixturevalue("etcd_server").endpoint
+    if TARGET == "netns":
+        return request.getfixturevalue("netns_cluster").endpoint
     return request.getfixturevalue("tessera_cluster").endpoint
 
 
 @pytest.fixture(scope="session")
 def endpoint_kind() -> str:
     """"etcd" or "tessera": what `endpoint` is (a few checks differ, e.g. cross-group txns)."""
-    return TARGET
+    return "etcd" if TARGET == "etcd" else "tessera"
 
 
 @pytest.fixture(scope="session")
