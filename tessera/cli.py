@@ -213,7 +213,7 @@ def command_router(args: argparse.Namespace) -> int:
                                compaction_retention(args.auto_compaction_mode, args.auto_compaction_retention))
         run(listen=args.listen, meta_addresses=args.meta, name=args.name, gateway_listen=args.gateway_listen,
             auto_compaction=auto_compaction, corruption_check_interval=args.corruption_check_interval,
-            read_only=args.read_only, reuse_port=args.reuse_port)
+            read_only=args.read_only, reuse_port=args.reuse_port, auth_token_ttl=args.auth_token_ttl)
     except KeyboardInterrupt:
         pass
     return 0
@@ -658,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     add_auto_compaction_arguments(router)
     router.add_argument("--read-only", action="store_true",
                         help="a proxy beside clients: serve reads and watches, refuse writes and leases")
+    router.add_argument("--auth-token-ttl", type=float, default=300.0,
+                        help="seconds a simple auth token lives unused (etcd's --auth-token-ttl)")
     router.add_argument("--corruption-check-interval", type=float, default=300.0,
                         help="seconds between comparisons of each group's replicas (HashKV); also at start")
     router.add_argument("--parent-pid", type=int, default=None,
