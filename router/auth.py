@@ -34,6 +34,7 @@ from typing import Callable, Iterable, NamedTuple
 
 from google.protobuf.message import DecodeError
 
+from router.shard_map import prefix_end
 from tessera.api import errors
 from tessera.api.auth_pb2 import Permission, Role, User
 from tessera.api.internal_pb2 import AuthStateRecord
@@ -349,14 +350,27 @@ class AuthStore:
 
 class Guard:
     """Each call's checks, where etcd makes them; router/server.py runs them, while auth is
-    enabled, before the handler (`unary(..., check=guard.put)`) and on the fast path (`fast`)."""
+    enabled, before the handler (`confirm(guard.put, request, call)`) and on the fast path (`fast`).
 
-    def __init__(self, store: AuthStore, leases):
+    A refusal for want of permission is confirmed on the records as the meta group has them now
+    (`refresh`), so a grant made through another router counts here at once, before this
+    router's watch brings it. A revoke reaches a router with its watch, a moment later.
+    """
+
+    def __init__(self, store: AuthStore, leases, refresh):
         self.store = store
         self.leases = leases  # router.leases.Lessor: the keys attached to a lease, in every group
+        self.refresh = refresh  # coroutine function: read and install the auth records
 
     def caller(self, call) -> AuthInfo | None:
         return self.store.caller(call.metadata)
+
+    async def confirm(self, check, request, call) -> None:
+        try:
+            await check(request, call)
+        except errors.PermissionDenied:
+            await self.refresh()
+            await check(request, call)
 
     async def range(self, request: RangeRequest, call) -> None:
         self.store.check_range(self.caller(call), request)
@@ -417,16 +431,45 @@ class Guard:
             for key in await self.leases.attached_keys(request.ID):
                 self.store.check(info, key)
 
+    # Lock and Election run etcd's client recipes on the keys under "NAME/" (router/concurrency.py):
+    # each call needs the KV permissions its recipe uses there.
+
+    async def lock(self, request, call) -> None:
+        """Lock and Campaign: a key of the caller's under NAME/ written, the others read."""
+        info = self.caller(call)
+        start, end = _contenders(request.name)
+        self.store.check(info, start, end)
+        self.store.check(info, start, end, write=True)
+
+    async def unlock(self, request, call) -> None:
+        self.store.check(self.caller(call), request.key, write=True)
+
+    async def proclaim(self, request, call) -> None:
+        """The leader's key compared, then written."""
+        info = self.caller(call)
+        self.store.check(info, request.leader.key)
+        self.store.check(info, request.leader.key, write=True)
+
+    async def resign(self, request, call) -> None:
+        self.store.check(self.caller(call), request.leader.key, write=True)
+
+    async def leader(self, request, call) -> None:
+        """Leader and Observe read the contenders under NAME/."""
+        self.store.check(self.caller(call), *_contenders(request.name))
+
     async def _lease_keys_writable(self, info: AuthInfo | None, lease: int) -> None:
         if self.store.is_admin(info):
             return
         for key in await self.leases.attached_keys(lease):
             self.store.check(info, key, write=True)
 
-    def watch_refusal(self, key: bytes, range_end: bytes, metadata) -> str | None:
+    async def watch_refusal(self, key: bytes, range_end: bytes, call) -> str | None:
         """Why a watch on [key, range_end) may not be created (etcd's cancel reason), or None."""
+        async def check(_request, call) -> None:
+            self.store.check(self.caller(call), key, range_end)
+
         try:
-            self.store.check(self.store.caller(metadata), key, range_end)
+            await self.confirm(check, None, call)
         except (errors.InvalidAuthToken, errors.AuthOldRevision, errors.UserEmpty) as error:
             return error.message
         except errors.EtcdError:
@@ -435,7 +478,8 @@ class Guard:
 
     def fast(self, parse, check, fast_handler):
         """A fast-path handler that first checks the request while auth is enabled: one test of a
-        flag otherwise. A request that does not parse goes on: the general path answers it."""
+        flag otherwise. A request that does not parse, or is refused for want of permission, goes
+        to the general path, which answers it (the refusal confirmed there)."""
         store = self.store
 
         def handle(data: bytes, responder) -> None:
@@ -443,6 +487,8 @@ class Guard:
                 try:
                     request = parse(data)
                     check(store.caller(responder.metadata), request)
+                except errors.PermissionDenied:
+                    return responder.fallback()
                 except errors.EtcdError as error:
                     return responder.fail(error)
                 except DecodeError:
@@ -450,6 +496,11 @@ class Guard:
             fast_handler(data, responder)
 
         return handle
+
+
+def _contenders(name: bytes) -> tuple[bytes, bytes]:
+    prefix = name + b"/"
+    return prefix, prefix_end(prefix) or b"\0"
 
 
 def _txn_put_leases(request: TxnRequest) -> Iterable[int]:

@@ -277,7 +277,8 @@ class RouterServer:
         """Every method the router serves, as the front ends serve them (router/rpc.py)."""
         router = self.router
         auth = self.auth
-        guard = self._guard = Guard(auth, router.leases)
+        service = AuthService(router, self.meta_client, auth)
+        guard = self._guard = Guard(auth, router.leases, service.load)
 
         def unary(parse, answer, limit_bytes: bool = False, check=None):
             """`check(request, call)`: the call's auth checks (router/auth.py), run while auth is enabled."""
@@ -289,7 +290,7 @@ class RouterServer:
                 except DecodeError as error:
                     raise errors.Reported("INTERNAL", _unmarshal_error(error)) from None
                 if check is not None and auth.enabled:
-                    await check(request, call)
+                    await guard.confirm(check, request, call)
                 return (await answer(request)).SerializeToString()
 
             return UNARY, handle
@@ -341,7 +342,6 @@ class RouterServer:
             "MoveLeader": unary(MoveLeaderRequest.FromString, self._move_leader, check=guard.admin),
             "Snapshot": (SERVER_STREAM, self._snapshot),
         }
-        service = AuthService(router, self.meta_client, auth)
         auth_calls = {  # (request type, answer, check); Authenticate is the one call without a token
             "AuthEnable": (AuthEnableRequest, service.auth_enable, guard.admin),
             "AuthDisable": (AuthDisableRequest, service.auth_disable, guard.admin),
@@ -365,14 +365,14 @@ class RouterServer:
                         for name, (request_type, answer, check) in auth_calls.items()}
         concurrency = self._concurrency = Concurrency(router)
         lock = {
-            "Lock": unary(LockRequest.FromString, concurrency.lock),
-            "Unlock": unary(UnlockRequest.FromString, concurrency.unlock),
+            "Lock": unary(LockRequest.FromString, concurrency.lock, check=guard.lock),
+            "Unlock": unary(UnlockRequest.FromString, concurrency.unlock, check=guard.unlock),
         }
         election = {
-            "Campaign": unary(CampaignRequest.FromString, concurrency.campaign),
-            "Proclaim": unary(ProclaimRequest.FromString, concurrency.proclaim),
-            "Leader": unary(LeaderRequest.FromString, concurrency.leader),
-            "Resign": unary(ResignRequest.FromString, concurrency.resign),
+            "Campaign": unary(CampaignRequest.FromString, concurrency.campaign, check=guard.lock),
+            "Proclaim": unary(ProclaimRequest.FromString, concurrency.proclaim, check=guard.proclaim),
+            "Leader": unary(LeaderRequest.FromString, concurrency.leader, check=guard.leader),
+            "Resign": unary(ResignRequest.FromString, concurrency.resign, check=guard.resign),
             "Observe": (SERVER_STREAM, self._observe),
         }
         async def health_check(request: HealthCheckRequest) -> HealthCheckResponse:
@@ -425,7 +425,7 @@ class RouterServer:
             try:
                 async for data in requests:
                     request = WatchRequest.FromString(data)
-                    if self.auth.enabled and self._watch_refused(request, call, proxy):
+                    if self.auth.enabled and await self._watch_refused(request, call, proxy):
                         continue
                     await proxy.handle(request)
             except DecodeError as error:
@@ -443,13 +443,13 @@ class RouterServer:
             self._watch_proxies.discard(proxy)
             await proxy.close()
 
-    def _watch_refused(self, request: WatchRequest, call: Call, proxy: WatchProxy) -> bool:
+    async def _watch_refused(self, request: WatchRequest, call: Call, proxy: WatchProxy) -> bool:
         """A watch the caller may not read is answered created and canceled, as etcd does, with
         the reason (checked on the range etcd checks: an empty key is "\0")."""
         if not request.HasField("create_request") or request.create_request.start_revision < 0:
             return False
         create = request.create_request
-        reason = self._guard.watch_refusal(create.key or b"\0", create.range_end, call.metadata)
+        reason = await self._guard.watch_refusal(create.key or b"\0", create.range_end, call)
         if reason is None:
             return False
         proxy.outbox.put_nowait(WatchResponse(header=self.router.header(), watch_id=-1, created=True,
@@ -466,15 +466,18 @@ class RouterServer:
         status, headers, body = health_answer(healthy, reason)
         return web.Response(status=status, body=body, headers=headers)
 
-    async def _observe(self, data: bytes, _call: Call):
-        async for response in self._concurrency.observe(_parse(LeaderRequest, data)):
+    async def _observe(self, data: bytes, call: Call):
+        request = _parse(LeaderRequest, data)
+        if self.auth.enabled:
+            await self._guard.confirm(self._guard.leader, request, call)
+        async for response in self._concurrency.observe(request):
             yield response.SerializeToString()
 
     async def _snapshot(self, data: bytes, call: Call):
         """The whole cluster at one revision (router/snapshot.py), as etcd streams its database."""
         request = _parse(SnapshotRequest, data)
         if self.auth.enabled:
-            await self._guard.admin(request, call)
+            await self._guard.confirm(self._guard.admin, request, call)
         async for response in snapshot_stream(self.router, self.meta):
             yield response.SerializeToString()
 
@@ -485,7 +488,7 @@ class RouterServer:
             except DecodeError as error:
                 raise errors.Reported("INTERNAL", f"grpc: failed to unmarshal the received message {error}") from None
             if self.auth.enabled:  # as etcd: renewing needs what revoking needs
-                await self._guard.lease_revoke(request, call)
+                await self._guard.confirm(self._guard.lease_revoke, request, call)
             yield (await self.router.leases.keep_alive(request.ID)).SerializeToString()
 
     async def _member_list(self, _request) -> MemberListResponse:
