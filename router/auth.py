@@ -34,6 +34,7 @@ from typing import Callable, Iterable, NamedTuple
 
 from google.protobuf.message import DecodeError
 
+from router.rpc import GO_CODE_NAMES
 from router.shard_map import prefix_end
 from tessera.api import errors
 from tessera.api.auth_pb2 import Permission, Role, User
@@ -471,10 +472,13 @@ class Guard:
         try:
             await self.confirm(check, None, call)
         except (errors.InvalidAuthToken, errors.AuthOldRevision, errors.UserEmpty) as error:
-            return error.message
+            refusal = error
         except errors.EtcdError:
-            return errors.PermissionDenied.message
-        return None
+            refusal = errors.PermissionDenied()
+        else:
+            return None
+        # etcd puts the text of its gRPC error there, code and all.
+        return f"rpc error: code = {GO_CODE_NAMES[refusal.code]} desc = {refusal.message}"
 
     def fast(self, parse, check, fast_handler):
         """A fast-path handler that first checks the request while auth is enabled: one test of a
