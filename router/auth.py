@@ -228,7 +228,7 @@ class AuthStore:
     def __init__(self, tokens: SimpleTokens | None = None):
         self.records = AuthRecords()
         self.enabled = False
-        self.tokens = tokens or SimpleTokens()
+        self.tokens = tokens if tokens is not None else SimpleTokens()  # an empty one is falsy
         self._permissions: dict[str, UserPermissions | None] = {}  # of self.records' revision
 
     def install(self, records: AuthRecords) -> None:

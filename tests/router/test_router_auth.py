@@ -229,6 +229,155 @@ def test_bad_input_gets_etcds_code_and_message(routers, etcd):
         await each(lambda c, t: c.kv.Range(RangeRequest(key=b"/app/x"), metadata=token(t)), alice, INVALID_TOKEN)
         await each(lambda c, t: c.auth.AuthDisable(AuthDisableRequest(), metadata=token(t)), root, OK)
         for client in clients:
+            for user in ("root", "cert"):
+                await client.auth.UserDelete(AuthUserDeleteRequest(name=user))
+            await client.auth.RoleDelete(AuthRoleDeleteRequest(role="app"))
             await client.channel.close()
 
     asyncio.run(scenario())
+
+
+async def _setup_root(auth) -> str:
+    """Auth enabled with a root user (a test's own names), its token on this router."""
+    await auth.UserAdd(AuthUserAddRequest(name="root", password="rootpw"))
+    await auth.UserGrantRole(AuthUserGrantRoleRequest(user="root", role="root"))
+    await auth.AuthEnable(AuthEnableRequest())
+    return (await auth.Authenticate(AuthenticateRequest(name="root", password="rootpw"))).token
+
+
+async def _teardown(auth, root_token: str, users=(), roles=()) -> None:
+    """Back to no auth, and none of the test's users and roles."""
+    await auth.AuthDisable(AuthDisableRequest(), metadata=token(root_token))
+    for user in ("root", *users):
+        await auth.UserDelete(AuthUserDeleteRequest(name=user))
+    for role in roles:
+        await auth.RoleDelete(AuthRoleDeleteRequest(role=role))
+
+
+def test_routers_share_users_and_roles_but_not_tokens(routers):
+    """A change made through one router holds on the other at once; each router's tokens are its own."""
+    async def scenario():
+        a, b = Client(routers[0].listen), Client(routers[1].listen)
+        try:
+            root = await _setup_root(a.auth)
+            root_md = token(root)
+            await a.auth.UserAdd(AuthUserAddRequest(name="carol", password="carolpw"), metadata=root_md)
+            await a.auth.RoleAdd(AuthRoleAddRequest(name="shared"), metadata=root_md)
+            await a.auth.UserGrantRole(AuthUserGrantRoleRequest(user="carol", role="shared"), metadata=root_md)
+            # A user added through A authenticates on B at once.
+            carol_b = (await b.auth.Authenticate(AuthenticateRequest(name="carol", password="carolpw"))).token
+            assert await outcome(b.kv.Put(PutRequest(key=b"/shared/x", value=b"1"), metadata=token(carol_b))) == DENIED
+            # A grant made through A holds on B for the very next call.
+            await a.auth.RoleGrantPermission(AuthRoleGrantPermissionRequest(name="shared", perm=Permission(
+                permType=Permission.READWRITE, key=b"/shared/", range_end=b"/shared0")), metadata=root_md)
+            assert await outcome(b.kv.Put(PutRequest(key=b"/shared/x", value=b"1"), metadata=token(carol_b))) == OK
+            # A's token means nothing to B (each etcd member, and each router, keeps its own).
+            assert await outcome(b.kv.Range(RangeRequest(key=b"/shared/x"), metadata=root_md)) == INVALID_TOKEN
+            # A new password set through A ends carol's token on B, as B's watch brings the change.
+            await a.auth.UserChangePassword(AuthUserChangePasswordRequest(name="carol", password="new"),
+                                            metadata=root_md)
+            for _ in range(200):
+                answer = await outcome(b.kv.Range(RangeRequest(key=b"/shared/x"), metadata=token(carol_b)))
+                if answer != OK:
+                    break
+                await asyncio.sleep(0.05)
+            assert answer == INVALID_TOKEN
+            await _teardown(a.auth, root, users=["carol"], roles=["shared"])
+        finally:
+            for client in (a, b):
+                await client.channel.close()
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_changes_through_two_routers_all_land(routers):
+    """Changes race on the meta group's auth state record: each lands whole, none is lost."""
+    async def scenario():
+        a, b = Client(routers[0].listen), Client(routers[1].listen)
+        try:
+            before = (await a.auth.AuthStatus(AuthStatusRequest())).authRevision
+            await a.auth.UserAdd(AuthUserAddRequest(name="dave", password="x"))
+            roles = [f"race-{number}" for number in range(8)]
+            await asyncio.gather(*((a if n % 2 else b).auth.RoleAdd(AuthRoleAddRequest(name=role))
+                                   for n, role in enumerate(roles)))
+            await asyncio.gather(*((b if n % 2 else a).auth.UserGrantRole(AuthUserGrantRoleRequest(
+                user="dave", role=role)) for n, role in enumerate(roles)))
+            assert list((await b.auth.UserGet(AuthUserGetRequest(name="dave"))).roles) == sorted(roles)
+            # One revision per change: the user, 8 roles, 8 grants.
+            assert (await b.auth.AuthStatus(AuthStatusRequest())).authRevision == before + 17
+            await a.auth.UserDelete(AuthUserDeleteRequest(name="dave"))
+            for role in roles:
+                await b.auth.RoleDelete(AuthRoleDeleteRequest(role=role))
+        finally:
+            for client in (a, b):
+                await client.channel.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_unused_token_expires_as_etcds_does(routers, etcd):
+    """Router B and the etcd both give tokens TOKEN_TTL_SECONDS; one used within it lives on."""
+    async def scenario():
+        clients = [Client(routers[1].listen), Client(etcd.endpoint)]
+        try:
+            roots = [await _setup_root(client.auth) for client in clients]
+            kept = [(await c.auth.Authenticate(AuthenticateRequest(name="root", password="rootpw"))).token
+                    for c in clients]
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + TOKEN_TTL_SECONDS + 1.5  # etcd drops expired tokens once a second
+            while loop.time() < deadline:  # `kept` is used well within its TTL; `roots` is not
+                for client, kept_token in zip(clients, kept):
+                    assert await outcome(client.kv.Range(RangeRequest(key=b"/x"), metadata=token(kept_token))) == OK
+                await asyncio.sleep(0.5)
+            answers = [await outcome(client.kv.Range(RangeRequest(key=b"/x"), metadata=token(root_token)))
+                       for client, root_token in zip(clients, roots)]
+            assert answers == [INVALID_TOKEN, INVALID_TOKEN]
+            for client, kept_token in zip(clients, kept):
+                await _teardown(client.auth, kept_token)
+        finally:
+            for client in clients:
+                await client.channel.close()
+
+    asyncio.run(scenario())
+
+
+def _post(url: str, path: str, body: dict, headers: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST",
+                                     headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_the_gateway_takes_the_token_in_authorization(routers, etcd):
+    """etcd's JSON gateway: authenticate, then the token in the Authorization header."""
+    urls = [f"http://{routers[0].listen}", etcd.client_url]
+    key = base64.b64encode(b"/gw/x").decode()
+
+    async def enable() -> list[str]:
+        clients = [Client(routers[0].listen), Client(etcd.endpoint)]
+        try:
+            return [await _setup_root(client.auth) for client in clients]
+        finally:
+            for client in clients:
+                await client.channel.close()
+
+    roots = asyncio.run(enable())
+    try:
+        for url in urls:
+            assert _post(url, "/v3/kv/range", {"key": key}) == (400, {
+                "error": "etcdserver: user name is empty", "code": 3, "message": "etcdserver: user name is empty"})
+            status, answer = _post(url, "/v3/auth/authenticate", {"name": "root", "password": "rootpw"})
+            assert status == 200 and answer["token"]
+            status, answer = _post(url, "/v3/kv/put", {"key": key, "value": key},
+                                   headers={"Authorization": answer["token"]})
+            assert status == 200, answer
+            assert _post(url, "/v3/kv/range", {"key": key}, headers={"Authorization": "forged.1"}) == (401, {
+                "error": "etcdserver: invalid auth token", "code": 16, "message": "etcdserver: invalid auth token"})
+    finally:
+        for url, root_token in zip(urls, roots):
+            assert _post(url, "/v3/auth/disable", {}, headers={"Authorization": root_token})[0] == 200
+            assert _post(url, "/v3/auth/user/delete", {"name": "root"})[0] == 200
+            assert _post(url, "/v3/kv/deleterange", {"key": key})[0] == 200
