@@ -16,22 +16,28 @@ each user's permissions, merged over its roles into sorted disjoint ranges
 (`Intervals`), are built once per auth revision and found by bisection. With
 auth disabled, `AuthStore.enabled` is false and no check runs.
 
-Tokens are etcd's simple tokens: random, known only to the router that issued
-them (as each etcd member keeps its own), valid for a TTL that every use
-extends. A token ends when its user is deleted or changes password, and every
-token ends when auth is disabled, on every router: each router compares the
-records it installs with those it had.
+Tokens (`--auth-token`, as etcd's flag) are etcd's simple tokens by default:
+random, known only to the router that issued them (as each etcd member keeps
+its own), valid for a TTL that every use extends. A simple token ends when its
+user is deleted or changes password, and every one ends when auth is disabled,
+on every router: each router compares the records it installs with those it
+had. Or JWTs signed with a key every router is given, valid on every router
+until they expire; a JWT carries the auth revision it was made at, so any
+change to users or roles makes it "revision of auth store is old", as in etcd.
 """
 
 from __future__ import annotations
 
 import bisect
+import re
 import secrets
 import string
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, NamedTuple
 
+import jwt
+from cryptography.hazmat.primitives import serialization
 from google.protobuf.message import DecodeError
 
 from router.rpc import GO_CODE_NAMES
@@ -52,6 +58,7 @@ SIMPLE_TOKEN_TTL_SECONDS = 300.0
 TOKEN_SWEEP_SECONDS = 1.0
 _TOKEN_LETTERS = string.ascii_letters
 _TOKEN_LETTERS_COUNT = 16  # etcd's simple token: 16 random letters, a dot, a serial number
+JWT_TTL_SECONDS = 300.0  # etcd's default `ttl` of a JWT
 
 
 @dataclass(frozen=True)
@@ -182,7 +189,7 @@ class SimpleTokens:
     def __len__(self) -> int:
         return len(self._users)
 
-    def assign(self, user: str) -> str:
+    def assign(self, user: str, _revision: int = 0) -> str:
         now = self._clock()
         if now >= self._next_sweep:
             self._next_sweep = now + TOKEN_SWEEP_SECONDS
@@ -194,8 +201,9 @@ class SimpleTokens:
         self._deadlines[token] = now + self.ttl_seconds
         return token
 
-    def user_of(self, token: str) -> str | None:
-        """The token's user, its deadline moved on; None for an unknown or expired token."""
+    def info(self, token: str, revision: int) -> AuthInfo | None:
+        """The token's user at the auth revision now, its deadline moved on; None for an unknown
+        or expired token."""
         deadline = self._deadlines.get(token)
         if deadline is None:
             return None
@@ -204,7 +212,7 @@ class SimpleTokens:
             self._forget(token)
             return None
         self._deadlines[token] = now + self.ttl_seconds
-        return self._users[token]
+        return AuthInfo(self._users[token], revision)
 
     def invalidate_user(self, user: str) -> None:
         for token in [token for token, owner in self._users.items() if owner == user]:
@@ -219,13 +227,98 @@ class SimpleTokens:
         del self._deadlines[token]
 
 
+class JWTTokens:
+    """etcd's JWT tokens: claims username, revision and exp, signed with the private key (or the
+    HMAC secret), checked with the public key; a router given only a public key checks tokens
+    and makes none."""
+
+    def __init__(self, sign_method: str, private_key: bytes | None, public_key: bytes | None,
+                 ttl_seconds: float = JWT_TTL_SECONDS, clock: Callable[[], float] = time.time):
+        self.sign_method = sign_method
+        self.ttl_seconds = ttl_seconds
+        self._clock = clock
+        if sign_method.startswith("HS"):
+            if not private_key:
+                raise ValueError(f"sign-method {sign_method} needs priv-key (the shared secret)")
+            self._signing_key = self._verifying_key = private_key
+            return
+        self._signing_key = serialization.load_pem_private_key(private_key, None) if private_key else None
+        if public_key:
+            self._verifying_key = serialization.load_pem_public_key(public_key)
+        elif self._signing_key is not None:
+            self._verifying_key = self._signing_key.public_key()
+        else:
+            raise ValueError("a JWT needs pub-key or priv-key")
+
+    def assign(self, user: str, revision: int) -> str:
+        if self._signing_key is None:
+            raise errors.Reported("UNKNOWN", "auth: token signing attempted with verify-only key")
+        claims = {"username": user, "revision": revision, "exp": int(self._clock() + self.ttl_seconds)}
+        return jwt.encode(claims, self._signing_key, algorithm=self.sign_method)
+
+    def info(self, token: str, _revision: int) -> AuthInfo | None:
+        """The token's user and the auth revision it was made at; None unless it is ours and alive."""
+        try:  # the expiry is checked below, on this object's clock
+            claims = jwt.decode(token, self._verifying_key, algorithms=[self.sign_method],
+                                options={"verify_exp": False})
+        except jwt.PyJWTError:
+            return None
+        user, revision, expiry = claims.get("username"), claims.get("revision"), claims.get("exp")
+        if not isinstance(user, str) or not isinstance(revision, (int, float)):
+            return None
+        if not isinstance(expiry, (int, float)) or expiry <= self._clock():
+            return None
+        return AuthInfo(user, int(revision))
+
+    def invalidate_user(self, _user: str) -> None:
+        """A JWT lives until it expires (a change of auth revision makes it old)."""
+
+    def clear(self) -> None:
+        """As invalidate_user."""
+
+
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+_GO_DURATION_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def _go_duration_seconds(text: str) -> float:
+    """A Go duration ("5m", "1h30m", "90s") in seconds."""
+    parts = _GO_DURATION.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise ValueError(f"not a duration: {text!r}")
+    return sum(float(number) * _GO_DURATION_SECONDS[unit] for number, unit in parts)
+
+
+def token_provider(option: str, simple_ttl_seconds: float = SIMPLE_TOKEN_TTL_SECONDS):
+    """The tokens etcd's --auth-token names: "simple", or "jwt,pub-key=FILE,priv-key=FILE,
+    sign-method=RS256,ttl=5m" (each key once). ValueError says what is wrong."""
+    kind, *pairs = option.split(",")
+    settings: dict[str, str] = {}
+    for pair in pairs:
+        name, equals, value = pair.partition("=")
+        if not equals or name in settings:
+            raise ValueError(f"invalid auth token option {option!r}: {pair!r}")
+        settings[name] = value
+    if kind == "simple":
+        return SimpleTokens(simple_ttl_seconds)
+    if kind != "jwt":
+        raise ValueError(f"unknown auth token type {kind!r} (simple or jwt)")
+
+    def read(name: str) -> bytes | None:
+        path = settings.get(name)
+        return open(path, "rb").read() if path else None
+
+    return JWTTokens(settings.get("sign-method", ""), read("priv-key"), read("pub-key"),
+                     _go_duration_seconds(settings["ttl"]) if settings.get("ttl") else JWT_TTL_SECONDS)
+
+
 # --- the store -------------------------------------------------------------------------
 
 
 class AuthStore:
     """This router's copy of the auth records, its tokens, and the permission checks."""
 
-    def __init__(self, tokens: SimpleTokens | None = None):
+    def __init__(self, tokens: SimpleTokens | JWTTokens | None = None):
         self.records = AuthRecords()
         self.enabled = False
         self.tokens = tokens if tokens is not None else SimpleTokens()  # an empty one is falsy
@@ -262,10 +355,10 @@ class AuthStore:
                 token = value.removeprefix("Bearer ")
         if token is None:
             return None
-        user = self.tokens.user_of(token)
-        if user is None:
+        info = self.tokens.info(token, self.records.revision)
+        if info is None:
             raise errors.InvalidAuthToken()
-        return AuthInfo(user, self.records.revision)
+        return info
 
     def _permissions_of(self, user: str) -> UserPermissions | None:
         try:

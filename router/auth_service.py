@@ -165,7 +165,8 @@ class AuthService:
                 raise errors.AuthFailed()
             if self.store.records.revision == records.revision:
                 break  # else the user changed while its password was checked: check again
-        return AuthenticateResponse(header=self._header(), token=self.store.tokens.assign(request.name))
+        token = self.store.tokens.assign(request.name, records.revision)
+        return AuthenticateResponse(header=self._header(), token=token)
 
     # --- users ---
 

@@ -21,7 +21,7 @@ from aiohttp import web
 from google.protobuf.message import DecodeError
 
 from router import corruption
-from router.auth import SIMPLE_TOKEN_TTL_SECONDS, AuthStore, Guard, SimpleTokens
+from router.auth import SIMPLE_TOKEN_TTL_SECONDS, AuthStore, Guard, token_provider
 from router.auth_service import AuthService
 from router.compactor import AutoCompactor
 from router.concurrency import Concurrency
@@ -114,7 +114,7 @@ class RouterServer:
                  auto_compaction: tuple[str, float] | None = None,
                  corruption_check_interval: float = corruption.CHECK_INTERVAL_SECONDS,
                  read_only: bool = False, reuse_port: bool = False,
-                 auth_token_ttl: float = SIMPLE_TOKEN_TTL_SECONDS):
+                 auth_token: str = "simple", auth_token_ttl: float = SIMPLE_TOKEN_TTL_SECONDS):
         """`auto_compaction`: (mode, retention) as router.compactor.AutoCompactor takes them.
 
         `read_only`: a proxy beside clients, knowing only the meta group: it serves reads and
@@ -123,7 +123,8 @@ class RouterServer:
 
         `reuse_port`: more than one router process may listen on `listen` (SO_REUSEPORT).
 
-        `auth_token_ttl`: seconds a simple token (router/auth.py) lives unused.
+        `auth_token`: etcd's --auth-token ("simple", or "jwt,priv-key=...,pub-key=...,sign-method=...");
+        `auth_token_ttl`: seconds a simple token lives unused (router/auth.py).
         """
         self.listen = listen
         self.read_only = read_only
@@ -136,7 +137,7 @@ class RouterServer:
         self.name = name or f"router-{listen}"
         self.meta_client = GroupClient(META_GROUP, meta_members)
         self.meta = MetaClient(self.meta_client)
-        self.auth = AuthStore(SimpleTokens(auth_token_ttl))
+        self.auth = AuthStore(token_provider(auth_token, auth_token_ttl))
         self.router: Router | None = None
         self._watch_proxies: set[WatchProxy] = set()
         self._registered_map_revision = 0

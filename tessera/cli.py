@@ -199,6 +199,17 @@ def stop_with_parent(parent_pid: int | None) -> None:
         raise SystemExit(f"tessera: the parent process {parent_pid} is gone (or is not this one's parent)")
 
 
+def auth_token_option(text: str) -> str:
+    """--auth-token, checked as the command line is read: its keys are read, its form parsed."""
+    from router.auth import token_provider
+
+    try:
+        token_provider(text)
+    except (ValueError, OSError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def command_router(args: argparse.Namespace) -> int:
     # Imported here: the router is its own part, and `tessera version` must work without it.
     from router.server import run
@@ -213,7 +224,8 @@ def command_router(args: argparse.Namespace) -> int:
                                compaction_retention(args.auto_compaction_mode, args.auto_compaction_retention))
         run(listen=args.listen, meta_addresses=args.meta, name=args.name, gateway_listen=args.gateway_listen,
             auto_compaction=auto_compaction, corruption_check_interval=args.corruption_check_interval,
-            read_only=args.read_only, reuse_port=args.reuse_port, auth_token_ttl=args.auth_token_ttl)
+            read_only=args.read_only, reuse_port=args.reuse_port, auth_token=args.auth_token,
+            auth_token_ttl=args.auth_token_ttl)
     except KeyboardInterrupt:
         pass
     return 0
@@ -658,6 +670,10 @@ def main(argv: list[str] | None = None) -> int:
     add_auto_compaction_arguments(router)
     router.add_argument("--read-only", action="store_true",
                         help="a proxy beside clients: serve reads and watches, refuse writes and leases")
+    router.add_argument("--auth-token", type=auth_token_option, default="simple",
+                        help="etcd's --auth-token: simple (tokens of this router), or "
+                             "jwt,priv-key=FILE,pub-key=FILE,sign-method=RS256|ES256|...[,ttl=5m] "
+                             "(tokens every router with the same keys takes)")
     router.add_argument("--auth-token-ttl", type=float, default=300.0,
                         help="seconds a simple auth token lives unused (etcd's --auth-token-ttl)")
     router.add_argument("--corruption-check-interval", type=float, default=300.0,

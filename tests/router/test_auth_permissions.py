@@ -15,9 +15,11 @@ from router.auth import (
     AuthRecords,
     AuthStore,
     Intervals,
+    JWTTokens,
     SimpleTokens,
     is_valid_permission_range,
     permission_range,
+    token_provider,
 )
 from tessera.api import errors
 from tessera.api.auth_pb2 import Permission, Role, User
@@ -147,10 +149,61 @@ def test_a_token_expires_unless_used():
     kept, dropped = tokens.assign("a"), tokens.assign("b")
     assert kept != dropped and kept.count(".") == 1 and len(kept.split(".")[0]) == 16
     now[0] = 8
-    assert tokens.user_of(kept) == "a"  # used: ten seconds more
+    assert tokens.info(kept, 3) == AuthInfo("a", 3)  # used: ten seconds more
     now[0] = 12
-    assert tokens.user_of(kept) == "a"
-    assert tokens.user_of(dropped) is None
+    assert tokens.info(kept, 3) == AuthInfo("a", 3)
+    assert tokens.info(dropped, 3) is None
     now[0] = 30
     tokens.assign("c")  # expired tokens are swept as new ones are made
     assert len(tokens) == 1
+
+
+def pem_keys(algorithm: str) -> tuple[bytes, bytes]:
+    """(private, public) PEM keys for an RS* or ES* signature."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    key = (rsa.generate_private_key(public_exponent=65537, key_size=2048) if algorithm.startswith("RS")
+           else ec.generate_private_key(ec.SECP256R1()))
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private, public
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "ES256"])
+def test_jwts_carry_user_and_revision_and_only_our_key_makes_them(algorithm):
+    now = [1_000_000.0]
+    private, public = pem_keys(algorithm)
+    tokens = JWTTokens(algorithm, private, public, ttl_seconds=60, clock=lambda: now[0])
+    made = tokens.assign("alice", 7)
+    assert tokens.info(made, 9) == AuthInfo("alice", 7)  # the revision it was made at, not now's
+    # Any router given the key takes it.
+    assert JWTTokens(algorithm, None, public, clock=lambda: now[0]).info(made, 9) == AuthInfo("alice", 7)
+    other_private, other_public = pem_keys(algorithm)
+    assert tokens.info(JWTTokens(algorithm, other_private, other_public).assign("alice", 7), 9) is None  # forged
+    assert tokens.info(made + "x", 9) is None
+    assert tokens.info("not.a.jwt", 9) is None
+    with pytest.raises(errors.EtcdError, match="verify-only"):
+        JWTTokens(algorithm, None, public).assign("alice", 7)
+    expired = JWTTokens(algorithm, private, public, ttl_seconds=60, clock=lambda: now[0] - 3600).assign("a", 1)
+    assert tokens.info(expired, 1) is None
+
+
+def test_the_auth_token_option_as_etcd_writes_it(tmp_path):
+    private, public = pem_keys("RS256")
+    (tmp_path / "key.pem").write_bytes(private)
+    (tmp_path / "key.pub").write_bytes(public)
+    simple = token_provider("simple", 42)
+    assert isinstance(simple, SimpleTokens) and simple.ttl_seconds == 42
+    tokens = token_provider(f"jwt,pub-key={tmp_path}/key.pub,priv-key={tmp_path}/key.pem,sign-method=RS256,ttl=1h30m")
+    assert isinstance(tokens, JWTTokens) and tokens.ttl_seconds == 5400
+    assert token_provider(f"jwt,priv-key={tmp_path}/key.pem,sign-method=RS256").ttl_seconds == 300
+    (tmp_path / "secret").write_bytes(b"a shared secret of the routers, 32 bytes or more")
+    hmac = token_provider(f"jwt,priv-key={tmp_path}/secret,sign-method=HS256")
+    assert hmac.info(hmac.assign("bob", 2), 3) == AuthInfo("bob", 2)
+    for bad in ("opaque", "jwt,sign-method", "jwt,ttl=1,ttl=2", f"jwt,priv-key={tmp_path}/key.pem,ttl=soon",
+                "jwt,sign-method=RS256"):
+        with pytest.raises(ValueError):
+            token_provider(bad)

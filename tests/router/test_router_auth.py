@@ -39,6 +39,7 @@ from tessera.api.rpc_pb2 import (
     AuthUserGetRequest,
     AuthUserGrantRoleRequest,
     AuthUserRevokeRoleRequest,
+    DeleteRangeRequest,
     LeaseGrantRequest,
     LeaseRevokeRequest,
     LeaseTimeToLiveRequest,
@@ -62,26 +63,34 @@ def etcd():
 
 
 @pytest.fixture(scope="module")
-def routers(tmp_path_factory):
-    """Two routers of one cluster: (A, B), B's tokens living TOKEN_TTL_SECONDS."""
+def cluster(tmp_path_factory):
     with ClusterThread(tmp_path_factory.mktemp("tessera-auth")) as cluster:
-        layout = cluster.launcher.layout
-        meta = {member: layout.api_address(META_GROUP, member) for member in (1, 2, 3)}
+        yield cluster
 
-        async def start() -> list[RouterServer]:  # on the cluster's loop, where its channels live
-            servers = [RouterServer(f"127.0.0.1:{port}", meta, name=f"auth-test-{index}", **options)
-                       for index, (port, options) in enumerate(zip(free_ports(2), ({}, {
-                           "auth_token_ttl": TOKEN_TTL_SECONDS})))]
-            for server in servers:
-                await server.start()
-            return servers
 
-        servers = cluster.run(start())
-        try:
-            yield servers
-        finally:
-            for server in servers:
-                cluster.run(server.stop())
+def _start_routers(cluster, options: list[dict]) -> list[RouterServer]:
+    """Routers of the cluster, one with each of `options`, started on the cluster's loop (where
+    their channels must live)."""
+    layout = cluster.launcher.layout
+    meta = {member: layout.api_address(META_GROUP, member) for member in (1, 2, 3)}
+
+    async def start() -> list[RouterServer]:
+        servers = [RouterServer(f"127.0.0.1:{port}", meta, name=f"auth-test-{port}", **router_options)
+                   for port, router_options in zip(free_ports(len(options)), options)]
+        for server in servers:
+            await server.start()
+        return servers
+
+    return cluster.run(start())
+
+
+@pytest.fixture(scope="module")
+def routers(cluster):
+    """Two routers of one cluster: (A, B), B's tokens living TOKEN_TTL_SECONDS."""
+    servers = _start_routers(cluster, [{}, {"auth_token_ttl": TOKEN_TTL_SECONDS}])
+    yield servers
+    for server in servers:
+        cluster.run(server.stop())
 
 
 class Client:
@@ -381,3 +390,49 @@ def test_the_gateway_takes_the_token_in_authorization(routers, etcd):
             assert _post(url, "/v3/auth/disable", {}, headers={"Authorization": root_token})[0] == 200
             assert _post(url, "/v3/auth/user/delete", {"name": "root"})[0] == 200
             assert _post(url, "/v3/kv/deleterange", {"key": key})[0] == 200
+
+
+@pytest.fixture(scope="module")
+def jwt_routers(cluster, tmp_path_factory):
+    """Two routers given the same RS256 key: a JWT one makes, the other takes."""
+    from test_auth_permissions import pem_keys
+
+    directory = tmp_path_factory.mktemp("jwt-keys")
+    private, public = pem_keys("RS256")
+    (directory / "key.pem").write_bytes(private)
+    (directory / "key.pub").write_bytes(public)
+    option = f"jwt,pub-key={directory}/key.pub,priv-key={directory}/key.pem,sign-method=RS256,ttl=10m"
+    servers = _start_routers(cluster, [{"auth_token": option}] * 2)
+    yield servers
+    for server in servers:
+        cluster.run(server.stop())
+
+
+def test_a_jwt_holds_on_every_router_until_auth_changes(jwt_routers):
+    async def scenario():
+        a, b = Client(jwt_routers[0].listen), Client(jwt_routers[1].listen)
+        try:
+            root = await _setup_root(a.auth)
+            assert await outcome(b.kv.Put(PutRequest(key=b"/jwt/x", value=b"1"), metadata=token(root))) == OK
+            forged = root.rsplit(".", 1)[0] + ".c2lnbmF0dXJl"
+            assert await outcome(b.kv.Range(RangeRequest(key=b"/jwt/x"), metadata=token(forged))) == INVALID_TOKEN
+            # Any change to users or roles: a JWT made before it is old, at once on the router that
+            # made the change, and on every other as its watch brings the change.
+            await b.auth.RoleAdd(AuthRoleAddRequest(name="later"), metadata=token(root))
+            old = ("INVALID_ARGUMENT", "etcdserver: revision of auth store is old")
+            assert await outcome(b.kv.Range(RangeRequest(key=b"/jwt/x"), metadata=token(root))) == old
+            for _ in range(200):
+                answer = await outcome(a.kv.Range(RangeRequest(key=b"/jwt/x"), metadata=token(root)))
+                if answer != OK:
+                    break
+                await asyncio.sleep(0.05)
+            assert answer == old
+            fresh = (await b.auth.Authenticate(AuthenticateRequest(name="root", password="rootpw"))).token
+            assert await outcome(a.kv.Range(RangeRequest(key=b"/jwt/x"), metadata=token(fresh))) == OK
+            await a.kv.DeleteRange(DeleteRangeRequest(key=b"/jwt/x"), metadata=token(fresh))
+            await _teardown(a.auth, fresh, roles=["later"])
+        finally:
+            for client in (a, b):
+                await client.channel.close()
+
+    asyncio.run(scenario())
