@@ -551,6 +551,16 @@ class Guard:
         """Leader and Observe read the contenders under NAME/."""
         self.store.check(self.caller(call), *_contenders(request.name))
 
+    async def lease_leases(self, _request, call) -> None:
+        """The list names every lease: a user other than root must be able to read all their keys."""
+        info = self.caller(call)
+        self.store.require_user(info)
+        if self.store.is_admin(info):
+            return
+        for lease in (await self.leases.leases()).leases:
+            for key in await self.leases.attached_keys(lease.ID):
+                self.store.check(info, key)
+
     async def _lease_keys_writable(self, info: AuthInfo | None, lease: int) -> None:
         if self.store.is_admin(info):
             return

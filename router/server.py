@@ -313,7 +313,8 @@ class RouterServer:
                                  check=guard.lease_revoke),
             "LeaseTimeToLive": unary(LeaseTimeToLiveRequest.FromString, router.leases.time_to_live,
                                      check=guard.lease_time_to_live),
-            "LeaseLeases": unary(LeaseLeasesRequest.FromString, lambda r: router.leases.leases(), check=guard.user),
+            "LeaseLeases": unary(LeaseLeasesRequest.FromString, lambda r: router.leases.leases(),
+                                 check=guard.lease_leases),
             "LeaseKeepAlive": (BIDI_STREAM, self._keep_alive),
         }
         if self.read_only:  # leases are kept by the routers that take writes

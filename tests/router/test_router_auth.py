@@ -41,6 +41,7 @@ from tessera.api.rpc_pb2 import (
     AuthUserRevokeRoleRequest,
     DeleteRangeRequest,
     LeaseGrantRequest,
+    LeaseLeasesRequest,
     LeaseRevokeRequest,
     LeaseTimeToLiveRequest,
     PutRequest,
@@ -215,9 +216,12 @@ def test_bad_input_gets_etcds_code_and_message(routers, etcd):
         answers = [await outcome(c.lease.LeaseRevoke(LeaseRevokeRequest(ID=lease), metadata=token(t)))
                    for c, lease, t in zip(clients, leases, alice)]
         assert answers == [DENIED, DENIED]
-        # Checked since etcd 3.5.13 (the version Tessera reports); etcd 3.5.1 shows her the keys.
+        # Checked since etcd 3.5.13 (the version Tessera reports); etcd 3.5.1 shows her the keys,
+        # and lists the leases.
         assert await outcome(clients[0].lease.LeaseTimeToLive(LeaseTimeToLiveRequest(ID=leases[0], keys=True),
                                                               metadata=token(alice[0]))) == DENIED
+        assert await outcome(clients[0].lease.LeaseLeases(LeaseLeasesRequest(), metadata=token(alice[0]))) == DENIED
+        assert await outcome(clients[0].lease.LeaseLeases(LeaseLeasesRequest(), metadata=token(root[0]))) == OK
         answers = [await outcome(c.kv.Put(PutRequest(key=b"/app/y", value=b"v", lease=lease), metadata=token(t)))
                    for c, lease, t in zip(clients, leases, alice)]
         assert answers == [DENIED, DENIED]  # attaching the lease would let her keys go with it
