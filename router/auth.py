@@ -42,7 +42,7 @@ from google.protobuf.message import DecodeError
 
 from router.rpc import GO_CODE_NAMES
 from router.shard_map import prefix_end
-from tessera.api import errors
+from tessera.api import errors, validation
 from tessera.api.auth_pb2 import Permission, Role, User
 from tessera.api.internal_pb2 import AuthStateRecord
 from tessera.api.meta_keys import AUTH_ROLES_PREFIX, AUTH_STATE_KEY, AUTH_USERS_PREFIX
@@ -466,19 +466,26 @@ class Guard:
             await self.refresh()
             await check(request, call)
 
+    # A KV request's form is checked before its permissions, as etcd's gRPC layer checks it
+    # before its server does (an empty key is "key is not provided" for anyone).
+
     async def range(self, request: RangeRequest, call) -> None:
+        validation.check_range(request)
         self.store.check_range(self.caller(call), request)
 
     async def put(self, request: PutRequest, call) -> None:
+        validation.check_put(request)
         info = self.caller(call)
         self.store.check_put(info, request)
         if request.lease:
             await self._lease_keys_writable(info, request.lease)
 
     async def delete_range(self, request: DeleteRangeRequest, call) -> None:
+        validation.check_delete(request)
         self.store.check_delete(self.caller(call), request)
 
     async def txn(self, request: TxnRequest, call) -> None:
+        validation.check_txn(request)
         info = self.caller(call)
         self.store.check_txn(info, request)
         for lease in _txn_put_leases(request):
@@ -583,7 +590,7 @@ class Guard:
         # etcd puts the text of its gRPC error there, code and all.
         return f"rpc error: code = {GO_CODE_NAMES[refusal.code]} desc = {refusal.message}"
 
-    def fast(self, parse, check, fast_handler):
+    def fast(self, parse, validate, check, fast_handler):
         """A fast-path handler that first checks the request while auth is enabled: one test of a
         flag otherwise. A request that does not parse, or is refused for want of permission, goes
         to the general path, which answers it (the refusal confirmed there)."""
@@ -593,6 +600,7 @@ class Guard:
             if store.enabled:
                 try:
                     request = parse(data)
+                    validate(request)
                     check(store.caller(responder.metadata), request)
                 except errors.PermissionDenied:
                     return responder.fallback()

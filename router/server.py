@@ -35,7 +35,7 @@ from router.rpc import BIDI_STREAM, SERVER_STREAM, UNARY, Call, Method, counted
 from router.shard_client import GroupClient, ReplicaUnreachable, ReplicaWatch
 from router.snapshot import snapshot_stream
 from router.watch_proxy import WatchProxy
-from tessera.api import errors
+from tessera.api import errors, validation
 from tessera.api.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from tessera.api.http_answers import METRICS_CONTENT_TYPE, health_answer
 from tessera.api.internal_pb2 import RouterRecord, ShardRequest
@@ -298,13 +298,14 @@ class RouterServer:
 
         kv = {
             "Range": (*unary(RangeRequest.FromString, router.range, check=guard.range),
-                      guard.fast(RangeRequest.FromString, auth.check_range, router.range_now)),
+                      guard.fast(RangeRequest.FromString, validation.check_range, auth.check_range,
+                                 router.range_now)),
             "Put": (*unary(PutRequest.FromString, router.put, limit_bytes=True, check=guard.put),
-                    guard.fast(PutRequest.FromString, auth.check_put, router.put_now)),
+                    guard.fast(PutRequest.FromString, validation.check_put, auth.check_put, router.put_now)),
             "DeleteRange": unary(DeleteRangeRequest.FromString, router.delete_range, limit_bytes=True,
                                  check=guard.delete_range),
             "Txn": (*unary(TxnRequest.FromString, router.txn, limit_bytes=True, check=guard.txn),
-                    guard.fast(TxnRequest.FromString, auth.check_txn, router.txn_now)),
+                    guard.fast(TxnRequest.FromString, validation.check_txn, auth.check_txn, router.txn_now)),
             "Compact": unary(CompactionRequest.FromString, router.compact, check=guard.admin),
         }
         lease = {

@@ -205,6 +205,11 @@ def test_bad_input_gets_etcds_code_and_message(routers, etcd):
 
         await each(lambda c, t: c.kv.Put(PutRequest(key=b"/app/x", value=b"1"), metadata=token(t)), alice, OK)
         await each(lambda c, t: c.kv.Put(PutRequest(key=b"/other", value=b"1"), metadata=token(t)), alice, DENIED)
+        # A request's form is checked before its permissions.
+        await each(lambda c, t: c.kv.Put(PutRequest(key=b"", value=b"1"), metadata=token(t)), alice,
+                   ("INVALID_ARGUMENT", "etcdserver: key is not provided"))
+        await each(lambda c, t: c.kv.Range(RangeRequest(key=b""), metadata=token(t)), alice,
+                   ("INVALID_ARGUMENT", "etcdserver: key is not provided"))
         await each(lambda c, t: c.auth.UserGet(AuthUserGetRequest(name="root"), metadata=token(t)), alice, DENIED)
         await each(lambda c, t: c.auth.UserDelete(AuthUserDeleteRequest(name="root"), metadata=token(t)),
                    root, INVALID_MGMT)
