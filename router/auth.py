@@ -34,6 +34,7 @@ import secrets
 import string
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
 
 import jwt
@@ -234,6 +235,8 @@ class JWTTokens:
 
     def __init__(self, sign_method: str, private_key: bytes | None, public_key: bytes | None,
                  ttl_seconds: float = JWT_TTL_SECONDS, clock: Callable[[], float] = time.time):
+        if sign_method not in jwt.algorithms.get_default_algorithms() or sign_method == "none":
+            raise ValueError(f"unknown JWT sign-method {sign_method!r} (RS256, ES256, PS256, HS256, ...)")
         self.sign_method = sign_method
         self.ttl_seconds = ttl_seconds
         self._clock = clock
@@ -306,7 +309,7 @@ def token_provider(option: str, simple_ttl_seconds: float = SIMPLE_TOKEN_TTL_SEC
 
     def read(name: str) -> bytes | None:
         path = settings.get(name)
-        return open(path, "rb").read() if path else None
+        return Path(path).read_bytes() if path else None
 
     return JWTTokens(settings.get("sign-method", ""), read("priv-key"), read("pub-key"),
                      _go_duration_seconds(settings["ttl"]) if settings.get("ttl") else JWT_TTL_SECONDS)

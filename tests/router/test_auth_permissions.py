@@ -203,7 +203,8 @@ def test_the_auth_token_option_as_etcd_writes_it(tmp_path):
     (tmp_path / "secret").write_bytes(b"a shared secret of the routers, 32 bytes or more")
     hmac = token_provider(f"jwt,priv-key={tmp_path}/secret,sign-method=HS256")
     assert hmac.info(hmac.assign("bob", 2), 3) == AuthInfo("bob", 2)
-    for bad in ("opaque", "jwt,sign-method", "jwt,ttl=1,ttl=2", f"jwt,priv-key={tmp_path}/key.pem,ttl=soon",
-                "jwt,sign-method=RS256"):
+    key = f"priv-key={tmp_path}/key.pem"
+    for bad in ("opaque", "jwt,sign-method", "jwt,ttl=1,ttl=2", f"jwt,{key},ttl=soon", "jwt,sign-method=RS256",
+                f"jwt,{key}", f"jwt,{key},sign-method=none"):
         with pytest.raises(ValueError):
             token_provider(bad)
