@@ -329,8 +329,10 @@ class AuthStore:
 
     def install(self, records: AuthRecords) -> None:
         """Take a newer set of records; tokens of users deleted or with a new password end."""
-        if records.state_mod_revision < self.records.state_mod_revision:
-            return  # an older read than the one installed (a watch reload racing a local change)
+        if records.state_mod_revision <= self.records.state_mod_revision:
+            # The same records (every change rewrites the state record), or an older read than
+            # the one installed (a watch reload racing a local change): the cache stays.
+            return
         if not records.enabled:
             self.tokens.clear()
         else:

@@ -62,7 +62,8 @@ from tessera.api.rpc_pb2 import (
 log = logging.getLogger("tessera.router")
 
 BCRYPT_COST = 10  # etcd's --bcrypt-cost default (Go's bcrypt.DefaultCost)
-# A change retried this often after losing races to other routers' changes gives up.
+# A change retried this often after losing races to other routers' changes gives up (and so does
+# an Authenticate whose records keep changing while it checks the password).
 CHANGE_ATTEMPTS = 20
 
 
@@ -151,7 +152,7 @@ class AuthService:
         return AuthStatusResponse(header=self._header(), enabled=records.enabled, authRevision=records.revision)
 
     async def authenticate(self, request) -> AuthenticateResponse:
-        while True:
+        for _ in range(CHANGE_ATTEMPTS):
             records = await self.load()
             if not records.enabled:
                 raise errors.AuthNotEnabled()
@@ -164,9 +165,10 @@ class AuthService:
                 log.info("invalid password for user %r", request.name)
                 raise errors.AuthFailed()
             if self.store.records.revision == records.revision:
-                break  # else the user changed while its password was checked: check again
-        token = self.store.tokens.assign(request.name, records.revision)
-        return AuthenticateResponse(header=self._header(), token=token)
+                token = self.store.tokens.assign(request.name, records.revision)
+                return AuthenticateResponse(header=self._header(), token=token)
+            # The records changed while the password was checked (a new password?): again.
+        raise errors.RequestTimeout()
 
     # --- users ---
 
