@@ -595,14 +595,17 @@ class Guard:
         # etcd puts the text of its gRPC error there, code and all.
         return f"rpc error: code = {GO_CODE_NAMES[refusal.code]} desc = {refusal.message}"
 
-    def fast(self, parse, validate, check, fast_handler):
+    def fast(self, parse, validate, check, fast_handler, data_bytes_max: int | None = None):
         """A fast-path handler that first checks the request while auth is enabled: one test of a
         flag otherwise. A request that does not parse, or is refused for want of permission, goes
-        to the general path, which answers it (the refusal confirmed there)."""
+        to the general path, which answers it (the refusal confirmed there); so does one over
+        `data_bytes_max`, which etcd refuses as too large before it looks at permissions."""
         store = self.store
 
         def handle(data: bytes, responder) -> None:
             if store.enabled:
+                if data_bytes_max is not None and len(data) > data_bytes_max:
+                    return responder.fallback()
                 try:
                     request = parse(data)
                     validate(request)

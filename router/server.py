@@ -301,11 +301,13 @@ class RouterServer:
                       guard.fast(RangeRequest.FromString, validation.check_range, auth.check_range,
                                  router.range_now)),
             "Put": (*unary(PutRequest.FromString, router.put, limit_bytes=True, check=guard.put),
-                    guard.fast(PutRequest.FromString, validation.check_put, auth.check_put, router.put_now)),
+                    guard.fast(PutRequest.FromString, validation.check_put, auth.check_put, router.put_now,
+                               MAX_REQUEST_BYTES)),
             "DeleteRange": unary(DeleteRangeRequest.FromString, router.delete_range, limit_bytes=True,
                                  check=guard.delete_range),
             "Txn": (*unary(TxnRequest.FromString, router.txn, limit_bytes=True, check=guard.txn),
-                    guard.fast(TxnRequest.FromString, validation.check_txn, auth.check_txn, router.txn_now)),
+                    guard.fast(TxnRequest.FromString, validation.check_txn, auth.check_txn, router.txn_now,
+                               MAX_REQUEST_BYTES)),
             "Compact": unary(CompactionRequest.FromString, router.compact, check=guard.admin),
         }
         lease = {

@@ -193,6 +193,9 @@ def test_bad_input_gets_etcds_code_and_message(routers, etcd):
         kvs = [client.kv for client in clients]
         await both(kvs, lambda kv: kv.Range(RangeRequest(key=b"/app/x")), USER_EMPTY)
         await both(kvs, lambda kv: kv.Range(RangeRequest(key=b"/app/x"), metadata=token("forged.1")), INVALID_TOKEN)
+        # Too large is told before who asks is looked at.
+        await both(kvs, lambda kv: kv.Put(PutRequest(key=b"/app/big", value=b"x" * (1536 * 1024))),
+                   ("INVALID_ARGUMENT", "etcdserver: request is too large"))
 
         root = [(await a.Authenticate(AuthenticateRequest(name="root", password="rootpw"))).token for a in auth]
         alice = [(await a.Authenticate(AuthenticateRequest(name="alice", password="alicepw"))).token for a in auth]
