@@ -28,7 +28,9 @@ change to users or roles makes it "revision of auth store is old", as in etcd.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import itertools
 import re
 import secrets
 import string
@@ -453,13 +455,18 @@ class Guard:
 
     A refusal for want of permission is confirmed on the records as the meta group has them now
     (`refresh`), so a grant made through another router counts here at once, before this
-    router's watch brings it. A revoke reaches a router with its watch, a moment later.
+    router's watch brings it. A revoke reaches a router with its watch, a moment later. Refusals
+    share reads: one waits for a read begun after it was refused, so a burst of them costs the
+    meta group two reads, not one each.
     """
 
     def __init__(self, store: AuthStore, leases, refresh):
         self.store = store
         self.leases = leases  # router.leases.Lessor: the keys attached to a lease, in every group
         self.refresh = refresh  # coroutine function: read and install the auth records
+        self._refusals = itertools.count(1)  # each refusal's number, in the order they came
+        self._fresh_for = 0  # refusals up to this number have seen records read after them
+        self._refreshing = asyncio.Lock()
 
     def caller(self, call) -> AuthInfo | None:
         return self.store.caller(call.metadata)
@@ -468,8 +475,16 @@ class Guard:
         try:
             await check(request, call)
         except errors.PermissionDenied:
-            await self.refresh()
+            await self._records_read_after(next(self._refusals))
             await check(request, call)
+
+    async def _records_read_after(self, refusal: int) -> None:
+        async with self._refreshing:
+            if self._fresh_for >= refusal:
+                return  # a read begun after this refusal came has been installed
+            fresh_for = next(self._refusals)  # every refusal before this read began
+            await self.refresh()
+            self._fresh_for = fresh_for
 
     # A KV request's form is checked before its permissions, as etcd's gRPC layer checks it
     # before its server does (an empty key is "key is not provided" for anyone).

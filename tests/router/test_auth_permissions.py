@@ -6,6 +6,8 @@ the request inside some granted range? Keys come from a tiny alphabet, so ranges
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,6 +16,7 @@ from router.auth import (
     AuthInfo,
     AuthRecords,
     AuthStore,
+    Guard,
     Intervals,
     JWTTokens,
     SimpleTokens,
@@ -21,6 +24,7 @@ from router.auth import (
     permission_range,
     token_provider,
 )
+from router.rpc import Call
 from tessera.api import errors
 from tessera.api.auth_pb2 import Permission, Role, User
 from tessera.api.rpc_pb2 import Compare, PutRequest, RangeRequest, RequestOp, TxnRequest
@@ -208,3 +212,33 @@ def test_the_auth_token_option_as_etcd_writes_it(tmp_path):
                 f"jwt,{key}", f"jwt,{key},sign-method=none"):
         with pytest.raises(ValueError):
             token_provider(bad)
+
+
+def test_refusals_are_confirmed_on_fresh_records_and_share_the_reads():
+    """A refused call reads the records again before it is refused (a grant through another
+    router counts at once); a burst of refusals shares those reads."""
+    store = _store()
+    alice = store.tokens.assign("alice")
+    reads = []
+
+    async def refresh():  # the meta group's records: a grant of /granted arrived meanwhile
+        reads.append(len(reads))
+        await asyncio.sleep(0.01)
+        records = store.records
+        role = Role(name=b"reader", keyPermission=[*records.roles["reader"].keyPermission,
+                                                    Permission(permType=Permission.WRITE, key=b"/granted")])
+        store.install(AuthRecords(True, records.revision, records.users, {"reader": role},
+                                  records.state_mod_revision + 1))
+
+    guard = Guard(store, leases=None, refresh=refresh)
+    call = Call((("token", alice),))
+
+    async def burst():
+        granted = [guard.confirm(guard.put, PutRequest(key=b"/granted"), call) for _ in range(20)]
+        denied = [guard.confirm(guard.put, PutRequest(key=b"/elsewhere"), call) for _ in range(20)]
+        return await asyncio.gather(*granted, *denied, return_exceptions=True)
+
+    outcomes = asyncio.run(burst())
+    assert outcomes[:20] == [None] * 20
+    assert all(isinstance(outcome, errors.PermissionDenied) for outcome in outcomes[20:])
+    assert len(reads) <= 2
