@@ -148,11 +148,15 @@ class Lessor:
     async def time_to_live(self, request: LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse:
         response = await self._ask_meta_leader(ShardRequest(lease_time_to_live=request.ID))
         if request.keys and response.TTL != -1:
-            answers = await asyncio.gather(*(
-                self.router.groups[group].call(ShardRequest(lease_keys=request.ID), write=False)
-                for group in sorted(self.router.groups)))
-            response.keys.extend(sorted(key for answer in answers for key in answer.lease_keys.keys))
+            response.keys.extend(await self.attached_keys(request.ID))
         return response
+
+    async def attached_keys(self, lease_id: int) -> list[bytes]:
+        """The keys attached to the lease in every group, sorted."""
+        answers = await asyncio.gather(*(
+            self.router.groups[group].call(ShardRequest(lease_keys=lease_id), write=False)
+            for group in sorted(self.router.groups)))
+        return sorted(key for answer in answers for key in answer.lease_keys.keys)
 
     async def leases(self) -> LeaseLeasesResponse:
         return await self._ask_meta_leader(ShardRequest(lease_leases=LeaseLeasesRequest()))

@@ -13,6 +13,7 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 
+from router.auth import AuthRecords
 from router.shard_client import GroupClient
 from router.shard_map import ShardMap
 from tessera.api import errors
@@ -26,6 +27,7 @@ from tessera.api.internal_pb2 import (
 )
 from tessera.api.internal_pb2 import ShardMap as ShardMapRecord
 from tessera.api.meta_keys import (
+    AUTH_PREFIX,
     CLUSTER_KEY,
     GROUPS_PREFIX,
     LEASES_PREFIX,
@@ -54,6 +56,7 @@ class MetaState:
     shard_map_revision: int  # the map's mod revision: the compare of the next change
     routers: dict[int, RouterRecord] = field(default_factory=dict)
     leases: dict[int, LeaseRecord] = field(default_factory=dict)
+    auth: AuthRecords = field(default_factory=AuthRecords)
 
 
 def _put_op(key: bytes, record) -> RequestOp:
@@ -120,6 +123,7 @@ class MetaClient:
             shard_map_revision=records[SHARDS_KEY].mod_revision,
             routers=routers,
             leases=leases,
+            auth=AuthRecords.from_kvs(kv for key, kv in records.items() if key.startswith(AUTH_PREFIX)),
         )
 
     async def put(self, key: bytes, record) -> None:

@@ -21,6 +21,8 @@ from aiohttp import web
 from google.protobuf.message import DecodeError
 
 from router import corruption
+from router.auth import SIMPLE_TOKEN_TTL_SECONDS, AuthStore, Guard, token_provider
+from router.auth_service import AuthService
 from router.compactor import AutoCompactor
 from router.concurrency import Concurrency
 from router.core import MAX_REQUEST_BYTES, Router
@@ -33,7 +35,7 @@ from router.rpc import BIDI_STREAM, SERVER_STREAM, UNARY, Call, Method, counted
 from router.shard_client import GroupClient, ReplicaUnreachable, ReplicaWatch
 from router.snapshot import snapshot_stream
 from router.watch_proxy import WatchProxy
-from tessera.api import errors
+from tessera.api import errors, validation
 from tessera.api.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from tessera.api.http_answers import METRICS_CONTENT_TYPE, health_answer
 from tessera.api.internal_pb2 import RouterRecord, ShardRequest
@@ -45,17 +47,22 @@ from tessera.api.rpc_pb2 import (
     AlarmResponse,
     AlarmType,
     AuthDisableRequest,
-    AuthDisableResponse,
     AuthEnableRequest,
     AuthenticateRequest,
+    AuthRoleAddRequest,
+    AuthRoleDeleteRequest,
     AuthRoleGetRequest,
+    AuthRoleGrantPermissionRequest,
     AuthRoleListRequest,
-    AuthRoleListResponse,
+    AuthRoleRevokePermissionRequest,
     AuthStatusRequest,
-    AuthStatusResponse,
+    AuthUserAddRequest,
+    AuthUserChangePasswordRequest,
+    AuthUserDeleteRequest,
     AuthUserGetRequest,
+    AuthUserGrantRoleRequest,
     AuthUserListRequest,
-    AuthUserListResponse,
+    AuthUserRevokeRoleRequest,
     CompactionRequest,
     DefragmentRequest,
     DefragmentResponse,
@@ -80,6 +87,7 @@ from tessera.api.rpc_pb2 import (
     TxnRequest,
     WatchCreateRequest,
     WatchRequest,
+    WatchResponse,
 )
 from tessera.api.v3election_pb2 import CampaignRequest, LeaderRequest, ProclaimRequest, ResignRequest
 from tessera.api.v3lock_pb2 import LockRequest, UnlockRequest
@@ -105,7 +113,8 @@ class RouterServer:
                  gateway_listen: str | None = None,
                  auto_compaction: tuple[str, float] | None = None,
                  corruption_check_interval: float = corruption.CHECK_INTERVAL_SECONDS,
-                 read_only: bool = False, reuse_port: bool = False):
+                 read_only: bool = False, reuse_port: bool = False,
+                 auth_token: str = "simple", auth_token_ttl: float = SIMPLE_TOKEN_TTL_SECONDS):
         """`auto_compaction`: (mode, retention) as router.compactor.AutoCompactor takes them.
 
         `read_only`: a proxy beside clients, knowing only the meta group: it serves reads and
@@ -113,6 +122,9 @@ class RouterServer:
         corruption checks) are the other routers'.
 
         `reuse_port`: more than one router process may listen on `listen` (SO_REUSEPORT).
+
+        `auth_token`: etcd's --auth-token ("simple", or "jwt,priv-key=...,pub-key=...,sign-method=...");
+        `auth_token_ttl`: seconds a simple token lives unused (router/auth.py).
         """
         self.listen = listen
         self.read_only = read_only
@@ -125,6 +137,7 @@ class RouterServer:
         self.name = name or f"router-{listen}"
         self.meta_client = GroupClient(META_GROUP, meta_members)
         self.meta = MetaClient(self.meta_client)
+        self.auth = AuthStore(token_provider(auth_token, auth_token_ttl))
         self.router: Router | None = None
         self._watch_proxies: set[WatchProxy] = set()
         self._registered_map_revision = 0
@@ -133,6 +146,7 @@ class RouterServer:
     async def start(self) -> None:
         state = await wait_until_bootstrapped(self.meta)
         self.state = state
+        self.auth.install(state.auth)
         groups = {group: GroupClient(group, _api_addresses(record))
                   for group, record in state.groups.items() if group != META_GROUP}
         router = self.router = Router(state.cluster_id, router_id(self.name), state.shard_map, groups,
@@ -253,6 +267,7 @@ class RouterServer:
             else:
                 router.groups[group] = GroupClient(group, _api_addresses(record))
         self.state = state
+        self.auth.install(state.auth)
         router.leases.reload(state.leases)
         if state.shard_map_revision > self._registered_map_revision:
             await self._register(state.shard_map_revision)  # what `tessera shards assign` waits for
@@ -262,31 +277,47 @@ class RouterServer:
     def _methods(self) -> list[Method]:
         """Every method the router serves, as the front ends serve them (router/rpc.py)."""
         router = self.router
+        auth = self.auth
+        service = AuthService(router, self.meta_client, auth)
+        guard = self._guard = Guard(auth, router.leases, service.load)
 
-        def unary(parse, answer, limit_bytes: bool = False):
-            async def handle(data: bytes, _call: Call) -> bytes:
+        def unary(parse, answer, limit_bytes: bool = False, check=None):
+            """`check(request, call)`: the call's auth checks (router/auth.py), run while auth is enabled."""
+            async def handle(data: bytes, call: Call) -> bytes:
                 if limit_bytes and len(data) > MAX_REQUEST_BYTES:
                     raise errors.RequestTooLarge()
                 try:
                     request = parse(data)
                 except DecodeError as error:
                     raise errors.Reported("INTERNAL", _unmarshal_error(error)) from None
+                if check is not None and auth.enabled:
+                    await guard.confirm(check, request, call)
                 return (await answer(request)).SerializeToString()
 
             return UNARY, handle
 
         kv = {
-            "Range": (*unary(RangeRequest.FromString, router.range), router.range_now),
-            "Put": (*unary(PutRequest.FromString, router.put, limit_bytes=True), router.put_now),
-            "DeleteRange": unary(DeleteRangeRequest.FromString, router.delete_range, limit_bytes=True),
-            "Txn": (*unary(TxnRequest.FromString, router.txn, limit_bytes=True), router.txn_now),
-            "Compact": unary(CompactionRequest.FromString, router.compact),
+            "Range": (*unary(RangeRequest.FromString, router.range, check=guard.range),
+                      guard.fast(RangeRequest.FromString, validation.check_range, auth.check_range,
+                                 router.range_now)),
+            "Put": (*unary(PutRequest.FromString, router.put, limit_bytes=True, check=guard.put),
+                    guard.fast(PutRequest.FromString, validation.check_put, auth.check_put, router.put_now,
+                               MAX_REQUEST_BYTES)),
+            "DeleteRange": unary(DeleteRangeRequest.FromString, router.delete_range, limit_bytes=True,
+                                 check=guard.delete_range),
+            "Txn": (*unary(TxnRequest.FromString, router.txn, limit_bytes=True, check=guard.txn),
+                    guard.fast(TxnRequest.FromString, validation.check_txn, auth.check_txn, router.txn_now,
+                               MAX_REQUEST_BYTES)),
+            "Compact": unary(CompactionRequest.FromString, router.compact, check=guard.admin),
         }
         lease = {
-            "LeaseGrant": unary(LeaseGrantRequest.FromString, router.leases.grant),
-            "LeaseRevoke": unary(LeaseRevokeRequest.FromString, lambda r: router.leases.revoke(r.ID)),
-            "LeaseTimeToLive": unary(LeaseTimeToLiveRequest.FromString, router.leases.time_to_live),
-            "LeaseLeases": unary(LeaseLeasesRequest.FromString, lambda r: router.leases.leases()),
+            "LeaseGrant": unary(LeaseGrantRequest.FromString, router.leases.grant, check=guard.user),
+            "LeaseRevoke": unary(LeaseRevokeRequest.FromString, lambda r: router.leases.revoke(r.ID),
+                                 check=guard.lease_revoke),
+            "LeaseTimeToLive": unary(LeaseTimeToLiveRequest.FromString, router.leases.time_to_live,
+                                     check=guard.lease_time_to_live),
+            "LeaseLeases": unary(LeaseLeasesRequest.FromString, lambda r: router.leases.leases(),
+                                 check=guard.lease_leases),
             "LeaseKeepAlive": (BIDI_STREAM, self._keep_alive),
         }
         if self.read_only:  # leases are kept by the routers that take writes
@@ -308,54 +339,45 @@ class RouterServer:
             return DefragmentResponse(header=router.header())
 
         maintenance = {
-            "Status": unary(StatusRequest.FromString, self._status),
-            "Alarm": unary(AlarmRequest.FromString, self._alarm),
-            "HashKV": unary(HashKVRequest.FromString, router.hash_kv),
-            "Hash": unary(HashRequest.FromString, router.hash),
-            "Defragment": unary(DefragmentRequest.FromString, defragment),
-            "MoveLeader": unary(MoveLeaderRequest.FromString, self._move_leader),
+            "Status": unary(StatusRequest.FromString, self._status, check=guard.user),
+            "Alarm": unary(AlarmRequest.FromString, self._alarm, check=guard.alarm),
+            "HashKV": unary(HashKVRequest.FromString, router.hash_kv, check=guard.admin),
+            "Hash": unary(HashRequest.FromString, router.hash, check=guard.admin),
+            "Defragment": unary(DefragmentRequest.FromString, defragment, check=guard.admin),
+            "MoveLeader": unary(MoveLeaderRequest.FromString, self._move_leader, check=guard.admin),
             "Snapshot": (SERVER_STREAM, self._snapshot),
         }
-
-        def auth_disabled(parse, response_type=None):
-            async def answer(_):
-                if response_type is None:
-                    raise errors.AuthNotEnabled()
-                return response_type(header=router.header())
-            return unary(parse, answer)
-
-        async def auth_status(_):
-            return AuthStatusResponse(header=router.header(), enabled=False)
-
-        async def user_not_found(_):
-            raise errors.UserNotFound()
-
-        async def role_not_found(_):
-            raise errors.RoleNotFound()
-
-        async def auth_enable(_):
-            raise errors.RootUserNotExist()  # no users exist, so no root user
-
-        auth = {  # answers of an etcd whose auth is disabled and that has no users or roles
-            "AuthStatus": unary(AuthStatusRequest.FromString, auth_status),
-            "Authenticate": auth_disabled(AuthenticateRequest.FromString),
-            "AuthEnable": unary(AuthEnableRequest.FromString, auth_enable),
-            "AuthDisable": auth_disabled(AuthDisableRequest.FromString, AuthDisableResponse),
-            "UserList": auth_disabled(AuthUserListRequest.FromString, AuthUserListResponse),
-            "RoleList": auth_disabled(AuthRoleListRequest.FromString, AuthRoleListResponse),
-            "UserGet": unary(AuthUserGetRequest.FromString, user_not_found),
-            "RoleGet": unary(AuthRoleGetRequest.FromString, role_not_found),
+        auth_calls = {  # (request type, answer, check); Authenticate is the one call without a token
+            "AuthEnable": (AuthEnableRequest, service.auth_enable, guard.admin),
+            "AuthDisable": (AuthDisableRequest, service.auth_disable, guard.admin),
+            "AuthStatus": (AuthStatusRequest, service.auth_status, guard.admin),
+            "Authenticate": (AuthenticateRequest, service.authenticate, None),
+            "UserAdd": (AuthUserAddRequest, service.user_add, guard.admin),
+            "UserGet": (AuthUserGetRequest, service.user_get, guard.user_get),
+            "UserList": (AuthUserListRequest, service.user_list, guard.admin),
+            "UserDelete": (AuthUserDeleteRequest, service.user_delete, guard.admin),
+            "UserChangePassword": (AuthUserChangePasswordRequest, service.user_change_password, guard.admin),
+            "UserGrantRole": (AuthUserGrantRoleRequest, service.user_grant_role, guard.admin),
+            "UserRevokeRole": (AuthUserRevokeRoleRequest, service.user_revoke_role, guard.admin),
+            "RoleAdd": (AuthRoleAddRequest, service.role_add, guard.admin),
+            "RoleGet": (AuthRoleGetRequest, service.role_get, guard.role_get),
+            "RoleList": (AuthRoleListRequest, service.role_list, guard.admin),
+            "RoleDelete": (AuthRoleDeleteRequest, service.role_delete, guard.admin),
+            "RoleGrantPermission": (AuthRoleGrantPermissionRequest, service.role_grant_permission, guard.admin),
+            "RoleRevokePermission": (AuthRoleRevokePermissionRequest, service.role_revoke_permission, guard.admin),
         }
+        auth_methods = {name: unary(request_type.FromString, answer, check=check)
+                        for name, (request_type, answer, check) in auth_calls.items()}
         concurrency = self._concurrency = Concurrency(router)
         lock = {
-            "Lock": unary(LockRequest.FromString, concurrency.lock),
-            "Unlock": unary(UnlockRequest.FromString, concurrency.unlock),
+            "Lock": unary(LockRequest.FromString, concurrency.lock, check=guard.lock),
+            "Unlock": unary(UnlockRequest.FromString, concurrency.unlock, check=guard.unlock),
         }
         election = {
-            "Campaign": unary(CampaignRequest.FromString, concurrency.campaign),
-            "Proclaim": unary(ProclaimRequest.FromString, concurrency.proclaim),
-            "Leader": unary(LeaderRequest.FromString, concurrency.leader),
-            "Resign": unary(ResignRequest.FromString, concurrency.resign),
+            "Campaign": unary(CampaignRequest.FromString, concurrency.campaign, check=guard.lock),
+            "Proclaim": unary(ProclaimRequest.FromString, concurrency.proclaim, check=guard.proclaim),
+            "Leader": unary(LeaderRequest.FromString, concurrency.leader, check=guard.leader),
+            "Resign": unary(ResignRequest.FromString, concurrency.resign, check=guard.resign),
             "Observe": (SERVER_STREAM, self._observe),
         }
         async def health_check(request: HealthCheckRequest) -> HealthCheckResponse:
@@ -376,7 +398,7 @@ class RouterServer:
             "etcdserverpb.Lease": lease,
             "etcdserverpb.Cluster": cluster,
             "etcdserverpb.Maintenance": maintenance,
-            "etcdserverpb.Auth": auth,
+            "etcdserverpb.Auth": auth_methods,
         }
         return [Method(service, name, *entry) for service, methods in services.items()
                 for name, entry in methods.items()]
@@ -407,7 +429,10 @@ class RouterServer:
         async def read_requests() -> None:
             try:
                 async for data in requests:
-                    await proxy.handle(WatchRequest.FromString(data))
+                    request = WatchRequest.FromString(data)
+                    if self.auth.enabled and await self._watch_refused(request, call, proxy):
+                        continue
+                    await proxy.handle(request)
             except DecodeError as error:
                 proxy.outbox.put_nowait(errors.Reported("INTERNAL", _unmarshal_error(error)))
 
@@ -423,6 +448,19 @@ class RouterServer:
             self._watch_proxies.discard(proxy)
             await proxy.close()
 
+    async def _watch_refused(self, request: WatchRequest, call: Call, proxy: WatchProxy) -> bool:
+        """A watch the caller may not read is answered created and canceled, as etcd does, with
+        the reason (checked on the range etcd checks: an empty key is "\0")."""
+        if not request.HasField("create_request") or request.create_request.start_revision < 0:
+            return False
+        create = request.create_request
+        reason = await self._guard.watch_refusal(create.key or b"\0", create.range_end, call)
+        if reason is None:
+            return False
+        proxy.outbox.put_nowait(WatchResponse(header=self.router.header(), watch_id=-1, created=True,
+                                              canceled=True, cancel_reason=reason))
+        return True
+
     async def _serve_metrics(self, request: web.BaseRequest) -> web.Response:
         return web.Response(body=self.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
@@ -433,22 +471,29 @@ class RouterServer:
         status, headers, body = health_answer(healthy, reason)
         return web.Response(status=status, body=body, headers=headers)
 
-    async def _observe(self, data: bytes, _call: Call):
-        async for response in self._concurrency.observe(_parse(LeaderRequest, data)):
+    async def _observe(self, data: bytes, call: Call):
+        request = _parse(LeaderRequest, data)
+        if self.auth.enabled:
+            await self._guard.confirm(self._guard.leader, request, call)
+        async for response in self._concurrency.observe(request):
             yield response.SerializeToString()
 
-    async def _snapshot(self, data: bytes, _call: Call):
+    async def _snapshot(self, data: bytes, call: Call):
         """The whole cluster at one revision (router/snapshot.py), as etcd streams its database."""
-        _parse(SnapshotRequest, data)
+        request = _parse(SnapshotRequest, data)
+        if self.auth.enabled:
+            await self._guard.confirm(self._guard.admin, request, call)
         async for response in snapshot_stream(self.router, self.meta):
             yield response.SerializeToString()
 
-    async def _keep_alive(self, requests, _call: Call):
+    async def _keep_alive(self, requests, call: Call):
         async for data in requests:
             try:
                 request = LeaseKeepAliveRequest.FromString(data)
             except DecodeError as error:
                 raise errors.Reported("INTERNAL", f"grpc: failed to unmarshal the received message {error}") from None
+            if self.auth.enabled:  # as etcd: renewing needs what revoking needs
+                await self._guard.confirm(self._guard.lease_revoke, request, call)
             yield (await self.router.leases.keep_alive(request.ID)).SerializeToString()
 
     async def _member_list(self, _request) -> MemberListResponse:

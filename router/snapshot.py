@@ -41,9 +41,13 @@ and a real etcd starts from the restored data dir:
               RemainingTTL}. A lease marked revoked is given TTL 1, so etcd
               expires it (after its minimum TTL) and deletes its keys: the
               revoke Tessera had under way, finished.
-    cluster   clusterVersion "3.5.0"; auth: authRevision 1.
-    alarm, authRoles, authUsers, members, members_removed: empty (etcdutl's
-              restore writes the new cluster's members itself).
+    cluster   clusterVersion "3.5.0".
+    auth      authEnabled (one byte) and authRevision (8 bytes big-endian), as
+              the meta group holds them; authUsers and authRoles: each user
+              and role by name, authpb.User (its bcrypt hash) and authpb.Role,
+              so an etcd restored from the file has the same users and roles.
+    alarm, members, members_removed: empty (etcdutl's restore writes the new
+              cluster's members itself).
     tessera   what only Tessera reads; etcd ignores a bucket it does not know:
                 header      SnapshotHeader: R, the cluster id, the time, each
                             data group's key count
@@ -73,6 +77,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, BinaryIO, Iterator
 
 from native import codec
+from router.auth import AuthRecords
 from router.core import Router
 from router.meta import MetaClient
 from tessera.api import etcd_backend as etcd
@@ -137,6 +142,7 @@ class ClusterCut:
     groups: dict[int, GroupRecord]
     leases: dict[int, LeaseRecord]
     keys: SpooledKeys
+    auth: AuthRecords = field(default_factory=AuthRecords)
 
 
 async def read_cluster(router: Router, meta: MetaClient, spool: BinaryIO) -> ClusterCut:
@@ -162,7 +168,8 @@ async def read_cluster(router: Router, meta: MetaClient, spool: BinaryIO) -> Clu
     header = SnapshotHeader(revision=revision, cluster_id=router.cluster_id, created_unix_seconds=int(time.time()),
                             groups=[SnapshotGroupKeys(group=group, keys=count)
                                     for group, count in sorted(keys.groups.items())])
-    return ClusterCut(header, state.shard_map.with_moving([]).to_record(), dict(state.groups), leases, keys)
+    return ClusterCut(header, state.shard_map.with_moving([]).to_record(), dict(state.groups), leases, keys,
+                      state.auth)
 
 
 def write_database(cut: ClusterCut, file: BinaryIO) -> None:
@@ -180,8 +187,14 @@ def write_database(cut: ClusterCut, file: BinaryIO) -> None:
         (LEASES_BUCKET, BucketSpec([(key, record.SerializeToString()) for key, record in leases])),
         (SHARD_MAP_KEY, cut.shard_map.SerializeToString()),
     ])
+    auth = cut.auth
     buckets = {
-        etcd.AUTH_BUCKET: BucketSpec([(etcd.AUTH_REVISION_KEY, etcd.u64(1))]),
+        etcd.AUTH_BUCKET: BucketSpec([(etcd.AUTH_ENABLED_KEY, b"\1" if auth.enabled else b"\0"),
+                                      (etcd.AUTH_REVISION_KEY, etcd.u64(auth.revision))]),
+        etcd.AUTH_ROLES_BUCKET: BucketSpec([(name.encode(), role.SerializeToString())
+                                            for name, role in sorted(auth.roles.items())]),
+        etcd.AUTH_USERS_BUCKET: BucketSpec([(name.encode(), user.SerializeToString())
+                                            for name, user in sorted(auth.users.items())]),
         etcd.CLUSTER_BUCKET: BucketSpec([(etcd.CLUSTER_VERSION_KEY, etcd.CLUSTER_VERSION)]),
         etcd.KEY_BUCKET: BucketSpec(cut.keys.items()),
         etcd.LEASE_BUCKET: BucketSpec(etcd_leases),

@@ -57,14 +57,19 @@ def command_version(_: argparse.Namespace) -> int:
     return 0
 
 
+def up_router_arguments(args: argparse.Namespace) -> list[str]:
+    """What `tessera up` hands its routers of its own command line."""
+    router_arguments = ["--auth-token", args.auth_token, "--auth-token-ttl", str(args.auth_token_ttl)]
+    if args.auto_compaction_mode:
+        router_arguments += ["--auto-compaction-mode", args.auto_compaction_mode,
+                             "--auto-compaction-retention", args.auto_compaction_retention]
+    return router_arguments
+
+
 def command_up(args: argparse.Namespace) -> int:
     try:
-        router_arguments = []
-        if args.auto_compaction_mode:
-            router_arguments = ["--auto-compaction-mode", args.auto_compaction_mode,
-                                "--auto-compaction-retention", args.auto_compaction_retention]
         launcher = Launcher(args.data_dir, listen=args.listen, wal_segment_bytes=args.wal_segment_bytes,
-                            router_arguments=router_arguments, routers=args.routers)
+                            router_arguments=up_router_arguments(args), routers=args.routers)
         return asyncio.run(serve_up(launcher))
     except LauncherError as error:
         print(f"tessera up: {error}", file=sys.stderr)
@@ -247,6 +252,17 @@ def stop_with_parent(parent_pid: int | None) -> None:
         raise SystemExit(f"tessera: the parent process {parent_pid} is gone (or is not this one's parent)")
 
 
+def auth_token_option(text: str) -> str:
+    """--auth-token, checked as the command line is read: its keys are read, its form parsed."""
+    from router.auth import token_provider
+
+    try:
+        token_provider(text)
+    except (ValueError, OSError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def command_router(args: argparse.Namespace) -> int:
     # Imported here: the router is its own part, and `tessera version` must work without it.
     from router.server import run
@@ -277,7 +293,8 @@ def command_router(args: argparse.Namespace) -> int:
                                compaction_retention(args.auto_compaction_mode, args.auto_compaction_retention))
         run(listen=args.listen, meta_addresses=meta, name=args.name, gateway_listen=args.gateway_listen,
             auto_compaction=auto_compaction, corruption_check_interval=args.corruption_check_interval,
-            read_only=args.read_only, reuse_port=args.reuse_port)
+            read_only=args.read_only, reuse_port=args.reuse_port, auth_token=args.auth_token,
+            auth_token_ttl=args.auth_token_ttl)
     except KeyboardInterrupt:
         pass
     return 0
@@ -353,6 +370,15 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the data dir of `tessera up` (default ./%(default)s)")
     parser.add_argument("--meta", type=parse_meta, default=None,
                         help="instead of --data-dir: the meta group's replicas, ID=API_ADDRESS,...")
+
+
+def add_auth_token_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--auth-token", type=auth_token_option, default="simple",
+                        help="etcd's --auth-token: simple (tokens of the router that made them), or "
+                             "jwt,priv-key=FILE,pub-key=FILE,sign-method=RS256|ES256|...[,ttl=5m] "
+                             "(tokens every router with the same keys takes)")
+    parser.add_argument("--auth-token-ttl", type=float, default=300.0,
+                        help="seconds a simple auth token lives unused (etcd's --auth-token-ttl)")
 
 
 def add_auto_compaction_arguments(parser: argparse.ArgumentParser) -> None:
@@ -744,6 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--routers", type=int, default=1,
                     help="router processes sharing the client port (SO_REUSEPORT): one per core to spare")
     add_auto_compaction_arguments(up)
+    add_auth_token_arguments(up)
     up.set_defaults(run=command_up)
     replica = commands.add_parser("replica", help="run one replica of one raft group")
     add_config_argument(replica)
@@ -809,6 +836,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_auto_compaction_arguments(router)
     router.add_argument("--read-only", action="store_true",
                         help="a proxy beside clients: serve reads and watches, refuse writes and leases")
+    add_auth_token_arguments(router)
     router.add_argument("--corruption-check-interval", type=float, default=300.0,
                         help="seconds between comparisons of each group's replicas (HashKV); also at start")
     router.add_argument("--parent-pid", type=int, default=None,

@@ -19,14 +19,16 @@ restore leaves nothing that `tessera up` would start:
     and copied to the group's other members;
   - the meta group's store: a new cluster id (a restored cluster is a new
     cluster, as etcd's restore makes one), the group records with the new
-    addresses, the shard map, and the lease records as saved (remaining TTLs
-    as of their last checkpoint).
+    addresses, the shard map, the lease records as saved (remaining TTLs
+    as of their last checkpoint), and the users, roles, auth flag and auth
+    revision of etcd's auth buckets.
 
 A snapshot etcd wrote (no `tessera` bucket) is imported instead: a new
 cluster of `tessera up`'s groups and map, every record of etcd's `key` bucket
 (the history it had not compacted, tombstones included) in the store of the
 group the map gives its key, at etcd's revision and compaction
-(MvccStore.load_history), and etcd's leases as lease records.
+(MvccStore.load_history), etcd's leases as lease records, and etcd's users
+and roles.
 
 No raft log is written: `tessera up --data-dir DIR` starts every group as a
 new one, and each group's first write gets a revision above R. The history
@@ -64,11 +66,21 @@ from shards.mvcc import FIRST_REVISION, MvccStore
 from tessera.api import etcd_backend as etcd
 from tessera.api import rpc_pb2_grpc
 from tessera.api.bbolt import BoltFormatError, BoltReader, Bucket
-from tessera.api.internal_pb2 import ClusterRecord, GroupRecord, LeaseRecord, Member, SnapshotHeader
+from tessera.api.auth_pb2 import Role, User
+from tessera.api.internal_pb2 import AuthStateRecord, ClusterRecord, GroupRecord, LeaseRecord, Member, SnapshotHeader
 from tessera.api.internal_pb2 import ShardMap as ShardMapRecord
 from tessera.api.kv_pb2 import KeyValue
 from tessera.api.lease_pb2 import Lease
-from tessera.api.meta_keys import CLUSTER_KEY, META_GROUP, SHARDS_KEY, group_key, lease_key
+from tessera.api.meta_keys import (
+    AUTH_STATE_KEY,
+    CLUSTER_KEY,
+    META_GROUP,
+    SHARDS_KEY,
+    group_key,
+    lease_key,
+    role_key,
+    user_key,
+)
 from tessera.api.rpc_pb2 import SnapshotRequest
 from tessera.launcher import LAYOUT_FILE, Layout, replica_data_dir
 from tessera.progress import Progress, size_text
@@ -236,7 +248,8 @@ class EtcdHistory:
                                history_records=self.records)
 
 
-def _import_etcd(history: EtcdHistory, staging: Path, listen: str, progress: Progress) -> SnapshotSummary:
+def _import_etcd(history: EtcdHistory, auth: dict[bytes, object], staging: Path, listen: str,
+                 progress: Progress) -> SnapshotSummary:
     """A snapshot etcd wrote, as a new cluster of `tessera up`'s groups and map: each key's whole
     uncompacted history (revisions, versions, leases as etcd kept them) in the group the map gives it."""
     layout = Layout.new(listen)
@@ -249,7 +262,7 @@ def _import_etcd(history: EtcdHistory, staging: Path, listen: str, progress: Pro
         pages = _pages(mine, lambda count: progress.count(done + count, history.records, "importing etcd's history"))
         done += _load_store(staging, groups[group],
                             lambda store: store.load_history(pages, history.revision, history.compacted))
-    _finish_meta(staging, layout, shard_map.to_record(), history.leases, history.revision)
+    _finish_meta(staging, layout, shard_map.to_record(), history.leases, history.revision, auth)
     summary = history.summary()
     summary.groups = len(groups) - 1
     return summary
@@ -324,7 +337,7 @@ def restore(path: str | os.PathLike, data_dir: str | os.PathLike, listen: str,
 def _restore_into(database: BoltReader, path: Path, staging: Path, listen: str,
                   progress: Progress) -> SnapshotSummary:
     if database.bucket(TESSERA_BUCKET) is None:
-        return _import_etcd(EtcdHistory(database, path), staging, listen, progress)
+        return _import_etcd(EtcdHistory(database, path), auth_records(database), staging, listen, progress)
     contents = TesseraContents(database, path)
     revision = contents.header.revision
     shard_map = ShardMap.from_record(contents.shard_map)
@@ -346,13 +359,33 @@ def _restore_into(database: BoltReader, path: Path, staging: Path, listen: str,
         raise SnapshotError(f"{path}: {loaded} keys belong to the snapshot's groups; the header counts "
                             f"{contents.keys}")
     layout = _layout(contents.groups, shard_map, listen)
-    _finish_meta(staging, layout, contents.shard_map, contents.leases, revision)
+    _finish_meta(staging, layout, contents.shard_map, contents.leases, revision, auth_records(database))
     return SnapshotSummary(revision, len(contents.groups) - 1, loaded, len(contents.leases), path.stat().st_size)
 
 
-def _finish_meta(staging: Path, layout: Layout, shard_map: ShardMapRecord, leases, revision: int) -> None:
-    """The meta group's store (the cluster, groups, map and leases at `revision`), and the layout file."""
-    records = _meta_records(layout, shard_map, leases, revision)
+def auth_records(database: BoltReader) -> dict[bytes, object]:
+    """The meta group's auth records (tessera/api/meta_keys.py) from etcd's auth buckets, which
+    Tessera's snapshots have too: none where the auth bucket has no revision (auth never used)."""
+    auth = database.bucket(etcd.AUTH_BUCKET)
+    revision = auth.get(etcd.AUTH_REVISION_KEY) if auth is not None else None
+    if revision is None:
+        return {}
+    enabled = auth.get(etcd.AUTH_ENABLED_KEY) == b"\1"
+    records: dict[bytes, object] = {
+        AUTH_STATE_KEY: AuthStateRecord(enabled=enabled, revision=etcd.parse_u64(revision, "authRevision"))}
+    for bucket_name, message_type, key_of in ((etcd.AUTH_USERS_BUCKET, User, user_key),
+                                              (etcd.AUTH_ROLES_BUCKET, Role, role_key)):
+        bucket = database.bucket(bucket_name)
+        for name, value in bucket.items() if bucket is not None else ():
+            records[key_of(name.decode())] = message_type.FromString(value)
+    return records
+
+
+def _finish_meta(staging: Path, layout: Layout, shard_map: ShardMapRecord, leases, revision: int,
+                 auth: dict[bytes, object]) -> None:
+    """The meta group's store (the cluster, groups, map, leases and auth records at `revision`), and the
+    layout file."""
+    records = _meta_records(layout, shard_map, leases, revision, auth)
     _load_store(staging, _layout_groups(layout)[META_GROUP], lambda store: store.bulk_load([records], revision))
     layout.save(staging / LAYOUT_FILE)
 
@@ -408,8 +441,9 @@ def _layout_groups(layout: Layout) -> dict[int, GroupRecord]:
             for group, members in layout.groups.items()}
 
 
-def _meta_records(layout: Layout, shard_map: ShardMapRecord, leases, revision: int) -> list[KeyValue]:
-    records = {CLUSTER_KEY: ClusterRecord(cluster_id=secrets.randbits(63) or 1), SHARDS_KEY: shard_map}
+def _meta_records(layout: Layout, shard_map: ShardMapRecord, leases, revision: int,
+                  auth: dict[bytes, object]) -> list[KeyValue]:
+    records = {CLUSTER_KEY: ClusterRecord(cluster_id=secrets.randbits(63) or 1), SHARDS_KEY: shard_map, **auth}
     records.update((group_key(group), record) for group, record in _layout_groups(layout).items())
     records.update((lease_key(lease.id), lease) for lease in leases)
     return [KeyValue(key=key, create_revision=revision, mod_revision=revision, version=1,

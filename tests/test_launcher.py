@@ -6,6 +6,7 @@ contract is tested on its own: the meta bootstrap call, the router's command
 line, the wait until it serves, and a clean stop on Ctrl-C.
 """
 
+import argparse
 import asyncio
 import json
 import os
@@ -218,3 +219,15 @@ def test_routers_share_one_port_and_each_serves(tmp_path):
         listed = cluster.run(members())
         assert {member.ID for member in listed} == answered_by
         assert {tuple(member.clientURLs) for member in listed} == {(f"http://{endpoint}",)}
+
+
+def test_up_hands_its_auth_token_options_to_its_routers():
+    from tessera.cli import up_router_arguments
+
+    args = argparse.Namespace(auth_token="simple", auth_token_ttl=60.0, auto_compaction_mode=None)
+    assert up_router_arguments(args) == ["--auth-token", "simple", "--auth-token-ttl", "60.0"]
+    # A token option that cannot work stops `tessera up` before anything starts.
+    refused = subprocess.run([sys.executable, "-m", "tessera.cli", "up", "--auth-token", "jwt,sign-method=RS256"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    assert "argument --auth-token: a JWT needs pub-key or priv-key" in refused.stderr

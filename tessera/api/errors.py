@@ -192,6 +192,78 @@ class RoleNotFound(EtcdError):
     message = "etcdserver: role name not found"
 
 
+class RootRoleNotExist(EtcdError):
+    code = "FAILED_PRECONDITION"
+    message = "etcdserver: root user does not have root role"
+
+
+class UserAlreadyExist(EtcdError):
+    code = "FAILED_PRECONDITION"
+    message = "etcdserver: user name already exists"
+
+
+class UserEmpty(EtcdError):
+    code = "INVALID_ARGUMENT"
+    message = "etcdserver: user name is empty"
+
+
+class RoleAlreadyExist(EtcdError):
+    code = "FAILED_PRECONDITION"
+    message = "etcdserver: role name already exists"
+
+
+class RoleEmpty(EtcdError):
+    code = "INVALID_ARGUMENT"
+    message = "etcdserver: role name is empty"
+
+
+class AuthFailed(EtcdError):
+    code = "INVALID_ARGUMENT"
+    message = "etcdserver: authentication failed, invalid user ID or password"
+
+
+class NoPasswordUser(EtcdError):
+    """etcd maps no status to this one, so clients see its internal text with code UNKNOWN."""
+
+    code = "UNKNOWN"
+    message = "auth: authentication failed, password was given for no password user"
+
+
+class PermissionNotGiven(EtcdError):
+    code = "INVALID_ARGUMENT"
+    message = "etcdserver: permission not given"
+
+
+class PermissionDenied(EtcdError):
+    code = "PERMISSION_DENIED"
+    message = "etcdserver: permission denied"
+
+
+class RoleNotGranted(EtcdError):
+    code = "FAILED_PRECONDITION"
+    message = "etcdserver: role is not granted to the user"
+
+
+class PermissionNotGranted(EtcdError):
+    code = "FAILED_PRECONDITION"
+    message = "etcdserver: permission is not granted to the role"
+
+
+class InvalidAuthToken(EtcdError):
+    code = "UNAUTHENTICATED"
+    message = "etcdserver: invalid auth token"
+
+
+class InvalidAuthMgmt(EtcdError):
+    code = "INVALID_ARGUMENT"
+    message = "etcdserver: invalid auth management"
+
+
+class AuthOldRevision(EtcdError):
+    code = "INVALID_ARGUMENT"
+    message = "etcdserver: revision of auth store is old"
+
+
 class ReadOnlyRouter(EtcdError):
     """Tessera's own: a router started with --read-only (a proxy beside clients) takes no writes."""
 

@@ -46,6 +46,7 @@ SCHEDULED_COMPACT_KEY = b"scheduledCompactRev"
 FINISHED_COMPACT_KEY = b"finishedCompactRev"
 CLUSTER_VERSION_KEY = b"clusterVersion"
 AUTH_REVISION_KEY = b"authRevision"
+AUTH_ENABLED_KEY = b"authEnabled"  # one byte: 1 enabled, 0 not
 CLUSTER_VERSION = b"3.5.0"
 
 _U64 = struct.Struct(">Q")

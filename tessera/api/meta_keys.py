@@ -7,6 +7,9 @@ Each value is a record of tessera/api/internal.proto:
     tessera/shards                ShardMap        the whole map, changed by compare-and-swap
     tessera/routers/<id>          RouterRecord    a router and the address clients use
     tessera/leases/<id>           LeaseRecord     a granted lease and its TTL
+    tessera/auth/state            AuthStateRecord auth enabled or not, and the auth revision
+    tessera/auth/users/<name>     authpb.User     a user: password hash, roles
+    tessera/auth/roles/<name>     authpb.Role     a role: its key permissions
 
 Routers read and write them (router/meta.py); the meta group's leader keeps
 lease deadlines from the lease records (shards/leases.py).
@@ -19,6 +22,10 @@ GROUPS_PREFIX = b"tessera/groups/"
 SHARDS_KEY = b"tessera/shards"
 ROUTERS_PREFIX = b"tessera/routers/"
 LEASES_PREFIX = b"tessera/leases/"
+AUTH_PREFIX = b"tessera/auth/"
+AUTH_STATE_KEY = b"tessera/auth/state"
+AUTH_USERS_PREFIX = b"tessera/auth/users/"
+AUTH_ROLES_PREFIX = b"tessera/auth/roles/"
 
 
 def group_key(group_id: int) -> bytes:
@@ -31,6 +38,14 @@ def router_key(router_id: int) -> bytes:
 
 def lease_key(lease_id: int) -> bytes:
     return LEASES_PREFIX + b"%016x" % lease_id
+
+
+def user_key(name: str) -> bytes:
+    return AUTH_USERS_PREFIX + name.encode()
+
+
+def role_key(name: str) -> bytes:
+    return AUTH_ROLES_PREFIX + name.encode()
 
 
 def lease_id_of(key: bytes) -> int:

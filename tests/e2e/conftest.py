@@ -24,14 +24,7 @@ from dataclasses import dataclass
 import pytest
 
 import etcd_tools
-from etcd_tools import ToolUnavailable
-
-
-def _tool(lookup):
-    try:
-        return lookup()
-    except ToolUnavailable as reason:
-        pytest.skip(str(reason))
+from e2e_util import last_line, tool_or_skip as _tool
 
 
 # ------------------------------------------------------------------ servers
@@ -117,11 +110,6 @@ class Etcdctl:
 
     def watch(self, *args: str) -> etcd_tools.EtcdctlProcess:
         return etcd_tools.EtcdctlProcess(self.binary, self.endpoint, "watch", *args)
-
-
-def last_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
 
 
 @pytest.fixture(scope="session")

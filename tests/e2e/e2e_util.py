@@ -2,6 +2,10 @@
 
 import base64
 
+import pytest
+
+from etcd_tools import ToolUnavailable
+
 # Tessera's shard map for these tests: prefix -> raft group; every other key is in group 1.
 SHARD_MAP = ((b"/registry/pods/", 2), (b"/registry/events/", 3))
 DEFAULT_GROUP = 1
@@ -37,3 +41,16 @@ def revision_now(ctl, keys) -> int:
     The put goes to a key outside /registry/, so watches there do not see it.
     """
     return put_rev(ctl, keys.top + "~now", "x")
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def tool_or_skip(lookup):
+    """The binary `lookup` finds; the test is skipped where it is not to be had."""
+    try:
+        return lookup()
+    except ToolUnavailable as reason:
+        pytest.skip(str(reason))
