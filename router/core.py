@@ -493,10 +493,30 @@ class Router:
         return next(iter(answers.values()))
 
     async def replica_hashes(self, group: int, at: int) -> dict[int, HashKVResponse]:
-        """Each reachable replica's HashKV at `at` (the group raised to it first), by member id."""
+        """Each reachable replica's HashKV at `at` (the group raised to it first), by member id.
+
+        Only replicas at one compacted revision are compared, as etcd's checker does: a
+        compaction that some replicas have applied and others not yet changes what they hash.
+        Asked again while a compaction is on its way; then the most common one is kept.
+        """
         if group in self.groups and self.group_revisions.get(group, 0) < at:
             await self.raise_group(group, at)
-        client = self.client(group)
+        answers = await self._ask_hashes(self.client(group), at)
+        for _ in range(RAISE_ATTEMPTS):
+            compactions = collections.Counter(answer.compact_revision for answer in answers.values())
+            if len(compactions) <= 1:
+                break
+            await asyncio.sleep(0.01)
+            answers = await self._ask_hashes(self.client(group), at)
+        else:
+            common = max(compactions, key=lambda revision: (compactions[revision], revision))
+            answers = {member: answer for member, answer in answers.items() if answer.compact_revision == common}
+        if len({answer.hash for answer in answers.values()}) > 1:
+            log.error("group %d: replicas disagree on HashKV at revision %d: %s", group, at,
+                      {member: answer.hash for member, answer in answers.items()})
+        return answers
+
+    async def _ask_hashes(self, client: GroupClient, at: int) -> dict[int, HashKVResponse]:
         answers = {}
         for member in client.member_ids:
             for _ in range(RAISE_ATTEMPTS):  # a follower may not have applied up to `at` yet
@@ -514,9 +534,6 @@ class Router:
                 await asyncio.sleep(0.01)
         if not answers:
             raise errors.NoLeader()
-        if len({answer.hash for answer in answers.values()}) > 1:
-            log.error("group %d: replicas disagree on HashKV at revision %d: %s", group, at,
-                      {member: answer.hash for member, answer in answers.items()})
         return answers
 
     async def defragment(self) -> None:
