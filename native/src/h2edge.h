@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tls.h"
+
 typedef struct edge_server edge_server;
 
 enum edge_method_kind {
@@ -61,6 +63,12 @@ edge_server *edge_server_new(const char *host, int port, int reuse_port, const e
 void edge_server_free(edge_server *server);
 int edge_epoll_fd(const edge_server *server);   /* readable when edge_poll has work */
 int edge_listen_port(const edge_server *server);
+
+/* Serve TLS on every connection accepted from now on; the edge owns `tls` (tls.h) from here. */
+void edge_use_tls(edge_server *server, tls_server *tls);
+/* The Common Name of the client certificate the connection's TLS handshake verified, or NULL
+   (plaintext, no client certificate asked for, or the connection is gone). */
+const char *edge_peer_common_name(edge_server *server, uint64_t conn);
 
 /* Register "/package.Service/Method"; returns its index (>= 0), or -1. */
 int edge_add_method(edge_server *server, const char *path, int kind);
