@@ -38,6 +38,7 @@ from tessera.api.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from tessera.api.http_answers import METRICS_CONTENT_TYPE, health_answer
 from tessera.api.internal_pb2 import RouterRecord, ShardRequest
 from tessera.api.meta_keys import LEASES_PREFIX, META_GROUP, SYSTEM_PREFIX, prefix_range, router_key
+from tessera.api.tls import TLSFiles
 from tessera.api.rpc_pb2 import (
     NONE,
     AlarmMember,
@@ -105,7 +106,7 @@ class RouterServer:
                  gateway_listen: str | None = None,
                  auto_compaction: tuple[str, float] | None = None,
                  corruption_check_interval: float = corruption.CHECK_INTERVAL_SECONDS,
-                 read_only: bool = False, reuse_port: bool = False):
+                 read_only: bool = False, reuse_port: bool = False, client_tls: TLSFiles | None = None):
         """`auto_compaction`: (mode, retention) as router.compactor.AutoCompactor takes them.
 
         `read_only`: a proxy beside clients, knowing only the meta group: it serves reads and
@@ -113,6 +114,9 @@ class RouterServer:
         corruption checks) are the other routers'.
 
         `reuse_port`: more than one router process may listen on `listen` (SO_REUSEPORT).
+
+        `client_tls`: serve TLS on `listen` (etcd's --cert-file, --key-file, --trusted-ca-file,
+        --client-cert-auth).
         """
         self.listen = listen
         self.read_only = read_only
@@ -120,6 +124,7 @@ class RouterServer:
         self.auto_compaction = auto_compaction
         self.gateway_listen = gateway_listen  # etcd's HTTP/JSON gateway on a port of its own as well
         self.reuse_port = reuse_port
+        self.client_tls = client_tls
         self._gateway: Gateway | None = None
         self._front_end: FrontEnd | None = None
         self.name = name or f"router-{listen}"
@@ -146,11 +151,14 @@ class RouterServer:
         self._gateway = Gateway(methods, ETCD_VERSION, {"/metrics": self._serve_metrics,
                                                         "/health": self._serve_health})
         self._front_end = FrontEnd(self.listen, methods, self._gateway.serve_connection,
-                                   message_bytes_max=MAX_MESSAGE_BYTES, reuse_port=self.reuse_port)
+                                   message_bytes_max=MAX_MESSAGE_BYTES, reuse_port=self.reuse_port,
+                                   tls=self.client_tls)
         self._front_end.start()
         await self._register(state.shard_map_revision)  # listed once it serves: clients may use it at once
         if self.gateway_listen:
-            await self._gateway.start(self.gateway_listen)
+            # the client port's TLS guards the gateway's own port too: it serves the same API
+            await self._gateway.start(self.gateway_listen,
+                                      self.client_tls.server_context() if self.client_tls else None)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(router.track_leaders(LEADER_CHECK_SECONDS)),
                        loop.create_task(self._follow_meta())]

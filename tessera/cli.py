@@ -16,12 +16,14 @@ import tessera
 from tessera import logs
 from tessera.api.errors import EtcdError
 from tessera.api.rpc_pb2 import AlarmType
+from tessera.api.tls import TLSFiles, tls_files
 from native import codec, crc, walframe
 from shards.mvcc import StoreInvariantError
 from shards.raft_driver import MemberAddresses, ReplicaStateError
 from shards.replica import ReplicaConfig, run_until_stopped
 from shards.wal import WalCorruptionError
 from tessera.progress import Progress, size_text
+from tessera.certs import KeyPair, make_local_certificates
 from tessera.launcher import (
     DEFAULT_DATA_DIR,
     DEFAULT_LISTEN,
@@ -33,6 +35,7 @@ from tessera.launcher import (
 )
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+CERTIFICATES_DIR = "certs"  # under the data dir: what `tessera up --tls` makes
 GC_YOUNG_THRESHOLD = 50_000  # allocations between collections of the youngest generation (Python's: 700)
 
 
@@ -59,15 +62,30 @@ def command_up(args: argparse.Namespace) -> int:
         if args.auto_compaction_mode:
             router_arguments = ["--auto-compaction-mode", args.auto_compaction_mode,
                                 "--auto-compaction-retention", args.auto_compaction_retention]
+        client_tls, client_certificate = up_client_tls(args)
         launcher = Launcher(args.data_dir, listen=args.listen, wal_segment_bytes=args.wal_segment_bytes,
-                            router_arguments=router_arguments, routers=args.routers)
-        return asyncio.run(serve_up(launcher))
-    except LauncherError as error:
+                            router_arguments=router_arguments, routers=args.routers, client_tls=client_tls)
+        return asyncio.run(serve_up(launcher, client_certificate))
+    except (LauncherError, ValueError) as error:
         print(f"tessera up: {error}", file=sys.stderr)
         return 1
 
 
-async def serve_up(launcher: Launcher) -> int:
+def up_client_tls(args: argparse.Namespace) -> tuple[TLSFiles | None, KeyPair | None]:
+    """The client port's TLS for `tessera up`, and the client certificate to tell the user of:
+    with --tls, certificates made under the data dir (kept across restarts); else the flags'."""
+    if not args.tls:
+        return client_tls_files(args), None
+    if args.cert_file or args.key_file or args.trusted_ca_file:
+        raise ValueError("--tls makes its own certificates: it does not go with --cert-file, --key-file "
+                         "or --trusted-ca-file")
+    certificates = make_local_certificates(Path(args.data_dir).resolve() / CERTIFICATES_DIR)
+    server = certificates.server
+    return (TLSFiles(str(server.cert_file), str(server.key_file), str(certificates.ca.cert_file), True),
+            certificates.client)
+
+
+async def serve_up(launcher: Launcher, client_certificate: KeyPair | None = None) -> int:
     """Start the cluster, keep it supervised until SIGINT, SIGTERM or SIGHUP, then stop it."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -80,7 +98,7 @@ async def serve_up(launcher: Launcher) -> int:
         done, _ = await asyncio.wait([starting, stop_requested], return_when=asyncio.FIRST_COMPLETED)
         if starting in done:
             starting.result()  # a failed start raises here
-            print_cluster(launcher)
+            print_cluster(launcher, client_certificate)
             await stop_requested
         print("tessera up: stopping", flush=True)
     finally:
@@ -91,7 +109,23 @@ async def serve_up(launcher: Launcher) -> int:
     return 0
 
 
-def print_cluster(launcher: Launcher) -> None:
+def etcdctl_flags(launcher: Launcher, client_certificate: KeyPair | None) -> str:
+    """What etcdctl needs to reach the router: the endpoint, and with TLS the CA and a client
+    certificate."""
+    tls = launcher.client_tls
+    if tls is None:
+        return f"--endpoints={launcher.layout.listen}"
+    flags = f"--endpoints=https://{launcher.layout.listen}"
+    if tls.trusted_ca_file:
+        flags += f" --cacert {tls.trusted_ca_file}"
+    if client_certificate is not None:
+        flags += f" --cert {client_certificate.cert_file} --key {client_certificate.key_file}"
+    elif tls.requires_client_certificate:
+        flags += " --cert CLIENT.crt --key CLIENT.key"
+    return flags
+
+
+def print_cluster(launcher: Launcher, client_certificate: KeyPair | None = None) -> None:
     layout = launcher.layout
     shard_map = [
         f"{prefix.decode(errors='backslashreplace')} -> group {group}"
@@ -102,13 +136,17 @@ def print_cluster(launcher: Launcher) -> None:
     print(f"tessera up: {len(layout.groups)} raft groups ({replicas} replicas; "
           f"group {META_GROUP} is the meta group) and {launcher.router_count} router"
           f"{'s' if launcher.router_count > 1 else ''}")
-    print(f"  endpoint   etcdctl --endpoints={layout.listen} put greeting hello")
+    print(f"  endpoint   etcdctl {etcdctl_flags(launcher, client_certificate)} put greeting hello")
     print("  shard map  " + "\n             ".join(shard_map))
     first = layout.metrics_address(META_GROUP, min(layout.groups[META_GROUP]))
     print(f"  metrics    http://{first}/metrics and /health (group {META_GROUP}); every replica serves "
           f"its own, addresses in {launcher.layout_path}")
-    print(f"  gateway    curl -d '{{\"key\": \"Zm9v\"}}' http://{layout.listen}/v3/kv/range  (etcd's JSON API, "
-          "/metrics, /health and /version on the same port, as etcd)")
+    if launcher.client_tls is None:
+        print(f"  gateway    curl -d '{{\"key\": \"Zm9v\"}}' http://{layout.listen}/v3/kv/range  (etcd's JSON API, "
+              "/metrics, /health and /version on the same port, as etcd)")
+    else:
+        print(f"  gateway    https://{layout.gateway}/v3/kv/range  (etcd's JSON API, /metrics, /health and "
+              "/version, over TLS with the same certificates)")
     print(f"  data dir   {launcher.data_dir} (logs in {launcher.logs_dir})")
     print("Ctrl-C stops the cluster.", flush=True)
 
@@ -211,12 +249,33 @@ def command_router(args: argparse.Namespace) -> int:
         if args.auto_compaction_mode:
             auto_compaction = (args.auto_compaction_mode,
                                compaction_retention(args.auto_compaction_mode, args.auto_compaction_retention))
+        client_tls = client_tls_files(args)
+        if client_tls is not None:
+            client_tls.server_context()  # files that do not load are refused before anything starts
         run(listen=args.listen, meta_addresses=args.meta, name=args.name, gateway_listen=args.gateway_listen,
             auto_compaction=auto_compaction, corruption_check_interval=args.corruption_check_interval,
-            read_only=args.read_only, reuse_port=args.reuse_port)
+            read_only=args.read_only, reuse_port=args.reuse_port, client_tls=client_tls)
     except KeyboardInterrupt:
         pass
+    except (ValueError, OSError) as error:  # TLS flags that do not go together, or files that do not load
+        print(f"tessera router: {error}", file=sys.stderr)
+        return 1
     return 0
+
+
+def add_client_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """etcd's client TLS flags, for the router's client port."""
+    parser.add_argument("--cert-file", default=None, help="the client port's TLS certificate (PEM); serves TLS")
+    parser.add_argument("--key-file", default=None, help="the key of --cert-file (PEM)")
+    parser.add_argument("--trusted-ca-file", default=None,
+                        help="CA of the client certificates; with it every client must present one")
+    parser.add_argument("--client-cert-auth", action="store_true",
+                        help="require a client certificate signed by --trusted-ca-file")
+
+
+def client_tls_files(args: argparse.Namespace) -> TLSFiles | None:
+    """The client port's TLS settings; ValueError when the flags do not go together."""
+    return tls_files(args.cert_file, args.key_file, args.trusted_ca_file, args.client_cert_auth)
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -607,6 +666,10 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--routers", type=int, default=1,
                     help="router processes sharing the client port (SO_REUSEPORT): one per core to spare")
     add_auto_compaction_arguments(up)
+    up.add_argument("--tls", action="store_true",
+                    help="make a local CA and certificates under DATA_DIR/certs and serve TLS everywhere, "
+                         "client certificates required; prints the etcdctl flags to use")
+    add_client_tls_arguments(up)
     up.set_defaults(run=command_up)
     replica = commands.add_parser("replica", help="run one replica of one raft group")
     replica.add_argument("--group", type=int, required=True, help="the group's id")
@@ -656,6 +719,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="HOST:PORT for etcd's HTTP/JSON gateway (/v3/...), /metrics and /health, "
                              "besides the client port, which serves them too")
     add_auto_compaction_arguments(router)
+    add_client_tls_arguments(router)
     router.add_argument("--read-only", action="store_true",
                         help="a proxy beside clients: serve reads and watches, refuse writes and leases")
     router.add_argument("--corruption-check-interval", type=float, default=300.0,

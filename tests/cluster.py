@@ -20,14 +20,15 @@ TEST_WAL_SEGMENT_BYTES = 4 * 1024 * 1024
 class ClusterThread:
     """Start with `with ClusterThread(directory) as cluster:`; `cluster.endpoint` serves etcd's API."""
 
-    def __init__(self, directory: Path, supervise: bool = False, replica_arguments=(), routers: int = 1):
+    def __init__(self, directory: Path, supervise: bool = False, replica_arguments=(), routers: int = 1,
+                 client_tls=None):
         self.reports: list[str] = []  # what the launcher said: exits and restarts
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tessera-launcher", daemon=True)
         self.launcher = Launcher(directory, listen="127.0.0.1:0", supervise=supervise,
                                  wal_segment_bytes=TEST_WAL_SEGMENT_BYTES,
                                  replica_arguments=list(replica_arguments), routers=routers,
-                                 report=self.reports.append)
+                                 client_tls=client_tls, report=self.reports.append)
 
     def __enter__(self) -> ClusterThread:
         self._thread.start()
