@@ -106,7 +106,8 @@ class RouterServer:
                  gateway_listen: str | None = None,
                  auto_compaction: tuple[str, float] | None = None,
                  corruption_check_interval: float = corruption.CHECK_INTERVAL_SECONDS,
-                 read_only: bool = False, reuse_port: bool = False, client_tls: TLSFiles | None = None):
+                 read_only: bool = False, reuse_port: bool = False, client_tls: TLSFiles | None = None,
+                 peer_tls: TLSFiles | None = None):
         """`auto_compaction`: (mode, retention) as router.compactor.AutoCompactor takes them.
 
         `read_only`: a proxy beside clients, knowing only the meta group: it serves reads and
@@ -116,7 +117,7 @@ class RouterServer:
         `reuse_port`: more than one router process may listen on `listen` (SO_REUSEPORT).
 
         `client_tls`: serve TLS on `listen` (etcd's --cert-file, --key-file, --trusted-ca-file,
-        --client-cert-auth).
+        --client-cert-auth). `peer_tls`: TLS to the replicas (the --peer-* flags).
         """
         self.listen = listen
         self.read_only = read_only
@@ -125,10 +126,11 @@ class RouterServer:
         self.gateway_listen = gateway_listen  # etcd's HTTP/JSON gateway on a port of its own as well
         self.reuse_port = reuse_port
         self.client_tls = client_tls
+        self._peer_ssl = peer_tls.client_context() if peer_tls is not None else None
         self._gateway: Gateway | None = None
         self._front_end: FrontEnd | None = None
         self.name = name or f"router-{listen}"
-        self.meta_client = GroupClient(META_GROUP, meta_members)
+        self.meta_client = GroupClient(META_GROUP, meta_members, self._peer_ssl)
         self.meta = MetaClient(self.meta_client)
         self.router: Router | None = None
         self._watch_proxies: set[WatchProxy] = set()
@@ -138,7 +140,7 @@ class RouterServer:
     async def start(self) -> None:
         state = await wait_until_bootstrapped(self.meta)
         self.state = state
-        groups = {group: GroupClient(group, _api_addresses(record))
+        groups = {group: GroupClient(group, _api_addresses(record), self._peer_ssl)
                   for group, record in state.groups.items() if group != META_GROUP}
         router = self.router = Router(state.cluster_id, router_id(self.name), state.shard_map, groups,
                                       self.meta_client)
@@ -220,7 +222,7 @@ class RouterServer:
     async def _watch_meta(self, member: int) -> None:
         """Follow one meta replica's watch of the system records until it ends or is cancelled."""
         start, end = prefix_range(SYSTEM_PREFIX)
-        watch = ReplicaWatch(self.meta_client.connection(member).address)
+        watch = ReplicaWatch(self.meta_client.connection(member).address, self._peer_ssl)
         watch.send(WatchRequest(create_request=WatchCreateRequest(
             key=start, range_end=end, start_revision=self.state.revision + 1)))
         try:
@@ -259,7 +261,7 @@ class RouterServer:
             elif group in router.groups:
                 router.groups[group].set_members(_api_addresses(record))
             else:
-                router.groups[group] = GroupClient(group, _api_addresses(record))
+                router.groups[group] = GroupClient(group, _api_addresses(record), self._peer_ssl)
         self.state = state
         router.leases.reload(state.leases)
         if state.shard_map_revision > self._registered_map_revision:

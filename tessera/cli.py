@@ -62,27 +62,31 @@ def command_up(args: argparse.Namespace) -> int:
         if args.auto_compaction_mode:
             router_arguments = ["--auto-compaction-mode", args.auto_compaction_mode,
                                 "--auto-compaction-retention", args.auto_compaction_retention]
-        client_tls, client_certificate = up_client_tls(args)
+        client_tls, peer_tls, client_certificate = up_tls(args)
         launcher = Launcher(args.data_dir, listen=args.listen, wal_segment_bytes=args.wal_segment_bytes,
-                            router_arguments=router_arguments, routers=args.routers, client_tls=client_tls)
+                            router_arguments=router_arguments, routers=args.routers, client_tls=client_tls,
+                            peer_tls=peer_tls)
         return asyncio.run(serve_up(launcher, client_certificate))
     except (LauncherError, ValueError) as error:
         print(f"tessera up: {error}", file=sys.stderr)
         return 1
 
 
-def up_client_tls(args: argparse.Namespace) -> tuple[TLSFiles | None, KeyPair | None]:
-    """The client port's TLS for `tessera up`, and the client certificate to tell the user of:
-    with --tls, certificates made under the data dir (kept across restarts); else the flags'."""
+def up_tls(args: argparse.Namespace) -> tuple[TLSFiles | None, TLSFiles | None, KeyPair | None]:
+    """The client port's and the peers' TLS for `tessera up`, and the client certificate to tell
+    the user of: with --tls, certificates made under the data dir (kept across restarts), client
+    and peer certificates required; else what the flags say."""
     if not args.tls:
-        return client_tls_files(args), None
-    if args.cert_file or args.key_file or args.trusted_ca_file:
-        raise ValueError("--tls makes its own certificates: it does not go with --cert-file, --key-file "
-                         "or --trusted-ca-file")
+        return client_tls_files(args), peer_tls_files(args), None
+    if any((args.cert_file, args.key_file, args.trusted_ca_file, args.peer_cert_file, args.peer_key_file,
+            args.peer_trusted_ca_file)):
+        raise ValueError("--tls makes its own certificates: it does not go with the --cert-file, --key-file "
+                         "or --trusted-ca-file flags, nor their --peer- twins")
     certificates = make_local_certificates(Path(args.data_dir).resolve() / CERTIFICATES_DIR)
-    server = certificates.server
-    return (TLSFiles(str(server.cert_file), str(server.key_file), str(certificates.ca.cert_file), True),
-            certificates.client)
+    ca = str(certificates.ca.cert_file)
+    server, peer = certificates.server, certificates.peer
+    return (TLSFiles(str(server.cert_file), str(server.key_file), ca, True),
+            TLSFiles(str(peer.cert_file), str(peer.key_file), ca, True), certificates.client)
 
 
 async def serve_up(launcher: Launcher, client_certificate: KeyPair | None = None) -> int:
@@ -179,6 +183,14 @@ def command_replica(args: argparse.Namespace) -> int:
     if args.member not in args.members:
         print(f"tessera replica: member {args.member} is not in --members", file=sys.stderr)
         return 2
+    try:
+        peer_tls = peer_tls_files(args)
+        if peer_tls is not None:  # files that do not load are refused before anything starts
+            peer_tls.server_context()
+            peer_tls.client_context()
+    except (ValueError, OSError) as error:
+        print(f"tessera replica: {error}", file=sys.stderr)
+        return 2
     config = ReplicaConfig(
         group_id=args.group, member_id=args.member, data_dir=Path(args.data_dir), members=args.members,
         heartbeat_interval_ms=args.heartbeat_interval, election_timeout_ms=args.election_timeout,
@@ -191,6 +203,7 @@ def command_replica(args: argparse.Namespace) -> int:
         lease_checkpoint_interval_seconds=args.lease_checkpoint_interval,
         backend_batch_interval_seconds=args.backend_batch_interval / 1000,
         backend_batch_limit_entries=args.backend_batch_limit,
+        peer_tls=peer_tls,
     )
     stop_with_parent(args.parent_pid)
     collect_garbage_rarely()
@@ -249,12 +262,15 @@ def command_router(args: argparse.Namespace) -> int:
         if args.auto_compaction_mode:
             auto_compaction = (args.auto_compaction_mode,
                                compaction_retention(args.auto_compaction_mode, args.auto_compaction_retention))
-        client_tls = client_tls_files(args)
+        client_tls, peer_tls = client_tls_files(args), peer_tls_files(args)
+        # files that do not load are refused before anything starts
         if client_tls is not None:
-            client_tls.server_context()  # files that do not load are refused before anything starts
+            client_tls.server_context()
+        if peer_tls is not None:
+            peer_tls.client_context()
         run(listen=args.listen, meta_addresses=args.meta, name=args.name, gateway_listen=args.gateway_listen,
             auto_compaction=auto_compaction, corruption_check_interval=args.corruption_check_interval,
-            read_only=args.read_only, reuse_port=args.reuse_port, client_tls=client_tls)
+            read_only=args.read_only, reuse_port=args.reuse_port, client_tls=client_tls, peer_tls=peer_tls)
     except KeyboardInterrupt:
         pass
     except (ValueError, OSError) as error:  # TLS flags that do not go together, or files that do not load
@@ -271,6 +287,22 @@ def add_client_tls_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CA of the client certificates; with it every client must present one")
     parser.add_argument("--client-cert-auth", action="store_true",
                         help="require a client certificate signed by --trusted-ca-file")
+
+
+def add_peer_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """etcd's peer TLS flags: among replicas, and from routers to replicas."""
+    parser.add_argument("--peer-cert-file", default=None, help="TLS certificate (PEM) among replicas and routers")
+    parser.add_argument("--peer-key-file", default=None, help="the key of --peer-cert-file (PEM)")
+    parser.add_argument("--peer-trusted-ca-file", default=None,
+                        help="CA of the peers' certificates; with it every peer must present one")
+    parser.add_argument("--peer-client-cert-auth", action="store_true",
+                        help="require a peer certificate signed by --peer-trusted-ca-file")
+
+
+def peer_tls_files(args: argparse.Namespace) -> TLSFiles | None:
+    """The peer TLS settings; ValueError when the flags do not go together."""
+    return tls_files(args.peer_cert_file, args.peer_key_file, args.peer_trusted_ca_file, args.peer_client_cert_auth,
+                     flag_prefix="--peer-")
 
 
 def client_tls_files(args: argparse.Namespace) -> TLSFiles | None:
@@ -670,6 +702,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="make a local CA and certificates under DATA_DIR/certs and serve TLS everywhere, "
                          "client certificates required; prints the etcdctl flags to use")
     add_client_tls_arguments(up)
+    add_peer_tls_arguments(up)
     up.set_defaults(run=command_up)
     replica = commands.add_parser("replica", help="run one replica of one raft group")
     replica.add_argument("--group", type=int, required=True, help="the group's id")
@@ -704,6 +737,7 @@ def main(argv: list[str] | None = None) -> int:
                               "(etcd's 5 minutes)")
     replica.add_argument("--join", action="store_true",
                          help="join a running group (after a member add) instead of founding one")
+    add_peer_tls_arguments(replica)
     replica.add_argument("--parent-pid", type=int, default=None,
                          help="stop when this process is gone (test clusters stop themselves)")
     replica.set_defaults(run=command_replica)
@@ -720,6 +754,7 @@ def main(argv: list[str] | None = None) -> int:
                              "besides the client port, which serves them too")
     add_auto_compaction_arguments(router)
     add_client_tls_arguments(router)
+    add_peer_tls_arguments(router)
     router.add_argument("--read-only", action="store_true",
                         help="a proxy beside clients: serve reads and watches, refuse writes and leases")
     router.add_argument("--corruption-check-interval", type=float, default=300.0,

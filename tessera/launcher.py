@@ -303,6 +303,7 @@ class Launcher:
     saved address, or 127.0.0.1:2379 at first start.
     `routers`: router processes sharing the client port (SO_REUSEPORT): the kernel spreads
     connections over them, so a host with more cores gives the edge more cores.
+    `peer_tls`: TLS among replicas and from routers (and the launcher) to replicas.
     `client_tls`: the routers serve TLS on the client port. The launcher's own calls to a
     router present the server certificate as theirs, as etcd's gateway does to its own port
     (so with client certificates required it needs the client-auth usage too).
@@ -320,6 +321,7 @@ class Launcher:
         router_arguments: Sequence[str] = (),
         routers: int = 1,
         client_tls: TLSFiles | None = None,
+        peer_tls: TLSFiles | None = None,
         report: Callable[[str], None] = report_to_stdout,
     ):
         self.data_dir = Path(data_dir).resolve()
@@ -337,6 +339,16 @@ class Launcher:
                 self.router_arguments += ["--trusted-ca-file", client_tls.trusted_ca_file]
             if client_tls.client_cert_auth:
                 self.router_arguments.append("--client-cert-auth")
+        self._peer_ssl = None
+        if peer_tls is not None:
+            self._peer_ssl = peer_tls.client_context()
+            peer_arguments = ["--peer-cert-file", peer_tls.cert_file, "--peer-key-file", peer_tls.key_file]
+            if peer_tls.trusted_ca_file:
+                peer_arguments += ["--peer-trusted-ca-file", peer_tls.trusted_ca_file]
+            if peer_tls.client_cert_auth:
+                peer_arguments.append("--peer-client-cert-auth")
+            self.replica_arguments += peer_arguments
+            self.router_arguments += peer_arguments
         self.router_count = routers
         if wal_segment_bytes is not None:
             self.replica_arguments += ["--wal-segment-bytes", str(wal_segment_bytes)]
@@ -470,7 +482,7 @@ class Launcher:
 
     async def _bootstrap_meta(self) -> None:
         await bootstrap_cluster(
-            self.layout.groups, dict(self.layout.prefixes), self.layout.default_group
+            self.layout.groups, dict(self.layout.prefixes), self.layout.default_group, self._peer_ssl
         )
 
     async def _wait_for_router(self) -> None:
@@ -544,7 +556,7 @@ class Launcher:
         """One internal-API request to one replica, e.g. `status=StatusRequest()` or `put=PutRequest(...)`."""
         address = self.layout.api_address(group, member)
         if address not in self._connections:
-            self._connections[address] = ShardConnection(address)
+            self._connections[address] = ShardConnection(address, self._peer_ssl)
         try:
             return await self._connections[address].request(ShardRequest(**fields), timeout)
         except ReplicaUnreachable as unreachable:

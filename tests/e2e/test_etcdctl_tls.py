@@ -13,11 +13,13 @@ certificates complete the picture.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -30,7 +32,9 @@ import pytest
 
 import etcd_tools
 from etcd_tools import EtcdctlProcess, ToolUnavailable, run_etcdctl
+from router.shard_client import ReplicaUnreachable, ShardConnection
 from tessera.api import rpc_pb2, rpc_pb2_grpc
+from tessera.api.internal_pb2 import ShardRequest, StatusRequest
 from tessera.api.tls import TLSFiles
 from tessera.certs import LocalCertificates, issue, make_authority, make_local_certificates
 from tessera.launcher import LAYOUT_FILE, META_GROUP, Layout, free_ports
@@ -224,6 +228,29 @@ def test_a_grpc_client_with_client_certificates_puts_reads_and_watches(tessera_t
         events.cancel()
 
 
+def test_replicas_speak_only_peer_tls(tessera_tls):
+    """`tessera up --tls` runs peer TLS: a replica's API port answers a connection that presents
+    the peer certificate, and refuses plaintext and a TLS client without a certificate."""
+    _, _, certificates, data_dir = tessera_tls
+    layout = Layout.load(data_dir / LAYOUT_FILE)
+    address = layout.api_address(META_GROUP, min(layout.groups[META_GROUP]))
+    peer = TLSFiles(str(certificates.peer.cert_file), str(certificates.peer.key_file), str(certificates.ca.cert_file))
+    no_certificate = ssl.create_default_context(cafile=str(certificates.ca.cert_file))
+
+    async def status(ssl_context):
+        connection = ShardConnection(address, ssl_context)
+        try:
+            return await connection.request(ShardRequest(status=StatusRequest()), timeout=10)
+        finally:
+            await connection.close()
+
+    answer = asyncio.run(status(peer.client_context()))
+    assert answer.status.leader_id in layout.groups[META_GROUP]
+    for refused_context in (None, no_certificate):
+        with pytest.raises(ReplicaUnreachable):
+            asyncio.run(status(refused_context))
+
+
 def test_a_router_serving_tls_without_client_certificates(etcdctl, tessera_tls):
     """`tessera router --cert-file --key-file`: TLS, no client certificate asked for (etcd's rule
     without --trusted-ca-file and --client-cert-auth)."""
@@ -233,7 +260,9 @@ def test_a_router_serving_tls_without_client_certificates(etcdctl, tessera_tls):
     listen = f"127.0.0.1:{free_ports(1)[0]}"
     command = [sys.executable, "-m", "tessera.cli", "router", "--listen", listen, "--meta", meta,
                "--name", "tls-no-client-certificates", "--cert-file", str(certificates.server.cert_file),
-               "--key-file", str(certificates.server.key_file)]
+               "--key-file", str(certificates.server.key_file),
+               "--peer-cert-file", str(certificates.peer.cert_file), "--peer-key-file", str(certificates.peer.key_file),
+               "--peer-trusted-ca-file", str(certificates.ca.cert_file)]
     router = subprocess.Popen(etcd_tools.dying_with_parent(command), stdin=subprocess.DEVNULL,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
