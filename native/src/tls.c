@@ -87,6 +87,8 @@ struct tls_server {
 
 struct tls_conn {
     void *ssl;
+    int established;  /* the handshake completed */
+    int broken;       /* a fatal error: OpenSSL forbids a shutdown after one */
 };
 
 static void *find(void *handle, const char *name, const char *fallback) {
@@ -227,7 +229,7 @@ void tls_server_free(tls_server *server) {
 }
 
 tls_conn *tls_conn_new(tls_server *server, int fd) {
-    tls_conn *conn = malloc(sizeof *conn);
+    tls_conn *conn = calloc(1, sizeof *conn);
     if (!conn) return NULL;
     conn->ssl = ssl.SSL_new(server->ctx);
     if (!conn->ssl || ssl.SSL_set_fd(conn->ssl, fd) != 1) {
@@ -241,9 +243,11 @@ tls_conn *tls_conn_new(tls_server *server, int fd) {
 
 void tls_conn_free(tls_conn *conn) {
     if (!conn) return;
-    ssl.ERR_clear_error();
-    ssl.SSL_shutdown(conn->ssl);  /* one non-blocking try at close_notify; the fd closes next */
-    ssl.ERR_clear_error();
+    if (conn->established && !conn->broken) {
+        ssl.ERR_clear_error();
+        ssl.SSL_shutdown(conn->ssl);  /* one non-blocking try at close_notify; the fd closes next */
+        ssl.ERR_clear_error();
+    }
     ssl.SSL_free(conn->ssl);
     free(conn);
 }
@@ -256,14 +260,18 @@ static int status_of(tls_conn *conn, int result) {
     case SSL_ERROR_WANT_READ: return TLS_WANT_READ;
     case SSL_ERROR_WANT_WRITE: return TLS_WANT_WRITE;
     case SSL_ERROR_ZERO_RETURN: return TLS_CLOSED;
-    default: return TLS_FAILED;
+    default:
+        conn->broken = 1;
+        return TLS_FAILED;
     }
 }
 
 int tls_handshake(tls_conn *conn) {
     ssl.ERR_clear_error();
     int result = ssl.SSL_accept(conn->ssl);
-    return result == 1 ? 1 : status_of(conn, result);
+    if (result != 1) return status_of(conn, result);
+    conn->established = 1;
+    return 1;
 }
 
 ssize_t tls_read(tls_conn *conn, void *data, size_t len) {
