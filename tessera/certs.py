@@ -100,7 +100,8 @@ def issue(authority: Authority, directory: Path, name: str, common_name: str, ho
     ca_key = serialization.load_pem_private_key(authority.key_file.read_bytes(), password=None)
     ca_certificate = x509.load_pem_x509_certificate(authority.cert_file.read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
-    usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
+    usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + \
+        ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
     builder = (
         _validity(x509.CertificateBuilder())
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))

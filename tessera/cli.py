@@ -9,8 +9,11 @@ import gc
 import os
 import platform
 import signal
+import ssl
 import sys
 from pathlib import Path
+
+import grpc
 
 import tessera
 from tessera import logs
@@ -301,8 +304,8 @@ def add_peer_tls_arguments(parser: argparse.ArgumentParser) -> None:
 
 def peer_tls_files(args: argparse.Namespace) -> TLSFiles | None:
     """The peer TLS settings; ValueError when the flags do not go together."""
-    return tls_files(args.peer_cert_file, args.peer_key_file, args.peer_trusted_ca_file, args.peer_client_cert_auth,
-                     flag_prefix="--peer-")
+    return tls_files(args.peer_cert_file, args.peer_key_file, args.peer_trusted_ca_file,
+                     args.peer_client_cert_auth, flag_prefix="--peer-")
 
 
 def client_tls_files(args: argparse.Namespace) -> TLSFiles | None:
@@ -316,6 +319,7 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the data dir of `tessera up` (default ./%(default)s)")
     parser.add_argument("--meta", type=parse_meta, default=None,
                         help="instead of --data-dir: the meta group's replicas, ID=API_ADDRESS,...")
+    add_peer_tls_arguments(parser)
 
 
 def add_auto_compaction_arguments(parser: argparse.ArgumentParser) -> None:
@@ -336,6 +340,17 @@ def compaction_retention(mode: str, text: str) -> float:
     return float(text) * 3600
 
 
+def peer_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """TLS to the replicas: the --peer-* flags, or, for the data dir of a `tessera up --tls`,
+    the peer certificate it made; None for a plaintext cluster."""
+    peer_tls = peer_tls_files(args)
+    certificates = Path(args.data_dir) / CERTIFICATES_DIR
+    if peer_tls is None and not args.meta and (certificates / "peer.crt").exists():
+        peer_tls = TLSFiles(str(certificates / "peer.crt"), str(certificates / "peer.key"),
+                            str(certificates / "ca.crt"))
+    return peer_tls.client_context() if peer_tls is not None else None
+
+
 def meta_members(args: argparse.Namespace) -> dict[int, str]:
     """The meta group's API addresses: --meta, or the layout `tessera up` saved in --data-dir."""
     if args.meta:
@@ -349,7 +364,7 @@ def meta_members(args: argparse.Namespace) -> dict[int, str]:
 def command_shards_list(args: argparse.Namespace) -> int:
     from router import admin
 
-    shard_map, groups = asyncio.run(admin.describe(meta_members(args)))
+    shard_map, groups = asyncio.run(admin.describe(meta_members(args), ssl_context=peer_ssl(args)))
     print("PREFIX / RANGE                          GROUP")
     for start, end, group in shard_map.ranges:
         print(f"{_show_range(start, end):40} {group}")
@@ -375,7 +390,7 @@ def command_status(args: argparse.Namespace) -> int:
     """Every replica: role, term, indexes, revision, db size, and how far it trails its leader."""
     from router import admin
 
-    rows = asyncio.run(admin.replica_statuses(meta_members(args)))
+    rows = asyncio.run(admin.replica_statuses(meta_members(args), ssl_context=peer_ssl(args)))
     leaders_commit = {group: status.commit_index for group, member, status in rows
                       if not isinstance(status, str) and status.leader_id == member}
     print(f"{'GROUP':<6}{'MEMBER':<7}{'ROLE':<9}{'TERM':>5}{'COMMIT':>9}{'APPLIED':>9}{'LAG':>6}"
@@ -398,7 +413,8 @@ def command_leader_transfer(args: argparse.Namespace) -> int:
     from router import admin
 
     try:
-        moved = asyncio.run(admin.transfer_leadership(meta_members(args), args.group, args.member))
+        moved = asyncio.run(admin.transfer_leadership(meta_members(args), args.group, args.member,
+                                                      ssl_context=peer_ssl(args)))
     except (admin.OperatorError, EtcdError) as failure:
         return _operator_failure("leader transfer", failure)
     print(f"group {args.group}: member {args.member} leads" + ("" if moved else " (it did already)"))
@@ -410,7 +426,8 @@ def command_shards_assign(args: argparse.Namespace) -> int:
     from router.shard_map import ShardMapError
 
     try:
-        shard_map = asyncio.run(admin.assign(meta_members(args), args.prefix.encode(), args.group))
+        shard_map = asyncio.run(admin.assign(meta_members(args), args.prefix.encode(), args.group,
+                                             ssl_context=peer_ssl(args)))
     except ShardMapError as refused:
         print(f"tessera shards assign: {refused}", file=sys.stderr)
         return 1
@@ -425,9 +442,14 @@ def command_snapshot_save(args: argparse.Namespace) -> int:
     from tessera import snapshot
 
     endpoint = args.endpoints.removeprefix("http://")
+    credentials = None
     try:
+        if endpoint.startswith("https://") or args.cacert or args.cert:
+            endpoint = endpoint.removeprefix("https://")
+            credentials = grpc.ssl_channel_credentials(*(Path(name).read_bytes() if name else None
+                                                         for name in (args.cacert, args.key, args.cert)))
         with Progress() as progress:
-            summary = snapshot.save(args.file, endpoint, progress)
+            summary = snapshot.save(args.file, endpoint, progress, credentials)
     except (snapshot.SnapshotError, OSError) as failure:
         print(f"tessera snapshot save: {failure}", file=sys.stderr)
         return 1
@@ -470,7 +492,11 @@ def add_snapshot_commands(commands) -> None:
                                                      "(the history before it is not kept)")
     save.add_argument("file")
     save.add_argument("--endpoints", default=DEFAULT_LISTEN,
-                      help="one router's etcd endpoint HOST:PORT (default %(default)s)")
+                      help="one router's etcd endpoint HOST:PORT, https://HOST:PORT for TLS (default %(default)s)")
+    # etcdctl's names for a TLS client's files
+    save.add_argument("--cacert", default=None, help="verify the router's certificate with this CA (PEM)")
+    save.add_argument("--cert", default=None, help="the client certificate (PEM), where the router requires one")
+    save.add_argument("--key", default=None, help="the key of --cert (PEM)")
     save.set_defaults(run=command_snapshot_save)
     status = snapshot_commands.add_parser("status", help="check FILE's checksum and structure; what it holds")
     status.add_argument("file")
@@ -509,7 +535,7 @@ def command_member_list(args: argparse.Namespace) -> int:
     from router import admin
 
     try:
-        groups = asyncio.run(admin.list_members(meta_members(args), args.group))
+        groups = asyncio.run(admin.list_members(meta_members(args), args.group, ssl_context=peer_ssl(args)))
     except (admin.OperatorError, EtcdError) as failure:
         return _operator_failure("member list", failure)
     print(f"{'GROUP':<6}{'MEMBER':<7}{'ROLE':<9}{'PEER ADDRESS':<22}{'API ADDRESS':<22}ROUTED")
@@ -536,7 +562,8 @@ def command_member_add(args: argparse.Namespace) -> int:
             return 0
         if not (args.peer and args.api):
             raise admin.OperatorError("with --meta, give the new replica's --peer and --api addresses")
-        member, members = asyncio.run(admin.add_member(meta_members(args), args.group, args.peer, args.api))
+        member, members = asyncio.run(admin.add_member(meta_members(args), args.group, args.peer, args.api,
+                                                       ssl_context=peer_ssl(args)))
     except (admin.OperatorError, EtcdError) as failure:
         return _operator_failure("member add", failure)
     everyone = ",".join(f"{m.id}={m.peer_address}/{m.api_address}" for m in members)
@@ -555,7 +582,8 @@ def _add_local_replica(args: argparse.Namespace, group: int, peer: str | None, a
         free = Layout.load(Path(args.data_dir) / LAYOUT_FILE).free_addresses(2)
         peer, api = peer or free[0], api or free[1]
     member, _ = asyncio.run(admin.add_member(meta_members(args), group, peer, api,
-                                             member_id=unused_member_id(args.data_dir, group)))
+                                             member_id=unused_member_id(args.data_dir, group),
+                                             ssl_context=peer_ssl(args)))
     change_layout(args.data_dir, lambda layout: layout.add_member(group, member.id, peer, api))
     print(f"group {group}: member {member.id} added as a learner (peer {peer}, API {api}); the launcher starts it",
           flush=True)
@@ -569,7 +597,7 @@ def _promote(args: argparse.Namespace, group: int, member: int) -> None:
         def show(applied: int, commit: int) -> None:
             progress.show(f"group {group} member {member} catching up: applied {applied} of {commit}")
 
-        asyncio.run(admin.promote_member(meta_members(args), group, member, show))
+        asyncio.run(admin.promote_member(meta_members(args), group, member, show, ssl_context=peer_ssl(args)))
     print(f"group {group}: member {member} caught up and promoted to voter", flush=True)
 
 
@@ -598,7 +626,7 @@ def _remove(args: argparse.Namespace, group: int, member: int) -> None:
     from router import admin
     from tessera.launcher import change_layout, replica_data_dir
 
-    leader = asyncio.run(admin.remove_member(meta_members(args), group, member))
+    leader = asyncio.run(admin.remove_member(meta_members(args), group, member, ssl_context=peer_ssl(args)))
     print(f"group {group}: member {member} removed (member {leader} leads)", flush=True)
     if not args.meta:
         def drop(layout: Layout) -> None:
@@ -623,7 +651,7 @@ def command_member_move(args: argparse.Namespace) -> int:
         return 2
     _local_launcher(args, "member move")
     try:
-        found = asyncio.run(admin.list_members(meta_members(args), args.group))[0]
+        found = asyncio.run(admin.list_members(meta_members(args), args.group, ssl_context=peer_ssl(args)))[0]
         if found.error:
             raise admin.OperatorError(f"group {args.group}: {found.error}")
         if args.member not in {member.id for member in found.members}:
@@ -644,7 +672,7 @@ def command_defrag(args: argparse.Namespace) -> int:
     async def run() -> tuple[int, int, int]:
         failed, before, after = 0, 0, 0
         with Progress() as progress:
-            async for step in admin.defragment(meta_members(args)):
+            async for step in admin.defragment(meta_members(args), ssl_context=peer_ssl(args)):
                 name = f"[{step.position}/{step.total}] group {step.group} member {step.member}"
                 if not step.done:
                     progress.show(f"{name}: defragmenting {size_text(step.before_bytes)}")
@@ -672,7 +700,7 @@ def command_alarm(args: argparse.Namespace) -> int:
 
     run = admin.list_alarms if args.alarm_command == "list" else admin.disarm_alarms
     try:
-        alarms = asyncio.run(run(meta_members(args)))
+        alarms = asyncio.run(run(meta_members(args), ssl_context=peer_ssl(args)))
     except (admin.OperatorError, EtcdError) as failure:
         return _operator_failure(f"alarm {args.alarm_command}", failure)
     for group, alarm in alarms:

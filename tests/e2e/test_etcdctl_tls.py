@@ -251,6 +251,40 @@ def test_replicas_speak_only_peer_tls(tessera_tls):
             asyncio.run(status(refused_context))
 
 
+def test_operator_commands_reach_the_replicas_of_a_tls_cluster(tessera_tls):
+    """`tessera status` and `tessera member list` on `tessera up --tls`'s data dir use the peer
+    certificate it made; given only the cluster's meta addresses they have no certificate, and
+    the meta group's replicas refuse them (a request that times out)."""
+    data_dir = tessera_tls[3]
+    run = [sys.executable, "-m", "tessera.cli"]
+    status = subprocess.run([*run, "status", "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.count("leader") == 4  # one leader per group: meta and three data groups
+    members = subprocess.run([*run, "member", "list", "--data-dir", str(data_dir)], capture_output=True, text=True,
+                             timeout=60)
+    assert members.returncode == 0, members.stderr
+    rows = members.stdout.splitlines()[1:]
+    assert len(rows) == 12 and sum(" leader " in row for row in rows) == 4
+    layout = Layout.load(data_dir / LAYOUT_FILE)
+    meta = ",".join(f"{member}={api}" for member, (_, api) in layout.groups[META_GROUP].items())
+    plaintext = subprocess.run([*run, "member", "list", "--meta", meta], capture_output=True, text=True, timeout=120)
+    assert (plaintext.returncode, plaintext.stdout) == (1, "")
+    assert plaintext.stderr == "tessera member list: etcdserver: request timed out\n"
+
+
+def test_snapshot_save_over_tls_with_etcdctls_flags(tessera_tls, tmp_path):
+    endpoint, flags, _, _ = tessera_tls
+    target = tmp_path / "cluster.snapshot"
+    run = [sys.executable, "-m", "tessera.cli", "snapshot", "save", str(target), "--endpoints", endpoint]
+    saved = subprocess.run([*run, *flags], capture_output=True, text=True, timeout=120)
+    assert saved.returncode == 0, saved.stderr
+    assert saved.stdout.startswith(f"Snapshot saved at {target} (revision ") and target.stat().st_size > 0
+    refused = subprocess.run([*run, flags[0]], capture_output=True, text=True, timeout=120)  # no client certificate
+    assert refused.returncode == 1  # grpc's own log lines come first: the command's message is the last
+    assert refused.stderr.splitlines()[-1].startswith("tessera snapshot save: ") and not target.with_name(
+        target.name + ".part").exists()
+
+
 def test_a_router_serving_tls_without_client_certificates(etcdctl, tessera_tls):
     """`tessera router --cert-file --key-file`: TLS, no client certificate asked for (etcd's rule
     without --trusted-ca-file and --client-cert-auth)."""
