@@ -19,8 +19,8 @@ An HTTP/1 connection on the same port (the JSON gateway, /metrics, /health,
 
 With `tls`, the edge serves TLS itself (native/src/tls.c), and each call's
 `client_common_name` is that of the client certificate its connection
-presented. HTTP/1 over TLS is not served yet: the edge closes such a
-connection.
+presented. An HTTP/1 connection over TLS is handed over the same way: its fd
+is then a plaintext socket the edge relays through the TLS connection.
 """
 
 from __future__ import annotations

@@ -152,8 +152,8 @@ def print_cluster(launcher: Launcher, client_certificate: KeyPair | None = None)
         print(f"  gateway    curl -d '{{\"key\": \"Zm9v\"}}' http://{layout.listen}/v3/kv/range  (etcd's JSON API, "
               "/metrics, /health and /version on the same port, as etcd)")
     else:
-        print(f"  gateway    https://{layout.gateway}/v3/kv/range  (etcd's JSON API, /metrics, /health and "
-              "/version, over TLS with the same certificates)")
+        print(f"  gateway    https://{layout.listen}/v3/kv/range  (etcd's JSON API, /metrics, /health and "
+              "/version on the same port, over TLS with the same certificates)")
     print(f"  data dir   {launcher.data_dir} (logs in {launcher.logs_dir})")
     print("Ctrl-C stops the cluster.", flush=True)
 

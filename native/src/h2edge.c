@@ -48,13 +48,18 @@
  * only (and conn_fail's last write). With edge_use_tls, every connection gets
  * a TLS object on its non-blocking fd (native/src/tls.c: the process's own
  * OpenSSL, found at run time), and its first state is the handshake
- * (CONN_TLS_HANDSHAKE), with ALPN "h2" offered; then the connection goes on
+ * (CONN_TLS_HANDSHAKE; ALPN below); then the connection goes on
  * as a plaintext one does. A plaintext connection never reaches TLS code: one
  * test of a pointer in each of those functions. A client that does not finish
  * its handshake within TLS_HANDSHAKE_MS is closed. The Common Name of a
  * verified client certificate is kept per connection (edge_peer_common_name).
- * HTTP/1 over TLS is not handed over (the application could not continue the
- * TLS session): such a connection is closed.
+ * HTTP/1 over TLS cannot be handed over as its fd (the application could not
+ * continue the TLS session), so the application gets one end of a socket pair
+ * instead (EDGE_EVENT_HTTP1 as ever) and the edge relays plaintext between it
+ * and the TLS connection (CONN_RELAY: c->in towards the application, c->out
+ * towards the client, each bounded by RELAY_BYTES_MAX). ALPN picks the
+ * protocol a client offers: "http/1.1" when offered (browsers, curl: the
+ * gateway), else "h2" (gRPC clients offer only "h2").
  */
 #define _GNU_SOURCE
 #include "h2edge.h"
@@ -113,6 +118,11 @@
 /* A client gets this long from its connect to the end of its TLS handshake (etcd's clients dial
    with a few seconds' timeout; a peer that stops mid-handshake would otherwise hold a slot). */
 #define TLS_HANDSHAKE_MS 10000
+/* HTTP/1 over TLS: what the relay holds each way. Reading the other side stops at it (bytes from
+   the application); a client that sends more than the application takes is closed. */
+#define RELAY_BYTES_MAX (4u << 20)
+/* epoll data of a relay's application end: this bit and the connection's slot. */
+#define RELAY_TAG (1ull << 32)
 
 enum frame_type {
     FRAME_DATA = 0, FRAME_HEADERS = 1, FRAME_PRIORITY = 2, FRAME_RST_STREAM = 3, FRAME_SETTINGS = 4,
@@ -222,7 +232,7 @@ typedef struct stream {
     struct stream *pending_next;
 } stream;
 
-enum conn_state { CONN_TLS_HANDSHAKE, CONN_PREFACE, CONN_OPEN, CONN_CLOSING, CONN_DEAD };
+enum conn_state { CONN_TLS_HANDSHAKE, CONN_PREFACE, CONN_OPEN, CONN_RELAY, CONN_CLOSING, CONN_DEAD };
 
 typedef struct conn {
     int fd;
@@ -231,6 +241,8 @@ typedef struct conn {
     tls_conn *tls;                 /* NULL: plaintext */
     char *peer_common_name;        /* of the verified client certificate; NULL without one */
     int64_t accepted_ms;
+    int relay_fd;                  /* HTTP/1 over TLS: the edge's end of the socket pair; -1 when none */
+    uint8_t relayed;               /* it was, or is, relayed: its bytes are never HTTP/2 frames */
     buffer in, out;
     hpack_decoder *hpack;
     uint32_t peer_frame_max;
@@ -642,12 +654,20 @@ static void epoll_watch(edge_server *s, conn *c) {
     epoll_ctl(s->epoll_fd, EPOLL_CTL_MOD, c->fd, &event);
 }
 
+static void relay_close(edge_server *s, conn *c) {
+    if (c->relay_fd < 0) return;
+    epoll_ctl(s->epoll_fd, EPOLL_CTL_DEL, c->relay_fd, NULL);
+    close(c->relay_fd);
+    c->relay_fd = -1;
+}
+
 /* Forget a connection: its streams the application holds are reported cancelled. `keep_fd`: it
    was handed over (HTTP/1), so it is not closed. */
 static void conn_release(edge_server *s, conn *c, int keep_fd) {
     epoll_ctl(s->epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
     if (c->tls) tls_conn_free(c->tls);
     c->tls = NULL;
+    relay_close(s, c);
     free(c->peer_common_name);
     c->peer_common_name = NULL;
     if (!keep_fd) close(c->fd);
@@ -743,6 +763,7 @@ static void accept_connections(edge_server *s) {
         c->generation = next_generation++;
         c->state = CONN_PREFACE;
         c->accepted_ms = s->now_ms;
+        c->relay_fd = -1;
         if (s->tls) {
             c->state = CONN_TLS_HANDSHAKE;
             c->tls = tls_conn_new(s->tls, fd);
@@ -1355,12 +1376,98 @@ static void hand_over_http1(edge_server *s, conn *c) {
     conn_release(s, c, 1);
 }
 
+/* The relay's application side: what it may read and write now. */
+static void relay_watch(edge_server *s, conn *c) {
+    if (c->relay_fd < 0) return;
+    struct epoll_event event = {.events = (buffer_len(&c->out) < RELAY_BYTES_MAX ? EPOLLIN : 0) |
+                                          (buffer_len(&c->in) ? EPOLLOUT : 0),
+                                .data.u64 = RELAY_TAG | c->slot};
+    epoll_ctl(s->epoll_fd, EPOLL_CTL_MOD, c->relay_fd, &event);
+}
+
+/* Client bytes (c->in) to the application, as far as its socket takes them. */
+static void relay_to_application(edge_server *s, conn *c) {
+    if (c->relay_fd < 0) {  /* the application closed its end: what the client still sends is dropped */
+        buffer_consume(&c->in, buffer_len(&c->in));
+        return;
+    }
+    while (buffer_len(&c->in)) {
+        ssize_t n = send(c->relay_fd, c->in.data + c->in.start, buffer_len(&c->in), MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            buffer_consume(&c->in, n);
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            break;
+        } else {
+            conn_release(s, c, 0);
+            return;
+        }
+    }
+    if (buffer_len(&c->in) > RELAY_BYTES_MAX) {
+        conn_release(s, c, 0);
+        return;
+    }
+    relay_watch(s, c);
+}
+
+/* Application bytes to the client (c->out, written over TLS by the flush). Its end closed: the
+   connection closes once c->out is out. */
+static void relay_from_application(edge_server *s, conn *c) {
+    while (buffer_len(&c->out) < RELAY_BYTES_MAX) {
+        if (buffer_reserve(&c->out, READ_CHUNK_BYTES)) {
+            conn_release(s, c, 0);
+            return;
+        }
+        ssize_t n = recv(c->relay_fd, c->out.data + c->out.end, c->out.capacity - c->out.end, 0);
+        if (n > 0) {
+            c->out.end += n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+        relay_close(s, c);
+        c->state = CONN_CLOSING;
+        c->closing_since_ms = s->now_ms;
+        break;
+    }
+    mark_dirty(s, c);
+    relay_watch(s, c);
+}
+
+/* HTTP/1 over TLS: the application gets a socket pair's end and the bytes read so far. */
+static void relay_http1(edge_server *s, conn *c) {
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair)) {
+        conn_release(s, c, 0);
+        return;
+    }
+    struct epoll_event event = {.events = EPOLLIN, .data.u64 = RELAY_TAG | c->slot};
+    if (epoll_ctl(s->epoll_fd, EPOLL_CTL_ADD, pair[0], &event)) {
+        close(pair[0]);
+        close(pair[1]);
+        conn_release(s, c, 0);
+        return;
+    }
+    c->relay_fd = pair[0];
+    c->relayed = 1;
+    c->state = CONN_RELAY;
+    edge_event handed = {.kind = EDGE_EVENT_HTTP1, .conn = conn_id(c), .fd = pair[1],
+                         .data = c->in.data + c->in.start, .data_len = buffer_len(&c->in)};
+    emit(s, &handed);
+    buffer_consume(&c->in, buffer_len(&c->in));
+}
+
 static void parse_input(edge_server *s, conn *c) {
+    if (c->relayed) {
+        relay_to_application(s, c);
+        return;
+    }
     if (c->state == CONN_PREFACE) {
         size_t have = buffer_len(&c->in);
         size_t compare = have < PREFACE_BYTES ? have : PREFACE_BYTES;
         if (memcmp(c->in.data + c->in.start, PREFACE, compare) != 0) {
-            if (c->tls) conn_release(s, c, 0);  /* HTTP/1 over TLS: not served on this port */
+            if (c->tls) relay_http1(s, c);
             else hand_over_http1(s, c);
             return;
         }
@@ -1500,6 +1607,7 @@ static int flush_dirty(edge_server *s) {
         }
         if (conn_write(s, c)) conn_release(s, c, 0);
         else if (c->state == CONN_CLOSING && !c->stream_count && !buffer_len(&c->out)) conn_release(s, c, 0);
+        else if (c->relay_fd >= 0) relay_watch(s, c);  /* c->out drained: the application may write again */
     }
     return s->callback_result;
 }
@@ -1633,6 +1741,13 @@ int edge_poll(edge_server *s, int64_t now_ms, edge_event_fn on_event, void *cont
         uint32_t slot = (uint32_t)events[i].data.u64;
         conn *c = slot < s->slot_count ? s->slots[slot] : NULL;
         if (!c || c->state == CONN_DEAD) continue;
+        if (events[i].data.u64 & RELAY_TAG) {  /* the application's end of an HTTP/1-over-TLS relay */
+            if (c->relay_fd < 0) continue;
+            if (events[i].events & EPOLLOUT) relay_to_application(s, c);
+            if (c->relay_fd >= 0 && (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+                relay_from_application(s, c);
+            continue;
+        }
         if (c->state == CONN_TLS_HANDSHAKE) {
             conn_handshake(s, c);
             continue;

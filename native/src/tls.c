@@ -140,20 +140,33 @@ static void describe_error(const char *what, const char *file, char *error, size
     ssl.ERR_clear_error();
 }
 
-/* ALPN: "h2" when the client offers it; otherwise none, and the client's first bytes decide. */
-static int select_h2(void *ssl_object, const unsigned char **out, unsigned char *out_len, const unsigned char *in,
-                     unsigned int in_len, void *arg) {
-    (void)ssl_object;
-    (void)arg;
+/* The protocol `name` in a client's ALPN list (length-prefixed names), or NULL. */
+static const unsigned char *offered(const unsigned char *in, unsigned int in_len, const char *name) {
+    size_t name_len = strlen(name);
     for (unsigned int at = 0; at < in_len;) {
         unsigned int len = in[at];
         if (at + 1 + len > in_len) break;
-        if (len == 2 && memcmp(in + at + 1, "h2", 2) == 0) {
-            *out = in + at + 1;
-            *out_len = 2;
+        if (len == name_len && memcmp(in + at + 1, name, len) == 0) return in + at + 1;
+        at += 1 + len;
+    }
+    return NULL;
+}
+
+/* ALPN: "http/1.1" when the client offers it (browsers and curl offer both; the edge serves
+   HTTP/2 to gRPC only, the gateway over HTTP/1), else "h2" (gRPC clients offer only that);
+   neither: none, and the client's first bytes decide, as in plaintext. */
+static int select_protocol(void *ssl_object, const unsigned char **out, unsigned char *out_len,
+                           const unsigned char *in, unsigned int in_len, void *arg) {
+    (void)ssl_object;
+    (void)arg;
+    static const char *preferred[] = {"http/1.1", "h2"};
+    for (size_t i = 0; i < sizeof preferred / sizeof preferred[0]; i++) {
+        const unsigned char *found = offered(in, in_len, preferred[i]);
+        if (found) {
+            *out = found;
+            *out_len = (unsigned char)strlen(preferred[i]);
             return SSL_TLSEXT_ERR_OK;
         }
-        at += 1 + len;
     }
     return SSL_TLSEXT_ERR_NOACK;
 }
@@ -185,7 +198,7 @@ tls_server *tls_server_new(const char *cert_file, const char *key_file, const ch
                      NULL);
     /* resumed sessions with client certificates need a session id context */
     ssl.SSL_CTX_set_session_id_context(ctx, session_context, sizeof session_context - 1);
-    ssl.SSL_CTX_set_alpn_select_cb(ctx, select_h2, NULL);
+    ssl.SSL_CTX_set_alpn_select_cb(ctx, select_protocol, NULL);
     if (ssl.SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
         describe_error("cannot load the certificate", cert_file, error, error_len);
         goto failed;

@@ -14,6 +14,7 @@ certificates complete the picture.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import queue
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -195,6 +197,28 @@ def test_a_client_without_a_certificate_is_refused_as_etcd_refuses_it(etcdctl, t
     etcd = refused(etcdctl, etcd_tls[0], etcd_tls[1][0])
     assert tessera[:3] == etcd[:3] == (1, "", "Error: context deadline exceeded")
     assert "authentication handshake failed" in tessera[3] and "authentication handshake failed" in etcd[3]
+
+
+def test_health_and_the_json_gateway_over_tls_on_the_client_port(target, certificates):
+    """HTTP/1 over TLS on the client port, as Python's HTTP clients speak it (ALPN: http/1.1).
+    (A client offering h2 too gets HTTP/1.1 from Tessera, whose HTTP/2 serves gRPC only, and h2
+    from etcd: tests/native/test_native_edge_tls.py covers that choice.)"""
+    endpoint, _ = target
+    context = ssl.create_default_context(cafile=str(certificates.ca.cert_file))
+    context.load_cert_chain(str(certificates.client.cert_file), str(certificates.client.key_file))
+    context.set_alpn_protocols(["http/1.1"])
+    with urllib.request.urlopen(endpoint + "/health", timeout=30, context=context) as answer:
+        assert json.loads(answer.read()) == {"health": "true", "reason": ""}
+    key = f"/tls-gateway/{uuid.uuid4().hex}"
+    put = urllib.request.Request(endpoint + "/v3/kv/put", data=json.dumps(
+        {"key": base64.b64encode(key.encode()).decode(), "value": base64.b64encode(b"via gateway").decode()}).encode())
+    with urllib.request.urlopen(put, timeout=30, context=context) as answer:
+        assert "header" in json.loads(answer.read())
+    read = urllib.request.Request(endpoint + "/v3/kv/range", data=json.dumps(
+        {"key": base64.b64encode(key.encode()).decode()}).encode())
+    with urllib.request.urlopen(read, timeout=30, context=context) as answer:
+        [item] = json.loads(answer.read())["kvs"]
+    assert base64.b64decode(item["value"]) == b"via gateway"
 
 
 def test_a_plaintext_client_on_the_tls_port_is_refused_and_the_port_still_serves(etcdctl, target):

@@ -4,16 +4,19 @@ A real Edge with TLS on a loopback port (tests/native/edge_harness.py) and
 Python's ssl module as the client: calls over TLS, large answers through
 partial TLS writes, the verified client certificate's Common Name, and what
 each bad client gets: a certificate from another CA, none where one is
-required, plaintext HTTP/2 or HTTP/1 on the TLS port, a handshake never
-finished, garbage. After each, the edge still serves a good client.
+required, plaintext HTTP/2 on the TLS port, a handshake never finished,
+garbage. After each, the edge still serves a good client. HTTP/1 over TLS
+reaches the application through the edge's relay.
 """
 
 import socket
 import ssl
+import threading
 import time
 
 import pytest
-from edge_harness import BIG, CALL, ECHO, TIMEOUT_SECONDS, EdgeServer, H2Client, RawClient, big_answer, grpc_messages
+from edge_harness import (BIG, CALL, ECHO, HTTP1, TIMEOUT_SECONDS, EdgeServer, H2Client, RawClient, big_answer,
+                          grpc_messages)
 
 from tessera.certs import issue, make_authority
 
@@ -143,16 +146,55 @@ def test_plaintext_http2_on_the_tls_port_is_closed_without_an_answer(server, cer
     assert_serves(server, certificates)
 
 
-def test_http1_over_tls_is_closed_not_handed_over(server, certificates):
+def test_http1_over_tls_reaches_the_application_through_a_relay(server, certificates):
+    """curl and browsers offer both protocols: they get HTTP/1.1, and the application a plaintext
+    socket of its own; answers of any size come back whole, and its close closes the client's."""
     tls_sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_SECONDS)
-    tls_sock = client_context(certificates, alpn=("http/1.1",)).wrap_socket(tls_sock, server_hostname="127.0.0.1")
-    assert tls_sock.selected_alpn_protocol() is None  # h2 is all the edge offers
-    tls_sock.sendall(b"GET /health HTTP/1.1\r\nHost: edge\r\n\r\n")
-    assert_refused(tls_sock)
+    tls_sock = client_context(certificates, alpn=("h2", "http/1.1")).wrap_socket(tls_sock, server_hostname="127.0.0.1")
+    assert tls_sock.selected_alpn_protocol() == "http/1.1"
+    request = b"GET /health HTTP/1.1\r\nHost: edge\r\n\r\n"
+    tls_sock.sendall(request)
+    [event] = server.wait_event(HTTP1)
+    handed = socket.socket(fileno=event[2])
+    handed.settimeout(TIMEOUT_SECONDS)
+    first = event[4]
+    while len(first) < len(request):
+        first += handed.recv(4096)
+    assert first == request
+    body = big_answer(3 * 1024 * 1024)  # more than the relay holds: it waits for the client to read
+    handed.setblocking(True)
+    writer = threading.Thread(target=handed.sendall, args=(b"HTTP/1.1 200 OK\r\n\r\n" + body,))
+    writer.start()
+    answer = b""
+    while len(answer) < len(body) + 19:
+        answer += tls_sock.recv(1 << 16)
+    writer.join(TIMEOUT_SECONDS)
+    assert answer == b"HTTP/1.1 200 OK\r\n\r\n" + body
+    tls_sock.sendall(b"more from the client")
+    received = b""
+    handed.settimeout(TIMEOUT_SECONDS)
+    while len(received) < 20:
+        received += handed.recv(4096)
+    assert received == b"more from the client"
+    handed.close()
+    assert_refused(tls_sock)  # the application closed: so does the edge
     tls_sock.close()
     server.wait_state(lambda edge: edge.connections == 0)
-    assert server.events == []  # nothing reached the application
     assert_serves(server, certificates)
+
+
+def test_a_client_that_goes_away_closes_the_applications_relay_end(server, certificates):
+    tls_sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_SECONDS)
+    tls_sock = client_context(certificates, alpn=("http/1.1",)).wrap_socket(tls_sock, server_hostname="127.0.0.1")
+    tls_sock.sendall(b"GET /version HTTP/1.1\r\n\r\n")
+    [event] = server.wait_event(HTTP1)
+    handed = socket.socket(fileno=event[2])
+    handed.settimeout(TIMEOUT_SECONDS)
+    tls_sock.close()
+    while handed.recv(4096):  # the request's bytes, if not all came with the event, then the end
+        pass
+    handed.close()
+    server.wait_state(lambda edge: edge.connections == 0)
 
 
 def test_garbage_instead_of_a_client_hello_is_closed(server, certificates):
