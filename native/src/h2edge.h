@@ -29,7 +29,8 @@ enum edge_event_kind {
     EDGE_EVENT_MESSAGE = 3,     /* one request message on a bidirectional stream: data */
     EDGE_EVENT_HALF_CLOSE = 4,  /* the client sent its last request message */
     EDGE_EVENT_CANCEL = 5,      /* the client reset the stream, its deadline passed, or its connection closed */
-    EDGE_EVENT_HTTP1 = 6,       /* an HTTP/1 connection, handed over: fd and the bytes read from it (data) */
+    EDGE_EVENT_HTTP1 = 6,       /* an HTTP/1 connection, handed over: fd and the bytes read from it (data);
+                                   over TLS, fd is a plaintext socket the edge relays through the TLS one */
     EDGE_EVENT_WRITABLE = 7,    /* a stream that had too much queued has room again (edge_want_writable) */
 };
 
