@@ -48,17 +48,17 @@ def test_batches_and_a_snapshot_travel_over_tls(peer_tls):
             entries = [Entry(3, i, 0, b"x" * 1000) for i in range(1, 201)]
             a.send([Message(MessageType.APP, to=2, frm=1, term=3, index=0, entries=entries), heartbeat(2, 4)])
             b.send([heartbeat(1, 5)])
-            await inbox_b.wait_for(2)
-            await inbox_a.wait_for(1)
+            await inbox_b.wait_for(2, timeout=30)  # TLS handshakes on a loaded machine take their time
+            await inbox_a.wait_for(1, timeout=30)
             assert list(inbox_b.messages[0].entries) == entries
             assert inbox_b.messages[1] == heartbeat(2, 4)
             assert inbox_a.messages == [heartbeat(1, 5)]
             data = bytes(range(256)) * 8192  # 2 MiB, many chunks
             snapshot = Snapshot(SnapshotMeta(10, 3, ConfState((1, 2))), data)
             a.send([Message(MessageType.SNAP, to=2, frm=1, term=3, snapshot=snapshot)])
-            await inbox_b.wait_for(3)
+            await inbox_b.wait_for(3, timeout=30)
             assert inbox_b.messages[2].snapshot.data == data
-            assert await asyncio.wait_for(delivered, 10) == (2, False)
+            assert await asyncio.wait_for(delivered, 30) == (2, False)
         finally:
             await a.stop()
             await b.stop()
