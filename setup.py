@@ -49,7 +49,7 @@ setup(
             native_module("hpack", ["native/src/hpack.c"]),
             native_module("keyindex"),
             native_module("walframe", CRC32C_SOURCES),
-            native_module("edge", ["native/src/h2edge.c", "native/src/hpack.c"]),
+            native_module("edge", ["native/src/h2edge.c", "native/src/hpack.c", "native/src/tls.c"]),
         ],
         compiler_directives={
             "language_level": 3,

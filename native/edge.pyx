@@ -16,7 +16,14 @@ Events, by their first item:
     (WRITABLE, conn, stream, -1, None, ())          a stream's queue fell below what want_writable named
 `metadata` is a tuple of (name, value) strings: the headers named by
 add_metadata_name that the call carried.
+
+TLS: `use_tls()` before the first poll serves every connection over TLS with
+the OpenSSL Python's ssl module links (native/src/tls.c says why it is found
+at run time); `peer_common_name(conn)` is the Common Name of the client
+certificate that connection's handshake verified.
 """
+
+import _ssl
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
@@ -35,6 +42,8 @@ cdef extern from "h2edge.h":
         const uint8_t *metadata
         size_t metadata_len
     ctypedef int (*edge_event_fn)(void *context, const edge_event *event) noexcept
+    ctypedef struct tls_server:
+        pass
     ctypedef struct edge_limits:
         size_t message_bytes_max
         size_t header_list_bytes_max
@@ -43,6 +52,8 @@ cdef extern from "h2edge.h":
     edge_server *edge_server_new(const char *host, int port, int reuse_port, const edge_limits *limits,
                                  char *error, size_t error_len)
     void edge_server_free(edge_server *server)
+    void edge_use_tls(edge_server *server, tls_server *tls)
+    const char *edge_peer_common_name(edge_server *server, uint64_t conn)
     int edge_epoll_fd(const edge_server *server)
     int edge_listen_port(const edge_server *server)
     int edge_add_method(edge_server *server, const char *path, int kind)
@@ -59,6 +70,11 @@ cdef extern from "h2edge.h":
     void edge_goaway(edge_server *server)
     size_t edge_open_streams(const edge_server *server)
     size_t edge_connection_count(const edge_server *server)
+
+cdef extern from "tls.h":
+    int tls_load(const char *library, char *error, size_t error_len)
+    tls_server *tls_server_new(const char *cert_file, const char *key_file, const char *trusted_ca_file,
+                               int client_cert_auth, char *error, size_t error_len)
 
 UNARY = 0
 SERVER_STREAM = 1
@@ -144,6 +160,32 @@ cdef class Edge:
     @property
     def connections(self) -> int:
         return edge_connection_count(self.live())
+
+    def use_tls(self, str cert_file, str key_file, str trusted_ca_file=None, bint client_cert_auth=False):
+        """Serve TLS with this certificate chain and key. With `trusted_ca_file` or
+        `client_cert_auth`, every client must present a certificate that verifies against
+        `trusted_ca_file` (etcd's rule). ValueError naming the file that would not load."""
+        cdef char error[512]
+        cdef bytes library_path
+        cdef tls_server *tls
+        error[0] = 0
+        # Python's _ssl links libssl: dlsym through it finds libssl's functions (or, where _ssl
+        # is built into the interpreter, they are the process's own).
+        library = getattr(_ssl, "__file__", None)
+        library_path = library.encode() if library else None
+        if tls_load(<const char *>library_path if library_path is not None else NULL, error, sizeof(error)):
+            raise OSError(error.decode(errors="replace"))
+        ca = trusted_ca_file.encode() if trusted_ca_file else b""
+        tls = tls_server_new(cert_file.encode(), key_file.encode(), ca, client_cert_auth, error, sizeof(error))
+        if tls == NULL:
+            raise ValueError(error.decode(errors="replace"))
+        edge_use_tls(self.live(), tls)
+
+    def peer_common_name(self, uint64_t conn):
+        """The Common Name of the client certificate `conn`'s TLS handshake verified; None
+        without one (plaintext, client certificates not required, or the connection is gone)."""
+        cdef const char *name = edge_peer_common_name(self.live(), conn)
+        return None if name == NULL else name.decode("utf-8", "replace")
 
     def add_method(self, str path, int kind) -> int:
         index = edge_add_method(self.live(), path.encode(), kind)

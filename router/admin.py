@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -54,13 +55,15 @@ async def _group_state(group: int, client: GroupClient) -> GroupState:
         return GroupState(group, client.leader_id, len(client.member_ids), False, None, error.message)
 
 
-async def describe(meta_members: dict[int, str]) -> tuple[ShardMap, list[GroupState]]:
+async def describe(meta_members: dict[int, str],
+                   ssl_context: ssl.SSLContext | None = None) -> tuple[ShardMap, list[GroupState]]:
     """The map, and each data group's leader, health and key count."""
-    meta = MetaClient(GroupClient(META_GROUP, meta_members))
+    meta = MetaClient(GroupClient(META_GROUP, meta_members, ssl_context))
     clients = {}
     try:
         state = await meta.load()
-        clients = {group: GroupClient(group, {m.id: m.api_address for m in record.members})
+        clients = {group: GroupClient(group, {m.id: m.api_address for m in record.members},
+                                      meta.client.ssl_context)
                    for group, record in state.groups.items() if group != META_GROUP}
         states = await asyncio.gather(*(_group_state(group, client) for group, client in sorted(clients.items())))
         return state.shard_map, list(states)
@@ -69,7 +72,8 @@ async def describe(meta_members: dict[int, str]) -> tuple[ShardMap, list[GroupSt
 
 
 async def assign(meta_members: dict[int, str], prefix: bytes, group: int,
-                 routers_timeout: float = ROUTERS_TIMEOUT_SECONDS) -> ShardMap:
+                 routers_timeout: float = ROUTERS_TIMEOUT_SECONDS,
+                 ssl_context: ssl.SSLContext | None = None) -> ShardMap:
     """Give an empty prefix to a group; a prefix that holds keys is refused (moving data comes later).
 
     In three steps, so that no acknowledged write is left behind in the old group:
@@ -80,7 +84,7 @@ async def assign(meta_members: dict[int, str], prefix: bytes, group: int,
        how many keys it has under the prefix: any, and the change is undone;
     3. the new map goes in, and the routers are waited for again.
     """
-    meta = MetaClient(GroupClient(META_GROUP, meta_members))
+    meta = MetaClient(GroupClient(META_GROUP, meta_members, ssl_context))
     clients = {}
     try:
         state = await meta.load()
@@ -97,7 +101,8 @@ async def assign(meta_members: dict[int, str], prefix: bytes, group: int,
             raise ShardMapError("the shard map changed meanwhile; look at it again and retry")
         try:
             await _wait_for_routers(meta, frozen_revision, routers_timeout)
-            clients = {g: GroupClient(g, {m.id: m.api_address for m in state.groups[g].members})
+            clients = {g: GroupClient(g, {m.id: m.api_address for m in state.groups[g].members},
+                                      meta.client.ssl_context)
                        for g in state.shard_map.groups_of(prefix, end or b"\0")}
             for piece in state.shard_map.pieces(prefix, end or b"\0"):
                 count = await _count_in_log_order(clients[piece.group], piece.key, piece.range_end)
@@ -140,13 +145,15 @@ async def _count_in_log_order(client: GroupClient, key: bytes, range_end: bytes)
     return answer.txn.responses[0].response_range.count
 
 
-async def replica_statuses(meta_members: dict[int, str]) -> list[tuple[int, int, StatusResponse | str]]:
+async def replica_statuses(meta_members: dict[int, str], ssl_context: ssl.SSLContext | None = None
+                           ) -> list[tuple[int, int, StatusResponse | str]]:
     """(group, member, its status or why it did not answer) for every replica, the meta group's too."""
-    meta = MetaClient(GroupClient(META_GROUP, meta_members))
+    meta = MetaClient(GroupClient(META_GROUP, meta_members, ssl_context))
     clients = {}
     try:
         state = await meta.load()
-        clients = {group: GroupClient(group, {m.id: m.api_address for m in record.members})
+        clients = {group: GroupClient(group, {m.id: m.api_address for m in record.members},
+                                      meta.client.ssl_context)
                    for group, record in state.groups.items()}
 
         async def one(group: int, member: int):
@@ -163,10 +170,11 @@ async def replica_statuses(meta_members: dict[int, str]) -> list[tuple[int, int,
         await asyncio.gather(meta.client.close(), *(client.close() for client in clients.values()))
 
 
-async def transfer_leadership(meta_members: dict[int, str], group: int, member: int) -> bool:
+async def transfer_leadership(meta_members: dict[int, str], group: int, member: int,
+                              ssl_context: ssl.SSLContext | None = None) -> bool:
     """Hand a group's leadership to one of its voters (etcd's MoveLeader, for one group); whether
     it moved (False: the member led already)."""
-    async with _operating(meta_members) as (_, _, group_client):
+    async with _operating(meta_members, ssl_context) as (_, _, group_client):
         client = group_client(group)
         leader, _ = await _membership(client)
         if leader == member:
@@ -220,9 +228,9 @@ class Defragmentation:
 
 
 @asynccontextmanager
-async def _operating(meta_members: dict[int, str]):
+async def _operating(meta_members: dict[int, str], ssl_context: ssl.SSLContext | None = None):
     """(meta client, meta state, a function giving one group's client); every connection closed after."""
-    meta = MetaClient(GroupClient(META_GROUP, meta_members))
+    meta = MetaClient(GroupClient(META_GROUP, meta_members, ssl_context))
     clients: dict[int, GroupClient] = {}
     try:
         state = await meta.load()
@@ -232,7 +240,8 @@ async def _operating(meta_members: dict[int, str]):
                 known = ", ".join(str(g) for g in sorted(state.groups))
                 raise OperatorError(f"there is no group {group} (groups: {known})")
             if group not in clients:
-                clients[group] = GroupClient(group, {m.id: m.api_address for m in state.groups[group].members})
+                clients[group] = GroupClient(group, {m.id: m.api_address for m in state.groups[group].members},
+                                             meta.client.ssl_context)
             return clients[group]
 
         yield meta, state, group_client
@@ -278,9 +287,10 @@ async def _record_voters(meta: MetaClient, client: GroupClient) -> list[Member]:
         members = again
 
 
-async def list_members(meta_members: dict[int, str], group: int | None = None) -> list[GroupMembers]:
+async def list_members(meta_members: dict[int, str], group: int | None = None,
+                       ssl_context: ssl.SSLContext | None = None) -> list[GroupMembers]:
     """Each group's members (or one group's), as raft has them and as routers know them."""
-    async with _operating(meta_members) as (_, state, group_client):
+    async with _operating(meta_members, ssl_context) as (_, state, group_client):
         groups = [group] if group is not None else sorted(state.groups)
         clients = {g: group_client(g) for g in groups}
 
@@ -296,14 +306,15 @@ async def list_members(meta_members: dict[int, str], group: int | None = None) -
 
 
 async def add_member(meta_members: dict[int, str], group: int, peer_address: str, api_address: str,
-                     member_id: int | None = None) -> tuple[Member, list[Member]]:
+                     member_id: int | None = None,
+                     ssl_context: ssl.SSLContext | None = None) -> tuple[Member, list[Member]]:
     """Add a learner to a group (etcd's member add --learner): it, and the members now. It must
     then be started with --join, and promoted once caught up.
 
     `member_id`: one the group never had (a local launcher's data dir knows every one it
     had); without it, a random id, as etcd gives its members, so that a removed member
     whose process still runs never shares its id with a new one."""
-    async with _operating(meta_members) as (_, state, group_client):
+    async with _operating(meta_members, ssl_context) as (_, state, group_client):
         client = group_client(group)
         _, members = await _membership(client)
         known = {m.id for m in members} | {m.id for m in state.groups[group].members}
@@ -316,11 +327,12 @@ async def add_member(meta_members: dict[int, str], group: int, peer_address: str
 
 async def promote_member(meta_members: dict[int, str], group: int, member: int,
                          progress: Callable[[int, int], None] | None = None,
-                         stall_seconds: float = CATCH_UP_STALL_SECONDS) -> None:
+                         stall_seconds: float = CATCH_UP_STALL_SECONDS,
+                         ssl_context: ssl.SSLContext | None = None) -> None:
     """Promote a learner to a voter once it has caught up (etcd's 90% of the leader's log), then
     record it for the routers. `progress(applied, leader's commit)` is called while it catches up;
     a learner that stops advancing gets etcd's "not in sync" error."""
-    async with _operating(meta_members) as (meta, _, group_client):
+    async with _operating(meta_members, ssl_context) as (meta, _, group_client):
         client = group_client(group)
         leader, members = await _membership(client)
         learner = next((m for m in members if m.id == member), None)
@@ -357,11 +369,12 @@ async def promote_member(meta_members: dict[int, str], group: int, member: int,
         await _record_voters(meta, client)
 
 
-async def remove_member(meta_members: dict[int, str], group: int, member: int) -> int:
+async def remove_member(meta_members: dict[int, str], group: int, member: int,
+                        ssl_context: ssl.SSLContext | None = None) -> int:
     """Remove a member from a group, with etcd's checks (strict reconfiguration): the last voter
     stays, and a voter that is up goes only if the voters up after it are a quorum of those left.
     A leader first hands its leadership to the most caught-up voter up. The leader it leaves."""
-    async with _operating(meta_members) as (meta, _, group_client):
+    async with _operating(meta_members, ssl_context) as (meta, _, group_client):
         client = group_client(group)
         leader, members = await _membership(client)
         leaving = next((m for m in members if m.id == member), None)
@@ -397,10 +410,11 @@ async def _applied_indexes(client: GroupClient, members: list[int]) -> dict[int,
     return {member: applied for member, applied in zip(members, answers) if applied is not None}
 
 
-async def defragment(meta_members: dict[int, str]) -> AsyncIterator[Defragmentation]:
+async def defragment(meta_members: dict[int, str],
+                     ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[Defragmentation]:
     """Defragment every replica of every group, one at a time: each is busy while it rewrites its
     database, so its group keeps a quorum serving."""
-    async with _operating(meta_members) as (_, state, group_client):
+    async with _operating(meta_members, ssl_context) as (_, state, group_client):
         replicas = [(group, member.id) for group, record in sorted(state.groups.items())
                     for member in record.members]
         for position, (group, member) in enumerate(replicas, start=1):
@@ -417,16 +431,18 @@ async def defragment(meta_members: dict[int, str]) -> AsyncIterator[Defragmentat
             yield step
 
 
-async def list_alarms(meta_members: dict[int, str]) -> list[tuple[int, AlarmMember]]:
+async def list_alarms(meta_members: dict[int, str],
+                      ssl_context: ssl.SSLContext | None = None) -> list[tuple[int, AlarmMember]]:
     """(group, alarm) for every active alarm; alarms go through each group's raft log, so the
     leader's list is the group's."""
-    async with _operating(meta_members) as (_, state, group_client):
+    async with _operating(meta_members, ssl_context) as (_, state, group_client):
         return await _alarms(state, group_client)
 
 
-async def disarm_alarms(meta_members: dict[int, str]) -> list[tuple[int, AlarmMember]]:
+async def disarm_alarms(meta_members: dict[int, str],
+                        ssl_context: ssl.SSLContext | None = None) -> list[tuple[int, AlarmMember]]:
     """Deactivate every active alarm (etcdctl alarm disarm); the alarms that were disarmed."""
-    async with _operating(meta_members) as (_, state, group_client):
+    async with _operating(meta_members, ssl_context) as (_, state, group_client):
         active = await _alarms(state, group_client)
         for group, alarm in active:
             await group_client(group).call(ShardRequest(alarm=AlarmRequest(

@@ -16,6 +16,11 @@ wait (STREAM_QUEUED_HIGH_BYTES) until the client reads.
 An HTTP/1 connection on the same port (the JSON gateway, /metrics, /health,
 /version: etcd serves them all on its client port) is handed to
 `serve_http1` with the bytes the edge already read from it.
+
+With `tls`, the edge serves TLS itself (native/src/tls.c), and each call's
+`client_common_name` is that of the client certificate its connection
+presented. An HTTP/1 connection over TLS is handed over the same way: its fd
+is then a plaintext socket the edge relays through the TLS connection.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from collections.abc import Callable, Sequence
 from native.edge import CALL, CANCEL, HALF_CLOSE, HTTP1, MESSAGE, OPEN, WRITABLE, Edge
 from router.rpc import UNARY, Call, Method, unexpected
 from tessera.api import errors
+from tessera.api.tls import TLSFiles
 
 log = logging.getLogger("tessera.router")
 
@@ -83,6 +89,11 @@ class _FastCall:
 
     __slots__ = ("front_end", "method", "conn", "stream", "data", "metadata", "group", "generation")
 
+    @property
+    def client_common_name(self) -> str | None:
+        """As Call.client_common_name."""
+        return self.front_end.client_common_name(self.conn)
+
     def __init__(self, front_end: FrontEnd, method: Method, conn: int, stream: int, data: bytes, metadata):
         self.front_end = front_end
         self.method = method
@@ -111,9 +122,17 @@ class FrontEnd:
     """Serves `methods` on `listen` ("host:port") through the native edge."""
 
     def __init__(self, listen: str, methods: Sequence[Method], serve_http1: Callable[[socket.socket, bytes], None],
-                 message_bytes_max: int, reuse_port: bool = False):
+                 message_bytes_max: int, reuse_port: bool = False, tls: TLSFiles | None = None):
+        """ValueError or OSError when `tls` names files that do not load."""
         host, _, port = listen.rpartition(":")
         self._edge = Edge(host, int(port), reuse_port=reuse_port, message_bytes_max=message_bytes_max)
+        self._tls = tls is not None
+        if tls is not None:
+            try:
+                self._edge.use_tls(tls.cert_file, tls.key_file, tls.trusted_ca_file, tls.client_cert_auth)
+            except BaseException:
+                self._edge.close()
+                raise
         self._methods = list(methods)
         for method in self._methods:
             self._edge.add_method(method.path, method.kind)
@@ -153,6 +172,10 @@ class FrontEnd:
         self._loop.remove_reader(self._edge.fileno())
         self._expiry.cancel()
         self._edge.close()
+
+    def client_common_name(self, conn: int) -> str | None:
+        """The Common Name of the client certificate connection `conn` presented, or None."""
+        return self._edge.peer_common_name(conn) if self._tls else None
 
     def _now_ms(self) -> int:
         return int(self._loop.time() * 1000)
@@ -219,7 +242,7 @@ class FrontEnd:
     async def _unary(self, method: Method, conn: int, stream: int, data: bytes, metadata) -> None:
         edge = self._edge
         try:
-            answer = await method.handler(data, Call(metadata))
+            answer = await method.handler(data, Call(metadata, self.client_common_name(conn)))
         except errors.EtcdError as error:
             edge.finish(conn, stream, _STATUS_CODES.get(error.code, 2), error.message)
         except asyncio.CancelledError:
@@ -235,11 +258,13 @@ class FrontEnd:
         self._schedule_flush()
 
     async def _server_stream(self, method: Method, conn: int, stream: int, data: bytes, metadata) -> None:
-        await self._stream(method.path, conn, stream, method.handler(data, Call(metadata)))
+        await self._stream(method.path, conn, stream,
+                           method.handler(data, Call(metadata, self.client_common_name(conn))))
 
     async def _bidi_stream(self, method: Method, conn: int, stream: int, requests: _Requests, metadata) -> None:
         try:
-            await self._stream(method.path, conn, stream, method.handler(requests, Call(metadata)))
+            await self._stream(method.path, conn, stream,
+                               method.handler(requests, Call(metadata, self.client_common_name(conn))))
         finally:
             self._requests.pop((conn, stream), None)
 

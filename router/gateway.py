@@ -62,6 +62,7 @@ import json
 import logging
 import re
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple
 
@@ -214,12 +215,12 @@ class Gateway:
         if first_bytes:
             protocol.data_received(first_bytes)
 
-    async def start(self, listen: str) -> None:
-        """Serve on a listening port of the gateway's own as well."""
+    async def start(self, listen: str, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Serve on a listening port of the gateway's own as well (over TLS with `ssl_context`)."""
         host, _, port = listen.rpartition(":")
         self._runner = web.ServerRunner(self._server, shutdown_timeout=SHUTDOWN_SECONDS)
         await self._runner.setup()
-        await web.TCPSite(self._runner, host.strip("[]"), int(port)).start()
+        await web.TCPSite(self._runner, host.strip("[]"), int(port), ssl_context=ssl_context).start()
         log.info("etcd's HTTP gateway on %s", listen)
 
     async def stop(self) -> None:

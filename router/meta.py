@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import ssl
 from dataclasses import dataclass, field
 
 from router.auth import AuthRecords
@@ -64,7 +65,7 @@ def _put_op(key: bytes, record) -> RequestOp:
 
 
 async def bootstrap_cluster(groups: dict[int, dict[int, tuple[str, str]]], prefixes: dict[bytes, int],
-                            default_group: int) -> None:
+                            default_group: int, ssl_context: ssl.SSLContext | None = None) -> None:
     """Write a new cluster's records into the meta group, once; a bootstrapped cluster is left alone.
 
     `groups`: group -> member -> (peer address, internal API address), group 0 included.
@@ -81,7 +82,7 @@ async def bootstrap_cluster(groups: dict[int, dict[int, tuple[str, str]]], prefi
     # Only if no map exists yet: a resumed cluster keeps what it has.
     txn = TxnRequest(compare=[Compare(key=SHARDS_KEY, target=Compare.CREATE, result=Compare.EQUAL,
                                       create_revision=0)], success=records)
-    meta = GroupClient(META_GROUP, members)
+    meta = GroupClient(META_GROUP, members, ssl_context)
     try:
         response = await meta.call(ShardRequest(txn=txn), write=True, timeout=BOOTSTRAP_TIMEOUT_SECONDS)
         log.info("meta group %s", "bootstrapped" if response.txn.succeeded else "already bootstrapped")

@@ -53,12 +53,16 @@ class Method:
 
 
 class Call:
-    """What a handler may know of its call: the request metadata the front end passes on."""
+    """What a handler may know of its call: the request metadata the front end passes on, and
+    `client_common_name`, the Common Name of the client certificate its connection's TLS
+    handshake verified (None without one). With auth enabled and no token, etcd takes that
+    name as the user."""
 
-    __slots__ = ("metadata",)
+    __slots__ = ("metadata", "client_common_name")
 
-    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()):
+    def __init__(self, metadata: tuple[tuple[str, str], ...] = (), client_common_name: str | None = None):
         self.metadata = metadata
+        self.client_common_name = client_common_name
 
     def header(self, name: str) -> str | None:
         for key, value in self.metadata:

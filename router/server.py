@@ -40,6 +40,7 @@ from tessera.api.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from tessera.api.http_answers import METRICS_CONTENT_TYPE, health_answer
 from tessera.api.internal_pb2 import RouterRecord, ShardRequest
 from tessera.api.meta_keys import LEASES_PREFIX, META_GROUP, SYSTEM_PREFIX, prefix_range, router_key
+from tessera.api.tls import TLSFiles
 from tessera.api.rpc_pb2 import (
     NONE,
     AlarmMember,
@@ -114,7 +115,8 @@ class RouterServer:
                  auto_compaction: tuple[str, float] | None = None,
                  corruption_check_interval: float = corruption.CHECK_INTERVAL_SECONDS,
                  read_only: bool = False, reuse_port: bool = False,
-                 auth_token: str = "simple", auth_token_ttl: float = SIMPLE_TOKEN_TTL_SECONDS):
+                 auth_token: str = "simple", auth_token_ttl: float = SIMPLE_TOKEN_TTL_SECONDS,
+                 client_tls: TLSFiles | None = None, peer_tls: TLSFiles | None = None):
         """`auto_compaction`: (mode, retention) as router.compactor.AutoCompactor takes them.
 
         `read_only`: a proxy beside clients, knowing only the meta group: it serves reads and
@@ -125,6 +127,8 @@ class RouterServer:
 
         `auth_token`: etcd's --auth-token ("simple", or "jwt,priv-key=...,pub-key=...,sign-method=...");
         `auth_token_ttl`: seconds a simple token lives unused (router/auth.py).
+        `client_tls`: serve TLS on `listen` (etcd's --cert-file, --key-file, --trusted-ca-file,
+        --client-cert-auth). `peer_tls`: TLS to the replicas (the --peer-* flags).
         """
         self.listen = listen
         self.read_only = read_only
@@ -132,10 +136,12 @@ class RouterServer:
         self.auto_compaction = auto_compaction
         self.gateway_listen = gateway_listen  # etcd's HTTP/JSON gateway on a port of its own as well
         self.reuse_port = reuse_port
+        self.client_tls = client_tls
+        self._peer_ssl = peer_tls.client_context() if peer_tls is not None else None
         self._gateway: Gateway | None = None
         self._front_end: FrontEnd | None = None
         self.name = name or f"router-{listen}"
-        self.meta_client = GroupClient(META_GROUP, meta_members)
+        self.meta_client = GroupClient(META_GROUP, meta_members, self._peer_ssl)
         self.meta = MetaClient(self.meta_client)
         self.auth = AuthStore(token_provider(auth_token, auth_token_ttl))
         self.router: Router | None = None
@@ -147,7 +153,7 @@ class RouterServer:
         state = await wait_until_bootstrapped(self.meta)
         self.state = state
         self.auth.install(state.auth)
-        groups = {group: GroupClient(group, _api_addresses(record))
+        groups = {group: GroupClient(group, _api_addresses(record), self._peer_ssl)
                   for group, record in state.groups.items() if group != META_GROUP}
         router = self.router = Router(state.cluster_id, router_id(self.name), state.shard_map, groups,
                                       self.meta_client)
@@ -160,11 +166,14 @@ class RouterServer:
         self._gateway = Gateway(methods, ETCD_VERSION, {"/metrics": self._serve_metrics,
                                                         "/health": self._serve_health})
         self._front_end = FrontEnd(self.listen, methods, self._gateway.serve_connection,
-                                   message_bytes_max=MAX_MESSAGE_BYTES, reuse_port=self.reuse_port)
+                                   message_bytes_max=MAX_MESSAGE_BYTES, reuse_port=self.reuse_port,
+                                   tls=self.client_tls)
         self._front_end.start()
         await self._register(state.shard_map_revision)  # listed once it serves: clients may use it at once
         if self.gateway_listen:
-            await self._gateway.start(self.gateway_listen)
+            # the client port's TLS guards the gateway's own port too: it serves the same API
+            await self._gateway.start(self.gateway_listen,
+                                      self.client_tls.server_context() if self.client_tls else None)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(router.track_leaders(LEADER_CHECK_SECONDS)),
                        loop.create_task(self._follow_meta())]
@@ -226,7 +235,7 @@ class RouterServer:
     async def _watch_meta(self, member: int) -> None:
         """Follow one meta replica's watch of the system records until it ends or is cancelled."""
         start, end = prefix_range(SYSTEM_PREFIX)
-        watch = ReplicaWatch(self.meta_client.connection(member).address)
+        watch = ReplicaWatch(self.meta_client.connection(member).address, self._peer_ssl)
         watch.send(WatchRequest(create_request=WatchCreateRequest(
             key=start, range_end=end, start_revision=self.state.revision + 1)))
         try:
@@ -265,7 +274,7 @@ class RouterServer:
             elif group in router.groups:
                 router.groups[group].set_members(_api_addresses(record))
             else:
-                router.groups[group] = GroupClient(group, _api_addresses(record))
+                router.groups[group] = GroupClient(group, _api_addresses(record), self._peer_ssl)
         self.state = state
         self.auth.install(state.auth)
         router.leases.reload(state.leases)

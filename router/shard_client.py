@@ -20,6 +20,7 @@ import asyncio
 import itertools
 import logging
 import random
+import ssl
 from collections.abc import AsyncIterator, Callable
 
 from native import codec
@@ -125,8 +126,10 @@ class ShardConnection:
     wait past their deadline.
     """
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, ssl_context: ssl.SSLContext | None = None):
+        """`ssl_context`: TLS to the replica (the peer TLS settings' client side), or None."""
         self.address = address
+        self.ssl_context = ssl_context
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Waiting] = {}
         self._outbox: list[tuple[int, bytes]] = []
@@ -181,8 +184,8 @@ class ShardConnection:
     async def _connect(self, loop: asyncio.AbstractEventLoop, connection: _Framed) -> None:
         host, port = host_and_port(self.address)
         try:
-            await loop.create_connection(lambda: connection, host, port)
-        except OSError as error:
+            await loop.create_connection(lambda: connection, host, port, ssl=self.ssl_context)
+        except OSError as error:  # ssl.SSLError too: a refused certificate
             self._lost(connection, f"could not connect: {error}")
             return
         if connection is not self._connection:
@@ -240,8 +243,9 @@ class ShardConnection:
 class ReplicaWatch:
     """One Watch stream to one replica: `send` requests (queued until connected), read `responses()`."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, ssl_context: ssl.SSLContext | None = None):
         self.address = address
+        self.ssl_context = ssl_context
         self._connection: _Framed | None = None
         self._unsent: list[bytes] | None = []  # requests sent before the connection was up; None once they left
         self._responses: asyncio.Queue[WatchResponse | str] = asyncio.Queue()
@@ -258,7 +262,8 @@ class ReplicaWatch:
         self._connection = _Framed(HELLO_WATCH, self._received, self._lost)
         host, port = host_and_port(self.address)
         try:
-            await asyncio.get_running_loop().create_connection(lambda: self._connection, host, port)
+            await asyncio.get_running_loop().create_connection(lambda: self._connection, host, port,
+                                                               ssl=self.ssl_context)
         except OSError as error:
             raise ReplicaUnreachable(self.address, False, f"could not connect: {error}") from None
         self._connection.transport.write(b"".join(self._unsent))
@@ -285,8 +290,10 @@ class ReplicaWatch:
 class GroupClient:
     """One group: its members' connections, the leader as last known, and safe retries."""
 
-    def __init__(self, group_id: int, members: dict[int, str]):
+    def __init__(self, group_id: int, members: dict[int, str], ssl_context: ssl.SSLContext | None = None):
+        """`ssl_context`: TLS to every member (the peer TLS settings' client side), or None."""
         self.group_id = group_id
+        self.ssl_context = ssl_context
         self.leader_id = 0
         self.term = 0
         self.leaderless_since: float | None = None  # loop time since which no leader was seen
@@ -300,7 +307,7 @@ class GroupClient:
         for member_id, address in members.items():
             known = self._connections.get(member_id)
             if known is None or known.address != address:
-                self._connections[member_id] = ShardConnection(address)
+                self._connections[member_id] = ShardConnection(address, self.ssl_context)
         if self.leader_id not in self._connections:
             self.leader_id = 0
 

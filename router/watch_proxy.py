@@ -35,7 +35,7 @@ import logging
 from dataclasses import dataclass, field
 
 
-from router.shard_client import ReplicaUnreachable, ReplicaWatch
+from router.shard_client import ReplicaUnreachable, ReplicaWatch, ShardConnection
 from tessera.api import errors
 from tessera.api.validation import key_in_range
 from tessera.api.kv_pb2 import Event
@@ -84,13 +84,13 @@ class _ClientWatch:
 class _Upstream:
     """One Watch stream to one replica of a group, shared by the client stream's parts there."""
 
-    def __init__(self, proxy: WatchProxy, group: int, member: int, address: str):
+    def __init__(self, proxy: WatchProxy, group: int, member: int, connection: ShardConnection):
         self.proxy = proxy
         self.group = group
         self.member = member
         self.parts: dict[int, _Part] = {}
         self.progress_waiters: list[asyncio.Future] = []
-        self._stream = ReplicaWatch(address)
+        self._stream = ReplicaWatch(connection.address, connection.ssl_context)
         self.task = asyncio.get_running_loop().create_task(self._read())
 
     def send(self, request: WatchRequest) -> None:
@@ -223,7 +223,7 @@ class WatchProxy:
         if upstream is None:
             client = self.router.groups[group]
             member = client.leader_id or client.member_ids[next(self._upstream_ids) % len(client.member_ids)]
-            upstream = _Upstream(self, group, member, client.connection(member).address)
+            upstream = _Upstream(self, group, member, client.connection(member))
             self.upstreams[group] = upstream
         return upstream
 

@@ -195,7 +195,7 @@ class RaftDriver:
             member = Member.FromString(record)
             self.members[member.id] = MemberAddresses(member.peer_address, member.api_address)
         self.transport = PeerTransport(config.member_id, config.listen_peer or config.members[config.member_id].peer,
-                                       self.receive, on_snapshot_sent=self._snapshot_sent)
+                                       self.receive, on_snapshot_sent=self._snapshot_sent, tls=config.peer_tls)
         self.watch_hub = WatchHub(
             store, progress_notify_interval_seconds=config.watch_progress_notify_interval_seconds)
         self.leader_id = 0

@@ -32,6 +32,7 @@ from shards.wal import SEGMENT_BYTES_DEFAULT, WriteAheadLog
 from shards.watch import PROGRESS_NOTIFY_INTERVAL_SECONDS
 from tessera.api.internal_stream import host_and_port
 from tessera.api.meta_keys import META_GROUP
+from tessera.api.tls import TLSFiles
 
 log = logging.getLogger("tessera.replica")
 
@@ -69,6 +70,8 @@ class ReplicaConfig:
     # The store's durable point (shards/mvcc.py): at least this often, or after this many applied entries.
     backend_batch_interval_seconds: float = BATCH_INTERVAL_SECONDS
     backend_batch_limit_entries: int = BATCH_LIMIT_ENTRIES
+    # TLS on the peer and API ports and to peers (etcd's --peer-* flags); None: plaintext.
+    peer_tls: TLSFiles | None = None
 
 
 class Replica:
@@ -97,7 +100,8 @@ class Replica:
             self._tasks.append(asyncio.get_running_loop().create_task(self.leases.keep()))
         me = self.config.members[self.config.member_id]
         self._api_server = await asyncio.get_running_loop().create_server(
-            self.service.new_connection, *host_and_port(self.config.listen_api or me.api), reuse_address=True)
+            self.service.new_connection, *host_and_port(self.config.listen_api or me.api), reuse_address=True,
+            ssl=self.config.peer_tls.server_context() if self.config.peer_tls is not None else None)
         if self.config.metrics_listen is not None:
             self._metrics_server = MetricsServer(self.config.metrics_listen, self.metrics, self.service.health)
             await self._metrics_server.start()

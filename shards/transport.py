@@ -37,6 +37,7 @@ from shards import fault_control
 from shards.raft.messages import Message
 from shards.raft_wire import WireError, decode_messages, encode_messages
 from tessera.api.internal_stream import FrameError, FrameReader, frame, host_and_port
+from tessera.api.tls import TLSFiles
 
 log = logging.getLogger("tessera.transport")
 
@@ -103,8 +104,12 @@ class PeerTransport:
         *, on_snapshot_sent: Callable[[int, bool], None] = lambda member_id, failed: None,
         redial_backoff_min_seconds: float = REDIAL_BACKOFF_MIN_SECONDS,
         redial_backoff_max_seconds: float = REDIAL_BACKOFF_MAX_SECONDS,
+        tls: TLSFiles | None = None,
     ):
+        """`tls`: TLS on the peer port and to every peer (etcd's --peer-* flags), or None."""
         self.member_id = member_id
+        self._server_ssl = tls.server_context() if tls is not None else None
+        self._client_ssl = tls.client_context() if tls is not None else None
         self.listen_address = listen_address
         self.on_messages = on_messages
         self.on_snapshot_sent = on_snapshot_sent
@@ -125,7 +130,7 @@ class PeerTransport:
 
     async def start(self) -> None:
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: _Incoming(self), *host_and_port(self.listen_address), reuse_address=True)
+            lambda: _Incoming(self), *host_and_port(self.listen_address), reuse_address=True, ssl=self._server_ssl)
         self.port = self._server.sockets[0].getsockname()[1]
 
     def received_batches(self, batches: list[bytes], peer: str) -> None:
@@ -230,9 +235,8 @@ class PeerTransport:
                 link.transport.close()
         self.on_snapshot_sent(message.to, failed)
 
-    @staticmethod
-    async def _deliver_snapshot(link: _Link, address: str, head: bytes, data: bytes) -> None:
-        await asyncio.get_running_loop().create_connection(lambda: link, *host_and_port(address))
+    async def _deliver_snapshot(self, link: _Link, address: str, head: bytes, data: bytes) -> None:
+        await asyncio.get_running_loop().create_connection(lambda: link, *host_and_port(address), ssl=self._client_ssl)
         link.transport.write(frame(HELLO_SNAPSHOT) + frame(head))
         for start in range(0, len(data), SNAPSHOT_CHUNK_BYTES):
             link.transport.write(frame(data[start:start + SNAPSHOT_CHUNK_BYTES]))
@@ -254,7 +258,8 @@ class PeerTransport:
             peer.stats.dials += 1
             link = _Link()
             try:
-                await asyncio.wait_for(loop.create_connection(lambda: link, *host_and_port(peer.address)), backoff)
+                await asyncio.wait_for(loop.create_connection(lambda: link, *host_and_port(peer.address),
+                                                              ssl=self._client_ssl), backoff)
             except (OSError, asyncio.TimeoutError) as error:
                 log.debug("peer %d at %s unreachable: %s", member_id, peer.address, error)
                 # What waited while the peer was away is stale by now: raft will resend.

@@ -9,19 +9,24 @@ import gc
 import os
 import platform
 import signal
+import ssl
 import sys
 from pathlib import Path
+
+import grpc
 
 import tessera
 from tessera import logs
 from tessera.api.errors import EtcdError
 from tessera.api.rpc_pb2 import AlarmType
+from tessera.api.tls import TLSFiles, tls_files
 from native import codec, crc, walframe
 from shards.mvcc import StoreInvariantError
 from shards.raft_driver import MemberAddresses, ReplicaStateError
 from shards.replica import ReplicaConfig, run_until_stopped
 from shards.wal import WalCorruptionError
 from tessera.progress import Progress, size_text
+from tessera.certs import KeyPair, make_local_certificates
 from tessera.launcher import (
     DEFAULT_DATA_DIR,
     DEFAULT_LISTEN,
@@ -37,6 +42,7 @@ from tessera.launcher import (
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 BOOTSTRAP_RETRY_SECONDS = 1.0  # a router waiting for the meta group's hosts to come up
+CERTIFICATES_DIR = "certs"  # under the data dir: what `tessera up --tls` makes
 GC_YOUNG_THRESHOLD = 50_000  # allocations between collections of the youngest generation (Python's: 700)
 
 
@@ -68,15 +74,34 @@ def up_router_arguments(args: argparse.Namespace) -> list[str]:
 
 def command_up(args: argparse.Namespace) -> int:
     try:
+        client_tls, peer_tls, client_certificate = up_tls(args)
         launcher = Launcher(args.data_dir, listen=args.listen, wal_segment_bytes=args.wal_segment_bytes,
-                            router_arguments=up_router_arguments(args), routers=args.routers)
-        return asyncio.run(serve_up(launcher))
-    except LauncherError as error:
+                            router_arguments=up_router_arguments(args), routers=args.routers,
+                            client_tls=client_tls, peer_tls=peer_tls)
+        return asyncio.run(serve_up(launcher, client_certificate))
+    except (LauncherError, ValueError) as error:
         print(f"tessera up: {error}", file=sys.stderr)
         return 1
 
 
-async def serve_up(launcher: Launcher) -> int:
+def up_tls(args: argparse.Namespace) -> tuple[TLSFiles | None, TLSFiles | None, KeyPair | None]:
+    """The client port's and the peers' TLS for `tessera up`, and the client certificate to tell
+    the user of: with --tls, certificates made under the data dir (kept across restarts), client
+    and peer certificates required; else what the flags say."""
+    if not args.tls:
+        return client_tls_files(args), peer_tls_files(args), None
+    if any((args.cert_file, args.key_file, args.trusted_ca_file, args.peer_cert_file, args.peer_key_file,
+            args.peer_trusted_ca_file)):
+        raise ValueError("--tls makes its own certificates: it does not go with the --cert-file, --key-file "
+                         "or --trusted-ca-file flags, nor their --peer- twins")
+    certificates = make_local_certificates(Path(args.data_dir).resolve() / CERTIFICATES_DIR)
+    ca = str(certificates.ca.cert_file)
+    server, peer = certificates.server, certificates.peer
+    return (TLSFiles(str(server.cert_file), str(server.key_file), ca, True),
+            TLSFiles(str(peer.cert_file), str(peer.key_file), ca, True), certificates.client)
+
+
+async def serve_up(launcher: Launcher, client_certificate: KeyPair | None = None) -> int:
     """Start the cluster, keep it supervised until SIGINT, SIGTERM or SIGHUP, then stop it."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -89,7 +114,7 @@ async def serve_up(launcher: Launcher) -> int:
         done, _ = await asyncio.wait([starting, stop_requested], return_when=asyncio.FIRST_COMPLETED)
         if starting in done:
             starting.result()  # a failed start raises here
-            print_cluster(launcher)
+            print_cluster(launcher, client_certificate)
             await stop_requested
         print("tessera up: stopping", flush=True)
     finally:
@@ -100,7 +125,23 @@ async def serve_up(launcher: Launcher) -> int:
     return 0
 
 
-def print_cluster(launcher: Launcher) -> None:
+def etcdctl_flags(launcher: Launcher, client_certificate: KeyPair | None) -> str:
+    """What etcdctl needs to reach the router: the endpoint, and with TLS the CA and a client
+    certificate."""
+    tls = launcher.client_tls
+    if tls is None:
+        return f"--endpoints={launcher.layout.listen}"
+    flags = f"--endpoints=https://{launcher.layout.listen}"
+    if tls.trusted_ca_file:
+        flags += f" --cacert {tls.trusted_ca_file}"
+    if client_certificate is not None:
+        flags += f" --cert {client_certificate.cert_file} --key {client_certificate.key_file}"
+    elif tls.requires_client_certificate:
+        flags += " --cert CLIENT.crt --key CLIENT.key"
+    return flags
+
+
+def print_cluster(launcher: Launcher, client_certificate: KeyPair | None = None) -> None:
     layout = launcher.layout
     shard_map = [
         f"{prefix.decode(errors='backslashreplace')} -> group {group}"
@@ -111,13 +152,17 @@ def print_cluster(launcher: Launcher) -> None:
     print(f"tessera up: {len(layout.groups)} raft groups ({replicas} replicas; "
           f"group {META_GROUP} is the meta group) and {launcher.router_count} router"
           f"{'s' if launcher.router_count > 1 else ''}")
-    print(f"  endpoint   etcdctl --endpoints={layout.listen} put greeting hello")
+    print(f"  endpoint   etcdctl {etcdctl_flags(launcher, client_certificate)} put greeting hello")
     print("  shard map  " + "\n             ".join(shard_map))
     first = layout.metrics_address(META_GROUP, min(layout.groups[META_GROUP]))
     print(f"  metrics    http://{first}/metrics and /health (group {META_GROUP}); every replica serves "
           f"its own, addresses in {launcher.layout_path}")
-    print(f"  gateway    curl -d '{{\"key\": \"Zm9v\"}}' http://{layout.listen}/v3/kv/range  (etcd's JSON API, "
-          "/metrics, /health and /version on the same port, as etcd)")
+    if launcher.client_tls is None:
+        print(f"  gateway    curl -d '{{\"key\": \"Zm9v\"}}' http://{layout.listen}/v3/kv/range  (etcd's JSON API, "
+              "/metrics, /health and /version on the same port, as etcd)")
+    else:
+        print(f"  gateway    https://{layout.listen}/v3/kv/range  (etcd's JSON API, /metrics, /health and "
+              "/version on the same port, over TLS with the same certificates)")
     print(f"  data dir   {launcher.data_dir} (logs in {launcher.logs_dir})")
     print("Ctrl-C stops the cluster.", flush=True)
 
@@ -153,6 +198,14 @@ def command_replica(args: argparse.Namespace) -> int:
     except DeployError as error:
         print(f"tessera replica: {error}", file=sys.stderr)
         return 2
+    try:
+        peer_tls = peer_tls_files(args)
+        if peer_tls is not None:  # files that do not load are refused before anything starts
+            peer_tls.server_context()
+            peer_tls.client_context()
+    except (ValueError, OSError) as error:
+        print(f"tessera replica: {error}", file=sys.stderr)
+        return 2
     logs.configure("replica", group=args.group, member=member)
     config = ReplicaConfig(
         group_id=args.group, member_id=member, members=members, listen_peer=args.listen_peer,
@@ -168,6 +221,7 @@ def command_replica(args: argparse.Namespace) -> int:
         lease_checkpoint_interval_seconds=args.lease_checkpoint_interval,
         backend_batch_interval_seconds=args.backend_batch_interval / 1000,
         backend_batch_limit_entries=args.backend_batch_limit,
+        peer_tls=peer_tls,
     )
     stop_with_parent(args.parent_pid)
     collect_garbage_rarely()
@@ -291,12 +345,21 @@ def command_router(args: argparse.Namespace) -> int:
         if args.auto_compaction_mode:
             auto_compaction = (args.auto_compaction_mode,
                                compaction_retention(args.auto_compaction_mode, args.auto_compaction_retention))
+        client_tls, peer_tls = client_tls_files(args), peer_tls_files(args)
+        # files that do not load are refused before anything starts
+        if client_tls is not None:
+            client_tls.server_context()
+        if peer_tls is not None:
+            peer_tls.client_context()
         run(listen=args.listen, meta_addresses=meta, name=args.name, gateway_listen=args.gateway_listen,
             auto_compaction=auto_compaction, corruption_check_interval=args.corruption_check_interval,
             read_only=args.read_only, reuse_port=args.reuse_port, auth_token=args.auth_token,
-            auth_token_ttl=args.auth_token_ttl)
+            auth_token_ttl=args.auth_token_ttl, client_tls=client_tls, peer_tls=peer_tls)
     except KeyboardInterrupt:
         pass
+    except (ValueError, OSError) as error:  # TLS flags that do not go together, or files that do not load
+        print(f"tessera router: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -364,12 +427,44 @@ def with_config_file(argv: list[str]) -> list[str]:
     return argv
 
 
+def add_client_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """etcd's client TLS flags, for the router's client port."""
+    parser.add_argument("--cert-file", default=None, help="the client port's TLS certificate (PEM); serves TLS")
+    parser.add_argument("--key-file", default=None, help="the key of --cert-file (PEM)")
+    parser.add_argument("--trusted-ca-file", default=None,
+                        help="CA of the client certificates; with it every client must present one")
+    parser.add_argument("--client-cert-auth", action="store_true",
+                        help="require a client certificate signed by --trusted-ca-file")
+
+
+def add_peer_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """etcd's peer TLS flags: among replicas, and from routers to replicas."""
+    parser.add_argument("--peer-cert-file", default=None, help="TLS certificate (PEM) among replicas and routers")
+    parser.add_argument("--peer-key-file", default=None, help="the key of --peer-cert-file (PEM)")
+    parser.add_argument("--peer-trusted-ca-file", default=None,
+                        help="CA of the peers' certificates; with it every peer must present one")
+    parser.add_argument("--peer-client-cert-auth", action="store_true",
+                        help="require a peer certificate signed by --peer-trusted-ca-file")
+
+
+def peer_tls_files(args: argparse.Namespace) -> TLSFiles | None:
+    """The peer TLS settings; ValueError when the flags do not go together."""
+    return tls_files(args.peer_cert_file, args.peer_key_file, args.peer_trusted_ca_file,
+                     args.peer_client_cert_auth, flag_prefix="--peer-")
+
+
+def client_tls_files(args: argparse.Namespace) -> TLSFiles | None:
+    """The client port's TLS settings; ValueError when the flags do not go together."""
+    return tls_files(args.cert_file, args.key_file, args.trusted_ca_file, args.client_cert_auth)
+
+
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     """How an operator command finds the cluster: the data dir of `tessera up`, or the meta group."""
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                         help="the data dir of `tessera up` (default ./%(default)s)")
     parser.add_argument("--meta", type=parse_meta, default=None,
                         help="instead of --data-dir: the meta group's replicas, ID=API_ADDRESS,...")
+    add_peer_tls_arguments(parser)
 
 
 def add_auth_token_arguments(parser: argparse.ArgumentParser) -> None:
@@ -399,6 +494,17 @@ def compaction_retention(mode: str, text: str) -> float:
     return float(text) * 3600
 
 
+def peer_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """TLS to the replicas: the --peer-* flags, or, for the data dir of a `tessera up --tls`,
+    the peer certificate it made; None for a plaintext cluster."""
+    peer_tls = peer_tls_files(args)
+    certificates = Path(args.data_dir) / CERTIFICATES_DIR
+    if peer_tls is None and not args.meta and (certificates / "peer.crt").exists():
+        peer_tls = TLSFiles(str(certificates / "peer.crt"), str(certificates / "peer.key"),
+                            str(certificates / "ca.crt"))
+    return peer_tls.client_context() if peer_tls is not None else None
+
+
 def meta_members(args: argparse.Namespace) -> dict[int, str]:
     """The meta group's API addresses: --meta, or the layout `tessera up` saved in --data-dir."""
     if args.meta:
@@ -412,7 +518,7 @@ def meta_members(args: argparse.Namespace) -> dict[int, str]:
 def command_shards_list(args: argparse.Namespace) -> int:
     from router import admin
 
-    shard_map, groups = asyncio.run(admin.describe(meta_members(args)))
+    shard_map, groups = asyncio.run(admin.describe(meta_members(args), ssl_context=peer_ssl(args)))
     print("PREFIX / RANGE                          GROUP")
     for start, end, group in shard_map.ranges:
         print(f"{_show_range(start, end):40} {group}")
@@ -438,7 +544,7 @@ def command_status(args: argparse.Namespace) -> int:
     """Every replica: role, term, indexes, revision, db size, and how far it trails its leader."""
     from router import admin
 
-    rows = asyncio.run(admin.replica_statuses(meta_members(args)))
+    rows = asyncio.run(admin.replica_statuses(meta_members(args), ssl_context=peer_ssl(args)))
     leaders_commit = {group: status.commit_index for group, member, status in rows
                       if not isinstance(status, str) and status.leader_id == member}
     print(f"{'GROUP':<6}{'MEMBER':<7}{'ROLE':<9}{'TERM':>5}{'COMMIT':>9}{'APPLIED':>9}{'LAG':>6}"
@@ -461,7 +567,8 @@ def command_leader_transfer(args: argparse.Namespace) -> int:
     from router import admin
 
     try:
-        moved = asyncio.run(admin.transfer_leadership(meta_members(args), args.group, args.member))
+        moved = asyncio.run(admin.transfer_leadership(meta_members(args), args.group, args.member,
+                                                      ssl_context=peer_ssl(args)))
     except (admin.OperatorError, EtcdError) as failure:
         return _operator_failure("leader transfer", failure)
     print(f"group {args.group}: member {args.member} leads" + ("" if moved else " (it did already)"))
@@ -473,7 +580,8 @@ def command_shards_assign(args: argparse.Namespace) -> int:
     from router.shard_map import ShardMapError
 
     try:
-        shard_map = asyncio.run(admin.assign(meta_members(args), args.prefix.encode(), args.group))
+        shard_map = asyncio.run(admin.assign(meta_members(args), args.prefix.encode(), args.group,
+                                             ssl_context=peer_ssl(args)))
     except ShardMapError as refused:
         print(f"tessera shards assign: {refused}", file=sys.stderr)
         return 1
@@ -488,9 +596,14 @@ def command_snapshot_save(args: argparse.Namespace) -> int:
     from tessera import snapshot
 
     endpoint = args.endpoints.removeprefix("http://")
+    credentials = None
     try:
+        if endpoint.startswith("https://") or args.cacert or args.cert:
+            endpoint = endpoint.removeprefix("https://")
+            credentials = grpc.ssl_channel_credentials(*(Path(name).read_bytes() if name else None
+                                                         for name in (args.cacert, args.key, args.cert)))
         with Progress() as progress:
-            summary = snapshot.save(args.file, endpoint, progress)
+            summary = snapshot.save(args.file, endpoint, progress, credentials)
     except (snapshot.SnapshotError, OSError) as failure:
         print(f"tessera snapshot save: {failure}", file=sys.stderr)
         return 1
@@ -533,7 +646,11 @@ def add_snapshot_commands(commands) -> None:
                                                      "(the history before it is not kept)")
     save.add_argument("file")
     save.add_argument("--endpoints", default=DEFAULT_LISTEN,
-                      help="one router's etcd endpoint HOST:PORT (default %(default)s)")
+                      help="one router's etcd endpoint HOST:PORT, https://HOST:PORT for TLS (default %(default)s)")
+    # etcdctl's names for a TLS client's files
+    save.add_argument("--cacert", default=None, help="verify the router's certificate with this CA (PEM)")
+    save.add_argument("--cert", default=None, help="the client certificate (PEM), where the router requires one")
+    save.add_argument("--key", default=None, help="the key of --cert (PEM)")
     save.set_defaults(run=command_snapshot_save)
     status = snapshot_commands.add_parser("status", help="check FILE's checksum and structure; what it holds")
     status.add_argument("file")
@@ -572,7 +689,7 @@ def command_member_list(args: argparse.Namespace) -> int:
     from router import admin
 
     try:
-        groups = asyncio.run(admin.list_members(meta_members(args), args.group))
+        groups = asyncio.run(admin.list_members(meta_members(args), args.group, ssl_context=peer_ssl(args)))
     except (admin.OperatorError, EtcdError) as failure:
         return _operator_failure("member list", failure)
     print(f"{'GROUP':<6}{'MEMBER':<7}{'ROLE':<9}{'PEER ADDRESS':<22}{'API ADDRESS':<22}ROUTED")
@@ -599,7 +716,8 @@ def command_member_add(args: argparse.Namespace) -> int:
             return 0
         if not (args.peer and args.api):
             raise admin.OperatorError("with --meta, give the new replica's --peer and --api addresses")
-        member, members = asyncio.run(admin.add_member(meta_members(args), args.group, args.peer, args.api))
+        member, members = asyncio.run(admin.add_member(meta_members(args), args.group, args.peer, args.api,
+                                                       ssl_context=peer_ssl(args)))
     except (admin.OperatorError, EtcdError) as failure:
         return _operator_failure("member add", failure)
     everyone = ",".join(f"{m.id}={m.peer_address}/{m.api_address}" for m in members)
@@ -618,7 +736,8 @@ def _add_local_replica(args: argparse.Namespace, group: int, peer: str | None, a
         free = Layout.load(Path(args.data_dir) / LAYOUT_FILE).free_addresses(2)
         peer, api = peer or free[0], api or free[1]
     member, _ = asyncio.run(admin.add_member(meta_members(args), group, peer, api,
-                                             member_id=unused_member_id(args.data_dir, group)))
+                                             member_id=unused_member_id(args.data_dir, group),
+                                             ssl_context=peer_ssl(args)))
     change_layout(args.data_dir, lambda layout: layout.add_member(group, member.id, peer, api))
     print(f"group {group}: member {member.id} added as a learner (peer {peer}, API {api}); the launcher starts it",
           flush=True)
@@ -632,7 +751,7 @@ def _promote(args: argparse.Namespace, group: int, member: int) -> None:
         def show(applied: int, commit: int) -> None:
             progress.show(f"group {group} member {member} catching up: applied {applied} of {commit}")
 
-        asyncio.run(admin.promote_member(meta_members(args), group, member, show))
+        asyncio.run(admin.promote_member(meta_members(args), group, member, show, ssl_context=peer_ssl(args)))
     print(f"group {group}: member {member} caught up and promoted to voter", flush=True)
 
 
@@ -661,7 +780,7 @@ def _remove(args: argparse.Namespace, group: int, member: int) -> None:
     from router import admin
     from tessera.launcher import change_layout
 
-    leader = asyncio.run(admin.remove_member(meta_members(args), group, member))
+    leader = asyncio.run(admin.remove_member(meta_members(args), group, member, ssl_context=peer_ssl(args)))
     print(f"group {group}: member {member} removed (member {leader} leads)", flush=True)
     if not args.meta:
         def drop(layout: Layout) -> None:
@@ -686,7 +805,7 @@ def command_member_move(args: argparse.Namespace) -> int:
         return 2
     _local_launcher(args, "member move")
     try:
-        found = asyncio.run(admin.list_members(meta_members(args), args.group))[0]
+        found = asyncio.run(admin.list_members(meta_members(args), args.group, ssl_context=peer_ssl(args)))[0]
         if found.error:
             raise admin.OperatorError(f"group {args.group}: {found.error}")
         if args.member not in {member.id for member in found.members}:
@@ -707,7 +826,7 @@ def command_defrag(args: argparse.Namespace) -> int:
     async def run() -> tuple[int, int, int]:
         failed, before, after = 0, 0, 0
         with Progress() as progress:
-            async for step in admin.defragment(meta_members(args)):
+            async for step in admin.defragment(meta_members(args), ssl_context=peer_ssl(args)):
                 name = f"[{step.position}/{step.total}] group {step.group} member {step.member}"
                 if not step.done:
                     progress.show(f"{name}: defragmenting {size_text(step.before_bytes)}")
@@ -735,7 +854,7 @@ def command_alarm(args: argparse.Namespace) -> int:
 
     run = admin.list_alarms if args.alarm_command == "list" else admin.disarm_alarms
     try:
-        alarms = asyncio.run(run(meta_members(args)))
+        alarms = asyncio.run(run(meta_members(args), ssl_context=peer_ssl(args)))
     except (admin.OperatorError, EtcdError) as failure:
         return _operator_failure(f"alarm {args.alarm_command}", failure)
     for group, alarm in alarms:
@@ -771,6 +890,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="router processes sharing the client port (SO_REUSEPORT): one per core to spare")
     add_auto_compaction_arguments(up)
     add_auth_token_arguments(up)
+    up.add_argument("--tls", action="store_true",
+                    help="make a local CA and certificates under DATA_DIR/certs and serve TLS everywhere, "
+                         "client certificates required; prints the etcdctl flags to use")
+    add_client_tls_arguments(up)
+    add_peer_tls_arguments(up)
     up.set_defaults(run=command_up)
     replica = commands.add_parser("replica", help="run one replica of one raft group")
     add_config_argument(replica)
@@ -816,6 +940,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "(etcd's 5 minutes)")
     replica.add_argument("--join", action="store_true",
                          help="join a running group (after a member add) instead of founding one")
+    add_peer_tls_arguments(replica)
     replica.add_argument("--parent-pid", type=int, default=None,
                          help="stop when this process is gone (test clusters stop themselves)")
     replica.set_defaults(run=command_replica)
@@ -834,6 +959,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="HOST:PORT for etcd's HTTP/JSON gateway (/v3/...), /metrics and /health, "
                              "besides the client port, which serves them too")
     add_auto_compaction_arguments(router)
+    add_client_tls_arguments(router)
+    add_peer_tls_arguments(router)
     router.add_argument("--read-only", action="store_true",
                         help="a proxy beside clients: serve reads and watches, refuse writes and leases")
     add_auth_token_arguments(router)

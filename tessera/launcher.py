@@ -33,6 +33,7 @@ from router.meta import bootstrap_cluster
 from router.shard_client import ReplicaUnreachable, ShardConnection
 from tessera.api.internal_pb2 import ShardRequest, ShardResponse, StatusRequest, StatusResponse
 from tessera.api.rpc_pb2 import MemberListRequest, MemberListResponse, RangeRequest, RangeResponse
+from tessera.api.tls import TLSFiles
 
 HOST = "127.0.0.1"
 META_GROUP = 0
@@ -302,6 +303,10 @@ class Launcher:
     saved address, or 127.0.0.1:2379 at first start.
     `routers`: router processes sharing the client port (SO_REUSEPORT): the kernel spreads
     connections over them, so a host with more cores gives the edge more cores.
+    `peer_tls`: TLS among replicas and from routers (and the launcher) to replicas.
+    `client_tls`: the routers serve TLS on the client port. The launcher's own calls to a
+    router present the server certificate as theirs, as etcd's gateway does to its own port
+    (so with client certificates required it needs the client-auth usage too).
     """
 
     def __init__(
@@ -315,6 +320,8 @@ class Launcher:
         replica_arguments: Sequence[str] = (),
         router_arguments: Sequence[str] = (),
         routers: int = 1,
+        client_tls: TLSFiles | None = None,
+        peer_tls: TLSFiles | None = None,
         report: Callable[[str], None] = report_to_stdout,
     ):
         self.data_dir = Path(data_dir).resolve()
@@ -325,6 +332,23 @@ class Launcher:
         self.supervise = supervise
         self.replica_arguments = list(replica_arguments)
         self.router_arguments = list(router_arguments)
+        self.client_tls = client_tls
+        if client_tls is not None:
+            self.router_arguments += ["--cert-file", client_tls.cert_file, "--key-file", client_tls.key_file]
+            if client_tls.trusted_ca_file:
+                self.router_arguments += ["--trusted-ca-file", client_tls.trusted_ca_file]
+            if client_tls.client_cert_auth:
+                self.router_arguments.append("--client-cert-auth")
+        self._peer_ssl = None
+        if peer_tls is not None:
+            self._peer_ssl = peer_tls.client_context()
+            peer_arguments = ["--peer-cert-file", peer_tls.cert_file, "--peer-key-file", peer_tls.key_file]
+            if peer_tls.trusted_ca_file:
+                peer_arguments += ["--peer-trusted-ca-file", peer_tls.trusted_ca_file]
+            if peer_tls.client_cert_auth:
+                peer_arguments.append("--peer-client-cert-auth")
+            self.replica_arguments += peer_arguments
+            self.router_arguments += peer_arguments
         self.router_count = routers
         if wal_segment_bytes is not None:
             self.replica_arguments += ["--wal-segment-bytes", str(wal_segment_bytes)]
@@ -458,7 +482,7 @@ class Launcher:
 
     async def _bootstrap_meta(self) -> None:
         await bootstrap_cluster(
-            self.layout.groups, dict(self.layout.prefixes), self.layout.default_group
+            self.layout.groups, dict(self.layout.prefixes), self.layout.default_group, self._peer_ssl
         )
 
     async def _wait_for_router(self) -> None:
@@ -532,7 +556,7 @@ class Launcher:
         """One internal-API request to one replica, e.g. `status=StatusRequest()` or `put=PutRequest(...)`."""
         address = self.layout.api_address(group, member)
         if address not in self._connections:
-            self._connections[address] = ShardConnection(address)
+            self._connections[address] = ShardConnection(address, self._peer_ssl)
         try:
             return await self._connections[address].request(ShardRequest(**fields), timeout)
         except ReplicaUnreachable as unreachable:
@@ -559,7 +583,15 @@ class Launcher:
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         if address not in self._channels:
-            self._channels[address] = grpc.aio.insecure_channel(address, options=ROUTER_CHANNEL_OPTIONS)
+            if self.client_tls is None:
+                channel = grpc.aio.insecure_channel(address, options=ROUTER_CHANNEL_OPTIONS)
+            else:
+                tls = self.client_tls
+                credentials = grpc.ssl_channel_credentials(
+                    root_certificates=Path(tls.trusted_ca_file).read_bytes() if tls.trusted_ca_file else None,
+                    private_key=Path(tls.key_file).read_bytes(), certificate_chain=Path(tls.cert_file).read_bytes())
+                channel = grpc.aio.secure_channel(address, credentials, options=ROUTER_CHANNEL_OPTIONS)
+            self._channels[address] = channel
         return self._channels[address]
 
     # --- supervision ------------------------------------------------------------------

@@ -113,11 +113,14 @@ class SnapshotSummary:
 # --- save ----------------------------------------------------------------------------
 
 
-def save(path: str | os.PathLike, endpoint: str, progress: Progress) -> SnapshotSummary:
-    """Save the cluster behind the router at `endpoint` into `path`."""
+def save(path: str | os.PathLike, endpoint: str, progress: Progress,
+         credentials: grpc.ChannelCredentials | None = None) -> SnapshotSummary:
+    """Save the cluster behind the router at `endpoint` into `path`; over TLS with `credentials`."""
     path = Path(path)
     partial = path.with_name(path.name + ".part")
-    channel = grpc.insecure_channel(endpoint, options=[("grpc.max_receive_message_length", -1)])
+    options = [("grpc.max_receive_message_length", -1)]
+    channel = (grpc.secure_channel(endpoint, credentials, options=options) if credentials is not None
+               else grpc.insecure_channel(endpoint, options=options))
     try:
         with open(partial, "wb") as file:
             # The last message is the checksum: hash every blob but the newest.

