@@ -73,7 +73,7 @@ async def assign(meta_members: dict[int, str], prefix: bytes, group: int,
     """Give an empty prefix to a group; a prefix that holds keys is refused (moving data comes later).
 
     In three steps, so that no acknowledged write is left behind in the old group:
-    1. the prefix is marked moving: routers refuse writes under it, and each one
+    1. the prefix is marked moving: routers hold requests under it, and each one
        says (in its meta record) once it routes by that map and every write it
        sent under the older one is answered;
     2. the old group is asked, through its raft log (after every write it took),

@@ -199,13 +199,6 @@ class ReadOnlyRouter(EtcdError):
     message = "tessera: this router is read-only; send writes to a router that is not"
 
 
-class KeysMoving(EtcdError):
-    """Tessera's own: the keys are changing shard groups; the write may be retried at once."""
-
-    code = "UNAVAILABLE"
-    message = "tessera: these keys are moving to another shard group; retry in a moment"
-
-
 class Reported(EtcdError):
     """An error another process reported as (status code name, message): passed on unchanged."""
 
