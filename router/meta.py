@@ -21,6 +21,8 @@ from tessera.api.internal_pb2 import (
     GroupRecord,
     LeaseRecord,
     Member,
+    MoveList,
+    MoveRecord,
     RouterRecord,
     ShardRequest,
 )
@@ -30,6 +32,7 @@ from tessera.api.meta_keys import (
     GROUPS_PREFIX,
     LEASES_PREFIX,
     META_GROUP,
+    MOVES_KEY,
     ROUTERS_PREFIX,
     SHARDS_KEY,
     SYSTEM_PREFIX,
@@ -54,6 +57,8 @@ class MetaState:
     shard_map_revision: int  # the map's mod revision: the compare of the next change
     routers: dict[int, RouterRecord] = field(default_factory=dict)
     leases: dict[int, LeaseRecord] = field(default_factory=dict)
+    moves: list[MoveRecord] = field(default_factory=list)  # prefixes moving between groups
+    moves_revision: int = 0  # the moves record's mod revision (0: none yet)
 
 
 def _put_op(key: bytes, record) -> RequestOp:
@@ -112,6 +117,7 @@ class MetaClient:
             elif key.startswith(LEASES_PREFIX):
                 record = LeaseRecord.FromString(kv.value)
                 leases[record.id] = record
+        moves = records.get(MOVES_KEY)
         return MetaState(
             revision=response.range.header.revision,
             cluster_id=ClusterRecord.FromString(records[CLUSTER_KEY].value).cluster_id,
@@ -120,6 +126,8 @@ class MetaClient:
             shard_map_revision=records[SHARDS_KEY].mod_revision,
             routers=routers,
             leases=leases,
+            moves=list(MoveList.FromString(moves.value).moves) if moves else [],
+            moves_revision=moves.mod_revision if moves else 0,
         )
 
     async def put(self, key: bytes, record) -> None:

@@ -1155,9 +1155,10 @@ class _Change:
             self._drop_moved(key)
         if request.final:
             floor = self.main if self.sub else max(store.revision, self.main - 1)
-            self.txn.put(_META_RANGE_FLOOR + request.key, _u64(floor) + request.range_end, db=store._meta)
+            end = b"" if request.range_end == b"\0" else request.range_end  # b"": to the end of the keyspace
+            self.txn.put(_META_RANGE_FLOOR + request.key, _u64(floor) + end, db=store._meta)
             store._range_floors = [entry for entry in store._range_floors if entry[0] != request.key]
-            store._range_floors.append((request.key, request.range_end, floor))
+            store._range_floors.append((request.key, end, floor))
 
     def drop_range(self, request: DropRange) -> None:
         for key, _ in self.store._index.range(request.key, _range_end(request.range_end)):

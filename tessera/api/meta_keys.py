@@ -7,6 +7,7 @@ Each value is a record of tessera/api/internal.proto:
     tessera/shards                ShardMap        the whole map, changed by compare-and-swap
     tessera/routers/<id>          RouterRecord    a router and the address clients use
     tessera/leases/<id>           LeaseRecord     a granted lease and its TTL
+    tessera/moves                 MoveList        prefixes moving between groups (router/moves.py)
 
 Routers read and write them (router/meta.py); the meta group's leader keeps
 lease deadlines from the lease records (shards/leases.py).
@@ -19,6 +20,7 @@ GROUPS_PREFIX = b"tessera/groups/"
 SHARDS_KEY = b"tessera/shards"
 ROUTERS_PREFIX = b"tessera/routers/"
 LEASES_PREFIX = b"tessera/leases/"
+MOVES_KEY = b"tessera/moves"
 
 
 def group_key(group_id: int) -> bytes:

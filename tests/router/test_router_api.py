@@ -319,7 +319,7 @@ def test_an_empty_prefix_is_assigned_online_and_a_full_one_refused(tessera_clust
     refused = subprocess.run([sys.executable, "-m", "tessera.cli", "shards", "assign", space[0].decode(), "2",
                               "--data-dir", data_dir], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1
-    assert "moving a prefix that holds data is not supported yet" in refused.stderr
+    assert "`tessera shards move` moves a prefix with its keys" in refused.stderr
     listed = subprocess.run([sys.executable, "-m", "tessera.cli", "shards", "list", "--data-dir", data_dir],
                             capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0 and fresh in listed.stdout and "/registry/pods/" in listed.stdout
