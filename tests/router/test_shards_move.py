@@ -79,7 +79,9 @@ def test_a_prefix_moves_with_its_keys_while_a_client_writes_and_watches(cluster)
             before = await preload(client, prefix)
             start = max(kv.mod_revision for kv in before.values()) + 1
             watch = client.watch()
-            await watch.create(key=prefix, range_end=prefix[:-1] + b"0", start_revision=start, prev_kv=True)
+            await watch.create(key=prefix, range_end=prefix[:-1] + b"0", start_revision=start)
+            across = client.watch()  # over every group: merged by the router before and after the switch
+            await across.create(key=b"/", range_end=b"0", start_revision=start)
             written: list[tuple[bytes, bytes, int]] = []  # (key, value, revision) as acknowledged
             stop = asyncio.Event()
 
@@ -113,9 +115,10 @@ def test_a_prefix_moves_with_its_keys_while_a_client_writes_and_watches(cluster)
                     for kv in answer.kvs} == expected
 
             # The watch saw every write once, in revision order, across the switch.
-            events = await watch.events_until(lambda events: len(events) >= len(written))
-            assert [(e.kv.key, e.kv.value, e.kv.mod_revision) for e in events] == written
-            watch.cancel()
+            for stream in (watch, across):
+                events = await stream.events_until(lambda events: len(events) >= len(written))
+                assert [(e.kv.key, e.kv.value, e.kv.mod_revision) for e in events] == written
+                stream.cancel()
 
         # The keys live in group 3 now, and group 1 holds none.
         assert len(await group_records(cluster, 3, prefix)) == len(expected)
