@@ -291,3 +291,35 @@ def test_the_move_command_and_the_list_of_keys_and_bytes(cluster):
         async with EtcdClient(cluster.endpoint) as client:
             await client.kv.DeleteRange(DeleteRangeRequest(key=prefix.encode(), range_end=b"/moving-cli0"))
     cluster.run(clean())
+
+
+def test_a_move_goes_on_when_the_leaders_of_both_groups_die_during_it(cluster):
+    """Each step is retried through the elections: the move completes, nothing lost."""
+    prefix = b"/moving-leaders-die/"
+    launcher = cluster.launcher
+    killed = []
+
+    async def scenario():
+        async with EtcdClient(cluster.endpoint) as client:
+            before = await preload(client, prefix, 200)
+            leaders = {group: await launcher.leader(group) for group in (1, 2)}
+
+            def progress(line: str) -> None:
+                if line.startswith("copied") and not killed:
+                    for group, member in leaders.items():
+                        launcher.kill(group, member)
+                        killed.append((group, member))
+
+            outcome = await moves.move(meta_members(cluster), prefix, 2, progress)
+            assert killed and (outcome.source, outcome.target, outcome.keys) == (1, 2, 200)
+            answer = await client.kv.Range(RangeRequest(key=prefix, range_end=prefix[:-1] + b"0"))
+            assert {kv.key: kv for kv in answer.kvs} == before
+        assert await group_records(cluster, 1, prefix) == []
+
+    try:
+        cluster.run(scenario(), timeout=180)
+    finally:
+        for group, member in killed:
+            cluster.restart(group, member)
+        for group, _ in killed:
+            cluster.run(launcher.leader(group))
