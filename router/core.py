@@ -190,6 +190,11 @@ class Router:
             self._writes_answered.clear()
             await self._writes_answered.wait()
 
+    @property
+    def map_generation(self) -> int:
+        """How many shard maps this router has routed by before the current one."""
+        return self._map_generation
+
     def check_writable(self) -> None:
         if self.read_only:
             raise errors.ReadOnlyRouter()

@@ -522,10 +522,15 @@ class MvccStore:
         Returns (events, next revision to read from): at most `limit` events,
         but never part of a revision, so a watch that pages through history
         with it sees every revision whole. Raises Compacted below the
-        compacted revision, as a watch from there must be cancelled.
+        compacted revision, as a watch from there must be cancelled, and
+        BelowMovedHistory below the floor of a range that moved in.
         """
         if start_revision < self.compacted_revision:
             raise errors.Compacted()
+        floor = max((floor for start, end, floor in self._range_floors
+                     if start_revision < floor and _ranges_meet(key, range_end, start, end)), default=0)
+        if floor:
+            raise BelowMovedHistory(floor)
         events: list[ChangeEvent] = []
         with self._env.begin() as txn:
             cursor = txn.cursor(db=self._history)
@@ -1023,6 +1028,15 @@ class MvccStore:
         self._durable_pin = self._env.begin()
         if self._durable_pin.id() != self._durable.txnid:
             raise StoreInvariantError(f"{self.path}: a write transaction ran while the map grew")
+
+
+class BelowMovedHistory(Exception):
+    """The change feed asked from below the floor of a range that moved in: the history before
+    `floor` stayed in the group the range came from."""
+
+    def __init__(self, floor: int):
+        super().__init__(f"history below revision {floor} of a range that moved in is in another group")
+        self.floor = floor
 
 
 class StoreInvariantError(Exception):

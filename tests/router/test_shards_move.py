@@ -143,6 +143,12 @@ def test_leases_follow_the_keys_and_old_revisions_read_as_compacted(cluster):
             with pytest.raises(Exception) as caught:
                 await client.kv.Range(RangeRequest(key=prefix + b"a", revision=first))
             assert caught.value.details() == "etcdserver: mvcc: required revision has been compacted"
+            # And a watch from there is cancelled as etcd cancels one from a compacted revision.
+            watch = client.watch()
+            await watch.create(key=prefix, range_end=prefix[:-1] + b"0", start_revision=first)
+            cancelled = await watch.next()
+            assert cancelled.canceled and cancelled.compact_revision > first and cancelled.cancel_reason == ""
+            watch.cancel()
             await client.lease.LeaseRevoke(_revoke(lease))  # its keys go, in the group they live in now
             answer = await client.kv.Range(RangeRequest(key=prefix, range_end=prefix[:-1] + b"0"))
             assert [kv.key for kv in answer.kvs] == [prefix + b"b"]
@@ -323,3 +329,45 @@ def test_a_move_goes_on_when_the_leaders_of_both_groups_die_during_it(cluster):
             cluster.restart(group, member)
         for group, _ in killed:
             cluster.run(launcher.leader(group))
+
+
+def test_a_watch_from_before_the_move_resumes_when_its_stream_to_the_new_group_breaks(cluster):
+    """Its part in the new group starts below that group's floor for the keys: it resumes at the
+    floor, not cancelled, and again when its stream there breaks and it is made anew."""
+    prefix = b"/moving-watch-resumes/"
+    launcher = cluster.launcher
+    killed = []
+
+    async def scenario():
+        async with EtcdClient(cluster.endpoint) as client:
+            await preload(client, prefix, 20)
+            start = (await client.kv.Put(PutRequest(key=prefix + b"w0", value=b"0"))).header.revision
+            watch = client.watch()
+            await watch.create(key=prefix, range_end=prefix[:-1] + b"0", start_revision=start)
+            written = [(prefix + b"w0", b"0", start)]
+
+            async def write(n: int) -> None:
+                answer = await client.kv.Put(PutRequest(key=prefix + b"w%d" % n, value=b"%d" % n))
+                written.append((prefix + b"w%d" % n, b"%d" % n, answer.header.revision))
+
+            for n in (1, 2):
+                await write(n)
+            # The new group ahead of the old one: its floor for the keys is above what the watch
+            # has seen, so its part there starts below the floor.
+            await client.kv.Put(PutRequest(key=b"/registry/events/moving-watch-resumes", value=b"x"))
+            await moves.move(meta_members(cluster), prefix, 3)
+            leader = await launcher.leader(3)
+            launcher.kill(3, leader)
+            killed.append(leader)
+            for n in (3, 4, 5):
+                await write(n)
+            events = await watch.events_until(lambda events: len(events) >= len(written), timeout=60)
+            assert [(e.kv.key, e.kv.value, e.kv.mod_revision) for e in events] == written
+            watch.cancel()
+
+    try:
+        cluster.run(scenario(), timeout=180)
+    finally:
+        for member in killed:
+            cluster.restart(3, member)
+        cluster.run(launcher.leader(3))

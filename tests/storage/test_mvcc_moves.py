@@ -3,11 +3,11 @@ records as the source had them; reads below the last import's floor are "compact
 
 import pytest
 
-from shards.mvcc import DropRange, ImportKeys
+from shards.mvcc import BelowMovedHistory, DropRange, ImportKeys
 from tessera.api import errors
 from tessera.api.kv_pb2 import KeyValue
 from tessera.api.rpc_pb2 import DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest
-from tests.storage.test_mvcc import Store
+from test_mvcc import Store
 
 START, END = b"/m/", b"/m0"
 
@@ -45,10 +45,16 @@ def test_later_imports_replace_and_delete_and_a_client_write_after_them_is_an_ev
     assert target.mvcc.lease_keys(7) == []
     target.apply(ImportKeys(START, END, [], [b"/m/a", b"/m/never"], True))
     assert records(target) == [] and target.last_events == []
+    floor = target.mvcc.revision
     target.apply(PutRequest(key=b"/m/a", value=b"3"), floor=100)
     assert [(kv.create_revision, kv.mod_revision, kv.version) for kv in records(target)] == [(100, 100, 1)]
-    events, _ = target.mvcc.changes(1, START, END)
+    events, _ = target.mvcc.changes(floor, START, END)
     assert [(event.revision, event.prev_kv) for event in events] == [(100, None)]
+    # Below the floor, the range's history is in the group it came from.
+    with pytest.raises(BelowMovedHistory) as below:
+        target.mvcc.changes(floor - 1, b"/", b"\0")
+    assert below.value.floor == floor
+    assert target.mvcc.changes(1, b"/n", b"/o")[0] == []  # other ranges are not held to it
 
 
 def test_reads_below_the_final_import_are_compacted_in_the_range_only(target):
