@@ -148,10 +148,14 @@ class Lessor:
     async def time_to_live(self, request: LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse:
         response = await self._ask_meta_leader(ShardRequest(lease_time_to_live=request.ID))
         if request.keys and response.TTL != -1:
+            groups = sorted(self.router.groups)
             answers = await asyncio.gather(*(
                 self.router.groups[group].call(ShardRequest(lease_keys=request.ID), write=False)
-                for group in sorted(self.router.groups)))
-            response.keys.extend(sorted(key for answer in answers for key in answer.lease_keys.keys))
+                for group in groups))
+            # Each key from the group the map gives it: a prefix being moved has a copy in both.
+            group_of = self.router.shard_map.group_of
+            response.keys.extend(sorted(key for group, answer in zip(groups, answers)
+                                        for key in answer.lease_keys.keys if group_of(key) == group))
         return response
 
     async def leases(self) -> LeaseLeasesResponse:

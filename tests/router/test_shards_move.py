@@ -239,6 +239,10 @@ def test_a_mover_that_dies_is_recovered_never_left_half_done(cluster, phase_line
             before = await preload(client, prefix, 50)
             record = await _stopped_at(cluster, prefix, target, phase_line)
             assert record.phase == phase
+            # Both groups hold the keys now; a lease lists each of its keys once.
+            lease = next(kv.lease for kv in before.values() if kv.lease)
+            attached = await client.lease.LeaseTimeToLive(_time_to_live(lease))
+            assert list(attached.keys) == sorted(key for key, kv in before.items() if kv.lease == lease)
             # A move of an overlapping prefix is refused while this one is recorded.
             with pytest.raises(moves.MoveError) as caught:
                 await moves.move(meta_members(cluster), prefix + b"inner/", 3)
