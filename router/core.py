@@ -268,8 +268,14 @@ class Router:
             by_group.setdefault(piece.group, []).append(
                 DeleteRangeRequest(key=piece.key, range_end=piece.range_end, prev_kv=request.prev_kv))
         generation = self._map_generation
-        answers = await asyncio.gather(*(self._delete_in_group(group, deletes, generation)
-                                         for group, deletes in by_group.items()))
+        # In flight from now, not from when each group's share is sent: a map change (a move's
+        # fence) meanwhile must wait for these writes, which go by this map.
+        self._writes_in_flight[generation] += 1
+        try:
+            answers = await asyncio.gather(*(self._delete_in_group(group, deletes, generation)
+                                             for group, deletes in by_group.items()))
+        finally:
+            self._write_answered(generation)
         merged = DeleteRangeResponse(header=self.header())
         for answer in answers:
             merged.deleted += answer.deleted
@@ -294,13 +300,7 @@ class Router:
         if any(op.WhichOneof("request") in ("request_put", "request_delete_range") for op in _txn_ops(request)):
             self.check_writable()
         unknown_leases = sorted({lease for lease in _txn_leases(request) if not await self.leases.is_live(lease)})
-        await self._wait_while_moving(_txn_keys(request))
-        groups = set()
-        for key, range_end in _txn_keys(request):
-            groups |= self.shard_map.groups_of(key, range_end)
-        if len(groups) > 1:
-            raise errors.TxnSpansGroups(groups)
-        group = groups.pop() if groups else self.shard_map.default_group
+        group = await self._txn_group(request)
         try:
             return await self.write(group, ShardRequest(txn=request, unknown_leases=unknown_leases))
         except errors.FutureRevision:
@@ -309,7 +309,19 @@ class Router:
             if self.group_revisions.get(group, 0) >= self.revision:
                 raise
             await self.raise_group(group, self.revision)
+            group = await self._txn_group(request)  # the map may have changed meanwhile (a move)
             return await self.write(group, ShardRequest(txn=request, unknown_leases=unknown_leases))
+
+    async def _txn_group(self, request: TxnRequest) -> int:
+        """The one group a transaction's keys are in, once no fence holds them. It returns with
+        no await after the map is read, so the write that follows goes by that map."""
+        await self._wait_while_moving(_txn_keys(request))
+        groups = set()
+        for key, range_end in _txn_keys(request):
+            groups |= self.shard_map.groups_of(key, range_end)
+        if len(groups) > 1:
+            raise errors.TxnSpansGroups(groups)
+        return groups.pop() if groups else self.shard_map.default_group
 
     async def compact(self, request: CompactionRequest) -> CompactionResponse:
         self.check_writable()
