@@ -42,6 +42,7 @@ class GroupState:
     healthy: bool  # a leader, and a linearizable read answered
     keys: int | None  # None when the group could not answer
     error: str = ""
+    bytes_in_use: int = 0  # the leader's database, history included (what compact + defrag keep)
 
 
 async def _group_state(group: int, client: GroupClient) -> GroupState:
@@ -50,14 +51,16 @@ async def _group_state(group: int, client: GroupClient) -> GroupState:
                                     timeout=STATUS_TIMEOUT_SECONDS)).status
         count = await client.call(ShardRequest(range=RangeRequest(key=b"\0", range_end=b"\0", count_only=True)),
                                   write=False, timeout=STATUS_TIMEOUT_SECONDS)
-        return GroupState(group, status.leader_id, len(client.member_ids), True, count.range.count)
+        return GroupState(group, status.leader_id, len(client.member_ids), True, count.range.count,
+                          bytes_in_use=status.db_size_in_use)
     except errors.EtcdError as error:
         return GroupState(group, client.leader_id, len(client.member_ids), False, None, error.message)
 
 
 async def describe(meta_members: dict[int, str],
-                   ssl_context: ssl.SSLContext | None = None) -> tuple[ShardMap, list[GroupState]]:
-    """The map, and each data group's leader, health and key count."""
+                   ssl_context: ssl.SSLContext | None = None) -> tuple[MetaState, list[GroupState]]:
+    """The meta records (the map, moves in progress), and each data group's leader, health,
+    key count and bytes."""
     meta = MetaClient(GroupClient(META_GROUP, meta_members, ssl_context))
     clients = {}
     try:
@@ -66,7 +69,7 @@ async def describe(meta_members: dict[int, str],
                                       meta.client.ssl_context)
                    for group, record in state.groups.items() if group != META_GROUP}
         states = await asyncio.gather(*(_group_state(group, client) for group, client in sorted(clients.items())))
-        return state.shard_map, list(states)
+        return state, list(states)
     finally:
         await asyncio.gather(meta.client.close(), *(client.close() for client in clients.values()))
 
@@ -74,10 +77,10 @@ async def describe(meta_members: dict[int, str],
 async def assign(meta_members: dict[int, str], prefix: bytes, group: int,
                  routers_timeout: float = ROUTERS_TIMEOUT_SECONDS,
                  ssl_context: ssl.SSLContext | None = None) -> ShardMap:
-    """Give an empty prefix to a group; a prefix that holds keys is refused (moving data comes later).
+    """Give an empty prefix to a group; a prefix that holds keys is refused (router/moves.py moves those).
 
     In three steps, so that no acknowledged write is left behind in the old group:
-    1. the prefix is marked moving: routers refuse writes under it, and each one
+    1. the prefix is marked moving: routers hold requests under it, and each one
        says (in its meta record) once it routes by that map and every write it
        sent under the older one is answered;
     2. the old group is asked, through its raft log (after every write it took),
@@ -108,8 +111,8 @@ async def assign(meta_members: dict[int, str], prefix: bytes, group: int,
                 count = await _count_in_log_order(clients[piece.group], piece.key, piece.range_end)
                 if count:
                     raise ShardMapError(
-                        f"{count} keys under {prefix!r} live in group {piece.group}; moving a prefix that "
-                        f"holds data is not supported yet, so it stays where it is")
+                        f"{count} keys under {prefix!r} live in group {piece.group}, so it stays where it "
+                        f"is; `tessera shards move` moves a prefix with its keys")
         except BaseException:
             await meta.replace_shard_map(state.shard_map, frozen_revision)  # undo the freeze
             raise

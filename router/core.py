@@ -104,6 +104,8 @@ class Router:
         self._map_generation = 0
         self._writes_in_flight: collections.Counter[int] = collections.Counter()
         self._writes_answered = asyncio.Event()
+        # Set (and replaced) at each map change: what a request held by a fence waits on.
+        self._shard_map_changed = asyncio.Event()
         self.leases = None  # router.leases.Lessor, set by the server
         self.read_only = False  # a proxy beside clients: reads and watches only
 
@@ -182,17 +184,42 @@ class Router:
         """Route by a new map; return once every write routed by an older one is answered."""
         self.shard_map = shard_map
         self._map_generation += 1
+        changed, self._shard_map_changed = self._shard_map_changed, asyncio.Event()
+        changed.set()
         while any(generation < self._map_generation for generation in self._writes_in_flight):
             self._writes_answered.clear()
             await self._writes_answered.wait()
+
+    @property
+    def map_generation(self) -> int:
+        """How many shard maps this router has routed by before the current one."""
+        return self._map_generation
 
     def check_writable(self) -> None:
         if self.read_only:
             raise errors.ReadOnlyRouter()
 
-    def _check_not_moving(self, key: bytes, range_end: bytes = b"") -> None:
-        if self.shard_map.is_moving(key, range_end):
-            raise errors.KeysMoving()
+    async def _wait_while_moving(self, spans: Iterable[tuple[bytes, bytes]]) -> None:
+        """Hold a request that touches a range being moved (the map's `moving`, the short fence
+        of `tessera shards move`) until the map lets it go on; route it by the map after.
+
+        Reads are held too: a router still at the fence must not read the group the range
+        left while one already past it writes to the new one. A fence that outlasts the
+        request timeout (its mover died; `tessera shards move --recover` ends it) gets
+        etcd's "request timed out"."""
+        spans = list(spans)
+        if not any(self.shard_map.is_moving(key, range_end) for key, range_end in spans):
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REQUEST_TIMEOUT_SECONDS
+        while any(self.shard_map.is_moving(key, range_end) for key, range_end in spans):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise errors.RequestTimeout()
+            try:
+                await asyncio.wait_for(self._shard_map_changed.wait(), remaining)
+            except TimeoutError:
+                raise errors.RequestTimeout() from None
 
     async def write(self, group: int, request: ShardRequest, generation: int | None = None) -> object:
         """Send a write with the floor of global revisions; the group's answer of that kind.
@@ -223,15 +250,16 @@ class Router:
     async def put(self, request: PutRequest) -> PutResponse:
         validation.check_put(request)
         self.check_writable()
-        self._check_not_moving(request.key)
         if request.lease:
             await self.leases.check(request.lease)
+        # No await between the wait and write(): the write is counted under the map that routed it.
+        await self._wait_while_moving([(request.key, b"")])
         return await self.write(self.shard_map.group_of(request.key), ShardRequest(put=request))
 
     async def delete_range(self, request: DeleteRangeRequest) -> DeleteRangeResponse:
         validation.check_delete(request)
         self.check_writable()
-        self._check_not_moving(request.key, request.range_end)
+        await self._wait_while_moving([(request.key, request.range_end)])
         pieces = self.shard_map.pieces(request.key, request.range_end)
         if len(pieces) == 1:
             return await self.write(pieces[0].group, ShardRequest(delete_range=request))
@@ -240,8 +268,14 @@ class Router:
             by_group.setdefault(piece.group, []).append(
                 DeleteRangeRequest(key=piece.key, range_end=piece.range_end, prev_kv=request.prev_kv))
         generation = self._map_generation
-        answers = await asyncio.gather(*(self._delete_in_group(group, deletes, generation)
-                                         for group, deletes in by_group.items()))
+        # In flight from now, not from when each group's share is sent: a map change (a move's
+        # fence) meanwhile must wait for these writes, which go by this map.
+        self._writes_in_flight[generation] += 1
+        try:
+            answers = await asyncio.gather(*(self._delete_in_group(group, deletes, generation)
+                                             for group, deletes in by_group.items()))
+        finally:
+            self._write_answered(generation)
         merged = DeleteRangeResponse(header=self.header())
         for answer in answers:
             merged.deleted += answer.deleted
@@ -265,14 +299,8 @@ class Router:
         validation.check_txn(request)
         if any(op.WhichOneof("request") in ("request_put", "request_delete_range") for op in _txn_ops(request)):
             self.check_writable()
-        groups = set()
-        for key, range_end in _txn_keys(request):
-            self._check_not_moving(key, range_end)
-            groups |= self.shard_map.groups_of(key, range_end)
-        if len(groups) > 1:
-            raise errors.TxnSpansGroups(groups)
-        group = groups.pop() if groups else self.shard_map.default_group
         unknown_leases = sorted({lease for lease in _txn_leases(request) if not await self.leases.is_live(lease)})
+        group = await self._txn_group(request)
         try:
             return await self.write(group, ShardRequest(txn=request, unknown_leases=unknown_leases))
         except errors.FutureRevision:
@@ -281,7 +309,19 @@ class Router:
             if self.group_revisions.get(group, 0) >= self.revision:
                 raise
             await self.raise_group(group, self.revision)
+            group = await self._txn_group(request)  # the map may have changed meanwhile (a move)
             return await self.write(group, ShardRequest(txn=request, unknown_leases=unknown_leases))
+
+    async def _txn_group(self, request: TxnRequest) -> int:
+        """The one group a transaction's keys are in, once no fence holds them. It returns with
+        no await after the map is read, so the write that follows goes by that map."""
+        await self._wait_while_moving(_txn_keys(request))
+        groups = set()
+        for key, range_end in _txn_keys(request):
+            groups |= self.shard_map.groups_of(key, range_end)
+        if len(groups) > 1:
+            raise errors.TxnSpansGroups(groups)
+        return groups.pop() if groups else self.shard_map.default_group
 
     async def compact(self, request: CompactionRequest) -> CompactionResponse:
         self.check_writable()
@@ -410,6 +450,7 @@ class Router:
         validation.check_range(request)
         if request.revision > self.revision:
             raise errors.FutureRevision()
+        await self._wait_while_moving([(request.key, request.range_end)])
         pieces = self.shard_map.pieces(request.key, request.range_end)
         if not pieces:
             return RangeResponse(header=self.header())

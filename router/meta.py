@@ -23,6 +23,8 @@ from tessera.api.internal_pb2 import (
     GroupRecord,
     LeaseRecord,
     Member,
+    MoveList,
+    MoveRecord,
     RouterRecord,
     ShardRequest,
 )
@@ -33,6 +35,7 @@ from tessera.api.meta_keys import (
     GROUPS_PREFIX,
     LEASES_PREFIX,
     META_GROUP,
+    MOVES_KEY,
     ROUTERS_PREFIX,
     SHARDS_KEY,
     SYSTEM_PREFIX,
@@ -58,6 +61,8 @@ class MetaState:
     routers: dict[int, RouterRecord] = field(default_factory=dict)
     leases: dict[int, LeaseRecord] = field(default_factory=dict)
     auth: AuthRecords = field(default_factory=AuthRecords)
+    moves: list[MoveRecord] = field(default_factory=list)  # prefixes moving between groups
+    moves_revision: int = 0  # the moves record's mod revision (0: none yet)
 
 
 def _put_op(key: bytes, record) -> RequestOp:
@@ -116,6 +121,7 @@ class MetaClient:
             elif key.startswith(LEASES_PREFIX):
                 record = LeaseRecord.FromString(kv.value)
                 leases[record.id] = record
+        moves = records.get(MOVES_KEY)
         return MetaState(
             revision=response.range.header.revision,
             cluster_id=ClusterRecord.FromString(records[CLUSTER_KEY].value).cluster_id,
@@ -125,6 +131,8 @@ class MetaClient:
             routers=routers,
             leases=leases,
             auth=AuthRecords.from_kvs(kv for key, kv in records.items() if key.startswith(AUTH_PREFIX)),
+            moves=list(MoveList.FromString(moves.value).moves) if moves else [],
+            moves_revision=moves.mod_revision if moves else 0,
         )
 
     async def put(self, key: bytes, record) -> None:

@@ -17,6 +17,13 @@ response, each exactly once. A part whose group is idle would hold the
 others back, so a blocked watch *nudges* it: the router raises that group's
 revision through raft (no event) and asks its stream for progress.
 
+When the map moves a prefix to another group (router/moves.py), each watch
+gets a part where its keys went, from the revision after what it has
+delivered; the group they left delivers their events up to the move. The new
+group holds no history of them before the move (its floor): a watch that
+began before the move resumes there at the floor, one that began after and
+asks for older revisions is cancelled as etcd cancels a compacted one.
+
 A merged watch from "now" starts at one revision for every part: the
 router's revision, with every group raised to it first, so the start is a
 consistent cut, as a read across groups is.
@@ -75,6 +82,7 @@ class _ClientWatch:
     parts: list[_Part] = field(default_factory=list)
     created_sent: bool = False
     notified: int = 0  # the last progress revision told to the client
+    map_generation: int = 0  # the router's shard map when it was created
 
     @property
     def merged(self) -> bool:
@@ -157,7 +165,7 @@ class WatchProxy:
             self._send(WatchResponse(watch_id=watch_id, created=True, canceled=True,
                                      cancel_reason=errors.Compacted.message))
             return
-        watch = _ClientWatch(watch_id, request)
+        watch = _ClientWatch(watch_id, request, map_generation=self.router.map_generation)
         self.watches[watch_id] = watch
         pieces = self.router.shard_map.pieces(request.key or b"\0", request.range_end)
         if not pieces:  # an empty range: created, and quiet forever
@@ -295,6 +303,16 @@ class WatchProxy:
                 if watch.merged:
                     self._release(watch, notify=False)  # events that came before the last part's creation
             return
+        if response.canceled and response.cancel_reason == errors.MOVED_HISTORY_CANCEL_REASON:
+            upstream.parts.pop(response.watch_id, None)
+            if watch.map_generation < self.router.map_generation:
+                # Keys moved into this group after the watch began: the group they left delivered
+                # their events up to the move, and this group has none of its own below the floor.
+                part.watermark = max(part.watermark, response.compact_revision - 1)
+                part.created = True
+                self._attach(part)
+                return
+            response.cancel_reason = ""  # begun after the move, from before it: etcd's compacted cancel
         if response.canceled:  # refused or dropped by the replica (a compacted revision): the whole watch ends
             self.watches.pop(watch.id, None)
             self._detach(watch)

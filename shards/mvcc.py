@@ -30,6 +30,16 @@ transaction's puts and deletes, a range delete's keys) share it and get sub
 revisions 0, 1, 2... A request that changes nothing leaves the revision alone.
 `RaiseRevision` lifts the revision without a change or an event.
 
+A prefix moving between groups (router/moves.py) arrives as `ImportKeys`
+and leaves as `DropRange`. Both write under a revision of the group's own,
+with sub revisions from MOVED_SUB_BASE up: records that keep the create
+and mod revisions, version and lease they had in the source group, and
+tombstones. They make no events, and the change feed skips them: a
+watcher of the prefix saw those changes from the group they happened in.
+The last import records a *range floor*: the history of the range before
+it stayed behind, so a read there below the floor is answered as etcd
+answers one below a compaction.
+
 Applying is idempotent: a batch is one LMDB write transaction that also
 stores the applied raft index, and proposals at or below that index are
 skipped. Everything a request can fail on is checked before it changes
@@ -140,6 +150,11 @@ _META_APPLIED_INDEX = b"applied_index"
 _META_REVISION = b"revision"
 _META_COMPACTED = b"compacted_revision"
 _META_COMPACT_FINISHED = b"compact_finished_revision"
+# + a range's start -> u64 floor revision + the range's end (see ImportKeys.final).
+_META_RANGE_FLOOR = b"range_floor/"
+# Sub revisions of records a move wrote (ImportKeys, DropRange): no request
+# has that many changes, so they never meet a client write's sub revisions.
+MOVED_SUB_BASE = 1 << 62
 
 
 class RaiseRevision(NamedTuple):
@@ -180,6 +195,27 @@ class PlainPut(NamedTuple):
     # The PutRequest fields a plain put leaves unset (class attributes, not fields).
     lease = 0
     prev_kv = ignore_value = ignore_lease = False
+
+
+class ImportKeys(NamedTuple):
+    """Records of a moving range [key, range_end) from the group it leaves, no events.
+
+    `puts`: KeyValues as the source has them; `deletes`: keys the source no longer
+    has. `final`: reads of the range below this revision are "compacted" from now on.
+    """
+
+    key: bytes
+    range_end: bytes
+    puts: Sequence[KeyValue]
+    deletes: Sequence[bytes]
+    final: bool
+
+
+class DropRange(NamedTuple):
+    """A range that moved to another group: its keys deleted, no events."""
+
+    key: bytes
+    range_end: bytes
 
 
 class Proposal(NamedTuple):
@@ -381,12 +417,18 @@ class MvccStore:
         """Read the meta records and rebuild the key index from history."""
         index = KeyIndex()
         with self._env.begin() as txn:
-            meta = {key: _U64.unpack(value)[0] for key, value in txn.cursor(db=self._meta)}
+            meta, range_floors = {}, []
+            for key, value in txn.cursor(db=self._meta):
+                if key.startswith(_META_RANGE_FLOOR):
+                    range_floors.append((key[len(_META_RANGE_FLOOR):], value[8:], _U64.unpack(value[:8])[0]))
+                else:
+                    meta[key] = _U64.unpack(value)[0]
             for revision_key, record in txn.cursor(db=self._history):
                 index.add_record(codec.decode_key_value(record)[KEY], revision_key)
             self.alarms = {(_U64.unpack(key[:8])[0], key[8]) for key, _ in txn.cursor(db=self._alarms_db)}
         self._alarms_changed()
         self._index = index
+        self._range_floors = range_floors
         self.applied_index = meta.get(_META_APPLIED_INDEX, 0)
         self.revision = meta.get(_META_REVISION, FIRST_REVISION)
         self.compacted_revision = meta.get(_META_COMPACTED, 0)
@@ -427,7 +469,8 @@ class MvccStore:
         at = request.revision if request.revision > 0 else current
         if at > current:
             raise errors.FutureRevision()
-        if at < self.compacted_revision:
+        if at < self.compacted_revision or (at < current and self.below_range_floor(
+                request.key, request.range_end, at)):
             raise errors.Compacted()
         response = RangeResponse()
         response.header.revision = current
@@ -466,6 +509,11 @@ class MvccStore:
                 kv.value = b""
         return response
 
+    def below_range_floor(self, key: bytes, range_end: bytes, at: int) -> bool:
+        """Whether a read of (key, range_end) at `at` reaches below the floor of a range moved in."""
+        return any(at < floor and _ranges_meet(key, range_end, start, end)
+                   for start, end, floor in self._range_floors)
+
     def changes(
         self, start_revision: int, key: bytes, range_end: bytes = b"", limit: int = 10_000,
     ) -> tuple[list[ChangeEvent], int]:
@@ -474,19 +522,27 @@ class MvccStore:
         Returns (events, next revision to read from): at most `limit` events,
         but never part of a revision, so a watch that pages through history
         with it sees every revision whole. Raises Compacted below the
-        compacted revision, as a watch from there must be cancelled.
+        compacted revision, as a watch from there must be cancelled, and
+        BelowMovedHistory below the floor of a range that moved in.
         """
         if start_revision < self.compacted_revision:
             raise errors.Compacted()
+        floor = max((floor for start, end, floor in self._range_floors
+                     if start_revision < floor and _ranges_meet(key, range_end, start, end)), default=0)
+        if floor:
+            raise BelowMovedHistory(floor)
         events: list[ChangeEvent] = []
         with self._env.begin() as txn:
             cursor = txn.cursor(db=self._history)
             present = cursor.set_range(codec.encode_revision(max(start_revision, 1), 0))
             while present:
                 revision_key, record = cursor.item()
-                main, _, tombstone = codec.decode_revision(revision_key)
+                main, sub, tombstone = codec.decode_revision(revision_key)
                 if len(events) >= limit and events[-1].revision != main:
                     return events, main
+                if sub >= MOVED_SUB_BASE:
+                    present = cursor.next()
+                    continue
                 record_key = codec.decode_key_value(record)[KEY]
                 if key_in_range(record_key, key, range_end) and main > self.compacted_revision:
                     previous = self._index.get(record_key, main - 1)
@@ -974,8 +1030,24 @@ class MvccStore:
             raise StoreInvariantError(f"{self.path}: a write transaction ran while the map grew")
 
 
+class BelowMovedHistory(Exception):
+    """The change feed asked from below the floor of a range that moved in: the history before
+    `floor` stayed in the group the range came from."""
+
+    def __init__(self, floor: int):
+        super().__init__(f"history below revision {floor} of a range that moved in is in another group")
+        self.floor = floor
+
+
 class StoreInvariantError(Exception):
     """The store's memory and disk disagree: the replica must restart from disk."""
+
+
+def _ranges_meet(key: bytes, range_end: bytes, start: bytes, end: bytes) -> bool:
+    """Whether a request's (key, range_end) and a range [start, end) (end b"": no end) share a key."""
+    if not range_end:
+        return start <= key and (not end or key < end)
+    return (range_end == b"\0" or start < range_end) and (not end or key < end)
 
 
 def _passes_filters(kv: KeyValue, request: RangeRequest) -> bool:
@@ -1051,6 +1123,61 @@ class _Change:
         self.events.append(ChangeEvent(Event.DELETE, main, key, tombstone, previous_bytes))
         return previous_bytes
 
+    def _next_moved_revision(self) -> tuple[int, int]:
+        main, sub = self._next_revision()
+        return main, MOVED_SUB_BASE + sub
+
+    def _write_moved(self, kv: KeyValue) -> None:
+        """One record of a range moving in, as the source group had it."""
+        store, txn = self.store, self.txn
+        previous_revision = store._index.get(kv.key)
+        previous_lease = codec.decode_key_value(store._record_bytes(txn, previous_revision))[LEASE] \
+            if previous_revision is not None else 0
+        main, sub = self._next_moved_revision()
+        txn.put(codec.encode_revision(main, sub), codec.encode_key_value(
+            kv.key, kv.create_revision, kv.mod_revision, kv.version, kv.value, kv.lease), db=store._history)
+        store._index.add(kv.key, main, sub)
+        if previous_lease != kv.lease:
+            if previous_lease:
+                txn.delete(_lease_prefix(previous_lease) + kv.key, db=store._leases)
+            if kv.lease:
+                txn.put(_lease_prefix(kv.lease) + kv.key, b"", db=store._leases)
+
+    def _drop_moved(self, key: bytes) -> None:
+        """A key of a moving range deleted with no event (a tombstone with a moved sub revision)."""
+        store, txn = self.store, self.txn
+        revision = store._index.get(key)
+        if revision is None:
+            return
+        lease = codec.decode_key_value(store._record_bytes(txn, revision))[LEASE]
+        main, sub = self._next_moved_revision()
+        txn.put(codec.encode_revision(main, sub, tombstone=True), codec.encode_key_value(key, 0, main, 0, b"", 0),
+                db=store._history)
+        store._index.add(key, main, sub, tombstone=True)
+        if lease:
+            txn.delete(_lease_prefix(lease) + key, db=store._leases)
+
+    def import_keys(self, request: ImportKeys) -> None:
+        store = self.store
+        if store.space_exceeded and request.puts:
+            raise errors.NoSpace()
+        for kv in request.puts:
+            if not key_in_range(kv.key, request.key, request.range_end):
+                raise StoreInvariantError(f"import of {kv.key!r} outside [{request.key!r}, {request.range_end!r})")
+            self._write_moved(kv)
+        for key in request.deletes:
+            self._drop_moved(key)
+        if request.final:
+            floor = self.main if self.sub else max(store.revision, self.main - 1)
+            end = b"" if request.range_end == b"\0" else request.range_end  # b"": to the end of the keyspace
+            self.txn.put(_META_RANGE_FLOOR + request.key, _u64(floor) + end, db=store._meta)
+            store._range_floors = [entry for entry in store._range_floors if entry[0] != request.key]
+            store._range_floors.append((request.key, end, floor))
+
+    def drop_range(self, request: DropRange) -> None:
+        for key, _ in self.store._index.range(request.key, _range_end(request.range_end)):
+            self._drop_moved(key)
+
     def checked_put(self, request: PutRequest) -> PutResponse:
         self.store._check_put(self.txn, request, self.unknown_leases)
         return self.put(request)
@@ -1120,7 +1247,9 @@ class _Change:
     def _check_range_revision(self, request: RangeRequest) -> None:
         if request.revision > self.store.revision:
             raise errors.FutureRevision()
-        if 0 < request.revision < self.store.compacted_revision:
+        if 0 < request.revision < self.store.compacted_revision or (
+                0 < request.revision and self.store.below_range_floor(
+                    request.key, request.range_end, request.revision)):
             raise errors.Compacted()
 
     def _run(self, request: TxnRequest, path: list[bool], response: TxnResponse, position: int = 0) -> int:
@@ -1175,6 +1304,8 @@ _APPLY = {
     RegrantLease: _Change.regrant_lease,
     SetMember: _Change.set_member,
     RemoveMember: _Change.remove_member,
+    ImportKeys: _Change.import_keys,
+    DropRange: _Change.drop_range,
 }
 
 

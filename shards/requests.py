@@ -11,7 +11,7 @@ from __future__ import annotations
 from operator import attrgetter
 from typing import Callable, NamedTuple
 
-from shards.mvcc import RaiseRevision, RegrantLease, RevokeLease
+from shards.mvcc import DropRange, ImportKeys, RaiseRevision, RegrantLease, RevokeLease
 from tessera.api.internal_pb2 import ShardRequest
 
 
@@ -37,6 +37,12 @@ REQUEST_KINDS: dict[str, RequestKind] = {
     "revoke_lease": _write("revoke_lease", "lease_revoked", lambda request: RevokeLease(request.revoke_lease)),
     "regrant_lease": _write("regrant_lease", "lease_regranted",
                             lambda request: RegrantLease(request.regrant_lease)),
+    # A prefix moving between groups (router/moves.py): in here, and out of the group it left.
+    "import_keys": _write("import_keys", "imported", lambda request: ImportKeys(
+        request.import_keys.key, request.import_keys.range_end, request.import_keys.puts,
+        request.import_keys.deletes, request.import_keys.final)),
+    "drop_range": _write("drop_range", "dropped", lambda request: DropRange(
+        request.drop_range.key, request.drop_range.range_end)),
     "lease_keep_alive": RequestKind("lease_query", "lease_keep_alive"),
     "lease_time_to_live": RequestKind("lease_query", "lease_time_to_live"),
     "lease_leases": RequestKind("lease_query", "lease_leases"),

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from shards.mvcc import ChangeEvent, MvccStore
+from shards.mvcc import BelowMovedHistory, ChangeEvent, MvccStore
 from tessera.api import errors
 from tessera.api.validation import key_in_range
 from tessera.api.kv_pb2 import Event
@@ -236,6 +236,11 @@ class WatchHub:
         try:
             events, next_revision = self.store.changes(
                 watcher.next_revision, watcher.key, watcher.range_end, limit=HISTORY_PAGE_EVENTS)
+        except BelowMovedHistory as below:
+            del stream.watchers[watcher.id]
+            stream.send(WatchResponse(watch_id=watcher.id, canceled=True, compact_revision=below.floor,
+                                      cancel_reason=errors.MOVED_HISTORY_CANCEL_REASON))
+            return True
         except errors.Compacted:
             del stream.watchers[watcher.id]
             # As etcd: the compacted revision says why; cancel_reason stays empty.

@@ -11,6 +11,7 @@ import platform
 import signal
 import ssl
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -518,17 +519,28 @@ def meta_members(args: argparse.Namespace) -> dict[int, str]:
 def command_shards_list(args: argparse.Namespace) -> int:
     from router import admin
 
-    shard_map, groups = asyncio.run(admin.describe(meta_members(args), ssl_context=peer_ssl(args)))
+    from tessera.api.internal_pb2 import MoveRecord
+
+    state, groups = asyncio.run(admin.describe(meta_members(args), ssl_context=peer_ssl(args)))
+    shard_map = state.shard_map
     print("PREFIX / RANGE                          GROUP")
     for start, end, group in shard_map.ranges:
         print(f"{_show_range(start, end):40} {group}")
     print(f"{'(every other key)':40} {shard_map.default_group}")
     print()
-    print("GROUP  LEADER  MEMBERS  HEALTH     KEYS")
-    for state in groups:
-        health = "healthy" if state.healthy else f"unhealthy: {state.error}"
-        keys = "-" if state.keys is None else state.keys
-        print(f"{state.group:<6} {state.leader or '-':<7} {state.members:<8} {health:10} {keys}")
+    print("GROUP  LEADER  MEMBERS  HEALTH     KEYS        IN USE")
+    for group_state in groups:
+        health = "healthy" if group_state.healthy else f"unhealthy: {group_state.error}"
+        keys = "-" if group_state.keys is None else group_state.keys
+        in_use = size_text(group_state.bytes_in_use) if group_state.healthy else "-"
+        print(f"{group_state.group:<6} {group_state.leader or '-':<7} {group_state.members:<8} {health:10} "
+              f"{keys:<11} {in_use}")
+    if state.moves:
+        print()
+        print("MOVING                                   FROM  TO    PHASE     SINCE")
+        for move in state.moves:
+            print(f"{_show_range(move.start, move.end):40} {move.source:<5} {move.target:<5} "
+                  f"{MoveRecord.Phase.Name(move.phase):9} {time.ctime(move.started_unix_seconds)}")
     return 0
 
 
@@ -572,6 +584,31 @@ def command_leader_transfer(args: argparse.Namespace) -> int:
     except (admin.OperatorError, EtcdError) as failure:
         return _operator_failure("leader transfer", failure)
     print(f"group {args.group}: member {args.member} leads" + ("" if moved else " (it did already)"))
+    return 0
+
+
+def command_shards_move(args: argparse.Namespace) -> int:
+    from router import moves
+    from router.shard_map import ShardMapError
+
+    def progress(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        if args.recover:
+            outcomes = asyncio.run(moves.recover(meta_members(args), progress))
+            if not outcomes:
+                print("no move in progress")
+            return 0
+        if args.prefix is None or args.group is None:
+            print("tessera shards move: give PREFIX and GROUP, or --recover", file=sys.stderr)
+            return 2
+        outcome = asyncio.run(moves.move(meta_members(args), args.prefix.encode(), args.group, progress))
+    except (moves.MoveError, ShardMapError, EtcdError) as failure:
+        return _operator_failure("shards move", failure)
+    print(f"{args.prefix} -> group {outcome.target}: {outcome.keys} keys ({size_text(outcome.bytes)}) moved "
+          f"from group {outcome.source}; copied in {outcome.copy_seconds:.1f} s, writes paused "
+          f"{outcome.fence_seconds:.3f} s")
     return 0
 
 
@@ -979,16 +1016,24 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("member", type=int)
     add_cluster_arguments(transfer)
     transfer.set_defaults(run=command_leader_transfer)
-    shards = commands.add_parser("shards", help="the shard map: list it, assign an empty prefix to a group")
+    shards = commands.add_parser("shards", help="the shard map: list it, assign an empty prefix to a group, "
+                                                "move a prefix and its keys")
     shard_commands = shards.add_subparsers(dest="shards_command", required=True)
     for name, help_text, run in (
-        ("list", "the map, and each group's leader, health and key count", command_shards_list),
+        ("list", "the map, each group's leader, health, keys and bytes, and moves in progress",
+         command_shards_list),
         ("assign", "give an empty key prefix to a data group", command_shards_assign),
+        ("move", "move a key prefix and its keys to another data group, online", command_shards_move),
     ):
         command = shard_commands.add_parser(name, help=help_text)
         if name == "assign":
             command.add_argument("prefix", help="the key prefix, e.g. /registry/leases/")
             command.add_argument("group", type=int, help="the data group that will own it")
+        if name == "move":
+            command.add_argument("prefix", nargs="?", help="the key prefix, e.g. /registry/leases/")
+            command.add_argument("group", nargs="?", type=int, help="the data group that will own it")
+            command.add_argument("--recover", action="store_true",
+                                 help="finish or undo every move whose mover is gone, instead")
         add_cluster_arguments(command)
         command.set_defaults(run=run)
     add_operator_commands(commands)

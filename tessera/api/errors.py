@@ -67,6 +67,12 @@ class Compacted(EtcdError):
     message = "etcdserver: mvcc: required revision has been compacted"
 
 
+# The cancel_reason of a replica's cancel of a watch from below the floor of a range that moved
+# in (shards/mvcc.py BelowMovedHistory; compact_revision: the floor). The router passes it on as
+# etcd's compacted cancel with no reason, or resumes there a watch that followed the range.
+MOVED_HISTORY_CANCEL_REASON = "tessera: the history before this range moved in is in another group"
+
+
 class FutureRevision(EtcdError):
     code = "OUT_OF_RANGE"
     message = "etcdserver: mvcc: required revision is a future revision"
@@ -269,13 +275,6 @@ class ReadOnlyRouter(EtcdError):
 
     code = "FAILED_PRECONDITION"
     message = "tessera: this router is read-only; send writes to a router that is not"
-
-
-class KeysMoving(EtcdError):
-    """Tessera's own: the keys are changing shard groups; the write may be retried at once."""
-
-    code = "UNAVAILABLE"
-    message = "tessera: these keys are moving to another shard group; retry in a moment"
 
 
 class Reported(EtcdError):

@@ -10,6 +10,7 @@ Each value is a record of tessera/api/internal.proto:
     tessera/auth/state            AuthStateRecord auth enabled or not, and the auth revision
     tessera/auth/users/<name>     authpb.User     a user: password hash, roles
     tessera/auth/roles/<name>     authpb.Role     a role: its key permissions
+    tessera/moves                 MoveList        prefixes moving between groups (router/moves.py)
 
 Routers read and write them (router/meta.py); the meta group's leader keeps
 lease deadlines from the lease records (shards/leases.py).
@@ -26,6 +27,7 @@ AUTH_PREFIX = b"tessera/auth/"
 AUTH_STATE_KEY = b"tessera/auth/state"
 AUTH_USERS_PREFIX = b"tessera/auth/users/"
 AUTH_ROLES_PREFIX = b"tessera/auth/roles/"
+MOVES_KEY = b"tessera/moves"
 
 
 def group_key(group_id: int) -> bytes:

@@ -20,6 +20,15 @@ One fault at a time: wait a gap, inject, hold, heal, record. Kinds (`--faults`):
   its leader raises it when the database passes --quota-backend-bytes; the group
   refuses puts ("database space exceeded") until the alarm is disarmed, etcd's
   runbook's last step, which is the heal.
+- move: `tessera shards move` (a process of its own) takes MOVE_PREFIX and its keys to
+  another data group; a third of the time the mover is killed (SIGKILL) on the way,
+  a third of the time the leader of the group it leaves or enters is. The heal
+  waits for the mover, runs `--recover` (which undoes or finishes a move left
+  half done), restarts what was killed, and checks the prefix's keys are exactly
+  those written there, in the group the map names: a difference ends the run.
+  The workload's own prefixes do not move (its replica readers and change log
+  read their groups directly), so this checks moves among faults, not the
+  workload's linearizability across a switch (tests/router/test_shards_move.py).
 
 The seed fixes the sequence of kinds, targets and durations; the processes'
 own timing is not replayable, so a seed replays the faults, not the interleaving.
@@ -31,11 +40,21 @@ import asyncio
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
+import grpc
+
+from router import moves
+from router.meta import MetaClient
+from router.shard_client import GroupClient
+from router.shard_map import prefix_end
 from shards.fault_control import write_faults
-from tessera.api.rpc_pb2 import NOSPACE, AlarmRequest
+from tessera.chaos.workload import EtcdKV
+from tessera.api.internal_pb2 import ShardRequest
+from tessera.api.rpc_pb2 import NOSPACE, AlarmRequest, PutRequest, RangeRequest
 from tessera.launcher import META_GROUP, Launcher, LauncherError
 from tessera.netns import NetnsLauncher, NetnsNetwork, replica_host
 
@@ -46,7 +65,8 @@ DISK = "disk"
 QUOTA = "quota"
 LOSS = "loss"
 LATENCY = "latency"
-FAULT_KINDS = (KILL, PAUSE, PARTITION, DISK, QUOTA, LOSS, LATENCY)
+MOVE = "move"
+FAULT_KINDS = (KILL, PAUSE, PARTITION, DISK, QUOTA, LOSS, LATENCY, MOVE)
 
 # Groups faults land on: the meta group (the router's) and the two the workload's keys live in.
 TARGET_GROUPS = (META_GROUP, 1, 2)
@@ -59,6 +79,11 @@ LEADER_LOOKUP_SECONDS = 2.0
 ALARM_MEMBER_ID = 1  # whose alarm the quota fault raises: one id, so the heal disarms that one
 LOSS_PERCENTS = (10, 30, 60, 100)  # of the packets a replica sends its peers
 LATENCY_MS = (1.0, 5.0)  # between hosts in one region: the range the issue asks throughput at
+MOVE_PREFIX = b"/chaos-moves/"  # what the move fault moves: keys of its own, none of the workload's
+MOVE_KEYS = 200
+MOVE_KILL_SECONDS = (0.0, 2.0)  # when, after the mover starts, it or a leader is killed
+MOVE_HEAL_SECONDS = 90.0  # for the mover to end, the recovery and the check
+ROUTER_CALL_SECONDS = 10.0
 
 
 @dataclass
@@ -84,6 +109,7 @@ class Nemesis:
         self._router_down = False
         self._paused: set[int] = set()  # pids stopped and not continued yet
         self._alarmed: set[int] = set()  # groups whose NOSPACE alarm is raised
+        self._moved_keys: dict[bytes, bytes] | None = None  # MOVE_PREFIX's keys, once written
 
     async def run(self, stop: asyncio.Event) -> None:
         while self.kinds and not stop.is_set():
@@ -256,6 +282,115 @@ class Nemesis:
                 raise LauncherError(f"group {group}: the NOSPACE alarm could not be "
                                     f"{'raised' if action == AlarmRequest.ACTIVATE else 'disarmed'}")
             await asyncio.sleep(0.1)
+
+    async def _inject_move(self, record: FaultRecord):
+        meta = self._meta_members()
+        if self._moved_keys is None:
+            await self._write_move_keys()
+        state = await self._meta_state(meta)
+        source = state.shard_map.group_of(MOVE_PREFIX)
+        target = self.rng.choice([group for group in sorted(self.launcher.layout.groups)
+                                  if group not in (META_GROUP, source)])
+        record.target = f"{MOVE_PREFIX.decode()} group {source} -> {target}"
+        mover = subprocess.Popen([sys.executable, "-m", "tessera.cli", "shards", "move", MOVE_PREFIX.decode(),
+                                  str(target), "--data-dir", str(self.launcher.data_dir)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        draw, delay = self.rng.random(), self.rng.uniform(*MOVE_KILL_SECONDS)
+        killed: list[tuple[int, int]] = []
+        if draw < 1 / 3:
+            record.detail = f"mover killed after {delay:.1f} s"
+            await asyncio.sleep(delay)
+            mover.kill()
+        elif draw < 2 / 3:
+            group = self.rng.choice((source, target))
+            record.detail = f"group {group}'s leader killed after {delay:.1f} s"
+            await asyncio.sleep(delay)
+            try:
+                member = await self.launcher.leader(group, timeout=LEADER_LOOKUP_SECONDS)
+                self.launcher.kill(group, member)
+                killed.append((group, member))
+                self._down.add((group, member))
+            except LauncherError:
+                record.detail += " (none agreed on: nothing killed)"
+
+        async def heal():
+            deadline = time.monotonic() + MOVE_HEAL_SECONDS
+            while mover.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            if mover.poll() is None:
+                mover.kill()
+            mover.wait()
+            for group, member in killed:
+                self.launcher.restart(group, member)
+                self._down.discard((group, member))
+            while True:
+                try:
+                    await moves.recover(meta)
+                    break
+                except Exception as failure:  # a group or a router not back yet: the recovery is idempotent
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"move fault: --recover kept failing: {failure}") from failure
+                    await asyncio.sleep(0.5)
+            await self._check_move_keys(meta, deadline)
+        return heal
+
+    def _meta_members(self) -> dict[int, str]:
+        layout = self.launcher.layout
+        return {member: layout.api_address(META_GROUP, member) for member in layout.groups[META_GROUP]}
+
+    @staticmethod
+    async def _meta_state(meta_members: dict[int, str]):
+        meta = MetaClient(GroupClient(META_GROUP, meta_members))
+        try:
+            return await meta.load()
+        finally:
+            await meta.client.close()
+
+    async def _write_move_keys(self) -> None:
+        """MOVE_PREFIX's keys, written once, through the router (a put is retried: it writes the same)."""
+        kv = EtcdKV(self.launcher.layout.listen)
+        deadline = time.monotonic() + MOVE_HEAL_SECONDS
+        try:
+            keys = {MOVE_PREFIX + b"k%04d" % n: b"v%d" % n for n in range(MOVE_KEYS)}
+            for key, value in keys.items():
+                while True:
+                    try:
+                        await kv.kv.Put(PutRequest(key=key, value=value), timeout=ROUTER_CALL_SECONDS)
+                        break
+                    except grpc.aio.AioRpcError:
+                        if time.monotonic() > deadline:
+                            raise
+                        await asyncio.sleep(0.2)
+            self._moved_keys = keys
+        finally:
+            await kv.close()
+
+    async def _check_move_keys(self, meta_members: dict[int, str], deadline: float) -> None:
+        """MOVE_PREFIX's keys as written, in the group the map names, and in no other data group."""
+        state = await self._meta_state(meta_members)
+        if state.moves:
+            raise RuntimeError(f"move fault: moves left in progress after --recover: {state.moves}")
+        owner = state.shard_map.group_of(MOVE_PREFIX)
+        end = prefix_end(MOVE_PREFIX)
+        for group in sorted(g for g in state.groups if g != META_GROUP):
+            client = GroupClient(group, {m.id: m.api_address for m in state.groups[group].members})
+            try:
+                while True:
+                    try:
+                        answer = await client.call(ShardRequest(range=RangeRequest(key=MOVE_PREFIX, range_end=end)),
+                                                   write=False)
+                        break
+                    except Exception:
+                        if time.monotonic() > deadline:
+                            raise
+                        await asyncio.sleep(0.5)
+            finally:
+                await client.close()
+            found = {kv.key: kv.value for kv in answer.range.kvs}
+            wanted = self._moved_keys if group == owner else {}
+            if found != wanted:
+                raise RuntimeError(f"move fault: group {group} holds {len(found)} keys of {MOVE_PREFIX!r}, "
+                                   f"not the {len(wanted)} it should (the map gives them to group {owner})")
 
     async def heal_all(self) -> None:
         """Undo whatever is still in force: continue paused processes, restart killed ones, clear the hook,

@@ -13,7 +13,7 @@ import random
 import pytest
 
 from tessera import netns
-from tessera.chaos.faults import KILL, LATENCY, LOSS, PARTITION, PAUSE, QUOTA
+from tessera.chaos.faults import KILL, LATENCY, LOSS, MOVE, PARTITION, PAUSE, QUOTA
 from tessera.chaos.history import OK
 from tessera.chaos.run import NETNS, RunConfig, run_chaos, summary
 
@@ -58,3 +58,16 @@ def test_short_run_under_faults_in_the_network_is_clean(request, tmp_path):
     answered = [op for op in run.history.operations if op.outcome == OK]
     assert len(answered) > 500, report
     assert all(verdict.checked for verdict in run.verdicts), report
+
+
+def test_short_run_of_moves_some_with_their_mover_or_a_leader_killed_is_clean(request, tmp_path):
+    """The move fault: a prefix moved again and again, its mover or a group's leader killed on the way;
+    each heal recovers the move and checks the prefix's keys (a difference raises, failing the run)."""
+    seed = request.config.getoption("--seed")
+    seed = random.randrange(1 << 24) if seed is None else seed
+    config = RunConfig(duration_seconds=30.0, seed=seed, faults=[MOVE], directory=tmp_path)
+    run = asyncio.run(run_chaos(config, report=lambda line: None))
+    report = summary(run)
+    print(report)
+    assert run.valid, f"chaos run with seed {seed} failed (history in {tmp_path}):\n{report}"
+    assert {fault.kind for fault in run.faults} == {MOVE} and len(run.faults) >= 3, report

@@ -319,7 +319,7 @@ def test_an_empty_prefix_is_assigned_online_and_a_full_one_refused(tessera_clust
     refused = subprocess.run([sys.executable, "-m", "tessera.cli", "shards", "assign", space[0].decode(), "2",
                               "--data-dir", data_dir], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1
-    assert "moving a prefix that holds data is not supported yet" in refused.stderr
+    assert "`tessera shards move` moves a prefix with its keys" in refused.stderr
     listed = subprocess.run([sys.executable, "-m", "tessera.cli", "shards", "list", "--data-dir", data_dir],
                             capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0 and fresh in listed.stdout and "/registry/pods/" in listed.stdout
@@ -340,8 +340,11 @@ def test_merged_watch_from_the_past_delivers_history_with_no_new_writes(tessera_
     run(scenario())
 
 
-def test_writes_under_a_prefix_that_is_changing_groups_are_refused_until_it_is_done(tessera_cluster, space):
-    """The first step of `tessera shards assign`: routers refuse writes under the prefix, retryably."""
+def test_requests_under_a_fenced_prefix_wait_for_the_fence_and_time_out_as_etcd(tessera_cluster, space):
+    """The fence of `tessera shards move`: routers hold reads and writes under the prefix (never an
+    error etcd would not give), let them go once it lifts, and answer etcd's "request timed out"
+    to those held longer than a request may take (a fence whose mover died)."""
+    from router.admin import _wait_for_routers
     from router.meta import META_GROUP, MetaClient
     from router.shard_client import GroupClient
 
@@ -351,30 +354,26 @@ def test_writes_under_a_prefix_that_is_changing_groups_are_refused_until_it_is_d
     async def scenario():
         meta = MetaClient(GroupClient(META_GROUP, {m: layout.api_address(META_GROUP, m) for m in (1, 2, 3)}))
         state = await meta.load()
-        frozen = await meta.replace_shard_map(state.shard_map.with_moving([(prefix, prefix[:-1] + b"0", 3)]),
-                                              state.shard_map_revision)
+        fence = state.shard_map.with_moving([(prefix, prefix[:-1] + b"0", 3)])
         try:
             async with EtcdClient(tessera_cluster.endpoint) as client:
-                for _ in range(100):  # the router follows the meta group within moments
-                    try:
-                        await put(client, prefix + b"k")
-                    except grpc.aio.AioRpcError as error:
-                        assert (error.code(), error.details()) == (
-                            grpc.StatusCode.UNAVAILABLE,
-                            "tessera: these keys are moving to another shard group; retry in a moment")
-                        break
-                    await asyncio.sleep(0.05)
-                else:
-                    raise AssertionError("writes under a moving prefix were never refused")
-                assert await put(client, space[0] + b"elsewhere")  # other keys are not held up
+                fenced = await meta.replace_shard_map(fence, state.shard_map_revision)
+                await _wait_for_routers(meta, fenced, 10.0)
+                held_put = asyncio.ensure_future(put(client, prefix + b"k", b"held"))
+                held_read = asyncio.ensure_future(client.kv.Range(RangeRequest(key=prefix + b"k")))
+                elsewhere = await put(client, space[0] + b"elsewhere")  # other keys are not held up
+                assert not held_put.done() and not held_read.done()
+                lifted = await meta.replace_shard_map(state.shard_map, fenced)
+                assert await held_put > elsewhere  # held until the fence lifted, after `elsewhere`
+                assert (await held_read).header.revision >= elsewhere
+
+                fenced = await meta.replace_shard_map(fence, lifted)
+                await _wait_for_routers(meta, fenced, 10.0)
+                assert await etcd_error(client.kv.Put(PutRequest(key=prefix + b"k", value=b"late"))) == (
+                    grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out")
+                await meta.replace_shard_map(state.shard_map, fenced)
+                answer = await client.kv.Range(RangeRequest(key=prefix + b"k"))
+                assert [kv.value for kv in answer.kvs] == [b"held"]
         finally:
-            await meta.replace_shard_map(state.shard_map, frozen)
             await meta.client.close()
-        async with EtcdClient(tessera_cluster.endpoint) as client:
-            for _ in range(100):  # and once the router has the map back, they go through again
-                try:
-                    return await put(client, prefix + b"k")
-                except grpc.aio.AioRpcError:
-                    await asyncio.sleep(0.05)
-            raise AssertionError("writes under the prefix stayed refused after the change was undone")
     tessera_cluster.run(scenario())

@@ -71,6 +71,7 @@ class _FakeRouter:
         self.raft_term = 3
         self.raise_gate: asyncio.Event | None = None
         self.raise_error: errors.EtcdError | None = None
+        self.map_generation = 0
 
     def observe_group(self, group: int, revision: int) -> None:
         if revision > self.group_revisions.get(group, 0):

@@ -1,0 +1,126 @@
+"""How fast `tessera shards move` moves data, and how long the moved prefix's writes pause.
+
+    python -m bench.move --size-mb 1024 [--value-bytes 4096] [--writers 8] [--data-dir DIR] [--json]
+
+Starts a Tessera cluster as `tessera up` runs it (meta + 3 data groups x 3
+replicas + router, production settings), fills the prefix /move-bench/ in
+group 1 with --size-mb of key-value data (keys and values counted), then
+moves it to group 3 (router/moves.py, in this process) while --writers
+clients put to the prefix one after another, each timing its puts.
+
+Reports the data moved (keys, bytes), the move's time and throughput
+(bytes / the whole move, copy and fence), the fence (from the routers
+holding the prefix to their routing by the switched map), and the writers'
+latency: p50, p99 and max over the whole move, and p99 and max of the puts
+that were in flight during the fence (the pause clients see). Every put
+must succeed. The issue's goals: at least 20 MB/s, a fence p99 under 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from bench.compare import _BenchCluster
+from router import moves
+from tessera.api import rpc_pb2_grpc
+from tessera.api.rpc_pb2 import PutRequest
+from tessera.launcher import META_GROUP
+
+PREFIX = b"/move-bench/"
+FILL_IN_FLIGHT = 64  # puts in flight while filling: enough to batch, few enough not to time out
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def fill(kv: rpc_pb2_grpc.KVStub, size_bytes: int, value_bytes: int) -> tuple[int, int]:
+    """(keys, bytes) written under PREFIX."""
+    value = b"v" * value_bytes
+    keys = max(1, size_bytes // (value_bytes + len(PREFIX) + 8))
+    next_key = iter(range(keys))
+
+    async def worker():
+        for n in next_key:
+            await kv.Put(PutRequest(key=PREFIX + b"%08d" % n, value=value), timeout=30)
+
+    await asyncio.gather(*(worker() for _ in range(FILL_IN_FLIGHT)))
+    return keys, keys * (value_bytes + len(PREFIX) + 8)
+
+
+async def measure(cluster: _BenchCluster, size_bytes: int, value_bytes: int, writers: int) -> dict:
+    async with grpc.aio.insecure_channel(cluster.endpoint) as channel:
+        kv = rpc_pb2_grpc.KVStub(channel)
+        keys, filled_bytes = await fill(kv, size_bytes, value_bytes)
+        puts: list[tuple[float, float]] = []  # (sent, answered), monotonic seconds
+        moving = True
+
+        async def writer(number: int):
+            n = 0
+            while moving:
+                sent = time.monotonic()
+                await kv.Put(PutRequest(key=PREFIX + b"w%02d-%06d" % (number, n), value=b"x" * 100), timeout=30)
+                puts.append((sent, time.monotonic()))
+                n += 1
+
+        writing = [asyncio.ensure_future(writer(number)) for number in range(writers)]
+        layout = cluster.launcher.layout
+        meta = {member: layout.api_address(META_GROUP, member) for member in layout.groups[META_GROUP]}
+        started = time.monotonic()
+        outcome = await moves.move(meta, PREFIX, 3)
+        moving = False
+        await asyncio.gather(*writing)
+    fence_start = started + outcome.copy_seconds
+    fence_end = fence_start + outcome.fence_seconds
+    during_move = [answered - sent for sent, answered in puts if answered >= started and sent <= fence_end]
+    during_fence = [answered - sent for sent, answered in puts if answered >= fence_start and sent <= fence_end]
+    move_seconds = outcome.copy_seconds + outcome.fence_seconds
+    return {
+        "keys_filled": keys, "bytes_filled": filled_bytes,
+        "keys_moved": outcome.keys, "bytes_moved": outcome.bytes,
+        "move_seconds": round(move_seconds, 3),
+        "throughput_mb_per_second": round(outcome.bytes / move_seconds / 1e6, 2),
+        "fence_seconds": round(outcome.fence_seconds, 3),
+        "put_latency_ms_p50": round(percentile(during_move, 0.5) * 1000, 1),
+        "put_latency_ms_p99": round(percentile(during_move, 0.99) * 1000, 1),
+        "put_latency_ms_max": round(max(during_move, default=0) * 1000, 1),
+        "fence_put_latency_ms_p99": round(percentile(during_fence, 0.99) * 1000, 1),
+        "fence_put_latency_ms_max": round(max(during_fence, default=0) * 1000, 1),
+        "puts_during_move": len(during_move),
+        "puts_during_fence": len(during_fence),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mb", type=float, default=1024.0, help="key-value data to move (MB)")
+    parser.add_argument("--value-bytes", type=int, default=4096)
+    parser.add_argument("--writers", type=int, default=8, help="clients putting to the prefix during the move")
+    parser.add_argument("--data-dir", help="where the cluster lives (default: a temporary directory)")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-move-", dir=args.data_dir) as directory:
+        with _BenchCluster(Path(directory)) as cluster:
+            figures = cluster.run(measure(cluster, int(args.size_mb * 1e6), args.value_bytes, args.writers),
+                                  timeout=24 * 3600)
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        for name, value in figures.items():
+            print(f"{name:28} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
