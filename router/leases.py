@@ -152,11 +152,14 @@ class Lessor:
         return response
 
     async def attached_keys(self, lease_id: int) -> list[bytes]:
-        """The keys attached to the lease in every group, sorted."""
+        """The keys attached to the lease in every group, sorted, each from the group the map
+        gives it: a prefix being moved has a copy in both."""
+        groups = sorted(self.router.groups)
         answers = await asyncio.gather(*(
-            self.router.groups[group].call(ShardRequest(lease_keys=lease_id), write=False)
-            for group in sorted(self.router.groups)))
-        return sorted(key for answer in answers for key in answer.lease_keys.keys)
+            self.router.groups[group].call(ShardRequest(lease_keys=lease_id), write=False) for group in groups))
+        group_of = self.router.shard_map.group_of
+        return sorted(key for group, answer in zip(groups, answers)
+                      for key in answer.lease_keys.keys if group_of(key) == group)
 
     async def leases(self) -> LeaseLeasesResponse:
         return await self._ask_meta_leader(ShardRequest(lease_leases=LeaseLeasesRequest()))
