@@ -346,10 +346,12 @@ class AuthStore:
         self.enabled = records.enabled
         self._permissions = {}
 
-    def caller(self, metadata) -> AuthInfo | None:
+    def caller(self, metadata, common_name: str | None = None) -> AuthInfo | None:
         """The call's user, from its token (None: it has none); an unknown token is refused.
 
-        As etcd, a token is not looked at while auth is disabled.
+        Without a token, the Common Name of the client certificate its connection verified
+        (`common_name`) is the user, as etcd does with client certificate auth. As etcd, neither
+        is looked at while auth is disabled.
         """
         if not self.enabled:
             return None
@@ -361,7 +363,7 @@ class AuthStore:
             if name == "authorization" and token is None:
                 token = value.removeprefix("Bearer ")
         if token is None:
-            return None
+            return AuthInfo(common_name, self.records.revision) if common_name else None
         info = self.tokens.info(token, self.records.revision)
         if info is None:
             raise errors.InvalidAuthToken()
@@ -469,7 +471,7 @@ class Guard:
         self._refreshing = asyncio.Lock()
 
     def caller(self, call) -> AuthInfo | None:
-        return self.store.caller(call.metadata)
+        return self.store.caller(call.metadata, call.client_common_name)
 
     async def confirm(self, check, request, call) -> None:
         try:
@@ -624,7 +626,7 @@ class Guard:
                 try:
                     request = parse(data)
                     validate(request)
-                    check(store.caller(responder.metadata), request)
+                    check(store.caller(responder.metadata, responder.client_common_name), request)
                 except errors.PermissionDenied:
                     return responder.fallback()
                 except errors.EtcdError as error:

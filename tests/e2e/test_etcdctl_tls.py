@@ -339,3 +339,24 @@ def test_a_router_serving_tls_without_client_certificates(etcdctl, tessera_tls):
         except subprocess.TimeoutExpired:
             router.kill()
             router.wait()
+
+
+def test_with_auth_enabled_the_client_certificates_common_name_is_the_user(etcdctl, target):
+    """As etcd with --client-cert-auth: a call with no token is its certificate's CN ("root" here)."""
+    endpoint, flags = target
+    key = f"/tls-cn/{uuid.uuid4().hex}"
+
+    def etcdctl_run(*args):
+        return run_etcdctl(etcdctl, endpoint, *flags, *args)[:2]
+
+    assert etcdctl_run("user", "add", "root:cn-test-password") == (0, "User root created\n")
+    assert etcdctl_run("user", "grant-role", "root", "root") == (0, "Role root is granted to user root\n")
+    assert etcdctl_run("auth", "enable") == (0, "Authentication Enabled\n")
+    try:
+        assert etcdctl_run("put", key, "by-certificate") == (0, "OK\n")  # no --user: the CN is root
+        assert etcdctl_run("get", key, "--print-value-only") == (0, "by-certificate\n")
+        assert etcdctl_run("role", "add", "cn-reader") == (0, "Role cn-reader created\n")  # root only
+    finally:
+        assert etcdctl_run("--user", "root:cn-test-password", "auth", "disable") == (0, "Authentication Disabled\n")
+        etcdctl_run("role", "delete", "cn-reader")
+        assert etcdctl_run("user", "delete", "root") == (0, "User root deleted\n")
