@@ -104,6 +104,7 @@ type config struct {
 	seed        int64
 	json        bool
 	windowMarks bool
+	user        string // NAME:PASSWORD, as etcdctl's --user: each connection authenticates with it
 }
 
 func splitList(text string) []string {
@@ -135,6 +136,7 @@ func parseFlags(args []string) (config, error) {
 	flags.Int64Var(&cfg.seed, "seed", 0, "seed of the key choice and the value")
 	flags.BoolVar(&cfg.json, "json", false, "print the figures as one JSON object")
 	flags.BoolVar(&cfg.windowMarks, "window-marks", false, `print "window-start" and "window-end" lines on stdout`)
+	flags.StringVar(&cfg.user, "user", "", "NAME:PASSWORD to authenticate as (auth enabled), as etcdctl's --user")
 	if err := flags.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -258,6 +260,7 @@ func connect(ctx context.Context, cfg config) ([]*clientv3.Client, error) {
 	logConfig := logutil.DefaultZapLoggerConfig
 	logConfig.Level = zap.NewAtomicLevelAt(zap.ErrorLevel) // not a warning per retried request
 	conns := make([]*clientv3.Client, 0, cfg.conns)
+	username, password, _ := strings.Cut(cfg.user, ":")
 	for len(conns) < cfg.conns {
 		client, err := clientv3.New(clientv3.Config{
 			Endpoints:   cfg.endpoints,
@@ -265,6 +268,8 @@ func connect(ctx context.Context, cfg config) ([]*clientv3.Client, error) {
 			DialOptions: []grpc.DialOption{grpc.WithBlock()}, // fail here, not in every request
 			LogConfig:   &logConfig,
 			Context:     ctx, // the run's deadline ends its connections too
+			Username:    username,
+			Password:    password,
 		})
 		if err != nil {
 			closeAll(conns)
