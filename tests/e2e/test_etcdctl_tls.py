@@ -360,3 +360,51 @@ def test_with_auth_enabled_the_client_certificates_common_name_is_the_user(etcdc
         assert etcdctl_run("--user", "root:cn-test-password", "auth", "disable") == (0, "Authentication Disabled\n")
         etcdctl_run("role", "delete", "cn-reader")
         assert etcdctl_run("user", "delete", "root") == (0, "User root deleted\n")
+
+
+PYTHON_ETCD3_SCRIPT = """
+import sys
+import etcd3
+host, port, ca, cert, key, password = sys.argv[1:]
+def connect(password):
+    return etcd3.client(host=host, port=int(port), ca_cert=ca, cert_key=key, cert_cert=cert,
+                        user="alice", password=password)
+def answer(call):
+    try:
+        return repr(call())
+    except Exception as error:  # what the client raises: its gRPC status and message
+        return f"{error.code().name} {error.details()}"
+client = connect(password)
+print(answer(lambda: client.put("/py-etcd3/key", "value") and None))
+print(answer(lambda: client.get("/py-etcd3/key")[0]))
+print(answer(lambda: client.put("/elsewhere", "value")))
+print(answer(lambda: connect("wrong")))
+"""
+
+
+def test_python_etcd3_authenticates_with_user_and_password_over_tls(etcdctl, target, certificates):
+    """python-etcd3 0.12 sends its token as call credentials, which gRPC sends over TLS only."""
+    endpoint, flags = target
+    host, port = endpoint.removeprefix("https://").rsplit(":", 1)
+
+    def etcdctl_run(*args):  # as root: the client certificate's CN, once auth is enabled
+        return run_etcdctl(etcdctl, endpoint, *flags, *args)[:2]
+
+    for command in (("user", "add", "root:py-root-password"), ("user", "grant-role", "root", "root"),
+                    ("user", "add", "alice:py-alice-password"), ("role", "add", "py-writer"),
+                    ("role", "grant-permission", "py-writer", "readwrite", "/py-etcd3/", "--prefix=true"),
+                    ("user", "grant-role", "alice", "py-writer"), ("auth", "enable")):
+        assert etcdctl_run(*command)[0] == 0, command
+    try:
+        script = subprocess.run(
+            [sys.executable, "-c", PYTHON_ETCD3_SCRIPT, host, port, str(certificates.ca.cert_file),
+             str(certificates.client.cert_file), str(certificates.client.key_file), "py-alice-password"],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"})
+        assert script.stdout.splitlines() == [
+            "None", "b'value'", "PERMISSION_DENIED etcdserver: permission denied",
+            "INVALID_ARGUMENT etcdserver: authentication failed, invalid user ID or password"], script.stderr
+    finally:
+        assert etcdctl_run("auth", "disable") == (0, "Authentication Disabled\n")
+        for command in (("user", "delete", "alice"), ("role", "delete", "py-writer"), ("user", "delete", "root")):
+            etcdctl_run(*command)
