@@ -436,8 +436,10 @@ class RaftDriver:
         ])
 
     def status(self) -> StatusResponse:
-        if self.role != Role.LEADER:
-            self.unquiesce()  # a router asks a follower when it cannot reach the leader
+        # A status is asked by whoever wants to know who leads (a router that cannot reach the
+        # leader, an operator): a quiet replica ticks again, so a follower whose leader is gone
+        # elects another, and a quiet leader cut off from its group sees it has lost its quorum.
+        self.unquiesce()
         status = self.node.status()
         return StatusResponse(
             group_id=self.config.group_id, member_id=self.config.member_id, leader_id=status.lead,

@@ -1,8 +1,11 @@
-"""An idle group goes quiet: no raft traffic, no timers. A write wakes it; so does a request after its leader died."""
+"""An idle group goes quiet: no raft traffic, no timers. A write wakes it; so does a request after its leader died,
+and a status asked of a quiet leader that has lost its followers."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -73,5 +76,30 @@ def test_a_quiet_group_whose_leader_dies_elects_another_once_asked(tmp_path):
         assert successor != leader
         async with ShardClient(group.api_address(successor)) as client:
             assert (await client.request(put=PutRequest(key=b"k", value=b"2"))).WhichOneof("response") == "put"
+
+    run_scenario(group, scenario)
+
+
+def test_a_quiet_leader_cut_off_from_its_followers_steps_down_once_asked(tmp_path):
+    """Check-quorum needs ticks: a status wakes the quiet leader, which then sees it has no quorum."""
+    group = ReplicaGroup(tmp_path, metrics=True)
+
+    async def scenario():
+        leader = await write_and_wait_until_quiet(group)
+        followers = [member for member in group.processes if member != leader]
+        for member in followers:
+            os.kill(group.processes[member].pid, signal.SIGSTOP)
+        try:
+            async with ShardClient(group.api_address(leader)) as client:
+                for _ in range(POLLS_MAX):
+                    status = (await client.request(status={})).status
+                    if status.leader_id != leader:
+                        break
+                    await asyncio.sleep(0.1)
+                else:
+                    raise AssertionError(f"member {leader}, alone, still leads\n{group.logs()}")
+        finally:
+            for member in followers:
+                os.kill(group.processes[member].pid, signal.SIGCONT)
 
     run_scenario(group, scenario)
