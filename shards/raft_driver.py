@@ -436,10 +436,12 @@ class RaftDriver:
         ])
 
     def status(self) -> StatusResponse:
-        # A status is asked by whoever wants to know who leads (a router that cannot reach the
-        # leader, an operator): a quiet replica ticks again, so a follower whose leader is gone
-        # elects another, and a quiet leader cut off from its group sees it has lost its quorum.
-        self.unquiesce()
+        # A follower is asked when a router cannot reach the leader: it ticks again, so a group
+        # whose leader is gone elects another. A leader is asked every few seconds by every router
+        # (router/core.py's track_leaders): waking it would keep idle groups from ever going quiet.
+        # A quiet leader cut off from its group steps down once a request wakes it.
+        if self.role != Role.LEADER:
+            self.unquiesce()
         status = self.node.status()
         return StatusResponse(
             group_id=self.config.group_id, member_id=self.config.member_id, leader_id=status.lead,
