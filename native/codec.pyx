@@ -481,6 +481,25 @@ cdef int skip_field(const unsigned char *p, Py_ssize_t length, Py_ssize_t *pos, 
     return 0
 
 
+def response_id(response):
+    """The id (field 1) of an encoded ShardResponse: `answer_parts`' first part, without the copy."""
+    cdef Py_buffer view
+    cdef Py_ssize_t pos = 0
+    cdef uint64_t tag, response_id = 0
+    PyObject_GetBuffer(response, &view, PyBUF_SIMPLE)
+    cdef const unsigned char *p = <const unsigned char *>view.buf
+    try:
+        while pos < view.len:
+            read_varint(p, view.len, &pos, &tag)
+            if tag == (1 << 3 | WIRE_VARINT):
+                read_varint(p, view.len, &pos, &response_id)
+            else:
+                skip_field(p, view.len, &pos, tag & 7)
+        return response_id
+    finally:
+        PyBuffer_Release(&view)
+
+
 def answer_parts(response):
     """(id, answer field number, answer bytes) of an encoded ShardResponse.
 
@@ -522,14 +541,28 @@ def restamp_header(answer, uint64_t cluster_id, uint64_t member_id, uint64_t raf
     and raft term given; it goes first, the answer's other fields follow as they
     were, in their order. What the router does to every answer a replica gives.
     """
+    return restamped(answer, cluster_id, member_id, raft_term, False, 0)
+
+
+def restamp_watch_response(response, long long watch_id, uint64_t cluster_id, uint64_t member_id,
+                           uint64_t raft_term):
+    """(revision, response): `restamp_header` of an encoded WatchResponse that also takes this
+    watch id (field 2): what the router does to the events a replica sends one client's watch."""
+    return restamped(response, cluster_id, member_id, raft_term, True, watch_id)
+
+
+cdef tuple restamped(message, uint64_t cluster_id, uint64_t member_id, uint64_t raft_term,
+                     bint replace_field_2, long long field_2):
+    """The message with a new header first, then field 2 (`field_2`, if replaced and not zero),
+    then its other fields as they were; and the revision its header had."""
     cdef Py_buffer view
-    cdef Py_ssize_t pos = 0, start, header_pos, header_end, rest_bytes = 0
-    cdef uint64_t tag, size, number, revision = 0
+    cdef Py_ssize_t pos = 0, start, header_pos, header_end, rest_bytes = 0, field_2_bytes = 0
+    cdef uint64_t tag, size, revision = 0
     cdef list kept = []  # (start, end) of the fields after the header
     cdef uint64_t numbers[4]
     cdef Py_ssize_t header_bytes = 0, field
     cdef unsigned char *o
-    PyObject_GetBuffer(answer, &view, PyBUF_SIMPLE)
+    PyObject_GetBuffer(message, &view, PyBUF_SIMPLE)
     cdef const unsigned char *p = <const unsigned char *>view.buf
     try:
         while pos < view.len:
@@ -538,7 +571,7 @@ def restamp_header(answer, uint64_t cluster_id, uint64_t member_id, uint64_t raf
             if tag == (1 << 3 | WIRE_BYTES):
                 read_varint(p, view.len, &pos, &size)
                 if size > <uint64_t>(view.len - pos):
-                    raise CodecError(f"the header at offset {pos} runs past the answer")
+                    raise CodecError(f"the header at offset {pos} runs past the message")
                 header_pos, header_end = pos, pos + <Py_ssize_t>size
                 while header_pos < header_end:
                     read_varint(p, header_end, &header_pos, &tag)
@@ -547,6 +580,8 @@ def restamp_header(answer, uint64_t cluster_id, uint64_t member_id, uint64_t raf
                     else:
                         skip_field(p, header_end, &header_pos, tag & 7)
                 pos = header_end
+            elif replace_field_2 and tag >> 3 == 2:
+                skip_field(p, view.len, &pos, tag & 7)
             else:
                 skip_field(p, view.len, &pos, tag & 7)
                 kept.append((start, pos))
@@ -555,7 +590,10 @@ def restamp_header(answer, uint64_t cluster_id, uint64_t member_id, uint64_t raf
         for field in range(4):
             if numbers[field]:
                 header_bytes += 1 + varint_bytes(numbers[field])
-        out = PyBytes_FromStringAndSize(NULL, 1 + varint_bytes(header_bytes) + header_bytes + rest_bytes)
+        if replace_field_2 and field_2 != 0:
+            field_2_bytes = 1 + varint_bytes(<uint64_t>field_2)
+        out = PyBytes_FromStringAndSize(
+            NULL, 1 + varint_bytes(header_bytes) + header_bytes + field_2_bytes + rest_bytes)
         o = <unsigned char *>PyBytes_AS_STRING(out)
         o[0] = 1 << 3 | WIRE_BYTES
         start = 1 + write_varint(o + 1, header_bytes)
@@ -563,9 +601,50 @@ def restamp_header(answer, uint64_t cluster_id, uint64_t member_id, uint64_t raf
             if numbers[field]:
                 o[start] = (field + 1) << 3 | WIRE_VARINT
                 start += 1 + write_varint(o + start + 1, numbers[field])
+        if field_2_bytes:
+            o[start] = 2 << 3 | WIRE_VARINT
+            start += 1 + write_varint(o + start + 1, <uint64_t>field_2)
         for begin, end in kept:
             memcpy(o + start, p + <Py_ssize_t>begin, <Py_ssize_t>end - <Py_ssize_t>begin)
             start += <Py_ssize_t>end - <Py_ssize_t>begin
         return revision, out
+    finally:
+        PyBuffer_Release(&view)
+
+
+def watch_response_peek(response):
+    """(watch id, header revision, plain) of an encoded WatchResponse.
+
+    Plain: it holds nothing but a header, a watch id and events (no created,
+    canceled, compaction, cancel reason or fragment flag), so a router that
+    passes a watch through may forward it as it is, restamped.
+    """
+    cdef Py_buffer view
+    cdef Py_ssize_t pos = 0, header_pos, header_end
+    cdef uint64_t tag, size, value, revision = 0, watch_id = 0
+    cdef bint plain = True
+    PyObject_GetBuffer(response, &view, PyBUF_SIMPLE)
+    cdef const unsigned char *p = <const unsigned char *>view.buf
+    try:
+        while pos < view.len:
+            read_varint(p, view.len, &pos, &tag)
+            if tag == (1 << 3 | WIRE_BYTES):
+                read_varint(p, view.len, &pos, &size)
+                if size > <uint64_t>(view.len - pos):
+                    raise CodecError(f"the header at offset {pos} runs past the response")
+                header_pos, header_end = pos, pos + <Py_ssize_t>size
+                while header_pos < header_end:
+                    read_varint(p, header_end, &header_pos, &tag)
+                    if tag == (3 << 3 | WIRE_VARINT):
+                        read_varint(p, header_end, &header_pos, &revision)
+                    else:
+                        skip_field(p, header_end, &header_pos, tag & 7)
+                pos = header_end
+            elif tag == (2 << 3 | WIRE_VARINT):
+                read_varint(p, view.len, &pos, &watch_id)
+            else:
+                plain = plain and tag == (11 << 3 | WIRE_BYTES)
+                skip_field(p, view.len, &pos, tag & 7)
+        return <long long>watch_id, <long long>revision, plain
     finally:
         PyBuffer_Release(&view)

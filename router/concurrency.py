@@ -26,6 +26,7 @@ from tessera.api.rpc_pb2 import (
     TxnRequest,
     WatchCreateRequest,
     WatchRequest,
+    WatchResponse,
 )
 from tessera.api.v3election_pb2 import (
     CampaignRequest,
@@ -115,6 +116,8 @@ class Concurrency:
                 response = await proxy.outbox.get()
                 if isinstance(response, errors.EtcdError):
                     raise response
+                if isinstance(response, bytes):  # passed through from a replica
+                    response = WatchResponse.FromString(response)
                 if response.canceled:
                     raise errors.Compacted() if response.compact_revision else errors.Reported(
                         "CANCELLED", response.cancel_reason or "etcdserver: watch canceled")

@@ -239,7 +239,8 @@ class RouterServer:
         watch.send(WatchRequest(create_request=WatchCreateRequest(
             key=start, range_end=end, start_revision=self.state.revision + 1)))
         try:
-            async for response in watch.responses():
+            async for data in watch.responses():
+                response = WatchResponse.FromString(data)
                 if response.canceled:
                     return
                 for event in response.events:
@@ -451,7 +452,7 @@ class RouterServer:
                 item = await proxy.outbox.get()
                 if isinstance(item, errors.EtcdError):
                     raise item
-                yield item.SerializeToString()
+                yield item if isinstance(item, bytes) else item.SerializeToString()
         finally:
             reader.cancel()
             self._watch_proxies.discard(proxy)

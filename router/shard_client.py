@@ -30,7 +30,7 @@ from tessera.api.internal_pb2 import ShardRequest, ShardResponse
 from tessera.api.internal_stream import (
     HELLO_BATCH, HELLO_WATCH, FrameError, FrameReader, frame, frame_header, host_and_port,
 )
-from tessera.api.rpc_pb2 import WatchRequest, WatchResponse
+from tessera.api.rpc_pb2 import WatchRequest
 
 log = logging.getLogger("tessera.router")
 
@@ -216,7 +216,7 @@ class ShardConnection:
         waiting_for = self._waiting
         for data in frames:
             for response in codec.repeated_messages(data):
-                waiting = waiting_for.pop(codec.answer_parts(response)[0], None)
+                waiting = waiting_for.pop(codec.response_id(response), None)
                 if waiting is not None:
                     waiting.on_outcome(waiting.context, response)
 
@@ -241,14 +241,15 @@ class ShardConnection:
 
 
 class ReplicaWatch:
-    """One Watch stream to one replica: `send` requests (queued until connected), read `responses()`."""
+    """One Watch stream to one replica: `send` requests (queued until connected), read `responses()`,
+    encoded WatchResponses."""
 
     def __init__(self, address: str, ssl_context: ssl.SSLContext | None = None):
         self.address = address
         self.ssl_context = ssl_context
         self._connection: _Framed | None = None
         self._unsent: list[bytes] | None = []  # requests sent before the connection was up; None once they left
-        self._responses: asyncio.Queue[WatchResponse | str] = asyncio.Queue()
+        self._responses: asyncio.Queue[bytes | str] = asyncio.Queue()
 
     def send(self, request: WatchRequest) -> None:
         data = frame(request.SerializeToString())
@@ -257,7 +258,7 @@ class ReplicaWatch:
         else:
             self._unsent.append(data)
 
-    async def responses(self) -> AsyncIterator[WatchResponse]:
+    async def responses(self) -> AsyncIterator[bytes]:
         """The replica's answers, then ReplicaUnreachable saying why the stream ended."""
         self._connection = _Framed(HELLO_WATCH, self._received, self._lost)
         host, port = host_and_port(self.address)
@@ -269,7 +270,7 @@ class ReplicaWatch:
         self._connection.transport.write(b"".join(self._unsent))
         self._unsent = None
         try:
-            while isinstance(response := await self._responses.get(), WatchResponse):
+            while isinstance(response := await self._responses.get(), bytes):
                 yield response
         finally:
             self.close()
@@ -277,7 +278,7 @@ class ReplicaWatch:
 
     def _received(self, frames: list[bytes]) -> None:
         for data in frames:
-            self._responses.put_nowait(WatchResponse.FromString(data))
+            self._responses.put_nowait(data)
 
     def _lost(self, connection: _Framed, detail: str) -> None:
         self._responses.put_nowait(detail)

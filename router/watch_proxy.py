@@ -5,8 +5,9 @@ crosses, each a watch on one of the group's replicas. The router
 keeps one upstream Watch stream per group for the client stream, and gives
 each part an upstream watch id of its own.
 
-A watch of one part is passed straight through: its responses are forwarded
-with the client's watch id. A watch of several parts is merged in revision
+A watch of one part is passed straight through: its events are forwarded
+as the replica encoded them, restamped with the router's header and the
+client's watch id, never decoded. A watch of several parts is merged in revision
 order (ARCHITECTURE decision 6). Every part has a *watermark*: no event at
 or below it is still to come from that part. A part's watermark moves with
 the events it delivers (a revision's events arrive whole) and with progress
@@ -42,6 +43,7 @@ import logging
 from dataclasses import dataclass, field
 
 
+from native import codec
 from router.shard_client import ReplicaUnreachable, ReplicaWatch, ShardConnection
 from tessera.api import errors
 from tessera.api.validation import key_in_range
@@ -117,8 +119,9 @@ class WatchProxy:
         self.router = router
         self.require_leader = require_leader
         self.no_leader_seconds = NO_LEADER_ELECTION_TIMEOUTS * election_timeout_seconds
-        # What the client gets: WatchResponses, or an EtcdError that ends the stream.
-        self.outbox: asyncio.Queue[WatchResponse | errors.EtcdError] = asyncio.Queue()
+        # What the client gets: WatchResponses (passed through: encoded already), or an
+        # EtcdError that ends the stream.
+        self.outbox: asyncio.Queue[WatchResponse | bytes | errors.EtcdError] = asyncio.Queue()
         self.watches: dict[int, _ClientWatch] = {}
         self.upstreams: dict[int, _Upstream] = {}
         self._next_id = 0
@@ -270,8 +273,23 @@ class WatchProxy:
 
     # --- upstream responses ------------------------------------------------------------
 
-    def on_upstream(self, upstream: _Upstream, response: WatchResponse) -> None:
-        self.router.observe_group(upstream.group, response.header.revision)
+    def on_upstream(self, upstream: _Upstream, data: bytes) -> None:
+        """An encoded WatchResponse from a replica."""
+        watch_id, revision, plain = codec.watch_response_peek(data)
+        self.router.observe_group(upstream.group, revision)
+        if plain and revision and watch_id != PROGRESS_WATCH_ID:
+            part = upstream.parts.get(watch_id)
+            if part is None:
+                return  # a watch the client canceled
+            watch = part.watch
+            if not watch.merged and not (watch.request.fragment and len(data) > FRAGMENT_BYTES):
+                # Events (or a progress notification) of a watch passed through: the replica
+                # moved the watcher past `revision`, whatever of it the watch wanted.
+                part.watermark = max(part.watermark, revision)
+                self.outbox.put_nowait(codec.restamp_watch_response(
+                    data, watch.id, self.router.cluster_id, self.router.member_id, self.router.raft_term)[1])
+                return
+        response = WatchResponse.FromString(data)
         if response.watch_id == PROGRESS_WATCH_ID:
             # It covers the upstream watches created before it; one still catching up is not.
             for part in upstream.parts.values():
@@ -321,11 +339,8 @@ class WatchProxy:
             response.created = not watch.created_sent
             self._send(response)
             return
-        if not watch.merged:
-            if response.events:
-                part.watermark = response.events[-1].kv.mod_revision
-            else:
-                part.watermark = max(part.watermark, response.header.revision)
+        if not watch.merged:  # a response too big for a client that asked for fragments
+            part.watermark = max(part.watermark, response.header.revision)
             response.watch_id = watch.id
             self._send(response, watch)
             return

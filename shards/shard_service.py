@@ -391,5 +391,5 @@ class _Connection(asyncio.Protocol):
                 return
             while not outbox.empty():
                 responses.append(outbox.get_nowait())
-            self.transport.write(b"".join(frame(response.SerializeToString()) for response in responses))
+            self.transport.write(b"".join(frame(response) for response in responses))
             hub.wake_catch_up()  # the outbox is empty: a stream that fell behind may go on

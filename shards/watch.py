@@ -14,6 +14,11 @@ read reaches the head, marks it synced. The store is read and the watcher
 marked in one step of the event loop, with no apply in between, so no event
 is lost or sent twice at the switch.
 
+Responses leave encoded. Live events are encoded once per applied batch
+(`_EncodedEvents`) and each watcher's response is a concatenation of the
+pieces it wants: a hundred watchers of one key cost a hundred joins, not a
+hundred protobuf messages.
+
 Bounds: a stream holds at most `stream_responses_max` responses waiting for
 its client; past that, its watchers stop taking live events and catch up
 from history once the client has read (etcd's slow watchers do the same).
@@ -30,6 +35,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from native.codec import varint
 from shards.mvcc import BelowMovedHistory, ChangeEvent, MvccStore
 from tessera.api import errors
 from tessera.api.validation import key_in_range
@@ -45,6 +51,10 @@ HISTORY_PAGE_EVENTS = 1000  # events read from the store per catch-up step
 # has no events: etcd's --experimental-watch-progress-notify-interval.
 PROGRESS_NOTIFY_INTERVAL_SECONDS = 600.0
 DUPLICATE_WATCH_ID = "mvcc: duplicate watch ID provided on the WatchStream"
+# Tags of the fields written here: WatchResponse.header (1), its revision (3) and watch_id (2);
+# events (11); Event.type (1), kv (2) and prev_kv (3).
+_HEADER_TAG, _REVISION_TAG, _WATCH_ID_TAG, _EVENTS_TAG = b"\x0a", b"\x18", b"\x10", b"\x5a"
+_DELETE_TYPE, _KV_TAG, _PREV_KV_TAG = b"\x08" + varint(Event.DELETE), b"\x12", b"\x1a"
 
 
 @dataclass
@@ -70,13 +80,44 @@ def _filtered_types(request: WatchCreateRequest) -> frozenset[int]:
     return frozenset(unwanted[f] for f in request.filters if f in unwanted)
 
 
+class _EncodedEvents:
+    """Events of whole revisions, each encoded on the wire (a WatchResponse's field 11) once,
+    with and without its previous value, for every watcher that takes it."""
+
+    def __init__(self, events: list[ChangeEvent]):
+        self.events = events
+        self._encoded: dict[bool, list[bytes]] = {}
+
+    def encoded(self, prev_kv: bool) -> list[bytes]:
+        encoded = self._encoded.get(prev_kv)
+        if encoded is None:
+            encoded = self._encoded[prev_kv] = [_encode_event(event, prev_kv) for event in self.events]
+        return encoded
+
+
+def _encode_event(event: ChangeEvent, prev_kv: bool) -> bytes:
+    body = [_DELETE_TYPE] if event.type == Event.DELETE else []  # PUT is proto3's zero: left out
+    body += (_KV_TAG, varint(len(event.kv)), event.kv)
+    if prev_kv and event.prev_kv is not None:
+        body += (_PREV_KV_TAG, varint(len(event.prev_kv)), event.prev_kv)
+    encoded = b"".join(body)
+    return _EVENTS_TAG + varint(len(encoded)) + encoded
+
+
+def _events_response(watch_id: int, revision: int, events: list[bytes]) -> bytes:
+    """A WatchResponse of encoded events, as protobuf would encode it (fields in number order)."""
+    header = _REVISION_TAG + varint(revision)
+    watch = _WATCH_ID_TAG + varint(watch_id & 0xFFFFFFFFFFFFFFFF) if watch_id else b""
+    return b"".join((_HEADER_TAG, varint(len(header)), header, watch, *events))
+
+
 class WatchStream:
     """One client's watch stream: its watchers, and the responses waiting for the client."""
 
     def __init__(self, hub: WatchHub):
         self.hub = hub
         self.watchers: dict[int, _Watcher] = {}
-        self.outbox: asyncio.Queue[WatchResponse] = asyncio.Queue()
+        self.outbox: asyncio.Queue[bytes] = asyncio.Queue()  # encoded WatchResponses
         self._next_id = 0  # etcd assigns ids from 0
         self._progress_pending = False
 
@@ -134,22 +175,18 @@ class WatchStream:
     def send(self, response: WatchResponse) -> None:
         if not response.header.revision:
             response.header.revision = self.hub.store.revision
-        self.outbox.put_nowait(response)
+        self.outbox.put_nowait(response.SerializeToString())
 
-    def deliver(self, watcher: _Watcher, events: list[ChangeEvent]) -> None:
+    def deliver(self, watcher: _Watcher, batch: _EncodedEvents) -> None:
         """Send a watcher the events it wants of these (whole revisions), and move it past them."""
-        response = WatchResponse(watch_id=watcher.id)
-        for event in events:
-            if watcher.wants(event):
-                added = response.events.add(type=event.type)
-                added.kv.MergeFromString(event.kv)
-                if watcher.prev_kv and event.prev_kv is not None:
-                    added.prev_kv.MergeFromString(event.prev_kv)
-        if events:
-            watcher.next_revision = max(watcher.next_revision, events[-1].revision + 1)
-        if response.events:
-            response.header.revision = events[-1].revision
-            self.send(response)
+        events = batch.events
+        if not events:
+            return
+        encoded = batch.encoded(watcher.prev_kv)
+        wanted = [encoded[at] for at, event in enumerate(events) if watcher.wants(event)]
+        watcher.next_revision = max(watcher.next_revision, events[-1].revision + 1)
+        if wanted:
+            self.outbox.put_nowait(_events_response(watcher.id, events[-1].revision, wanted))
 
     def fall_behind(self) -> None:
         """Stop live delivery (the client is not reading, or the store jumped): catch up from history."""
@@ -199,13 +236,14 @@ class WatchHub:
 
     def publish(self, events: list[ChangeEvent]) -> None:
         """Live events of one applied batch, in revision order, to every synced watcher."""
+        batch = _EncodedEvents(events)
         for stream in self.streams:
             if stream.backed_up:
                 stream.fall_behind()
                 continue
             for watcher in stream.watchers.values():
                 if watcher.synced:
-                    stream.deliver(watcher, events)
+                    stream.deliver(watcher, batch)
 
     def resync_all(self) -> None:
         """After the store was replaced by a snapshot: its events were never published."""
@@ -247,7 +285,7 @@ class WatchHub:
             stream.send(WatchResponse(
                 watch_id=watcher.id, canceled=True, compact_revision=self.store.compacted_revision))
             return True
-        stream.deliver(watcher, events)
+        stream.deliver(watcher, _EncodedEvents(events))
         watcher.next_revision = next_revision
         # Nothing is applied between the read and this check: at the head means synced.
         watcher.synced = next_revision > self.store.revision

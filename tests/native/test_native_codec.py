@@ -10,8 +10,8 @@ from google.protobuf.message import DecodeError
 from native import codec
 from shards.raft.storage import Entry
 from tessera.api.internal_pb2 import ShardRequest, ShardRequestBatch, ShardResponse
-from tessera.api.kv_pb2 import KeyValue
-from tessera.api.rpc_pb2 import PutRequest, PutResponse, RangeResponse, ResponseHeader
+from tessera.api.kv_pb2 import Event, KeyValue
+from tessera.api.rpc_pb2 import PutRequest, PutResponse, RangeResponse, ResponseHeader, WatchResponse
 
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
 entries = st.tuples(u64, u64, st.integers(min_value=0, max_value=255), st.binary(max_size=300))
@@ -241,6 +241,7 @@ _answers = st.one_of(
 @given(_answers, st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
 def test_an_answer_restamped_natively_is_protobufs_restamped(response, cluster_id, member_id, raft_term):
     response_id, field, body = codec.answer_parts(response.SerializeToString())
+    assert codec.response_id(response.SerializeToString()) == response.id
     kind = response.WhichOneof("response")
     assert (response_id, field) == (response.id, ShardResponse.DESCRIPTOR.fields_by_name[kind].number)
     expected = type(getattr(response, kind))()
@@ -253,4 +254,42 @@ def test_an_answer_restamped_natively_is_protobufs_restamped(response, cluster_i
 def test_answer_parts_leaves_an_answer_given_twice_to_protobuf():
     twice = ShardResponse(id=3, put=PutResponse()).SerializeToString() + ShardResponse(put=PutResponse()).SerializeToString()
     assert codec.answer_parts(twice) == (3, 0, None)
+    assert codec.response_id(twice + ShardResponse(id=5).SerializeToString()) == 5  # protobuf's last value
     assert codec.answer_parts(ShardResponse(id=4).SerializeToString()) == (4, 0, None)
+
+
+_watch_responses = st.builds(
+    WatchResponse,
+    header=st.builds(ResponseHeader, revision=st.integers(0, 2**63 - 1), member_id=st.integers(0, 9)),
+    watch_id=st.integers(-2**63, 2**63 - 1),
+    created=st.booleans(), canceled=st.booleans(), compact_revision=st.integers(0, 9),
+    cancel_reason=st.sampled_from(["", "etcdserver: mvcc: required revision has been compacted"]),
+    fragment=st.booleans(),
+    events=st.lists(st.builds(Event, type=st.sampled_from([Event.PUT, Event.DELETE]), kv=st.builds(
+        KeyValue, key=st.binary(min_size=1, max_size=20), mod_revision=st.integers(1, 2**40))), max_size=3),
+)
+
+
+@given(_watch_responses, st.integers(-2**63, 2**63 - 1), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1),
+       st.integers(0, 2**64 - 1))
+def test_a_watch_response_peeked_and_restamped_natively_is_protobufs(response, watch_id, cluster_id, member_id,
+                                                                     raft_term):
+    data = response.SerializeToString()
+    plain = not (response.created or response.canceled or response.compact_revision or response.cancel_reason
+                 or response.fragment)
+    assert codec.watch_response_peek(data) == (response.watch_id, response.header.revision, plain)
+    expected = WatchResponse()
+    expected.CopyFrom(response)
+    expected.watch_id = watch_id
+    expected.header.cluster_id, expected.header.member_id, expected.header.raft_term = cluster_id, member_id, raft_term
+    assert codec.restamp_watch_response(data, watch_id, cluster_id, member_id, raft_term) == (
+        response.header.revision, expected.SerializeToString())
+
+
+def test_a_watch_response_cut_short_is_an_error():
+    data = WatchResponse(header=ResponseHeader(revision=5), events=[Event(kv=KeyValue(key=b"k"))]).SerializeToString()
+    for cut in (data[:1], data[:-1]):
+        with pytest.raises(codec.CodecError):
+            codec.watch_response_peek(cut)
+        with pytest.raises(codec.CodecError):
+            codec.restamp_watch_response(cut, 1, 2, 3, 4)

@@ -150,7 +150,7 @@ class WatchClient:
         self._watch.send(WatchRequest(**fields))
 
     async def next(self, timeout: float = 10.0) -> WatchResponse:
-        return await asyncio.wait_for(anext(self._responses), timeout)
+        return WatchResponse.FromString(await asyncio.wait_for(anext(self._responses), timeout))
 
 
 async def put_many(client, prefix: bytes, count: int) -> None:

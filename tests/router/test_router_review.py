@@ -116,10 +116,11 @@ def _part_id(upstream: _FakeUpstream, client_watch_id: int) -> int:
     return upstream_id
 
 
-def _response(watch_id: int, revision: int, events=(), **fields) -> WatchResponse:
+def _response(watch_id: int, revision: int, events=(), **fields) -> bytes:
+    """A replica's encoded WatchResponse."""
     response = WatchResponse(watch_id=watch_id, events=list(events), **fields)
     response.header.revision = revision
-    return response
+    return response.SerializeToString()
 
 
 def _event(key: bytes, revision: int) -> Event:
