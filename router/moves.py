@@ -62,6 +62,8 @@ log = logging.getLogger("tessera.move")
 COPY_PAGE_KEYS = 1000
 # Bytes of records per import: one raft entry each, well under a request's 1.5 MiB.
 IMPORT_BATCH_BYTES = 1024 * 1024
+# Imports of one round sent before the first is answered: the target's raft batches them.
+IMPORTS_IN_FLIGHT = 4
 # Catch-up rounds before the fence: they end early once a round finds fewer changed
 # keys than this, so the fenced round (the write pause) copies little.
 CATCH_UP_ROUNDS_MAX = 5
@@ -116,6 +118,33 @@ async def _retrying(step: Callable[[], object]):
             if loop.time() > deadline:
                 raise
             await asyncio.sleep(STEP_RETRY_PAUSE_SECONDS)
+
+
+class _InFlight:
+    """Coroutines run at most `width` at a time; the first failure is raised to whoever adds
+    the next one or waits for them all."""
+
+    def __init__(self, width: int):
+        self.width = width
+        self.tasks: set[asyncio.Task] = set()
+
+    async def add(self, coroutine) -> None:
+        while len(self.tasks) >= self.width:
+            await self._settle(asyncio.FIRST_COMPLETED)
+        self.tasks.add(asyncio.ensure_future(coroutine))
+
+    async def wait_all(self) -> None:
+        while self.tasks:
+            await self._settle(asyncio.ALL_COMPLETED)
+
+    async def _settle(self, return_when) -> None:
+        done, self.tasks = await asyncio.wait(self.tasks, return_when=return_when)
+        for task in done:
+            task.result()
+
+    def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
 
 
 class _Mover:
@@ -188,24 +217,40 @@ class _Mover:
     async def copy_round(self, since: int, known: set[bytes], final: bool = False) -> tuple[int, int, int]:
         """Copy the records changed after revision `since` (every record if 0) and, after the
         first round, the deletions among `known` (the keys the target has), which then become
-        the source's keys. (The revision copied at, the records copied, their bytes.)"""
-        revision, copied, copied_bytes = 0, 0, 0
+        the source's keys. (The revision copied at, the records copied, their bytes.)
+
+        Pipelined: the next page is read while this one is imported, and up to
+        IMPORTS_IN_FLIGHT imports are in flight (a page's keys are disjoint from every other
+        page's, so the imports of a round commute); the round's last import waits for them all.
+        """
+        copied, copied_bytes = 0, 0
         batch, batch_bytes = [], 0
-        start = self.key
-        while True:
-            page = await self._read_page(start, revision, since, keys_only=False)
-            revision = revision or page.header.revision
-            for kv in page.kvs:
-                if batch and batch_bytes + kv.ByteSize() > IMPORT_BATCH_BYTES:
-                    await self._import(batch, [])
-                    batch, batch_bytes = [], 0
-                batch.append(kv)
-                batch_bytes += kv.ByteSize()
-                copied += 1
-                copied_bytes += len(kv.key) + len(kv.value)
-            if not page.more:
-                break
-            start = page.kvs[-1].key + b"\0"
+        imports = _InFlight(IMPORTS_IN_FLIGHT)
+        page = await self._read_page(self.key, 0, since, keys_only=False)
+        revision = page.header.revision
+        next_page = None
+        try:
+            while True:
+                if page.more:
+                    next_page = asyncio.ensure_future(
+                        self._read_page(page.kvs[-1].key + b"\0", revision, since, keys_only=False))
+                for kv in page.kvs:
+                    size = kv.ByteSize()
+                    if batch and batch_bytes + size > IMPORT_BATCH_BYTES:
+                        await imports.add(self._import(batch, []))
+                        batch, batch_bytes = [], 0
+                    batch.append(kv)
+                    batch_bytes += size
+                    copied += 1
+                    copied_bytes += len(kv.key) + len(kv.value)
+                if next_page is None:
+                    break
+                page, next_page = await next_page, None
+            await imports.wait_all()
+        finally:
+            imports.cancel()
+            if next_page is not None:
+                next_page.cancel()
         deletes = []
         if since:  # a later round: which of the keys copied before are gone
             present = await self.source_keys(revision)

@@ -271,6 +271,25 @@ def test_a_mover_that_dies_is_recovered_never_left_half_done(cluster, phase_line
     cluster.run(scenario(), timeout=180)
 
 
+def test_a_move_of_many_pages_and_imports_in_flight_copies_every_record(cluster, monkeypatch):
+    """Small pages and imports: the copy reads ahead and keeps several imports in flight, and
+    every record arrives with its value, revisions, version and lease."""
+    monkeypatch.setattr(moves, "COPY_PAGE_KEYS", 7)
+    monkeypatch.setattr(moves, "IMPORT_BATCH_BYTES", 300)
+    prefix = b"/moving-pages/"
+
+    async def scenario():
+        async with EtcdClient(cluster.endpoint) as client:
+            before = await preload(client, prefix)
+            outcome = await moves.move(meta_members(cluster), prefix, 2)
+            assert (outcome.source, outcome.target, outcome.keys) == (1, 2, PRELOADED_KEYS)
+            answer = await client.kv.Range(RangeRequest(key=prefix, range_end=prefix[:-1] + b"0"))
+            assert {kv.key: kv for kv in answer.kvs} == before
+        assert len(await group_records(cluster, 2, prefix)) == PRELOADED_KEYS
+        assert await group_records(cluster, 1, prefix) == []
+    cluster.run(scenario(), timeout=180)
+
+
 def test_the_move_command_and_the_list_of_keys_and_bytes(cluster):
     data_dir = str(cluster.launcher.data_dir)
     prefix = "/moving-cli/"
