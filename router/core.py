@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import random
 from typing import Iterable, Protocol
 
 from google.protobuf.message import DecodeError
@@ -376,8 +375,8 @@ class Router:
             validation.check_range(request)
         except errors.EtcdError as error:
             return responder.fail(error)
-        # A serializable read may be answered by any member: spread them over the group.
-        member = random.choice(self.groups[group].member_ids) if request.serializable else None
+        # A serializable read may be answered by any member: the group shares them.
+        member = self.groups[group].read_member() if request.serializable else None
         self._send_now(group, _RANGE_TAG, data, responder, write=False, member=member)
 
     def txn_now(self, data: bytes, responder: Responder) -> None:

@@ -299,6 +299,8 @@ class GroupClient:
         self.term = 0
         self.leaderless_since: float | None = None  # loop time since which no leader was seen
         self._connections: dict[int, ShardConnection] = {}
+        self._read_turns = 0  # serializable reads go to member_ids[_read_turns % members]
+        self._read_member: int | None = None  # where this turn of the loop sends them
         self.set_members(members)
 
     def set_members(self, members: dict[int, str]) -> None:
@@ -311,6 +313,7 @@ class GroupClient:
                 self._connections[member_id] = ShardConnection(address, self.ssl_context)
         if self.leader_id not in self._connections:
             self.leader_id = 0
+        self._read_member = None
 
     @property
     def member_ids(self) -> list[int]:
@@ -318,6 +321,20 @@ class GroupClient:
 
     def connection(self, member_id: int) -> ShardConnection:
         return self._connections[member_id]
+
+    def read_member(self) -> int:
+        """Where a serializable read goes: one member for every read of a turn of the loop, the
+        next member the next turn. The group shares the reads, and each replica gets a turn's
+        reads as one batch (one wake-up, one read, one write) rather than a third of them."""
+        if self._read_member is None:
+            members = self.member_ids
+            self._read_turns += 1
+            self._read_member = members[self._read_turns % len(members)]
+            asyncio.get_running_loop().call_soon(self._end_read_turn)
+        return self._read_member
+
+    def _end_read_turn(self) -> None:
+        self._read_member = None
 
     async def call(self, request: ShardRequest, write: bool, any_member: bool = False,
                    timeout: float = REQUEST_TIMEOUT_SECONDS) -> ShardResponse:

@@ -50,6 +50,25 @@ def test_serializable_reads_spread_over_the_members_and_a_status_asks_the_leader
     asyncio.run(scenario())
 
 
+def test_the_fast_path_sends_a_turns_serializable_reads_to_one_member_and_the_next_turns_to_the_next():
+    async def scenario():
+        client = GroupClient(1, {1: "127.0.0.1:1", 2: "127.0.0.1:2", 3: "127.0.0.1:3"})
+        chosen = []
+        for _ in range(6):
+            turn = {client.read_member() for _ in range(5)}
+            assert len(turn) == 1  # one batch to one replica
+            chosen += turn
+            await asyncio.sleep(0)  # the next turn of the loop
+        assert sorted(chosen) == [1, 1, 2, 2, 3, 3] and chosen[:3] == chosen[3:]
+        client.read_member()
+        client.set_members({1: "127.0.0.1:1", 2: "127.0.0.1:2"})  # member 3 left mid-turn
+        assert {client.read_member() for _ in range(3)} <= {1, 2}
+        for connection in client._connections.values():
+            await connection.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_connection_closed_while_it_opens_leaves_no_socket_behind():
     async def scenario():
         ended = asyncio.get_running_loop().create_future()
