@@ -420,7 +420,8 @@ async def record_group(meta_members: dict[int, str], group: int, members: list[M
             raise OperatorError(f"group {group} exists already")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not (health := await _group_state(group, client)).healthy:
+        # A member may answer a read before it has heard who leads: wait for both, to name the leader.
+        while not ((health := await _group_state(group, client)).healthy and health.leader):
             if loop.time() > deadline:
                 raise OperatorError(f"group {group} did not elect a leader within {timeout:g} s "
                                     f"({health.error}); see its replicas' logs")
