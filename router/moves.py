@@ -267,8 +267,8 @@ class _Mover:
         fence_seconds = time.monotonic() - fence_started
         self.progress(f"switched to group {self.record.target} after a fence of {fence_seconds:.3f} s")
         await self.finish()
-        return MoveOutcome(self.record.start, self.record.end, self.record.source, self.record.target, keys, moved_bytes,
-                           fence_started - started, fence_seconds)
+        return MoveOutcome(self.record.start, self.record.end, self.record.source, self.record.target, keys,
+                           moved_bytes, fence_started - started, fence_seconds)
 
     def _switched_map(self, state: MetaState, others: list[MoveRecord], ours: MoveRecord) -> ShardMap:
         if ours.phase == MoveRecord.SWITCHED:

@@ -615,6 +615,7 @@ def command_shards_move(args: argparse.Namespace) -> int:
 def command_shards_split(args: argparse.Namespace) -> int:
     """Cut a group's range at KEY: the keys from KEY up move to --to, or to a new group."""
     from router import admin, moves
+    from router.shard_map import ShardMapError
 
     def progress(line: str) -> None:
         print(line, flush=True)
@@ -631,7 +632,7 @@ def command_shards_split(args: argparse.Namespace) -> int:
             asyncio.run(moves.check_split(meta_members(args), args.group, key))  # before a group is made for it
             target = _add_group(args, None)
         outcome = asyncio.run(moves.split(meta_members(args), args.group, key, target, progress))
-    except (moves.MoveError, admin.OperatorError, EtcdError) as failure:
+    except (moves.MoveError, ShardMapError, admin.OperatorError, EtcdError) as failure:
         return _operator_failure("shards split", failure)
     print(f"{_show_range(outcome.start, outcome.end)} -> group {outcome.target}: {outcome.keys} keys "
           f"({size_text(outcome.bytes)}) moved from group {outcome.source}; copied in {outcome.copy_seconds:.1f} s, "
