@@ -1,5 +1,5 @@
 """Operator commands: the shard map (list it, assign an empty prefix), every replica's status,
-leadership transfer, membership (list, add, promote, remove), defragment, alarms.
+leadership transfer, membership (list, add, promote, remove), new groups, defragment, alarms.
 
 They talk to the meta group and the data groups over the internal API, as a
 router does. An assignment completes only once every router routes by it.
@@ -399,6 +399,38 @@ async def remove_member(meta_members: dict[int, str], group: int, member: int,
         await client.call(ShardRequest(member_remove=member), write=True)
         await _record_voters(meta, client)
         return leader
+
+
+# How long a new group's replicas have to start and elect a leader (13 processes on a 2-core
+# host elect well within it; three more, started together, do too).
+GROUP_START_SECONDS = 30.0
+
+
+async def record_group(meta_members: dict[int, str], group: int, members: list[Member],
+                       timeout: float = GROUP_START_SECONDS,
+                       ssl_context: ssl.SSLContext | None = None) -> int:
+    """Record a new group in the meta group once its replicas (founded together, running) have a
+    leader and answer a linearizable read: routers then route to it once the map gives it keys
+    (the record goes in before any map that names the group). Its leader; a group recorded
+    already is refused."""
+    meta = MetaClient(GroupClient(META_GROUP, meta_members, ssl_context))
+    client = GroupClient(group, {member.id: member.api_address for member in members}, ssl_context)
+    try:
+        if group in (await meta.load()).groups:
+            raise OperatorError(f"group {group} exists already")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # A member may answer a read before it has heard who leads: wait for both, to name the leader.
+        while not ((health := await _group_state(group, client)).healthy and health.leader):
+            if loop.time() > deadline:
+                raise OperatorError(f"group {group} did not elect a leader within {timeout:g} s "
+                                    f"({health.error}); see its replicas' logs")
+            await asyncio.sleep(CATCH_UP_POLL_SECONDS)
+        if not await meta.create(group_key(group), GroupRecord(id=group, members=members)):
+            raise OperatorError(f"group {group} exists already")
+        return health.leader
+    finally:
+        await asyncio.gather(meta.client.close(), client.close())
 
 
 async def _applied_indexes(client: GroupClient, members: list[int]) -> dict[int, int]:

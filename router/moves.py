@@ -1,4 +1,5 @@
-"""Moving a prefix that holds data to another group while clients use it (`tessera shards move`).
+"""Moving a prefix that holds data to another group while clients use it (`tessera shards move`),
+and cutting a group's range in two by moving its upper part (`tessera shards split`).
 
 A move goes through three phases, each recorded in the meta group (MoveRecord in the
 MoveList at tessera/moves) before its work starts, in the same meta transaction as the
@@ -25,6 +26,10 @@ Watches: the source's watchers deliver the range's changes up to the fence; when
 router takes the switched map its watch proxy adds a part on the target from the
 revision after what each watch has delivered (router/watch_proxy.py). Imports and
 drops make no events, so every event arrives once, in revision order.
+
+A split is a move of a range rather than a prefix: from its KEY to the end of the stretch
+of the map that holds KEY (ShardMap.stretch_of), which may cut a range of the map in two
+(ShardMap.assign_range); a prefix move may not cut one. Everything else is the same move.
 
 Recovery undoes a move that did not reach SWITCHED (the fence lifted, the target's
 copy dropped: the source never stopped holding the range) and finishes one that did.
@@ -84,7 +89,8 @@ class MoveError(Exception):
 
 @dataclass
 class MoveOutcome:
-    prefix: bytes
+    start: bytes  # the range moved: [start, end), end b"" meaning to the end of the keyspace
+    end: bytes
     source: int
     target: int
     keys: int  # the records copied in the first round
@@ -306,13 +312,13 @@ class _Mover:
         fence_seconds = time.monotonic() - fence_started
         self.progress(f"switched to group {self.record.target} after a fence of {fence_seconds:.3f} s")
         await self.finish()
-        return MoveOutcome(self.record.start, self.record.source, self.record.target, keys, moved_bytes,
-                           fence_started - started, fence_seconds)
+        return MoveOutcome(self.record.start, self.record.end, self.record.source, self.record.target, keys,
+                           moved_bytes, fence_started - started, fence_seconds)
 
     def _switched_map(self, state: MetaState, others: list[MoveRecord], ours: MoveRecord) -> ShardMap:
         if ours.phase == MoveRecord.SWITCHED:
             return state.shard_map
-        moved = state.shard_map.assign(ours.start, ours.target)  # assign keeps no fences: put back the others'
+        moved = state.shard_map.assign_range(ours.start, ours.end, ours.target)  # no fences kept: put back the others'
         return moved.with_moving([m for m in state.shard_map.moving if m != _moving_range(ours)])
 
     async def finish(self) -> None:
@@ -340,13 +346,61 @@ async def move(meta_members: dict[int, str], prefix: bytes, target: int,
     (an unknown, unhealthy or full group, a prefix that overlaps a move in progress or cuts a
     range of the map) raises MoveError or ShardMapError before anything changes; a failure
     later undoes the move, unless it had switched (then `recover` finishes it)."""
+    if not prefix:
+        raise MoveError("the empty prefix is the default group's; give a non-empty prefix")
+    return await _move_range(meta_members, lambda state: (prefix, prefix_end(prefix)), target, False,
+                             progress, routers_timeout)
+
+
+async def split(meta_members: dict[int, str], group: int, key: bytes, target: int,
+                progress: Callable[[str], None] = lambda line: None,
+                routers_timeout: float = ROUTERS_TIMEOUT_SECONDS) -> MoveOutcome:
+    """Cut `group`'s range at `key`: the keys from `key` to the end of that range move to group
+    `target`, as `move` moves a prefix, with the same refusals and recovery."""
+    return await _move_range(meta_members, lambda state: split_range(state, group, key), target, True,
+                             progress, routers_timeout)
+
+
+async def check_split(meta_members: dict[int, str], group: int, key: bytes) -> None:
+    """Whether a split of `group` at `key` may go ahead, as far as it can be told with no target:
+    MoveError if not."""
+    meta = MetaClient(GroupClient(META_GROUP, meta_members))
+    try:
+        state = await meta.load()
+        _check_no_overlap(state, *split_range(state, group, key))
+    finally:
+        await meta.client.close()
+
+
+def split_range(state: MetaState, group: int, key: bytes) -> tuple[bytes, bytes]:
+    """The range a split of `group` at `key` moves: [key, the end of the stretch of the map that
+    holds it), or why there is none (MoveError)."""
+    if group == META_GROUP or group not in state.groups:
+        raise MoveError(f"there is no data group {group} (groups: {_data_groups(state)})")
+    if not key:
+        raise MoveError("give the key to split at: the empty key begins every range")
+    start, end, owner = state.shard_map.stretch_of(key)
+    if owner != group:
+        raise MoveError(f"{key!r} is not in a range of group {group}: [{start!r}, {end!r}) is group {owner}'s")
+    return key, end
+
+
+def _data_groups(state: MetaState) -> str:
+    return ", ".join(str(g) for g in sorted(state.groups) if g != META_GROUP)
+
+
+async def _move_range(meta_members: dict[int, str], range_of: Callable[[MetaState], tuple[bytes, bytes]],
+                      target: int, may_cut: bool, progress: Callable[[str], None],
+                      routers_timeout: float) -> MoveOutcome:
+    """Move the range `range_of` gives (or raises why not) to `target`: checked, recorded, run."""
     meta = MetaClient(GroupClient(META_GROUP, meta_members))
     groups: dict[int, GroupClient] = {}
     try:
         state = await meta.load()
         groups = {group: GroupClient(group, {m.id: m.api_address for m in record.members})
                   for group, record in state.groups.items() if group != META_GROUP}
-        record = await _checked_move(state, groups, prefix, target)
+        start, end = range_of(state)
+        record = await _checked_move(state, groups, start, end, target, may_cut)
         created = state.moves_revision
         txn = TxnRequest(compare=[Compare(key=MOVES_KEY, target=Compare.MOD, result=Compare.EQUAL,
                                           mod_revision=created)],
@@ -364,36 +418,28 @@ async def move(meta_members: dict[int, str], prefix: bytes, target: int,
                     progress(f"the move was undone ({failure})")
                 except Exception as undo_failure:  # the meta group is down, or it was undone already
                     log.warning("undoing the move of %r failed (%s); `tessera shards move --recover` "
-                                "undoes it", prefix, undo_failure)
+                                "undoes it", start, undo_failure)
             raise
     finally:
         await asyncio.gather(meta.client.close(), *(client.close() for client in groups.values()))
 
 
-async def _checked_move(state: MetaState, groups: dict[int, GroupClient], prefix: bytes,
-                        target: int) -> MoveRecord:
-    """The record of a move of `prefix` to `target`, or why it cannot be done (nothing changed)."""
+async def _checked_move(state: MetaState, groups: dict[int, GroupClient], start: bytes, end: bytes,
+                        target: int, may_cut: bool) -> MoveRecord:
+    """The record of a move of [start, end) to `target`, or why it cannot be done (nothing changed).
+    `may_cut`: whether it may cut a range of the map in two (a split), not only take whole ones."""
     if target == META_GROUP or target not in groups:
-        known = ", ".join(str(g) for g in sorted(groups))
-        raise MoveError(f"there is no data group {target} (groups: {known})")
-    if not prefix:
-        raise MoveError("the empty prefix is the default group's; give a non-empty prefix")
-    end = prefix_end(prefix)
-    for other in state.moves:
-        if _ranges_overlap(prefix, end, other.start, other.end):
-            raise MoveError(
-                f"{prefix!r} overlaps the move of {other.start!r} from group {other.source} to group "
-                f"{other.target}, in progress since {time.ctime(other.started_unix_seconds)} "
-                f"(phase {MoveRecord.Phase.Name(other.phase)}); if its mover is gone, "
-                f"`tessera shards move --recover` finishes or undoes it")
-    state.shard_map.assign(prefix, target)  # ShardMapError: an empty prefix, or one that cuts a range
-    sources = sorted(state.shard_map.groups_of(prefix, _wire_end(end)))
+        raise MoveError(f"there is no data group {target} (groups: {_data_groups(state)})")
+    _check_no_overlap(state, start, end)
+    if not may_cut:
+        state.shard_map.assign(start, target)  # ShardMapError: a prefix that cuts a range
+    sources = sorted(state.shard_map.groups_of(start, _wire_end(end)))
     if len(sources) != 1:
-        raise MoveError(f"keys under {prefix!r} live in groups {', '.join(map(str, sources))}; "
+        raise MoveError(f"keys under {start!r} live in groups {', '.join(map(str, sources))}; "
                         f"move a prefix that one group holds")
     source = sources[0]
     if source == target:
-        raise MoveError(f"{prefix!r} is on group {target} already")
+        raise MoveError(f"{start!r} is on group {target} already")
     for group in (source, target):
         health = await _group_state(group, groups[group])
         if not health.healthy:
@@ -401,8 +447,18 @@ async def _checked_move(state: MetaState, groups: dict[int, GroupClient], prefix
     status = (await groups[target].call(ShardRequest(status={}), write=False)).status
     if any(alarm.alarm == NOSPACE for alarm in status.alarms):
         raise MoveError(f"group {target} is out of space (NOSPACE alarm); nothing was changed")
-    return MoveRecord(start=prefix, end=end, source=source, target=target, phase=MoveRecord.COPYING,
+    return MoveRecord(start=start, end=end, source=source, target=target, phase=MoveRecord.COPYING,
                       started_unix_seconds=int(time.time()))
+
+
+def _check_no_overlap(state: MetaState, start: bytes, end: bytes) -> None:
+    for other in state.moves:
+        if _ranges_overlap(start, end, other.start, other.end):
+            raise MoveError(
+                f"{start!r} overlaps the move of {other.start!r} from group {other.source} to group "
+                f"{other.target}, in progress since {time.ctime(other.started_unix_seconds)} "
+                f"(phase {MoveRecord.Phase.Name(other.phase)}); if its mover is gone, "
+                f"`tessera shards move --recover` finishes or undoes it")
 
 
 async def recover(meta_members: dict[int, str], progress: Callable[[str], None] = lambda line: None,

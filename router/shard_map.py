@@ -129,6 +129,24 @@ class ShardMap:
     def groups_of(self, key: bytes, range_end: bytes) -> set[int]:
         return {piece.group for piece in self.pieces(key, range_end)}
 
+    def stretch_of(self, key: bytes) -> tuple[bytes, bytes, int]:
+        """The segment of the partition that holds `key`: (start, end, group), end b"" meaning
+        to the end of the keyspace; what `tessera shards split` cuts."""
+        position = bisect.bisect_right(self._starts, key) - 1
+        end = self._starts[position + 1] if position + 1 < len(self._starts) else b""
+        return self._starts[position], end, self._groups[position]
+
+    def assign_range(self, start: bytes, end: bytes, group: int) -> ShardMap:
+        """A new map with [start, end) on `group` (end b"": to the end of the keyspace); a range it
+        overlaps keeps what lies outside it, so a range can be cut in two. No fences kept."""
+        ranges = [(start, end, group)]
+        for other_start, other_end, owner in self.ranges:
+            if other_start < start:  # the part before
+                ranges.append((other_start, other_end if other_end and other_end <= start else start, owner))
+            if end and (not other_end or other_end > end):  # the part after
+                ranges.append((max(other_start, end), other_end, owner))
+        return ShardMap(ranges, self.default_group)
+
     def assign(self, prefix: bytes, group: int) -> ShardMap:
         """A new map with [prefix, prefix_end) on `group`; it may not cut an existing range."""
         if not prefix:

@@ -612,6 +612,60 @@ def command_shards_move(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_shards_split(args: argparse.Namespace) -> int:
+    """Cut a group's range at KEY: the keys from KEY up move to --to, or to a new group."""
+    from router import admin, moves
+    from router.shard_map import ShardMapError
+
+    def progress(line: str) -> None:
+        print(line, flush=True)
+
+    key = args.key.encode()
+    try:
+        target = args.to
+        if target is None:
+            if args.meta:
+                print("tessera shards split: without --to the keys go to a new group, which needs the data dir "
+                      "of a running `tessera up`; elsewhere start a group and give --to", file=sys.stderr)
+                return 2
+            _local_launcher(args, "shards split")
+            asyncio.run(moves.check_split(meta_members(args), args.group, key))  # before a group is made for it
+            target = _add_group(args, None)
+        outcome = asyncio.run(moves.split(meta_members(args), args.group, key, target, progress))
+    except (moves.MoveError, ShardMapError, admin.OperatorError, EtcdError) as failure:
+        return _operator_failure("shards split", failure)
+    print(f"{_show_range(outcome.start, outcome.end)} -> group {outcome.target}: {outcome.keys} keys "
+          f"({size_text(outcome.bytes)}) moved from group {outcome.source}; copied in {outcome.copy_seconds:.1f} s, "
+          f"writes paused {outcome.fence_seconds:.3f} s")
+    return 0
+
+
+def command_group_add(args: argparse.Namespace) -> int:
+    from router import admin
+
+    if args.meta:
+        print("tessera group add: a new group's replicas are started by a running `tessera up`, so give its "
+              "--data-dir, not --meta", file=sys.stderr)
+        return 2
+    _local_launcher(args, "group add")
+    try:
+        group = _add_group(args, args.group)
+    except (admin.OperatorError, EtcdError) as failure:
+        return _operator_failure("group add", failure)
+    print(f"move keys to it with `tessera shards move PREFIX {group}` or `tessera shards split GROUP KEY --to {group}`")
+    return 0
+
+
+def _add_group(args: argparse.Namespace, group: int | None) -> int:
+    """Found a group in the local launcher's cluster (tessera/groups.py); say what was done."""
+    from tessera import groups
+
+    group, members, leader = groups.add_group(args.data_dir, group, ssl_context=peer_ssl(args))
+    listed = ", ".join(f"member {m.id} (peer {m.peer_address}, API {m.api_address})" for m in members)
+    print(f"group {group} added: {listed}; member {leader} leads", flush=True)
+    return group
+
+
 def command_shards_assign(args: argparse.Namespace) -> int:
     from router import admin
     from router.shard_map import ShardMapError
@@ -1017,13 +1071,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_arguments(transfer)
     transfer.set_defaults(run=command_leader_transfer)
     shards = commands.add_parser("shards", help="the shard map: list it, assign an empty prefix to a group, "
-                                                "move a prefix and its keys")
+                                                "move a prefix and its keys, split a group's range")
     shard_commands = shards.add_subparsers(dest="shards_command", required=True)
     for name, help_text, run in (
         ("list", "the map, each group's leader, health, keys and bytes, and moves in progress",
          command_shards_list),
         ("assign", "give an empty key prefix to a data group", command_shards_assign),
         ("move", "move a key prefix and its keys to another data group, online", command_shards_move),
+        ("split", "cut a group's range at KEY: the keys from KEY up move to another group, online",
+         command_shards_split),
     ):
         command = shard_commands.add_parser(name, help=help_text)
         if name == "assign":
@@ -1034,6 +1090,12 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("group", nargs="?", type=int, help="the data group that will own it")
             command.add_argument("--recover", action="store_true",
                                  help="finish or undo every move whose mover is gone, instead")
+        if name == "split":
+            command.add_argument("group", type=int, help="the data group whose range is cut")
+            command.add_argument("key", help="the first key that moves: the range holding it moves from here up")
+            command.add_argument("--to", type=int, default=None,
+                                 help="the data group that takes those keys (default: a new group, as "
+                                      "`tessera group add` adds)")
         add_cluster_arguments(command)
         command.set_defaults(run=run)
     add_operator_commands(commands)
@@ -1078,6 +1140,13 @@ def add_operator_commands(commands) -> None:
         command.add_argument("member", type=int)
     for command in (listing, add, move, promote, remove):
         add_cluster_arguments(command)
+    group = commands.add_parser("group", help="the cluster's raft groups: add one")
+    group_commands = group.add_subparsers(dest="group_command", required=True)
+    group_add = group_commands.add_parser(
+        "add", help="a new group of three replicas joins the running `tessera up` cluster, holding no keys")
+    group_add.add_argument("group", type=int, nargs="?", default=None, help="its id (default: the next free one)")
+    add_cluster_arguments(group_add)
+    group_add.set_defaults(run=command_group_add)
     defrag = commands.add_parser("defrag", help="defragment every replica of every group, one at a time")
     add_cluster_arguments(defrag)
     defrag.set_defaults(run=command_defrag)

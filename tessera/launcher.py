@@ -207,6 +207,12 @@ class Layout:
         self.metrics.setdefault(group, {})[member] = self.free_addresses(1)[0]
         self.joined.add((group, member))
 
+    def add_group(self, group: int) -> None:
+        """A new group whose members found it together in a running cluster (`tessera group add`)."""
+        addresses = iter(self.free_addresses(3 * len(MEMBERS)))
+        self.groups[group] = {member: (next(addresses), next(addresses)) for member in MEMBERS}
+        self.metrics[group] = {member: next(addresses) for member in MEMBERS}
+
     def remove_member(self, group: int, member: int) -> None:
         del self.groups[group][member]
         del self.metrics[group][member]
@@ -613,7 +619,8 @@ class Launcher:
             await asyncio.sleep(POLL_SECONDS)
 
     async def _follow_layout(self) -> None:
-        """Start the replicas a `tessera member` command added to the layout; stop those it removed.
+        """Start the replicas a `tessera member` or `tessera group add` command added to the layout;
+        stop those it removed.
 
         The layout file is what the launcher runs, now and at the next start, so a
         command in another process changes it (change_layout) rather than asking

@@ -29,6 +29,17 @@ One fault at a time: wait a gap, inject, hold, heal, record. Kinds (`--faults`):
   The workload's own prefixes do not move (its replica readers and change log
   read their groups directly), so this checks moves among faults, not the
   workload's linearizability across a switch (tests/router/test_shards_move.py).
+- split: `tessera shards split` (a process of its own) cuts the range that holds one of
+  SPLIT_PREFIX's keys at that key, its upper part to another data group, with the
+  same kills and heal as a move; the check is that each key of the prefix is where
+  the map puts it, and nowhere else. SPLIT_PREFIX first gets a range of its own (a
+  move), so that the cuts stay inside it and never take the workload's keys.
+- group-add: `tessera group add` (a process of its own) founds a new group; half of
+  the time it is killed on the way, and the heal runs it again if it left a group
+  unrecorded (it finishes that one). The heal checks every group of the layout is
+  recorded and has a leader. Moves and splits then take keys to the new groups too.
+  At most GROUPS_ADDED_MAX times a run, and on 127.0.0.1 only: a cluster in namespaces
+  places its hosts when it starts.
 
 The seed fixes the sequence of kinds, targets and durations; the processes'
 own timing is not replayable, so a seed replays the faults, not the interleaving.
@@ -55,7 +66,7 @@ from shards.fault_control import write_faults
 from tessera.chaos.workload import EtcdKV
 from tessera.api.internal_pb2 import ShardRequest
 from tessera.api.rpc_pb2 import NOSPACE, AlarmRequest, PutRequest, RangeRequest
-from tessera.launcher import META_GROUP, Launcher, LauncherError
+from tessera.launcher import META_GROUP, Launcher, LauncherError, Layout
 from tessera.netns import NetnsLauncher, NetnsNetwork, replica_host
 
 KILL = "kill"
@@ -66,7 +77,9 @@ QUOTA = "quota"
 LOSS = "loss"
 LATENCY = "latency"
 MOVE = "move"
-FAULT_KINDS = (KILL, PAUSE, PARTITION, DISK, QUOTA, LOSS, LATENCY, MOVE)
+SPLIT = "split"
+GROUP_ADD = "group-add"
+FAULT_KINDS = (KILL, PAUSE, PARTITION, DISK, QUOTA, LOSS, LATENCY, MOVE, SPLIT, GROUP_ADD)
 
 # Groups faults land on: the meta group (the router's) and the two the workload's keys live in.
 TARGET_GROUPS = (META_GROUP, 1, 2)
@@ -80,9 +93,13 @@ ALARM_MEMBER_ID = 1  # whose alarm the quota fault raises: one id, so the heal d
 LOSS_PERCENTS = (10, 30, 60, 100)  # of the packets a replica sends its peers
 LATENCY_MS = (1.0, 5.0)  # between hosts in one region: the range the issue asks throughput at
 MOVE_PREFIX = b"/chaos-moves/"  # what the move fault moves: keys of its own, none of the workload's
-MOVE_KEYS = 200
+SPLIT_PREFIX = b"/chaos-splits/"  # what the split fault cuts, likewise
+MOVE_KEYS = 200  # under each of the two
 MOVE_KILL_SECONDS = (0.0, 2.0)  # when, after the mover starts, it or a leader is killed
 MOVE_HEAL_SECONDS = 90.0  # for the mover to end, the recovery and the check
+GROUPS_ADDED_MAX = 1  # each adds three processes to the host; moves and splits need one to go to
+GROUP_ADD_KILL_SECONDS = (0.0, 3.0)  # when, after `tessera group add` starts, it is killed
+GROUP_ADD_HEAL_SECONDS = 60.0  # for it to end, run again if need be, and the new group to lead
 ROUTER_CALL_SECONDS = 10.0
 
 
@@ -109,7 +126,8 @@ class Nemesis:
         self._router_down = False
         self._paused: set[int] = set()  # pids stopped and not continued yet
         self._alarmed: set[int] = set()  # groups whose NOSPACE alarm is raised
-        self._moved_keys: dict[bytes, bytes] | None = None  # MOVE_PREFIX's keys, once written
+        self._written: dict[bytes, dict[bytes, bytes]] = {}  # MOVE_PREFIX's and SPLIT_PREFIX's keys, once written
+        self._groups_added = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         while self.kinds and not stop.is_set():
@@ -118,7 +136,7 @@ class Nemesis:
             kind = self.rng.choice(self.kinds)
             hold = self.rng.uniform(*HOLD_SECONDS)
             record = FaultRecord(kind, "", self.clock())
-            heal = await getattr(self, f"_inject_{kind}")(record)
+            heal = await getattr(self, f"_inject_{kind.replace('-', '_')}")(record)
             self.records.append(record)
             self.report(f"{record.start_s:7.1f} s  {kind} {record.target} {record.detail}".rstrip())
             try:
@@ -285,15 +303,38 @@ class Nemesis:
 
     async def _inject_move(self, record: FaultRecord):
         meta = self._meta_members()
-        if self._moved_keys is None:
-            await self._write_move_keys()
+        await self._write_keys(MOVE_PREFIX)
         state = await self._meta_state(meta)
         source = state.shard_map.group_of(MOVE_PREFIX)
-        target = self.rng.choice([group for group in sorted(self.launcher.layout.groups)
-                                  if group not in (META_GROUP, source)])
+        target = self._other_group(state, source)
         record.target = f"{MOVE_PREFIX.decode()} group {source} -> {target}"
-        mover = subprocess.Popen([sys.executable, "-m", "tessera.cli", "shards", "move", MOVE_PREFIX.decode(),
-                                  str(target), "--data-dir", str(self.launcher.data_dir)],
+        return await self._run_mover(record, ["move", MOVE_PREFIX.decode(), str(target)], source, target,
+                                     MOVE_PREFIX)
+
+    async def _inject_split(self, record: FaultRecord):
+        meta = self._meta_members()
+        await self._write_keys(SPLIT_PREFIX)
+        state = await self._meta_state(meta)
+        if state.shard_map.stretch_of(SPLIT_PREFIX)[0] != SPLIT_PREFIX:  # no range of its own yet
+            await moves.move(meta, SPLIT_PREFIX, self._other_group(state, state.shard_map.group_of(SPLIT_PREFIX)))
+            state = await self._meta_state(meta)
+        key = self.rng.choice(sorted(self._written[SPLIT_PREFIX]))
+        source = state.shard_map.group_of(key)
+        target = self._other_group(state, source)
+        record.target = f"{key.decode()} group {source} -> {target}"
+        return await self._run_mover(record, ["split", str(source), key.decode(), "--to", str(target)], source,
+                                     target, SPLIT_PREFIX)
+
+    def _other_group(self, state, group: int) -> int:
+        return self.rng.choice([other for other in sorted(state.groups) if other not in (META_GROUP, group)])
+
+    async def _run_mover(self, record: FaultRecord, arguments: list[str], source: int, target: int,
+                         prefix: bytes):
+        """Run `tessera shards ARGUMENTS`, killing it or a leader of its groups a third of the time
+        each; the heal, which recovers the move and checks `prefix`'s keys."""
+        meta = self._meta_members()
+        mover = subprocess.Popen([sys.executable, "-m", "tessera.cli", "shards", *arguments,
+                                  "--data-dir", str(self.launcher.data_dir)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         draw, delay = self.rng.random(), self.rng.uniform(*MOVE_KILL_SECONDS)
         killed: list[tuple[int, int]] = []
@@ -329,10 +370,42 @@ class Nemesis:
                     break
                 except Exception as failure:  # a group or a router not back yet: the recovery is idempotent
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"move fault: --recover kept failing: {failure}") from failure
+                        raise RuntimeError(f"{record.kind} fault: --recover kept failing: {failure}") from failure
                     await asyncio.sleep(0.5)
-            await self._check_move_keys(meta, deadline)
+            await self._check_keys(meta, deadline, record.kind, prefix)
         return heal
+
+    async def _inject_group_add(self, record: FaultRecord):
+        self._groups_added += 1
+        if self._groups_added == GROUPS_ADDED_MAX:
+            self.kinds = [kind for kind in self.kinds if kind != GROUP_ADD]
+        record.target = "a new group"
+        command = [sys.executable, "-m", "tessera.cli", "group", "add", "--data-dir", str(self.launcher.data_dir)]
+        adding = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        killed = self.rng.random() < 0.5
+        if killed:
+            delay = self.rng.uniform(*GROUP_ADD_KILL_SECONDS)
+            record.detail = f"killed after {delay:.1f} s"
+            await asyncio.sleep(delay)
+            adding.kill()
+
+        async def heal():
+            deadline = time.monotonic() + GROUP_ADD_HEAL_SECONDS
+            if await _ended(adding, deadline) != 0 and not killed:
+                raise RuntimeError(f"group-add fault: `tessera group add` failed: {adding.stderr.read()}")
+            if await self._unrecorded_groups():  # killed between the layout and the meta record
+                again = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                if await _ended(again, deadline) != 0:
+                    raise RuntimeError(f"group-add fault: `tessera group add` did not finish the group "
+                                       f"left unrecorded: {again.stderr.read()}")
+            for group in Layout.load(self.launcher.layout_path).groups:
+                await self.launcher.leader(group, timeout=max(0.1, deadline - time.monotonic()))
+        return heal
+
+    async def _unrecorded_groups(self) -> list[int]:
+        """Groups the launcher runs that the meta group does not record."""
+        recorded = (await self._meta_state(self._meta_members())).groups
+        return sorted(set(Layout.load(self.launcher.layout_path).groups) - set(recorded))
 
     def _meta_members(self) -> dict[int, str]:
         layout = self.launcher.layout
@@ -346,12 +419,15 @@ class Nemesis:
         finally:
             await meta.client.close()
 
-    async def _write_move_keys(self) -> None:
-        """MOVE_PREFIX's keys, written once, through the router (a put is retried: it writes the same)."""
+    async def _write_keys(self, prefix: bytes) -> None:
+        """MOVE_KEYS keys under `prefix`, written once, through the router (a put is retried: it writes
+        the same)."""
+        if prefix in self._written:
+            return
         kv = EtcdKV(self.launcher.layout.listen)
         deadline = time.monotonic() + MOVE_HEAL_SECONDS
         try:
-            keys = {MOVE_PREFIX + b"k%04d" % n: b"v%d" % n for n in range(MOVE_KEYS)}
+            keys = {prefix + b"k%04d" % n: b"v%d" % n for n in range(MOVE_KEYS)}
             for key, value in keys.items():
                 while True:
                     try:
@@ -361,23 +437,22 @@ class Nemesis:
                         if time.monotonic() > deadline:
                             raise
                         await asyncio.sleep(0.2)
-            self._moved_keys = keys
+            self._written[prefix] = keys
         finally:
             await kv.close()
 
-    async def _check_move_keys(self, meta_members: dict[int, str], deadline: float) -> None:
-        """MOVE_PREFIX's keys as written, in the group the map names, and in no other data group."""
+    async def _check_keys(self, meta_members: dict[int, str], deadline: float, kind: str, prefix: bytes) -> None:
+        """`prefix`'s keys as written, each in the group the map names, and in no other data group."""
         state = await self._meta_state(meta_members)
         if state.moves:
-            raise RuntimeError(f"move fault: moves left in progress after --recover: {state.moves}")
-        owner = state.shard_map.group_of(MOVE_PREFIX)
-        end = prefix_end(MOVE_PREFIX)
+            raise RuntimeError(f"{kind} fault: moves left in progress after --recover: {state.moves}")
+        end = prefix_end(prefix)
         for group in sorted(g for g in state.groups if g != META_GROUP):
             client = GroupClient(group, {m.id: m.api_address for m in state.groups[group].members})
             try:
                 while True:
                     try:
-                        answer = await client.call(ShardRequest(range=RangeRequest(key=MOVE_PREFIX, range_end=end)),
+                        answer = await client.call(ShardRequest(range=RangeRequest(key=prefix, range_end=end)),
                                                    write=False)
                         break
                     except Exception:
@@ -387,10 +462,11 @@ class Nemesis:
             finally:
                 await client.close()
             found = {kv.key: kv.value for kv in answer.range.kvs}
-            wanted = self._moved_keys if group == owner else {}
+            wanted = {key: value for key, value in self._written[prefix].items()
+                      if state.shard_map.group_of(key) == group}
             if found != wanted:
-                raise RuntimeError(f"move fault: group {group} holds {len(found)} keys of {MOVE_PREFIX!r}, "
-                                   f"not the {len(wanted)} it should (the map gives them to group {owner})")
+                raise RuntimeError(f"{kind} fault: group {group} holds {len(found)} keys of {prefix!r}, "
+                                   f"not the {len(wanted)} the map gives it")
 
     async def heal_all(self) -> None:
         """Undo whatever is still in force: continue paused processes, restart killed ones, clear the hook,
@@ -408,6 +484,17 @@ class Nemesis:
             self.network.heal()
         for group in sorted(self._alarmed):
             await self._disarm(group)
+
+
+async def _ended(process: subprocess.Popen, deadline: float) -> int:
+    """The process's exit code, once it exits; killed at the deadline."""
+    while process.poll() is None:
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise RuntimeError(f"{' '.join(process.args[3:5])} did not end in time")
+        await asyncio.sleep(0.1)
+    return process.returncode
 
 
 async def wait_healthy(launcher: Launcher, timeout: float) -> None:

@@ -23,7 +23,7 @@ from shards.fault_control import ENVIRONMENT_VARIABLE, write_faults
 from tessera.api.rpc_pb2 import RangeRequest
 from tessera.chaos.checker import Verdict, check_all
 from tessera import netns
-from tessera.chaos.faults import FAULT_KINDS, LATENCY, FaultRecord, Nemesis, wait_healthy
+from tessera.chaos.faults import FAULT_KINDS, GROUP_ADD, LATENCY, FaultRecord, Nemesis, wait_healthy
 from tessera.chaos.history import KINDS, OUTCOMES, History
 from tessera.chaos.workload import (
     FINAL_CLIENT,
@@ -221,6 +221,10 @@ async def run_chaos(config: RunConfig, report=print) -> RunReport:
                 config.faults = [kind for kind in config.faults if kind != LATENCY]
                 report("latency faults left out: they need the cluster in namespaces (--network netns) on a "
                        "kernel with the netem qdisc (sch_netem)")
+            if GROUP_ADD in config.faults and config.network == NETNS:
+                config.faults = [kind for kind in config.faults if kind != GROUP_ADD]
+                report("group-add faults left out: a cluster in namespaces places its hosts when it starts "
+                       "(--network loopback adds groups)")
             report(f"cluster up in {data_dir} ({config.network}); router on {launcher.layout.listen}; "
                    f"{config.duration_seconds:g} s of workload, faults: {', '.join(config.faults) or 'none'}, "
                    f"seed {config.seed}")

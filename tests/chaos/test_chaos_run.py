@@ -13,9 +13,9 @@ import random
 import pytest
 
 from tessera import netns
-from tessera.chaos.faults import KILL, LATENCY, LOSS, MOVE, PARTITION, PAUSE, QUOTA
+from tessera.chaos.faults import GROUP_ADD, KILL, LATENCY, LOSS, MOVE, PARTITION, PAUSE, QUOTA, SPLIT
 from tessera.chaos.history import OK
-from tessera.chaos.run import NETNS, RunConfig, run_chaos, summary
+from tessera.chaos.run import LOOPBACK, NETNS, RunConfig, run_chaos, summary
 
 CI_RUN_SECONDS = 40.0
 
@@ -71,3 +71,20 @@ def test_short_run_of_moves_some_with_their_mover_or_a_leader_killed_is_clean(re
     print(report)
     assert run.valid, f"chaos run with seed {seed} failed (history in {tmp_path}):\n{report}"
     assert {fault.kind for fault in run.faults} == {MOVE} and len(run.faults) >= 3, report
+
+
+def test_short_run_of_splits_and_added_groups_is_clean(request, tmp_path):
+    """The split and group-add faults: a prefix's range cut at random keys, its upper part to the
+    groups there are and to new ones, the mover or a leader killed on the way; `tessera group add`
+    killed on the way. Each heal checks the keys are where the map puts them, and every group of
+    the layout recorded and led (a difference raises, failing the run)."""
+    seed = request.config.getoption("--seed")
+    seed = random.randrange(1 << 24) if seed is None else seed
+    config = RunConfig(duration_seconds=25.0, seed=seed, faults=[SPLIT, GROUP_ADD], directory=tmp_path,
+                       network=LOOPBACK)
+    run = asyncio.run(run_chaos(config, report=lambda line: None))
+    report = summary(run)
+    print(report)
+    assert run.valid, f"chaos run with seed {seed} failed (history in {tmp_path}):\n{report}"
+    kinds = [fault.kind for fault in run.faults]
+    assert set(kinds) <= {SPLIT, GROUP_ADD} and SPLIT in kinds and len(kinds) >= 2, report  # one group added at most

@@ -90,3 +90,34 @@ def test_a_moving_range_is_seen_by_keys_and_ranges_that_touch_it():
     assert not moving.is_moving(b"/registry/pods/a", b"")
     assert not moving.is_moving(b"/registry/leases0", b"/registry/pods/")
     assert ShardMap.from_record(moving.to_record()) == moving != KUBERNETES
+
+
+def test_a_split_cuts_a_range_and_the_default_groups_stretch():
+    split = KUBERNETES.assign_range(b"/registry/pods/m", b"/registry/pods0", 4)
+    assert split.ranges == [(b"/registry/events/", b"/registry/events0", 3),
+                            (b"/registry/pods/", b"/registry/pods/m", 2),
+                            (b"/registry/pods/m", b"/registry/pods0", 4)]
+    assert KUBERNETES.stretch_of(b"/registry/pods/x") == (b"/registry/pods/", b"/registry/pods0", 2)
+    assert KUBERNETES.stretch_of(b"/top") == (b"/registry/pods0", b"", 1)  # the default group's, to the end
+    assert KUBERNETES.stretch_of(b"/a") == (b"", b"/registry/events/", 1)
+    to_the_end = KUBERNETES.assign_range(b"/top", b"", 4)
+    assert to_the_end.group_of(b"/top") == to_the_end.group_of(b"\xff") == 4
+    assert to_the_end.group_of(b"/registry/pods1") == 1
+
+
+@given(prefixes=st.lists(st.binary(min_size=1, max_size=2), max_size=4), start=keys,
+       end=st.one_of(st.just(b""), keys), probes=st.lists(keys, max_size=20))
+def test_a_range_assigned_takes_its_keys_and_leaves_every_other_key_where_it_was(prefixes, start, end, probes):
+    shard_map = ShardMap([], 1)
+    for number, prefix in enumerate(prefixes, start=2):
+        try:
+            shard_map = shard_map.assign(prefix, number)
+        except ShardMapError:
+            pass
+    if end and end <= start:
+        return
+    assigned = shard_map.assign_range(start, end, 9)
+    assert ShardMap.from_record(assigned.to_record()) == assigned
+    for probe in [start, *probes, *(end and [end])]:
+        inside = start <= probe and (not end or probe < end)
+        assert assigned.group_of(probe) == (9 if inside else shard_map.group_of(probe)), probe
