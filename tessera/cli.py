@@ -354,7 +354,8 @@ def command_router(args: argparse.Namespace) -> int:
             client_tls.server_context()
         if peer_tls is not None:
             peer_tls.client_context()
-        run(listen=args.listen, meta_addresses=meta, name=args.name, gateway_listen=args.gateway_listen,
+        run(listen=args.listen, meta_addresses=meta, name=args.name, advertise_client=args.advertise_client,
+            gateway_listen=args.gateway_listen,
             auto_compaction=auto_compaction, corruption_check_interval=args.corruption_check_interval,
             read_only=args.read_only, reuse_port=args.reuse_port, auth_token=args.auth_token,
             auth_token_ttl=args.auth_token_ttl, client_tls=client_tls, peer_tls=peer_tls)
@@ -1008,8 +1009,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the meta group's replicas: ID=API_ADDRESS,... (or give the cluster: the "
                              "router then also founds it)")
     add_shape_arguments(router)
+    router.add_argument("--advertise-client", type=parse_address, default=None, metavar="HOST:PORT",
+                        help="the address clients are told to reach this router at (etcd's "
+                             "--advertise-client-urls; member list gives it): where --listen is 0.0.0.0, "
+                             "or behind a NAT or a DNS name (default --listen)")
     router.add_argument("--name", default=None,
-                        help="this router's name, unique in the cluster (default router-LISTEN)")
+                        help="this router's name, unique in the cluster (default router-ADVERTISE-CLIENT)")
     router.add_argument("--reuse-port", action="store_true",
                         help="share --listen with other router processes (SO_REUSEPORT)")
     router.add_argument("--gateway-listen", default=None,
