@@ -572,8 +572,7 @@ def command_status(args: argparse.Namespace) -> int:
         lag = leaders_commit.get(group, status.commit_index) - status.applied_index
         alarms = ", ".join(AlarmType.Name(alarm.alarm) for alarm in status.alarms) or "-"
         print(f"{group:<6}{member:<{MEMBER_WIDTH}}{role:<9}{status.term:>5}{status.commit_index:>9}"
-              f"{status.applied_index:>9}"
-              f"{max(lag, 0):>6}{status.revision:>10}{size_text(status.db_size):>10}"
+              f"{status.applied_index:>9}{max(lag, 0):>6}{status.revision:>10}{size_text(status.db_size):>10}"
               f"{size_text(status.db_size_in_use):>10}"
               f"  {alarms}")
     return 0
