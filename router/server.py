@@ -263,7 +263,7 @@ class RouterServer:
         """Tell the meta group this router's address and the shard map it routes by."""
         await self.meta.put(router_key(self.router.member_id), RouterRecord(
             id=self.router.member_id, name=self.name, client_address=self.client_address,
-            shard_map_revision=shard_map_revision))
+            client_tls=self.client_tls is not None, shard_map_revision=shard_map_revision))
         self._registered_map_revision = shard_map_revision
 
     async def _apply_meta(self, state: MetaState) -> None:
@@ -512,14 +512,15 @@ class RouterServer:
 
     async def _member_list(self, _request) -> MemberListResponse:
         """The routers, as etcd's members: each has a peer URL, as every etcd member has (tools
-        match members by it). A router has no peer port: its one URL, the client port, is both.
+        match members by it). A router has no peer port: its one URL, the client port, is both,
+        https:// where it serves TLS (etcdctl --cluster dials these, without TLS on http://).
         etcd's Cluster answers carry no revision in their header."""
         state = await self.meta.load()
         header = self.router.header()
         header.ClearField("revision")
         members = []
         for record in sorted(state.routers.values(), key=lambda r: r.id):
-            url = f"http://{record.client_address}"
+            url = f"{'https' if record.client_tls else 'http'}://{record.client_address}"
             members.append(Member(ID=record.id, name=record.name, peerURLs=[url], clientURLs=[url]))
         return MemberListResponse(header=header, members=members)
 
