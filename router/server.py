@@ -111,13 +111,17 @@ def router_id(name: str) -> int:
 
 class RouterServer:
     def __init__(self, listen: str, meta_members: dict[int, str], name: str | None = None,
-                 gateway_listen: str | None = None,
+                 advertise_client: str | None = None, gateway_listen: str | None = None,
                  auto_compaction: tuple[str, float] | None = None,
                  corruption_check_interval: float = corruption.CHECK_INTERVAL_SECONDS,
                  read_only: bool = False, reuse_port: bool = False,
                  auth_token: str = "simple", auth_token_ttl: float = SIMPLE_TOKEN_TTL_SECONDS,
                  client_tls: TLSFiles | None = None, peer_tls: TLSFiles | None = None):
-        """`auto_compaction`: (mode, retention) as router.compactor.AutoCompactor takes them.
+        """`advertise_client`: HOST:PORT clients are told to reach this router at (in member list),
+        as etcd's --advertise-client-urls; `listen` when not given. It names the router by
+        default too: routers on several hosts listening on one 0.0.0.0:PORT stay apart.
+
+        `auto_compaction`: (mode, retention) as router.compactor.AutoCompactor takes them.
 
         `read_only`: a proxy beside clients, knowing only the meta group: it serves reads and
         watches and refuses writes and leases; the cluster's tasks (lease expiry, compaction,
@@ -131,6 +135,7 @@ class RouterServer:
         --client-cert-auth). `peer_tls`: TLS to the replicas (the --peer-* flags).
         """
         self.listen = listen
+        self.client_address = advertise_client or listen
         self.read_only = read_only
         self.corruption_check_interval = corruption_check_interval
         self.auto_compaction = auto_compaction
@@ -140,7 +145,7 @@ class RouterServer:
         self._peer_ssl = peer_tls.client_context() if peer_tls is not None else None
         self._gateway: Gateway | None = None
         self._front_end: FrontEnd | None = None
-        self.name = name or f"router-{listen}"
+        self.name = name or f"router-{self.client_address}"
         self.meta_client = GroupClient(META_GROUP, meta_members, self._peer_ssl)
         self.meta = MetaClient(self.meta_client)
         self.auth = AuthStore(token_provider(auth_token, auth_token_ttl))
@@ -258,8 +263,8 @@ class RouterServer:
     async def _register(self, shard_map_revision: int) -> None:
         """Tell the meta group this router's address and the shard map it routes by."""
         await self.meta.put(router_key(self.router.member_id), RouterRecord(
-            id=self.router.member_id, name=self.name, client_address=self.listen,
-            shard_map_revision=shard_map_revision))
+            id=self.router.member_id, name=self.name, client_address=self.client_address,
+            client_tls=self.client_tls is not None, shard_map_revision=shard_map_revision))
         self._registered_map_revision = shard_map_revision
 
     async def _apply_meta(self, state: MetaState) -> None:
@@ -508,14 +513,15 @@ class RouterServer:
 
     async def _member_list(self, _request) -> MemberListResponse:
         """The routers, as etcd's members: each has a peer URL, as every etcd member has (tools
-        match members by it). A router has no peer port: its one URL, the client port, is both.
+        match members by it). A router has no peer port: its one URL, the client port, is both,
+        https:// where it serves TLS (etcdctl --cluster dials these, without TLS on http://).
         etcd's Cluster answers carry no revision in their header."""
         state = await self.meta.load()
         header = self.router.header()
         header.ClearField("revision")
         members = []
         for record in sorted(state.routers.values(), key=lambda r: r.id):
-            url = f"http://{record.client_address}"
+            url = f"{'https' if record.client_tls else 'http'}://{record.client_address}"
             members.append(Member(ID=record.id, name=record.name, peerURLs=[url], clientURLs=[url]))
         return MemberListResponse(header=header, members=members)
 

@@ -248,14 +248,26 @@ class RaftDriver:
     # --- life cycle ------------------------------------------------------------------
 
     async def start(self) -> list[asyncio.Task]:
-        """Start the transport; returns the ticker's and the raft loop's tasks."""
+        """Start the transport, replay the log; returns the ticker's and the raft loop's tasks."""
         await self.transport.start()
         for member_id, addresses in self.members.items():
             if member_id != self.config.member_id:
                 self.transport.set_peer(member_id, addresses.peer)
         self.watch_hub.start()
+        self._replay()
         loop = asyncio.get_running_loop()
         return [loop.create_task(self._tick()), loop.create_task(self._drive())]
+
+    def _replay(self) -> None:
+        """Apply what the log committed before this start, before the replica answers anyone.
+
+        The core starts from the last snapshot's configuration (none before the first), and the
+        conf changes after it are only in the log: until they are applied again, member_list
+        would answer from that configuration, an empty one on a group that never took a snapshot.
+        etcd too recovers its members before it serves. The raft loop would only get to them at
+        its first tick or message."""
+        while self.node.has_ready():
+            self._handle_ready(self.node.ready())
 
     async def stop(self) -> None:
         """After the raft loop's tasks are cancelled."""

@@ -42,6 +42,8 @@ from tessera.launcher import (
 )
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# The MEMBER column of member list and status: ids of `member add --meta` have up to 10 digits.
+MEMBER_WIDTH = 12
 BOOTSTRAP_RETRY_SECONDS = 1.0  # a router waiting for the meta group's hosts to come up
 CERTIFICATES_DIR = "certs"  # under the data dir: what `tessera up --tls` makes
 GC_YOUNG_THRESHOLD = 50_000  # allocations between collections of the youngest generation (Python's: 700)
@@ -352,7 +354,8 @@ def command_router(args: argparse.Namespace) -> int:
             client_tls.server_context()
         if peer_tls is not None:
             peer_tls.client_context()
-        run(listen=args.listen, meta_addresses=meta, name=args.name, gateway_listen=args.gateway_listen,
+        run(listen=args.listen, meta_addresses=meta, name=args.name, advertise_client=args.advertise_client,
+            gateway_listen=args.gateway_listen,
             auto_compaction=auto_compaction, corruption_check_interval=args.corruption_check_interval,
             read_only=args.read_only, reuse_port=args.reuse_port, auth_token=args.auth_token,
             auth_token_ttl=args.auth_token_ttl, client_tls=client_tls, peer_tls=peer_tls)
@@ -559,17 +562,17 @@ def command_status(args: argparse.Namespace) -> int:
     rows = asyncio.run(admin.replica_statuses(meta_members(args), ssl_context=peer_ssl(args)))
     leaders_commit = {group: status.commit_index for group, member, status in rows
                       if not isinstance(status, str) and status.leader_id == member}
-    print(f"{'GROUP':<6}{'MEMBER':<7}{'ROLE':<9}{'TERM':>5}{'COMMIT':>9}{'APPLIED':>9}{'LAG':>6}"
+    print(f"{'GROUP':<6}{'MEMBER':<{MEMBER_WIDTH}}{'ROLE':<9}{'TERM':>5}{'COMMIT':>9}{'APPLIED':>9}{'LAG':>6}"
           f"{'REVISION':>10}{'DB SIZE':>10}{'IN USE':>10}  ALARMS")
     for group, member, status in rows:
         if isinstance(status, str):
-            print(f"{group:<6}{member:<7}{status}")
+            print(f"{group:<6}{member:<{MEMBER_WIDTH}}{status}")
             continue
         role = "leader" if status.leader_id == member else "follower" if status.leader_id else "no leader"
         lag = leaders_commit.get(group, status.commit_index) - status.applied_index
         alarms = ", ".join(AlarmType.Name(alarm.alarm) for alarm in status.alarms) or "-"
-        print(f"{group:<6}{member:<7}{role:<9}{status.term:>5}{status.commit_index:>9}{status.applied_index:>9}"
-              f"{max(lag, 0):>6}{status.revision:>10}{size_text(status.db_size):>10}"
+        print(f"{group:<6}{member:<{MEMBER_WIDTH}}{role:<9}{status.term:>5}{status.commit_index:>9}"
+              f"{status.applied_index:>9}{max(lag, 0):>6}{status.revision:>10}{size_text(status.db_size):>10}"
               f"{size_text(status.db_size_in_use):>10}"
               f"  {alarms}")
     return 0
@@ -783,14 +786,15 @@ def command_member_list(args: argparse.Namespace) -> int:
         groups = asyncio.run(admin.list_members(meta_members(args), args.group, ssl_context=peer_ssl(args)))
     except (admin.OperatorError, EtcdError) as failure:
         return _operator_failure("member list", failure)
-    print(f"{'GROUP':<6}{'MEMBER':<7}{'ROLE':<9}{'PEER ADDRESS':<22}{'API ADDRESS':<22}ROUTED")
+    print(f"{'GROUP':<6}{'MEMBER':<{MEMBER_WIDTH}}{'ROLE':<9}{'PEER ADDRESS':<22}{'API ADDRESS':<22}ROUTED")
     for state in groups:
         if state.error:
-            print(f"{state.group:<6}{'-':<7}{state.error}")
+            print(f"{state.group:<6}{'-':<{MEMBER_WIDTH}}{state.error}")
         for member in state.members:
             role = "learner" if member.is_learner else "leader" if member.id == state.leader else "voter"
             routed = "yes" if member.id in state.recorded else "no"
-            print(f"{state.group:<6}{member.id:<7}{role:<9}{member.peer_address:<22}{member.api_address:<22}{routed}")
+            print(f"{state.group:<6}{member.id:<{MEMBER_WIDTH}}{role:<9}{member.peer_address:<22}"
+                  f"{member.api_address:<22}{routed}")
     return 0
 
 
@@ -805,17 +809,26 @@ def command_member_add(args: argparse.Namespace) -> int:
             if not args.learner:
                 _promote(args, args.group, member)
             return 0
-        if not (args.peer and args.api):
-            raise admin.OperatorError("with --meta, give the new replica's --peer and --api addresses")
-        member, members = asyncio.run(admin.add_member(meta_members(args), args.group, args.peer, args.api,
-                                                       ssl_context=peer_ssl(args)))
+        member = _add_remote_replica(args, "start it, then promote it")
     except (admin.OperatorError, EtcdError) as failure:
         return _operator_failure("member add", failure)
-    everyone = ",".join(f"{m.id}={m.peer_address}/{m.api_address}" for m in members)
-    print(f"group {args.group}: member {member.id} added as a learner; start it, then promote it:\n"
-          f"  tessera replica --group {args.group} --member {member.id} --join --members {everyone} "
-          f"--data-dir DIR\n  tessera member promote {args.group} {member.id} --meta ...")
+    print(f"  tessera member promote {args.group} {member} --meta ...")
     return 0
+
+
+def _add_remote_replica(args: argparse.Namespace, then: str) -> int:
+    """Add a learner at --peer and --api, and print the command that starts it on its host."""
+    from router import admin
+
+    if not (args.peer and args.api):
+        raise admin.OperatorError("with --meta, give the new replica's --peer and --api addresses")
+    member, members = asyncio.run(admin.add_member(meta_members(args), args.group, args.peer, args.api,
+                                                   ssl_context=peer_ssl(args)))
+    everyone = ",".join(f"{m.id}={m.peer_address}/{m.api_address}" for m in members)
+    print(f"group {args.group}: member {member.id} added as a learner; {then}:\n"
+          f"  tessera replica --group {args.group} --member {member.id} --join --members {everyone} "
+          f"--data-dir DIR", flush=True)
+    return member.id
 
 
 def _add_local_replica(args: argparse.Namespace, group: int, peer: str | None, api: str | None) -> int:
@@ -884,28 +897,35 @@ def _remove(args: argparse.Namespace, group: int, member: int) -> None:
 
 
 def command_member_move(args: argparse.Namespace) -> int:
-    """A replica to new addresses: a new member there joins, catches up and is promoted, then the
-    old one is removed (a group of N voters has N+1 for a moment, never fewer than N)."""
+    """A replica to new addresses: a new member there joins as a learner, catches up and is
+    promoted, then the old one is removed. The learner does not vote until it has caught up, so
+    the group never has fewer voters up than before, whether the old member is up (a planned
+    move) or lost (its host gone). With a local launcher the launcher starts the new replica;
+    with --meta the operator does, on its host, by the command printed, while this waits."""
     from router import admin
     from tessera.api.errors import MemberNotFound
 
-    if args.meta:
-        print("tessera member move: moving starts a replica, so it needs the data dir of a running "
-              "`tessera up`; elsewhere run member add, start the replica, member promote, member remove",
-              file=sys.stderr)
-        return 2
-    _local_launcher(args, "member move")
+    local = _local_launcher(args, "member move")
+    replacement = None
     try:
         found = asyncio.run(admin.list_members(meta_members(args), args.group, ssl_context=peer_ssl(args)))[0]
         if found.error:
             raise admin.OperatorError(f"group {args.group}: {found.error}")
         if args.member not in {member.id for member in found.members}:
             raise MemberNotFound()
-        replacement = _add_local_replica(args, args.group, args.peer, args.api)
+        if local:
+            replacement = _add_local_replica(args, args.group, args.peer, args.api)
+        else:
+            replacement = _add_remote_replica(args, "start it there; it is promoted once it has caught up")
         _promote(args, args.group, replacement)
         _remove(args, args.group, args.member)
     except (admin.OperatorError, EtcdError) as failure:
-        return _operator_failure("member move", failure)
+        code = _operator_failure("member move", failure)
+        if replacement is not None:
+            print(f"tessera member move: member {replacement} is in group {args.group} (tessera member list); to "
+                  f"finish: tessera member promote {args.group} {replacement} if it is still a learner, then "
+                  f"tessera member remove {args.group} {args.member}", file=sys.stderr)
+        return code
     print(f"group {args.group}: member {args.member} moved to member {replacement}")
     return 0
 
@@ -1042,8 +1062,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the meta group's replicas: ID=API_ADDRESS,... (or give the cluster: the "
                              "router then also founds it)")
     add_shape_arguments(router)
+    router.add_argument("--advertise-client", type=parse_address, default=None, metavar="HOST:PORT",
+                        help="the address clients are told to reach this router at (etcd's "
+                             "--advertise-client-urls; member list gives it): where --listen is 0.0.0.0, "
+                             "or behind a NAT or a DNS name (default --listen)")
     router.add_argument("--name", default=None,
-                        help="this router's name, unique in the cluster (default router-LISTEN)")
+                        help="this router's name, unique in the cluster (default router-ADVERTISE-CLIENT)")
     router.add_argument("--reuse-port", action="store_true",
                         help="share --listen with other router processes (SO_REUSEPORT)")
     router.add_argument("--gateway-listen", default=None,
@@ -1127,9 +1151,11 @@ def add_operator_commands(commands) -> None:
     move.set_defaults(run=command_member_move)
     for command in (add, move):
         command.add_argument("--peer", type=parse_address, default=None,
-                             help="HOST:PORT for raft traffic (default: a free port on 127.0.0.1)")
+                             help="HOST:PORT for raft traffic (needed with --meta; with tessera up, "
+                                  "a free port on 127.0.0.1 if not given)")
         command.add_argument("--api", type=parse_address, default=None,
-                             help="HOST:PORT of its internal API (default: a free port on 127.0.0.1)")
+                             help="HOST:PORT of its internal API (needed with --meta; with tessera up, "
+                                  "a free port on 127.0.0.1 if not given)")
     promote = member_commands.add_parser("promote", help="a learner becomes a voter once it has caught up")
     promote.set_defaults(run=command_member_promote)
     remove = member_commands.add_parser(

@@ -129,9 +129,13 @@ def router_objects(image: str, routers: int, members: int, cluster_domain: str) 
     name = f"{APP}-router"
     labels = _labels("router")
     container = {
-        "name": "router", "image": image, "env": _pod_environment(),
+        # Its pod's own address in member list: clients that dial every member (etcdctl --cluster,
+        # clientv3's endpoint sync) reach each router there, where 0.0.0.0 would reach none.
+        "name": "router", "image": image,
+        "env": _pod_environment() + [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
         "args": ["router", "--discovery-srv", _discovery_domain(cluster_domain), "--discovery-size", str(members),
-                 "--listen", f"0.0.0.0:{CLIENT_PORT}", "--name", "$(POD_NAME)"],
+                 "--listen", f"0.0.0.0:{CLIENT_PORT}", "--advertise-client", f"$(POD_IP):{CLIENT_PORT}",
+                 "--name", "$(POD_NAME)"],
         "ports": [{"name": "client", "containerPort": CLIENT_PORT}],
         "readinessProbe": _health_probe(CLIENT_PORT),
         "livenessProbe": {"tcpSocket": {"port": CLIENT_PORT}, "periodSeconds": 10, "failureThreshold": 6},

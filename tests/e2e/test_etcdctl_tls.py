@@ -309,6 +309,19 @@ def test_snapshot_save_over_tls_with_etcdctls_flags(tessera_tls, tmp_path):
         target.name + ".part").exists()
 
 
+def test_member_list_gives_https_client_urls_which_endpoint_status_cluster_dials(etcdctl, target):
+    """A TLS endpoint's members are listed with https:// client URLs, as etcd lists its own: etcdctl's
+    --cluster dials every member's client URLs, and an http:// one it would dial without TLS."""
+    endpoint, flags = target
+    code, out, err = run_etcdctl(etcdctl, endpoint, *flags, "member", "list", "-w", "json")
+    assert code == 0, err
+    urls = [url for member in json.loads(out)["members"] for url in member["clientURLs"]]
+    assert urls and all(url.startswith("https://") for url in urls), urls
+    code, out, err = run_etcdctl(etcdctl, endpoint, *flags, "endpoint", "status", "--cluster", "-w", "json")
+    assert code == 0, err
+    assert sorted(status["Endpoint"] for status in json.loads(out)) == sorted(urls)
+
+
 def test_a_router_serving_tls_without_client_certificates(etcdctl, tessera_tls):
     """`tessera router --cert-file --key-file`: TLS, no client certificate asked for (etcd's rule
     without --trusted-ca-file and --client-cert-auth)."""

@@ -8,6 +8,7 @@ records alone, and uses it with etcdctl.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -210,18 +211,45 @@ def listening_addresses(pid: int) -> set[str]:
     return found
 
 
+def etcdctl_binary():
+    try:
+        return etcd_tools.etcdctl_path()
+    except ToolUnavailable as reason:
+        pytest.skip(str(reason))
+
+
+@contextlib.contextmanager
+def processes_serving(tmp_path, commands: list[list[str]], endpoint: str):
+    """`tessera` commands (replicas and a router) started as processes, once etcdctl's puts go through
+    `endpoint`; the processes, each SIGKILLed after. Each logs to tmp_path/process-N.log."""
+    etcdctl = etcdctl_binary()
+    processes = []
+    try:
+        for index, command in enumerate(commands):
+            with open(tmp_path / f"process-{index}.log", "wb") as log:
+                processes.append(subprocess.Popen([sys.executable, "-m", "tessera.cli", *command,
+                                                   "--parent-pid", str(os.getpid())],
+                                                  stdout=log, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 60
+        while (answer := etcd_tools.run_etcdctl(etcdctl, endpoint, "put", "/registry/pods/p", "v"))[0] != 0:
+            assert time.monotonic() < deadline, (answer, (tmp_path / "process-0.log").read_text()[-2000:])
+            assert all(process.poll() is None for process in processes), "a process exited"
+            time.sleep(0.2)
+        yield processes
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+
+
 def test_replicas_and_router_found_a_cluster_from_srv_records(tmp_path):
     """One replica per group (tessera up's groups) and a router, each told only the domain; the router,
     started first, waits for the meta group and founds the cluster, etcdctl uses it. Replica 0 takes its
     flags from a config file, and binds to other addresses than it is known by (127.0.0.1, not localhost)."""
-    try:
-        etcdctl = etcd_tools.etcdctl_path()
-    except ToolUnavailable as reason:
-        pytest.skip(str(reason))
+    etcdctl = etcdctl_binary()
     ports = iter(free_ports(2 * 4 + 1))
     groups = {group: [("localhost", next(ports), next(ports))] for group in (0, 1, 2, 3)}
     listen = f"127.0.0.1:{next(ports)}"
-    processes = []
     with SrvServer(srv_records("tessera.test", groups)) as server:
         discovery = ["--discovery-srv", "tessera.test", "--discovery-dns", server.address, "--discovery-size", "1"]
         (tmp_path / "replica-0.yaml").write_text(json.dumps({
@@ -229,28 +257,43 @@ def test_replicas_and_router_found_a_cluster_from_srv_records(tmp_path):
             "wal-segment-bytes": 4 << 20, "discovery-srv": "tessera.test", "discovery-dns": server.address,
             "discovery-size": 1, "listen-peer": f"127.0.0.1:{groups[0][0][1]}",
             "listen-api": f"127.0.0.1:{groups[0][0][2]}"}))
-        commands = [["router", "--listen", listen, "--parent-pid", str(os.getpid()), *discovery],
-                    ["replica", "--config", str(tmp_path / "replica-0.yaml"), "--parent-pid", str(os.getpid())]]
+        commands = [["router", "--listen", listen, *discovery],
+                    ["replica", "--config", str(tmp_path / "replica-0.yaml")]]
         commands += [["replica", "--group", str(group), "--member", "1", "--data-dir", str(tmp_path / f"g{group}"),
-                      "--wal-segment-bytes", str(4 << 20), "--parent-pid", str(os.getpid()), *discovery]
+                      "--wal-segment-bytes", str(4 << 20), *discovery]
                      for group in (1, 2, 3)]
-        try:
-            for index, command in enumerate(commands):
-                with open(tmp_path / f"process-{index}.log", "wb") as log:
-                    processes.append(subprocess.Popen([sys.executable, "-m", "tessera.cli", *command],
-                                                      stdout=log, stderr=subprocess.STDOUT))
-            deadline = time.monotonic() + 60
-            while (answer := etcd_tools.run_etcdctl(etcdctl, listen, "put", "/registry/pods/p", "v"))[0] != 0:
-                assert time.monotonic() < deadline, (answer, (tmp_path / "process-0.log").read_text()[-2000:])
-                assert all(process.poll() is None for process in processes), "a process exited"
-                time.sleep(0.2)
+        with processes_serving(tmp_path, commands, listen) as processes:
             code, out, _ = etcd_tools.run_etcdctl(etcdctl, listen, "get", "/registry/pods/p", "--print-value-only")
             assert (code, out) == (0, "v\n")
             code, out, _ = etcd_tools.run_etcdctl(etcdctl, listen, "endpoint", "status", "-w", "json")
             assert code == 0 and json.loads(out)[0]["Status"]["header"]["revision"] >= 2
             assert listening_addresses(processes[1].pid) == {f"127.0.0.1:{groups[0][0][1]}",
                                                              f"127.0.0.1:{groups[0][0][2]}"}
-        finally:
-            for process in processes:
-                process.send_signal(signal.SIGKILL)
-                process.wait()
+
+
+def test_a_router_tells_clients_the_address_it_advertises(tmp_path):
+    """`advertise-client` (here from the router's config file, as any flag): member list gives clients
+    that address instead of the one the router listens on, and names the router by it; etcdctl's
+    `endpoint status --cluster`, which dials every member's client URLs, reaches the router there."""
+    etcdctl = etcdctl_binary()
+    ports = iter(free_ports(2 * 4 + 1))
+    cluster = {"groups": {group: {1: {"peer": f"127.0.0.1:{next(ports)}", "api": f"127.0.0.1:{next(ports)}"}}
+                          for group in (0, 1, 2, 3)}}
+    (tmp_path / "cluster.json").write_text(json.dumps(cluster))
+    port = next(ports)
+    listen, advertised = f"127.0.0.1:{port}", f"localhost:{port}"
+    (tmp_path / "router.yaml").write_text(json.dumps({
+        "cluster": str(tmp_path / "cluster.json"), "listen": listen, "advertise-client": advertised}))
+    commands = [["router", "--config", str(tmp_path / "router.yaml")]]
+    commands += [["replica", "--cluster", str(tmp_path / "cluster.json"), "--group", str(group), "--member", "1",
+                  "--data-dir", str(tmp_path / f"g{group}"), "--wal-segment-bytes", str(4 << 20)]
+                 for group in (0, 1, 2, 3)]
+    with processes_serving(tmp_path, commands, listen):
+        code, out, err = etcd_tools.run_etcdctl(etcdctl, listen, "member", "list", "-w", "json")
+        assert code == 0, err
+        (member,) = json.loads(out)["members"]
+        assert member["name"] == f"router-{advertised}"
+        assert member["clientURLs"] == member["peerURLs"] == [f"http://{advertised}"]
+        code, out, err = etcd_tools.run_etcdctl(etcdctl, listen, "endpoint", "status", "--cluster", "-w", "json")
+        assert code == 0, err
+        assert [status["Endpoint"] for status in json.loads(out)] == [f"http://{advertised}"]

@@ -59,7 +59,7 @@ def test_a_bad_object_is_refused_by_the_validator():
 
 def expand(words: list[str], pod: str, namespace: str = "prod") -> list[str]:
     """Kubernetes' $(VAR) expansion of a container's arguments."""
-    values = {"POD_NAME": pod, "POD_NAMESPACE": namespace}
+    values = {"POD_NAME": pod, "POD_NAMESPACE": namespace, "POD_IP": "10.1.2.3"}
     return [re.sub(r"\$\((\w+)\)", lambda match: values[match.group(1)], word) for word in words]
 
 
@@ -108,6 +108,7 @@ def test_routers_are_a_deployment_behind_a_service_on_etcds_port():
     args = cli.build_parser().parse_args(expand(container["args"], "tessera-router-abc"))
     assert args.run is cli.command_router and args.name == "tessera-router-abc"  # unique per pod
     assert args.listen == f"0.0.0.0:{deploy.CLIENT_PORT}" and args.discovery_groups == GROUPS
+    assert args.advertise_client == f"10.1.2.3:{deploy.CLIENT_PORT}"  # the pod's address, from its env
 
 
 def test_systemd_units_verify(tmp_path):

@@ -203,6 +203,54 @@ def test_a_replica_whose_host_is_lost_comes_back_on_a_new_host(hosts, tmp_path):
         replica.wait()
 
 
+def test_a_meta_replica_whose_host_is_lost_is_moved_by_one_command(hosts, tmp_path):
+    """`tessera member move 0 LOST --meta ...` on the meta group: it adds a member at the new host's
+    addresses, prints the command that starts it there and waits while it is started and catches up,
+    promotes it, removes the lost one. The meta group has three voters again, all routed, and keeps
+    its quorum with one more original member down (only with the new one voting): writes go
+    through the router and `tessera shards list` answers."""
+    etcdctl = etcdctl_binary()
+    launcher, network = hosts.launcher, hosts.launcher.network
+    lost = 1
+    meta = ",".join(f"{member}={api}" for member, (_, api) in launcher.layout.groups[0].items())
+    launcher.kill(0, lost)
+    leader_after(hosts, 0, other_than=lost)
+    new_address = network.add_host("new-meta-host")
+    peer, api = f"{new_address}:{netns.PEER_PORT}", f"{new_address}:{netns.API_PORT}"
+    move = subprocess.Popen([sys.executable, "-m", "tessera.cli", "member", "move", "0", str(lost), "--peer", peer,
+                             "--api", api, "--meta", meta], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    replica = None
+    try:
+        printed = ""
+        while not (start := re.search(r"^\s*(tessera replica .*) --data-dir DIR$", printed, re.MULTILINE)):
+            line = move.stdout.readline()
+            assert line, f"member move ended before printing the start command: {move.stderr.read()}"
+            printed += line
+        member = int(re.search(r"group 0: member (\d+) added as a learner", printed).group(1))
+        replica = subprocess.Popen(
+            network.in_namespace("new-meta-host", [sys.executable, "-m", "tessera.cli", *start.group(1).split()[1:],
+                                                   "--data-dir", str(tmp_path / "new-meta-member"),
+                                                   "--parent-pid", str(os.getpid())]),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out, err = move.communicate(timeout=120)
+        assert move.returncode == 0, err
+        assert f"group 0: member {lost} moved to member {member}" in out
+        rows = [line.split() for line in tessera("member", "list", "0", "--meta", meta).splitlines()[1:]]
+        assert sorted((int(row[1]), row[2] != "learner", row[5]) for row in rows) == [
+            (2, True, "yes"), (3, True, "yes"), (member, True, "yes")]
+        launcher.kill(0, 2)  # of the original three only member 3 is left
+        code, out, err = etcd_tools.run_etcdctl(etcdctl, hosts.endpoint, "put", "/registry/meta-moved", "yes")
+        assert (code, out) == (0, "OK\n"), err
+        meta_left = f"3={launcher.layout.groups[0][3][1]},{member}={api}"
+        assert "/registry/pods/" in tessera("shards", "list", "--meta", meta_left)
+    finally:
+        for process in (move, replica):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+
+
 def test_the_network_is_removed_when_the_cluster_stops(tmp_path):
     with ClusterThread(tmp_path, netns=True) as cluster:
         tag = cluster.launcher.network.tag

@@ -1,8 +1,10 @@
 """Membership changes on a real group: a learner joins, catches up, is promoted; a member leaves."""
 
 import asyncio
+import time
 
-from replica_cluster import ShardClient, put_many, wait_for_leader, wait_until_caught_up
+from replica_cluster import STARTUP_SECONDS, ShardClient, put_many, wait_for_leader, wait_until_caught_up
+from router.shard_client import ReplicaUnreachable
 
 
 def member_table(answer):
@@ -42,6 +44,30 @@ def test_a_learner_joins_catches_up_is_promoted_and_a_member_leaves(group):
         async with ShardClient(group.api_address(leader)) as client:
             answer = await client.request(put=dict(key=b"k", value=b"v"))
             assert (answer.error.leader_id, answer.error.leader_address) == (4, group.api_address(4)), answer
+
+    asyncio.run(scenario())
+
+
+def test_a_restarted_member_answers_membership_from_its_log_at_once(group):
+    """Membership lives in the log (the conf changes that founded the group): a restarted member's
+    very first answer lists every member, not the empty configuration it starts from before the
+    log is replayed."""
+    async def first_member_list(member: int):
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            try:
+                async with ShardClient(group.api_address(member)) as client:
+                    return await client.request(member_list={})
+            except ReplicaUnreachable:
+                assert time.monotonic() < deadline, group.logs()
+                await asyncio.sleep(0.01)
+
+    async def scenario():
+        await wait_for_leader(group)
+        for restarted in (1, 2):
+            group.kill(restarted)
+            group.start(restarted)
+            assert member_table(await first_member_list(restarted)) == {1: False, 2: False, 3: False}
 
     asyncio.run(scenario())
 
