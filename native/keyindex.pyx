@@ -137,6 +137,37 @@ cdef class KeyIndex:
                 found.append((key, revision))
         return found
 
+    def page(self, bytes start, end, at_main, Py_ssize_t limit, uint64_t min_mod=0, uint64_t max_mod=0):
+        """A page of `range`: (found, count, matched) for the keys in [start, end) present at at_main.
+
+        count: every such key; matched: those whose visible revision (the record's mod
+        revision) is within [min_mod, max_mod] (0: no bound); found: the first `limit` of the
+        matched (every one if limit is 0), as `range` gives them. A page costs one walk of the
+        keys in C, with no Python object for a key that is not returned.
+        """
+        cdef list found = []
+        cdef dict histories = self._histories
+        cdef Py_ssize_t count = 0, matched = 0, position
+        cdef RevisionEntry *entries
+        cdef bytearray history
+        cdef bint latest = at_main is None
+        cdef uint64_t at = 0 if latest else <uint64_t>at_main
+        for key in self._keys.irange(start, end, inclusive=(True, False)):
+            history = <bytearray>histories[key]
+            entries = entries_of(history)
+            position = count_of(history) - 1
+            if not latest:
+                position = last_at_or_before(entries, position + 1, at)
+            if position < 0 or entries[position].sub & TOMBSTONE_FLAG:
+                continue
+            count += 1
+            if entries[position].main < min_mod or (max_mod and entries[position].main > max_mod):
+                continue
+            matched += 1
+            if limit == 0 or matched <= limit:
+                found.append((key, revision_key(&entries[position])))
+        return found, count, matched
+
     def visible_revisions(self, uint64_t at_main):
         """The revision key of every key present at at_main: what compaction there keeps."""
         cdef set kept = set()

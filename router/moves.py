@@ -67,6 +67,8 @@ log = logging.getLogger("tessera.move")
 COPY_PAGE_KEYS = 1000
 # Bytes of records per import: one raft entry each, well under a request's 1.5 MiB.
 IMPORT_BATCH_BYTES = 1024 * 1024
+# Keys per drop of the source's copy (or the target's, undoing): one raft entry, one transaction.
+DROP_CHUNK_KEYS = 5000
 # Imports of one round sent before the first is answered: the target's raft batches them.
 IMPORTS_IN_FLIGHT = 4
 # Catch-up rounds before the fence: they end early once a round finds fewer changed
@@ -223,17 +225,18 @@ class _Mover:
     async def copy_round(self, since: int, known: set[bytes], final: bool = False) -> tuple[int, int, int]:
         """Copy the records changed after revision `since` (every record if 0) and, after the
         first round, the deletions among `known` (the keys the target has), which then become
-        the source's keys. (The revision copied at, the records copied, their bytes.)
+        the source's keys (after the first round, the keys copied). (The revision copied at, the
+        records copied, their bytes.)
 
         Pipelined: the next page is read while this one is imported, and up to
         IMPORTS_IN_FLIGHT imports are in flight (a page's keys are disjoint from every other
         page's, so the imports of a round commute); the round's last import waits for them all.
         """
-        copied, copied_bytes = 0, 0
+        copied_bytes, copied_keys = 0, set()
         batch, batch_bytes = [], 0
         imports = _InFlight(IMPORTS_IN_FLIGHT)
         page = await self._read_page(self.key, 0, since, keys_only=False)
-        revision = page.header.revision
+        revision, present_count = page.header.revision, page.count
         next_page = None
         try:
             while True:
@@ -247,7 +250,7 @@ class _Mover:
                         batch, batch_bytes = [], 0
                     batch.append(kv)
                     batch_bytes += size
-                    copied += 1
+                    copied_keys.add(kv.key)
                     copied_bytes += len(kv.key) + len(kv.value)
                 if next_page is None:
                     break
@@ -258,22 +261,38 @@ class _Mover:
             if next_page is not None:
                 next_page.cancel()
         deletes = []
-        if since:  # a later round: which of the keys copied before are gone
+        # The source's keys now are among those the target had and those copied; if there are
+        # as many as the source counts, none is gone, and no listing of the keys is needed.
+        if since and len(known | copied_keys) != present_count:  # some are gone: which, a listing says
             present = await self.source_keys(revision)
             deletes = sorted(known - present)
             known.clear()
             known.update(present)
+        known |= copied_keys
         # The final import lifts the target above every revision the source gave the range.
         await self._import(batch, deletes, final=final, floor=revision + 1 if final else 0)
-        return revision, copied, copied_bytes
+        return revision, len(copied_keys), copied_bytes
 
     async def clear_target(self) -> None:
-        await _retrying(lambda: self.target.call(ShardRequest(drop_range=DeleteRangeRequest(
-            key=self.key, range_end=self.range_end)), write=True))
+        await self._drop(self.target)
 
     async def drop_source(self) -> None:
-        await _retrying(lambda: self.source.call(ShardRequest(drop_range=DeleteRangeRequest(
-            key=self.key, range_end=self.range_end)), write=True))
+        await self._drop(self.source)
+
+    async def _drop(self, group: GroupClient) -> None:
+        """Drop the range's records from a group, DROP_CHUNK_KEYS keys per raft entry: a group
+        applies a drop in one transaction, and a gigabyte's would hold its raft loop past an
+        election timeout."""
+        start = self.key
+        while True:
+            page = (await _retrying(lambda: group.call(ShardRequest(range=RangeRequest(
+                key=start, range_end=self.range_end, limit=DROP_CHUNK_KEYS, keys_only=True)), write=False))).range
+            end = page.kvs[-1].key + b"\0" if page.more else self.range_end
+            await _retrying(lambda: group.call(ShardRequest(drop_range=DeleteRangeRequest(
+                key=start, range_end=end)), write=True))
+            if not page.more:
+                return
+            start = end
 
     async def source_keys(self, revision: int) -> set[bytes]:
         """The keys the source has in the range at `revision`."""
@@ -290,9 +309,9 @@ class _Mover:
     async def run(self) -> MoveOutcome:
         started = time.monotonic()
         await self.clear_target()
-        revision, keys, moved_bytes = await self.copy_round(0, set())
+        known: set[bytes] = set()
+        revision, keys, moved_bytes = await self.copy_round(0, known)
         self.progress(f"copied {keys} keys ({moved_bytes} bytes) at revision {revision}")
-        known = await self.source_keys(revision)
         for _ in range(CATCH_UP_ROUNDS_MAX):
             revision_after, changed, _ = await self.copy_round(revision, known)
             self.progress(f"caught up {changed} changed keys to revision {revision_after}")

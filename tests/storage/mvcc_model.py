@@ -34,7 +34,9 @@ class Model:
         self.states[self.revision] = state
 
     def range(self, key, end=b"", revision=0, limit=0, count_only=False, keys_only=False,
-              sort_target=None, descend=False, state=None):
+              sort_target=None, descend=False, state=None, revision_filters=(0, 0, 0, 0)):
+        """`revision_filters`: etcd's min and max mod revision, min and max create revision
+        (0: none); they drop keys after the count, before the limit, as etcd's do."""
         at = revision or self.revision
         if at > self.revision:
             raise errors.FutureRevision()
@@ -45,6 +47,9 @@ class Model:
         count = len(kvs)
         if count_only:
             return [], False, count
+        min_mod, max_mod, min_create, max_create = revision_filters
+        kvs = [kv for kv in kvs if not (min_mod and kv[2] < min_mod or max_mod and kv[2] > max_mod
+                                        or min_create and kv[1] < min_create or max_create and kv[1] > max_create)]
         if sort_target is not None:
             kvs.sort(key=lambda kv: kv[sort_target], reverse=descend)
         more = 0 < limit < len(kvs)

@@ -494,3 +494,22 @@ def test_revoking_a_lease_deletes_its_keys_and_refuses_it_afterwards(store):
     refused = store.put(b"d", lease=7)
     assert refused == errors.LeaseNotFound()
     assert (refused.code, refused.message) == ("NOT_FOUND", "etcdserver: requested lease not found")
+
+
+def test_a_page_of_a_big_range_filtered_by_mod_revision_counts_all_and_says_more(tmp_path):
+    """Paged lists (a limit, and min_mod_revision as a mover's catch-up asks): the count is every
+    key in the range, `more` says whether keys that pass the filter are left, and the page holds
+    the first of those in key order."""
+    store = MvccStore.open(tmp_path)
+    for index in range(1, 21):  # keys k00..k19 at revisions 2..21
+        store.apply([Proposal(index, 0, [PutRequest(key=b"k%02d" % (index - 1), value=b"v")])])
+    page = store.range(RangeRequest(key=b"k", range_end=b"l", limit=3, min_mod_revision=12))
+    assert ([kv.key for kv in page.kvs], page.count, page.more) == ([b"k10", b"k11", b"k12"], 20, True)
+    last = store.range(RangeRequest(key=b"k", range_end=b"l", limit=3, min_mod_revision=20))
+    assert ([kv.key for kv in last.kvs], last.count, last.more) == ([b"k18", b"k19"], 20, False)
+    window = store.range(RangeRequest(key=b"k", range_end=b"l", min_mod_revision=12, max_mod_revision=13))
+    assert ([kv.key for kv in window.kvs], window.count, window.more) == ([b"k10", b"k11"], 20, False)
+    old = store.range(RangeRequest(key=b"k", range_end=b"l", revision=6, limit=2, keys_only=True))
+    assert ([(kv.key, kv.value) for kv in old.kvs], old.count, old.more) == ([(b"k00", b""), (b"k01", b"")], 5, True)
+    assert store.range(RangeRequest(key=b"k", range_end=b"l", min_mod_revision=12, count_only=True)).count == 20
+    store.close()

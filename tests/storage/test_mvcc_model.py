@@ -126,9 +126,13 @@ class StoreAgainstModel(RuleBasedStateMachine):
     )
     def range(self, key, end, data, limit, count_only, keys_only, sort, descend):
         revision = data.draw(st.integers(min_value=0, max_value=self.model.revision + 1))
+        filters = data.draw(st.one_of(st.just((0, 0, 0, 0)), st.tuples(
+            *[st.integers(min_value=0, max_value=self.model.revision + 1)] * 2, st.just(0), st.just(0)),
+            st.tuples(*[st.integers(min_value=0, max_value=self.model.revision + 1)] * 4)))
         request = RangeRequest(
             key=key, range_end=end, revision=revision, limit=limit, count_only=count_only,
-            keys_only=keys_only,
+            keys_only=keys_only, min_mod_revision=filters[0], max_mod_revision=filters[1],
+            min_create_revision=filters[2], max_create_revision=filters[3],
         )
         if sort is not None:
             request.sort_target = sort
@@ -137,6 +141,7 @@ class StoreAgainstModel(RuleBasedStateMachine):
             expected = self.model.range(
                 key, end, revision, limit, count_only, keys_only,
                 SORT_TARGETS[sort] if sort is not None else None, descend and sort is not None,
+                revision_filters=filters,
             )
         except errors.EtcdError as error:
             try:
