@@ -551,13 +551,32 @@ def restamp_watch_response(response, long long watch_id, uint64_t cluster_id, ui
     return restamped(response, cluster_id, member_id, raft_term, True, watch_id)
 
 
+cdef Py_ssize_t read_header_revision(const unsigned char *p, Py_ssize_t length, Py_ssize_t pos,
+                                     uint64_t *revision) except -1:
+    """At the length of a header (field 1, an etcd ResponseHeader) at `pos`: its revision (field
+    3) into `revision`; returns the offset after the header."""
+    cdef uint64_t size, tag
+    cdef Py_ssize_t end
+    read_varint(p, length, &pos, &size)
+    if size > <uint64_t>(length - pos):
+        raise CodecError(f"the header at offset {pos} runs past the message")
+    end = pos + <Py_ssize_t>size
+    while pos < end:
+        read_varint(p, end, &pos, &tag)
+        if tag == (3 << 3 | WIRE_VARINT):
+            read_varint(p, end, &pos, revision)
+        else:
+            skip_field(p, end, &pos, tag & 7)
+    return end
+
+
 cdef tuple restamped(message, uint64_t cluster_id, uint64_t member_id, uint64_t raft_term,
                      bint replace_field_2, long long field_2):
     """The message with a new header first, then field 2 (`field_2`, if replaced and not zero),
     then its other fields as they were; and the revision its header had."""
     cdef Py_buffer view
-    cdef Py_ssize_t pos = 0, start, header_pos, header_end, rest_bytes = 0, field_2_bytes = 0
-    cdef uint64_t tag, size, revision = 0
+    cdef Py_ssize_t pos = 0, start, rest_bytes = 0, field_2_bytes = 0
+    cdef uint64_t tag, revision = 0
     cdef list kept = []  # (start, end) of the fields after the header
     cdef uint64_t numbers[4]
     cdef Py_ssize_t header_bytes = 0, field
@@ -569,17 +588,7 @@ cdef tuple restamped(message, uint64_t cluster_id, uint64_t member_id, uint64_t 
             start = pos
             read_varint(p, view.len, &pos, &tag)
             if tag == (1 << 3 | WIRE_BYTES):
-                read_varint(p, view.len, &pos, &size)
-                if size > <uint64_t>(view.len - pos):
-                    raise CodecError(f"the header at offset {pos} runs past the message")
-                header_pos, header_end = pos, pos + <Py_ssize_t>size
-                while header_pos < header_end:
-                    read_varint(p, header_end, &header_pos, &tag)
-                    if tag == (3 << 3 | WIRE_VARINT):
-                        read_varint(p, header_end, &header_pos, &revision)
-                    else:
-                        skip_field(p, header_end, &header_pos, tag & 7)
-                pos = header_end
+                pos = read_header_revision(p, view.len, pos, &revision)
             elif replace_field_2 and tag >> 3 == 2:
                 skip_field(p, view.len, &pos, tag & 7)
             else:
@@ -620,8 +629,8 @@ def watch_response_peek(response):
     passes a watch through may forward it as it is, restamped.
     """
     cdef Py_buffer view
-    cdef Py_ssize_t pos = 0, header_pos, header_end
-    cdef uint64_t tag, size, value, revision = 0, watch_id = 0
+    cdef Py_ssize_t pos = 0
+    cdef uint64_t tag, revision = 0, watch_id = 0
     cdef bint plain = True
     PyObject_GetBuffer(response, &view, PyBUF_SIMPLE)
     cdef const unsigned char *p = <const unsigned char *>view.buf
@@ -629,17 +638,7 @@ def watch_response_peek(response):
         while pos < view.len:
             read_varint(p, view.len, &pos, &tag)
             if tag == (1 << 3 | WIRE_BYTES):
-                read_varint(p, view.len, &pos, &size)
-                if size > <uint64_t>(view.len - pos):
-                    raise CodecError(f"the header at offset {pos} runs past the response")
-                header_pos, header_end = pos, pos + <Py_ssize_t>size
-                while header_pos < header_end:
-                    read_varint(p, header_end, &header_pos, &tag)
-                    if tag == (3 << 3 | WIRE_VARINT):
-                        read_varint(p, header_end, &header_pos, &revision)
-                    else:
-                        skip_field(p, header_end, &header_pos, tag & 7)
-                pos = header_end
+                pos = read_header_revision(p, view.len, pos, &revision)
             elif tag == (2 << 3 | WIRE_VARINT):
                 read_varint(p, view.len, &pos, &watch_id)
             else:
