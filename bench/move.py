@@ -12,8 +12,12 @@ Reports the data moved (keys, bytes), the move's time and throughput
 (bytes / the whole move, copy and fence), the fence (from the routers
 holding the prefix to their routing by the switched map), and the writers'
 latency: p50, p99 and max over the whole move, and p99 and max of the puts
-that were in flight during the fence (the pause clients see). Every put
-must succeed. The issue's goals: at least 20 MB/s, a fence p99 under 1 s.
+that were in flight during the fence (the pause clients see). Beside them,
+one bystander client per data group puts to a prefix of its own there (the
+source's, the target's and the third group's), from BASELINE_SECONDS before
+the move to its end: their p50 and p99 before the move and during it say
+whether other prefixes are slowed. Every put must succeed. The issue's goals:
+at least 20 MB/s, a fence p99 under 1 s, other prefixes not slowed beyond noise.
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ from tessera.launcher import META_GROUP
 
 PREFIX = b"/move-bench/"
 FILL_IN_FLIGHT = 64  # puts in flight while filling: enough to batch, few enough not to time out
+# A prefix in each data group of the bench cluster's map: group 1 (the source), 3 (the target), 2.
+BYSTANDERS = {"source": b"/bystander/", "target": b"/registry/events/bystander/",
+              "other": b"/registry/pods/bystander/"}
+BASELINE_SECONDS = 5.0  # of bystander puts before the move starts
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -74,13 +82,26 @@ async def measure(cluster: _BenchCluster, size_bytes: int, value_bytes: int, wri
                 puts.append((sent, time.monotonic()))
                 n += 1
 
+        bystanders: dict[str, list[tuple[float, float]]] = {name: [] for name in BYSTANDERS}
+
+        async def bystander(name: str):
+            n = 0
+            while moving:
+                sent = time.monotonic()
+                await kv.Put(PutRequest(key=BYSTANDERS[name] + b"%06d" % (n % 1000), value=b"x" * 100), timeout=30)
+                bystanders[name].append((sent, time.monotonic()))
+                n += 1
+
+        bystanding = [asyncio.ensure_future(bystander(name)) for name in BYSTANDERS]
+        await asyncio.sleep(BASELINE_SECONDS)
         writing = [asyncio.ensure_future(writer(number)) for number in range(writers)]
         layout = cluster.launcher.layout
         meta = {member: layout.api_address(META_GROUP, member) for member in layout.groups[META_GROUP]}
         started = time.monotonic()
         outcome = await moves.move(meta, PREFIX, 3)
+        ended = time.monotonic()
         moving = False
-        await asyncio.gather(*writing)
+        await asyncio.gather(*writing, *bystanding)
     fence_start = started + outcome.copy_seconds
     fence_end = fence_start + outcome.fence_seconds
     during_move = [answered - sent for sent, answered in puts if answered >= started and sent <= fence_end]
@@ -99,6 +120,12 @@ async def measure(cluster: _BenchCluster, size_bytes: int, value_bytes: int, wri
         "fence_put_latency_ms_max": round(max(during_fence, default=0) * 1000, 1),
         "puts_during_move": len(during_move),
         "puts_during_fence": len(during_fence),
+        **{f"bystander_{name}_ms_{when}_{figure}": round(percentile(latencies, fraction) * 1000, 1)
+           for name, samples in bystanders.items()
+           for when, latencies in (
+               ("before", [answered - sent for sent, answered in samples if answered < started]),
+               ("during", [answered - sent for sent, answered in samples if sent >= started and answered <= ended]))
+           for figure, fraction in (("p50", 0.5), ("p99", 0.99))},
     }
 
 

@@ -63,15 +63,21 @@ def test_the_map_survives_its_record():
 keys = st.binary(min_size=1, max_size=3)
 
 
-@given(prefixes=st.lists(st.binary(min_size=1, max_size=2), max_size=4), key=keys,
-       range_end=st.one_of(st.just(b""), st.just(b"\0"), keys), probes=st.lists(keys, max_size=20))
-def test_pieces_partition_a_range_by_owner(prefixes, key, range_end, probes):
+def _assigned(prefixes: list[bytes]) -> ShardMap:
+    """A map of the default group 1 and each prefix that does not cut another's range, on groups 2 on."""
     shard_map = ShardMap([], 1)
     for number, prefix in enumerate(prefixes, start=2):
         try:
             shard_map = shard_map.assign(prefix, number)
         except ShardMapError:
             pass
+    return shard_map
+
+
+@given(prefixes=st.lists(st.binary(min_size=1, max_size=2), max_size=4), key=keys,
+       range_end=st.one_of(st.just(b""), st.just(b"\0"), keys), probes=st.lists(keys, max_size=20))
+def test_pieces_partition_a_range_by_owner(prefixes, key, range_end, probes):
+    shard_map = _assigned(prefixes)
     pieces = shard_map.pieces(key, range_end)
     assert [p.key for p in pieces] == sorted(p.key for p in pieces)
     for probe in [key, *probes]:
@@ -108,12 +114,7 @@ def test_a_split_cuts_a_range_and_the_default_groups_stretch():
 @given(prefixes=st.lists(st.binary(min_size=1, max_size=2), max_size=4), start=keys,
        end=st.one_of(st.just(b""), keys), probes=st.lists(keys, max_size=20))
 def test_a_range_assigned_takes_its_keys_and_leaves_every_other_key_where_it_was(prefixes, start, end, probes):
-    shard_map = ShardMap([], 1)
-    for number, prefix in enumerate(prefixes, start=2):
-        try:
-            shard_map = shard_map.assign(prefix, number)
-        except ShardMapError:
-            pass
+    shard_map = _assigned(prefixes)
     if end and end <= start:
         return
     assigned = shard_map.assign_range(start, end, 9)
