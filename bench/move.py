@@ -14,8 +14,8 @@ holding the prefix to their routing by the switched map), and the writers'
 latency: p50, p99 and max over the whole move, and p99 and max of the puts
 that were in flight during the fence (the pause clients see). Beside them,
 one bystander client per data group puts to a prefix of its own there (the
-source's, the target's and the third group's), from BASELINE_SECONDS before
-the move to its end: their p50 and p99 before the move and during it say
+source's, the target's and the third group's); they and the prefix's writers
+start BASELINE_SECONDS before the move and stop at its end: their p50 and p99 before the move and during it say
 whether other prefixes are slowed. Every put must succeed. The issue's goals:
 at least 20 MB/s, a fence p99 under 1 s, other prefixes not slowed beyond noise.
 """
@@ -92,9 +92,11 @@ async def measure(cluster: _BenchCluster, size_bytes: int, value_bytes: int, wri
                 bystanders[name].append((sent, time.monotonic()))
                 n += 1
 
+        # The prefix's writers and the bystanders start together, so the baseline carries the load
+        # the move adds to, and "during" differs from it by the move alone.
         bystanding = [asyncio.ensure_future(bystander(name)) for name in BYSTANDERS]
-        await asyncio.sleep(BASELINE_SECONDS)
         writing = [asyncio.ensure_future(writer(number)) for number in range(writers)]
+        await asyncio.sleep(BASELINE_SECONDS)
         layout = cluster.launcher.layout
         meta = {member: layout.api_address(META_GROUP, member) for member in layout.groups[META_GROUP]}
         started = time.monotonic()
