@@ -483,7 +483,7 @@ class MvccStore:
             # record's mod revision): the index walks the range once and hands out one page, and
             # only the page's records are read. A paged list of a big prefix costs a page, not all of it.
             found, response.count, matched = self._index.page(
-                request.key, _range_end(request.range_end), at, 0 if request.count_only else request.limit,
+                request.key, _range_end(request.range_end), at, 0 if request.count_only else max(request.limit, 0),
                 request.min_mod_revision, request.max_mod_revision)
             if request.count_only:
                 return response

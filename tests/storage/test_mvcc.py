@@ -512,4 +512,5 @@ def test_a_page_of_a_big_range_filtered_by_mod_revision_counts_all_and_says_more
     old = store.range(RangeRequest(key=b"k", range_end=b"l", revision=6, limit=2, keys_only=True))
     assert ([(kv.key, kv.value) for kv in old.kvs], old.count, old.more) == ([(b"k00", b""), (b"k01", b"")], 5, True)
     assert store.range(RangeRequest(key=b"k", range_end=b"l", min_mod_revision=12, count_only=True)).count == 20
+    assert len(store.range(RangeRequest(key=b"k", range_end=b"l", limit=-1)).kvs) == 20  # etcd: no limit
     store.close()
