@@ -1,14 +1,15 @@
 """How fast `tessera shards move` moves data, and how long the moved prefix's writes pause.
 
-    python -m bench.move --size-mb 1024 [--value-bytes 4096] [--writers 8] [--data-dir DIR] [--json]
+    python -m bench.move --size-mb 1024 [--value-bytes 4096] [--writers 8] [--max-rate MB_PER_SECOND]
+                         [--data-dir DIR] [--json]
 
 Starts a Tessera cluster as `tessera up` runs it (meta + 3 data groups x 3
 replicas + router, production settings), fills the prefix /move-bench/ in
 group 1 with --size-mb of key-value data (keys and values counted), then
 moves it to group 3 (router/moves.py, in a process of its own as `tessera
 shards move` runs it, so the mover's work does not stall the clients' event
-loop and skew their timings) while --writers
-clients put to the prefix one after another, each timing its puts.
+loop and skew their timings) while --writers clients put to the prefix,
+WRITER_PUTS_PER_SECOND each, timing every put from when it was due.
 
 Reports the data moved (keys, bytes), the move's time and throughput
 (bytes / the whole move, copy and fence), the fence (from the routers
@@ -16,9 +17,10 @@ holding the prefix to their routing by the switched map), and the writers'
 latency: p50, p99 and max over the whole move, and p99 and max of the puts
 that were in flight during the fence (the pause clients see). Beside them,
 one bystander client per data group puts to a prefix of its own there (the
-source's, the target's and the third group's); they and the prefix's writers
-start BASELINE_SECONDS before the move and stop at its end: their p50 and p99 before the move and during it say
-whether other prefixes are slowed. Every put must succeed. The issue's goals:
+source's, the target's and the third group's), BYSTANDER_PUTS_PER_SECOND;
+they and the prefix's writers start BASELINE_SECONDS before the move and
+stop at its end: their p50 and p99 before the move and during it say whether
+other prefixes are slowed. Every put must succeed. The issue's goals:
 at least 20 MB/s, a fence p99 under 1 s, other prefixes not slowed beyond noise.
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import multiprocessing
 import sys
@@ -48,14 +51,18 @@ FILL_IN_FLIGHT = 64  # puts in flight while filling: enough to batch, few enough
 BYSTANDERS = {"source": b"/bystander/", "target": b"/registry/events/bystander/",
               "other": b"/registry/pods/bystander/"}
 BASELINE_SECONDS = 5.0  # of bystander puts before the move starts
+# The clients' load: a steady one that leaves the host room (closed-loop clients putting as fast
+# as they can would take every core before the move starts, and then any work at all slows them).
+BYSTANDER_PUTS_PER_SECOND = 100
+WRITER_PUTS_PER_SECOND = 50
 
 
 def _started() -> None:
     """Nothing: run first, so the mover's process has started and imported the mover before the clock does."""
 
 
-def _move_in_own_process(meta: dict[int, str], prefix: bytes, target: int) -> moves.MoveOutcome:
-    return asyncio.run(moves.move(meta, prefix, target))
+def _move_in_own_process(meta: dict[int, str], prefix: bytes, target: int, max_rate: float) -> moves.MoveOutcome:
+    return asyncio.run(moves.move(meta, prefix, target, max_rate=max_rate))
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -79,35 +86,43 @@ async def fill(kv: rpc_pb2_grpc.KVStub, size_bytes: int, value_bytes: int) -> tu
     return keys, keys * (value_bytes + len(PREFIX) + 8)
 
 
-async def measure(cluster: _BenchCluster, size_bytes: int, value_bytes: int, writers: int) -> dict:
+async def measure(cluster: _BenchCluster, size_bytes: int, value_bytes: int, writers: int,
+                  max_rate: float = 0) -> dict:
     async with grpc.aio.insecure_channel(cluster.endpoint) as channel:
         kv = rpc_pb2_grpc.KVStub(channel)
         keys, filled_bytes = await fill(kv, size_bytes, value_bytes)
         puts: list[tuple[float, float]] = []  # (sent, answered), monotonic seconds
+        bystanders: dict[str, list[tuple[float, float]]] = {name: [] for name in BYSTANDERS}
         moving = True
 
-        async def writer(number: int):
-            n = 0
-            while moving:
-                sent = time.monotonic()
-                await kv.Put(PutRequest(key=PREFIX + b"w%02d-%06d" % (number, n), value=b"x" * 100), timeout=30)
-                puts.append((sent, time.monotonic()))
-                n += 1
+        async def paced_puts(keys, per_second: float, samples: list[tuple[float, float]]):
+            """Puts on a fixed schedule, whether or not the last is answered (an open-loop client,
+            as many independent ones are: a slow answer delays no later put, and counts in full)."""
+            in_flight: set[asyncio.Task] = set()
 
-        bystanders: dict[str, list[tuple[float, float]]] = {name: [] for name in BYSTANDERS}
+            async def put(key: bytes, scheduled: float):
+                await kv.Put(PutRequest(key=key, value=b"x" * 100), timeout=30)
+                samples.append((scheduled, time.monotonic()))
 
-        async def bystander(name: str):
-            n = 0
-            while moving:
-                sent = time.monotonic()
-                await kv.Put(PutRequest(key=BYSTANDERS[name] + b"%06d" % (n % 1000), value=b"x" * 100), timeout=30)
-                bystanders[name].append((sent, time.monotonic()))
-                n += 1
+            scheduled = time.monotonic()
+            for key in keys:
+                if not moving:
+                    break
+                task = asyncio.ensure_future(put(key, scheduled))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                scheduled += 1 / per_second
+                await asyncio.sleep(max(0.0, scheduled - time.monotonic()))
+            await asyncio.gather(*in_flight)
 
         # The prefix's writers and the bystanders start together, so the baseline carries the load
         # the move adds to, and "during" differs from it by the move alone.
-        bystanding = [asyncio.ensure_future(bystander(name)) for name in BYSTANDERS]
-        writing = [asyncio.ensure_future(writer(number)) for number in range(writers)]
+        bystanding = [asyncio.ensure_future(paced_puts(
+            (BYSTANDERS[name] + b"%06d" % (n % 1000) for n in itertools.count()),
+            BYSTANDER_PUTS_PER_SECOND, bystanders[name])) for name in BYSTANDERS]
+        writing = [asyncio.ensure_future(paced_puts(
+            (PREFIX + b"w%02d-%06d" % (number, n) for n in itertools.count()), WRITER_PUTS_PER_SECOND, puts))
+            for number in range(writers)]
         await asyncio.sleep(BASELINE_SECONDS)
         layout = cluster.launcher.layout
         meta = {member: layout.api_address(META_GROUP, member) for member in layout.groups[META_GROUP]}
@@ -115,7 +130,7 @@ async def measure(cluster: _BenchCluster, size_bytes: int, value_bytes: int, wri
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as mover:
             await loop.run_in_executor(mover, _started)
             started = time.monotonic()
-            outcome = await loop.run_in_executor(mover, _move_in_own_process, meta, PREFIX, 3)
+            outcome = await loop.run_in_executor(mover, _move_in_own_process, meta, PREFIX, 3, max_rate)
             ended = time.monotonic()
         moving = False
         await asyncio.gather(*writing, *bystanding)
@@ -151,12 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-mb", type=float, default=1024.0, help="key-value data to move (MB)")
     parser.add_argument("--value-bytes", type=int, default=4096)
     parser.add_argument("--writers", type=int, default=8, help="clients putting to the prefix during the move")
+    parser.add_argument("--max-rate", type=float, default=0.0, metavar="MB_PER_SECOND",
+                        help="the move's cap, as `tessera shards move --max-rate` (default 0: none)")
     parser.add_argument("--data-dir", help="where the cluster lives (default: a temporary directory)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-move-", dir=args.data_dir) as directory:
         with _BenchCluster(Path(directory)) as cluster:
-            figures = cluster.run(measure(cluster, int(args.size_mb * 1e6), args.value_bytes, args.writers),
+            figures = cluster.run(measure(cluster, int(args.size_mb * 1e6), args.value_bytes, args.writers,
+                                          args.max_rate * 1e6),
                                   timeout=24 * 3600)
     if args.json:
         print(json.dumps(figures))

@@ -137,13 +137,16 @@ cdef class KeyIndex:
                 found.append((key, revision))
         return found
 
-    def page(self, bytes start, end, at_main, Py_ssize_t limit, uint64_t min_mod=0, uint64_t max_mod=0):
+    def page(self, bytes start, end, at_main, Py_ssize_t limit, uint64_t min_mod=0, uint64_t max_mod=0,
+             bint counted=True):
         """A page of `range`: (found, count, matched) for the keys in [start, end) present at at_main.
 
         count: every such key; matched: those whose visible revision (the record's mod
         revision) is within [min_mod, max_mod] (0: no bound); found: the first `limit` of the
         matched (every one if limit is 0), as `range` gives them. A page costs one walk of the
-        keys in C, with no Python object for a key that is not returned.
+        keys in C, with no Python object for a key that is not returned. Not `counted`, the
+        walk stops at the first match past the page (matched is then limit + 1 if there are
+        more) and count is of the keys walked: a page of a big range costs the page alone.
         """
         cdef list found = []
         cdef dict histories = self._histories
@@ -166,6 +169,8 @@ cdef class KeyIndex:
             matched += 1
             if limit == 0 or matched <= limit:
                 found.append((key, revision_key(&entries[position])))
+            elif not counted:
+                break
         return found, count, matched
 
     def visible_revisions(self, uint64_t at_main):

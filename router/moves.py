@@ -63,8 +63,12 @@ from tessera.api.rpc_pb2 import (
 
 log = logging.getLogger("tessera.move")
 
-# Keys per range page read from the source.
-COPY_PAGE_KEYS = 1000
+# A page read from the source: the first COPY_FIRST_PAGE_KEYS records, then as many as make
+# about COPY_PAGE_BYTES at the mean size so far (at most COPY_PAGE_KEYS_MAX): a page is a
+# stall of the member that reads it, so it is kept small whatever the records' size.
+COPY_FIRST_PAGE_KEYS = 100
+COPY_PAGE_BYTES = 1024 * 1024
+COPY_PAGE_KEYS_MAX = 10_000
 # Bytes of records per import: one raft entry each, well under a request's 1.5 MiB.
 IMPORT_BATCH_BYTES = 1024 * 1024
 # Keys per drop of the source's copy (or the target's, undoing): one raft entry, one transaction.
@@ -82,7 +86,9 @@ STEP_RETRY_PAUSE_SECONDS = 0.1
 # A meta transaction that lost a race (another change to the map or the moves) is tried again.
 TRANSITION_ATTEMPTS = 20
 # Errors after which a step may be sent again: it either did not run, or runs the same twice.
-_RETRYABLE = (errors.RequestTimeout, errors.NoLeader, errors.NotLeader, errors.LeaderChanged)
+# (A page read at a revision the member asked has not applied yet: it soon has.)
+_RETRYABLE = (errors.RequestTimeout, errors.NoLeader, errors.NotLeader, errors.LeaderChanged,
+              errors.FutureRevision)
 
 
 class MoveError(Exception):
@@ -155,9 +161,28 @@ class _InFlight:
             task.cancel()
 
 
+class _Pace:
+    """Imports at `rate` bytes per second at most (0: no limit): each may start once the one
+    before it has had its share of time. A move's copy takes CPU and disk from every group on
+    the hosts it involves; a cap (`tessera shards move --max-rate`) leaves them room."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.next_start = 0.0
+
+    async def take(self, size: int) -> None:
+        if not self.rate:
+            return
+        now = asyncio.get_running_loop().time()
+        start = max(self.next_start, now)
+        self.next_start = start + size / self.rate
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
 class _Mover:
     def __init__(self, meta: MetaClient, groups: dict[int, GroupClient], record: MoveRecord,
-                 routers_timeout: float, progress: Callable[[str], None]):
+                 routers_timeout: float, progress: Callable[[str], None], max_rate: float = 0):
         self.meta = meta
         self.record = record
         self.source = groups[record.source]
@@ -166,6 +191,8 @@ class _Mover:
         self.progress = progress
         self.key, self.range_end = record.start, _wire_end(record.end)
         self.switched = record.phase == MoveRecord.SWITCHED
+        self.page_keys = COPY_FIRST_PAGE_KEYS
+        self.pace = _Pace(max_rate)
 
     # --- the meta records -------------------------------------------------------------------
 
@@ -213,9 +240,21 @@ class _Mover:
     # --- the data -----------------------------------------------------------------------------
 
     async def _read_page(self, start: bytes, revision: int, since: int, keys_only: bool):
-        request = RangeRequest(key=start, range_end=self.range_end, revision=revision, limit=COPY_PAGE_KEYS,
-                               min_mod_revision=since + 1 if since else 0, keys_only=keys_only)
-        return (await _retrying(lambda: self.source.call(ShardRequest(range=request), write=False))).range
+        """The range's records from `start` (changed after `since`): a round's first page at the
+        source's revision now (`revision` 0), from its leader (a linearizable read: at or above
+        every write acknowledged so far) with the range's key count there; every other page at
+        that `revision` and uncounted (a count walks the whole range), from any member, so the
+        copy's reads spread over the group, off the leader that serves its clients' writes."""
+        first = not revision
+        request = ShardRequest(uncounted=not first, range=RangeRequest(
+            key=start, range_end=self.range_end, revision=revision, serializable=not first,
+            limit=COPY_PAGE_KEYS_MAX if keys_only else self.page_keys,
+            min_mod_revision=since + 1 if since else 0, keys_only=keys_only))
+        page = (await _retrying(lambda: self.source.call(request, write=False, any_member=not first))).range
+        if not keys_only and page.kvs:
+            page_bytes = sum(len(kv.key) + len(kv.value) for kv in page.kvs)
+            self.page_keys = max(1, min(COPY_PAGE_KEYS_MAX, COPY_PAGE_BYTES * len(page.kvs) // page_bytes))
+        return page
 
     async def _import(self, puts: list, deletes: list[bytes], final: bool = False, floor: int = 0) -> None:
         request = ShardRequest(floor=floor, import_keys=ImportKeysRequest(
@@ -246,6 +285,8 @@ class _Mover:
                 for kv in page.kvs:
                     size = kv.ByteSize()
                     if batch and batch_bytes + size > IMPORT_BATCH_BYTES:
+                        if not final:  # the fenced round is the write pause: as fast as it goes
+                            await self.pace.take(batch_bytes)
                         await imports.add(self._import(batch, []))
                         batch, batch_bytes = [], 0
                     batch.append(kv)
@@ -360,24 +401,25 @@ class _Mover:
 
 async def move(meta_members: dict[int, str], prefix: bytes, target: int,
                progress: Callable[[str], None] = lambda line: None,
-               routers_timeout: float = ROUTERS_TIMEOUT_SECONDS) -> MoveOutcome:
+               routers_timeout: float = ROUTERS_TIMEOUT_SECONDS, max_rate: float = 0) -> MoveOutcome:
     """Move `prefix` and its keys to group `target` (see the module's docstring). Bad input
     (an unknown, unhealthy or full group, a prefix that overlaps a move in progress or cuts a
     range of the map) raises MoveError or ShardMapError before anything changes; a failure
-    later undoes the move, unless it had switched (then `recover` finishes it)."""
+    later undoes the move, unless it had switched (then `recover` finishes it). `max_rate`:
+    bytes of records copied per second at most, before the fence (0: no limit)."""
     if not prefix:
         raise MoveError("the empty prefix is the default group's; give a non-empty prefix")
     return await _move_range(meta_members, lambda state: (prefix, prefix_end(prefix)), target, False,
-                             progress, routers_timeout)
+                             progress, routers_timeout, max_rate)
 
 
 async def split(meta_members: dict[int, str], group: int, key: bytes, target: int,
                 progress: Callable[[str], None] = lambda line: None,
-                routers_timeout: float = ROUTERS_TIMEOUT_SECONDS) -> MoveOutcome:
+                routers_timeout: float = ROUTERS_TIMEOUT_SECONDS, max_rate: float = 0) -> MoveOutcome:
     """Cut `group`'s range at `key`: the keys from `key` to the end of that range move to group
     `target`, as `move` moves a prefix, with the same refusals and recovery."""
     return await _move_range(meta_members, lambda state: split_range(state, group, key), target, True,
-                             progress, routers_timeout)
+                             progress, routers_timeout, max_rate)
 
 
 async def check_split(meta_members: dict[int, str], group: int, key: bytes) -> None:
@@ -410,7 +452,7 @@ def _data_groups(state: MetaState) -> str:
 
 async def _move_range(meta_members: dict[int, str], range_of: Callable[[MetaState], tuple[bytes, bytes]],
                       target: int, may_cut: bool, progress: Callable[[str], None],
-                      routers_timeout: float) -> MoveOutcome:
+                      routers_timeout: float, max_rate: float) -> MoveOutcome:
     """Move the range `range_of` gives (or raises why not) to `target`: checked, recorded, run."""
     meta = MetaClient(GroupClient(META_GROUP, meta_members))
     groups: dict[int, GroupClient] = {}
@@ -427,7 +469,7 @@ async def _move_range(meta_members: dict[int, str], range_of: Callable[[MetaStat
                              moves=sorted([*state.moves, record], key=lambda m: m.start)).SerializeToString()))])
         if not (await meta.client.call(ShardRequest(txn=txn), write=True)).txn.succeeded:
             raise MoveError("another move started meanwhile; look at `tessera shards list` and try again")
-        mover = _Mover(meta, groups, record, routers_timeout, progress)
+        mover = _Mover(meta, groups, record, routers_timeout, progress, max_rate)
         try:
             return await mover.run()
         except Exception as failure:

@@ -460,12 +460,13 @@ class MvccStore:
 
     # --- reads ---------------------------------------------------------------------------
 
-    def range(self, request: RangeRequest) -> RangeResponse:
-        """A Range at the latest or a retained revision, as etcd answers it."""
+    def range(self, request: RangeRequest, counted: bool = True) -> RangeResponse:
+        """A Range at the latest or a retained revision, as etcd answers it; not `counted`, a page
+        in key order costs the page alone, and its count is not the range's."""
         with self._env.begin() as txn:
-            return self._range(txn, request, self.revision)
+            return self._range(txn, request, self.revision, counted)
 
-    def _range(self, txn, request: RangeRequest, current: int) -> RangeResponse:
+    def _range(self, txn, request: RangeRequest, current: int, counted: bool = True) -> RangeResponse:
         at = request.revision if request.revision > 0 else current
         if at > current:
             raise errors.FutureRevision()
@@ -484,7 +485,7 @@ class MvccStore:
             # only the page's records are read. A paged list of a big prefix costs a page, not all of it.
             found, response.count, matched = self._index.page(
                 request.key, _range_end(request.range_end), at, 0 if request.count_only else max(request.limit, 0),
-                request.min_mod_revision, request.max_mod_revision)
+                request.min_mod_revision, request.max_mod_revision, counted)
             if request.count_only:
                 return response
             response.more = 0 < request.limit < matched

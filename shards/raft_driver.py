@@ -8,7 +8,8 @@ linearizable reads). Each turn of `_drive`:
 
   1. steps the raft messages received and the ticks due;
   2. proposes every write queued since the last batch was committed, in one
-     batch, and asks one ReadIndex for every linearizable read queued (they
+     batch (a move's bulk writes after the clients', a bounded share of them
+     per batch), and asks one ReadIndex for every linearizable read queued (they
      share a round);
   3. handles the Ready, in the order raft requires: send what may go before
      the local write (a leader's appends), append entries and hard state to
@@ -41,6 +42,11 @@ follower: after an election timeout, as any leader's death.
 A leader keeps one batch in flight: it proposes the next once everything it
 appended is committed (durable on a quorum, itself included), so under load
 a batch is what queued while the previous one was persisted and replicated.
+A prefix moving in or out (router/moves.py) sends its imports and drops as
+bulk writes, a megabyte each: they queue apart, and each batch takes the
+clients' writes first and then bulk writes up to BULK_BYTES_PER_BATCH (one at
+least), so a client's write never waits behind more than one batch's share
+of a move, and the move still goes on under any client load.
 
 A write travels in its raft entry as ShardRequest bytes, under an id this
 replica chose; applying it answers whoever waits on that id here. A leader
@@ -101,6 +107,9 @@ QUIESCE_AFTER_TICKS = 3  # idle ticks (heartbeat intervals) before a leader quie
 WRITE_TIMEOUT_SECONDS = 7.0
 READ_TIMEOUT_SECONDS = 7.0
 DEADLINE_SWEEP_SECONDS = 0.1  # how late a write or read past its timeout may be answered
+# A batch's share of a move's bulk writes, after the clients' writes: its WAL write, replication
+# and apply are what a client's write in the same batch waits for beyond its own.
+BULK_BYTES_PER_BATCH = 1024 * 1024
 
 
 _PROPOSAL_ID_TAG = b"\x08"  # ShardRequest.id, field 1, varint
@@ -208,6 +217,7 @@ class RaftDriver:
         self._heartbeats_sent: dict[int, float] = {}  # peer -> when the oldest unanswered heartbeat left
         self._ticks_due = 0
         self._writes: list[tuple[int, bytes]] = []  # (proposal id, entry data) to propose
+        self._bulk_writes: collections.deque[tuple[int, bytes]] = collections.deque()  # the same, bulk
         # proposal id -> what to call with the write's outcome, once (see `submit`)
         self._waiting_writes: dict[int, Callable[[object], None]] = {}
         # Writes and reads waiting, oldest first: (deadline, proposal id) for a write,
@@ -316,13 +326,14 @@ class RaftDriver:
         """Queue a request for the next proposal batch, under a new proposal id."""
         return self._queue_encoded(request.SerializeToString())
 
-    def _queue_encoded(self, encoded: bytes) -> int:
+    def _queue_encoded(self, encoded: bytes, bulk: bool = False) -> int:
         # The entry is the request's bytes with the proposal id appended (protobuf keeps
         # a scalar field's last value): a request that came on the wire goes as it came.
         self.unquiesce()
         proposal_id = self._next_proposal_id
         self._next_proposal_id += 1
-        self._writes.append((proposal_id, encoded + _PROPOSAL_ID_TAG + varint(proposal_id)))
+        (self._bulk_writes if bulk else self._writes).append(
+            (proposal_id, encoded + _PROPOSAL_ID_TAG + varint(proposal_id)))
         self._wake.set()
         return proposal_id
 
@@ -342,7 +353,7 @@ class RaftDriver:
                 self.queue_proposal(ShardRequest(alarm=AlarmRequest(
                     action=AlarmRequest.ACTIVATE, memberID=self.config.member_id, alarm=NOSPACE)))
             raise errors.NoSpace()
-        self._wait_for(self._queue_encoded(encoded), on_outcome)
+        self._wait_for(self._queue_encoded(encoded, REQUEST_KINDS[kind].bulk), on_outcome)
 
     async def propose(self, request: ShardRequest):
         """`submit`, awaited: the outcome, or the error that ended the wait."""
@@ -411,7 +422,7 @@ class RaftDriver:
 
     def local_range(self, request: ShardRequest):
         try:
-            return self.store.range(request.range)
+            return self.store.range(request.range, counted=not request.uncounted)
         except errors.EtcdError as error:
             return error
 
@@ -494,7 +505,7 @@ class RaftDriver:
                 self._handle_ready(node.ready())
             if ticks and self.role == Role.LEADER:
                 self._count_idle_ticks(ticks)
-            if self._writes and self._batch_committed():
+            if (self._writes or self._bulk_writes) and self._batch_committed():
                 self._wake.set()  # the round that held them back is over: propose them next turn
             flushing = self.store.advance_durability()
             if flushing is not None and flushing is not self._store_flush:
@@ -514,7 +525,7 @@ class RaftDriver:
         """On the leader, after a turn with ticks: quiet the group once it has been idle long enough."""
         status = self.node.status()
         last = self.wal.storage.last_index()
-        idle = (not (self._writes or self._waiting_writes or self._read_queue or self._read_rounds)
+        idle = (not (self._writes or self._bulk_writes or self._waiting_writes or self._read_queue or self._read_rounds)
                 and status.commit == last and not status.lead_transferee
                 and all(progress.match == last for progress in status.progress.values()))
         if not idle:
@@ -570,8 +581,9 @@ class RaftDriver:
     def _propose_queued(self) -> None:
         # One batch in flight at a time: under load, the next batch is everything that queued
         # while the last was persisted and replicated, so WAL fsyncs and appends carry many entries.
-        if self._writes and self._batch_committed():
+        if (self._writes or self._bulk_writes) and self._batch_committed():
             writes, self._writes = self._writes, []
+            writes += self._bulk_share()
             try:
                 self.node.propose_batch([data for _, data in writes])
             except ProposalDropped:
@@ -586,6 +598,15 @@ class RaftDriver:
                 self.node.read_index(context)
             except ProposalDropped:
                 self._finish_round(context, errors.LeaderChanged())
+
+    def _bulk_share(self) -> list[tuple[int, bytes]]:
+        """The bulk writes the next batch takes after the clients': one, then as many more as fit
+        BULK_BYTES_PER_BATCH."""
+        share, size, queued = [], 0, self._bulk_writes
+        while queued and (not share or size + len(queued[0][1]) <= BULK_BYTES_PER_BATCH):
+            size += len(queued[0][1])
+            share.append(queued.popleft())
+        return share
 
     def _handle_ready(self, ready: Ready) -> None:
         if ready.soft_state is not None:

@@ -19,10 +19,12 @@ class RequestKind(NamedTuple):
     serve: str  # the ShardService method that serves it
     answer: str  # the ShardResponse field the answer goes in
     to_store: Callable[[ShardRequest], object] | None = None  # a write's request to the store when applied
+    # Data moving in bulk: proposed after the clients' writes, a bounded share per batch (shards/raft_driver.py).
+    bulk: bool = False
 
 
-def _write(kind: str, answer: str | None = None, to_store=None) -> RequestKind:
-    return RequestKind("write", answer or kind, to_store or attrgetter(kind))
+def _write(kind: str, answer: str | None = None, to_store=None, bulk: bool = False) -> RequestKind:
+    return RequestKind("write", answer or kind, to_store or attrgetter(kind), bulk)
 
 
 REQUEST_KINDS: dict[str, RequestKind] = {
@@ -40,9 +42,9 @@ REQUEST_KINDS: dict[str, RequestKind] = {
     # A prefix moving between groups (router/moves.py): in here, and out of the group it left.
     "import_keys": _write("import_keys", "imported", lambda request: ImportKeys(
         request.import_keys.key, request.import_keys.range_end, request.import_keys.puts,
-        request.import_keys.deletes, request.import_keys.final)),
+        request.import_keys.deletes, request.import_keys.final), bulk=True),
     "drop_range": _write("drop_range", "dropped", lambda request: DropRange(
-        request.drop_range.key, request.drop_range.range_end)),
+        request.drop_range.key, request.drop_range.range_end), bulk=True),
     "lease_keep_alive": RequestKind("lease_query", "lease_keep_alive"),
     "lease_time_to_live": RequestKind("lease_query", "lease_time_to_live"),
     "lease_leases": RequestKind("lease_query", "lease_leases"),

@@ -413,6 +413,17 @@ def parse_groups(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(","))
 
 
+def parse_rate(text: str) -> float:
+    """A rate in megabytes a second: a number, 0 or more (0: no limit)."""
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = -1.0
+    if not rate >= 0 or rate == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate in MB/s (0 or more; 0: no limit)")
+    return rate
+
+
 def with_config_file(argv: list[str]) -> list[str]:
     """The command line with a --config file's flags put right after the command, so its own flags win."""
     from tessera.deploy import DeployError, config_file_arguments
@@ -606,7 +617,8 @@ def command_shards_move(args: argparse.Namespace) -> int:
         if args.prefix is None or args.group is None:
             print("tessera shards move: give PREFIX and GROUP, or --recover", file=sys.stderr)
             return 2
-        outcome = asyncio.run(moves.move(meta_members(args), args.prefix.encode(), args.group, progress))
+        outcome = asyncio.run(moves.move(meta_members(args), args.prefix.encode(), args.group, progress,
+                                         max_rate=args.max_rate * 1e6))
     except (moves.MoveError, ShardMapError, EtcdError) as failure:
         return _operator_failure("shards move", failure)
     print(f"{args.prefix} -> group {outcome.target}: {outcome.keys} keys ({size_text(outcome.bytes)}) moved "
@@ -634,7 +646,8 @@ def command_shards_split(args: argparse.Namespace) -> int:
             _local_launcher(args, "shards split")
             asyncio.run(moves.check_split(meta_members(args), args.group, key))  # before a group is made for it
             target = _add_group(args, None)
-        outcome = asyncio.run(moves.split(meta_members(args), args.group, key, target, progress))
+        outcome = asyncio.run(moves.split(meta_members(args), args.group, key, target, progress,
+                                          max_rate=args.max_rate * 1e6))
     except (moves.MoveError, ShardMapError, admin.OperatorError, EtcdError) as failure:
         return _operator_failure("shards split", failure)
     print(f"{_show_range(outcome.start, outcome.end)} -> group {outcome.target}: {outcome.keys} keys "
@@ -1120,6 +1133,10 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--to", type=int, default=None,
                                  help="the data group that takes those keys (default: a new group, as "
                                       "`tessera group add` adds)")
+        if name in ("move", "split"):
+            command.add_argument("--max-rate", type=parse_rate, default=0.0, metavar="MB_PER_SECOND",
+                                 help="copy at most this many megabytes of keys and values a second, to leave "
+                                      "the groups' hosts room for their clients (default: 0, as fast as it goes)")
         add_cluster_arguments(command)
         command.set_defaults(run=run)
     add_operator_commands(commands)

@@ -53,3 +53,60 @@ def test_writes_queued_while_a_batch_is_uncommitted_are_proposed_as_one_batch(tm
         asyncio.run(scenario())
     finally:
         group.stop_all()
+
+
+BULK_IMPORTS = 4
+IMPORT_VALUE_BYTES = 700_000  # one import per batch: two would pass BULK_BYTES_PER_BATCH
+
+
+def test_a_moves_imports_queue_behind_the_clients_writes_one_share_per_batch(tmp_path):
+    """Imports queued before a client's put (a move into this group, under client load) do not
+    hold it back: the next batch takes the put first and one import, each later batch the next import."""
+    from shards.raft_driver import BULK_BYTES_PER_BATCH
+    from tessera.api.internal_pb2 import ImportKeysRequest
+    from tessera.api.kv_pb2 import KeyValue
+
+    assert IMPORT_VALUE_BYTES < BULK_BYTES_PER_BATCH < 2 * IMPORT_VALUE_BYTES
+    control = str(tmp_path / "faults.json")
+    write_faults(control)
+    group = ReplicaGroup(tmp_path, extra_arguments=["--election-timeout", "3000"],
+                         environment={ENVIRONMENT_VARIABLE: control})
+
+    def an_import(n: int) -> ImportKeysRequest:
+        return ImportKeysRequest(key=b"/moving/", range_end=b"/moving0", puts=[KeyValue(
+            key=b"/moving/%d" % n, value=b"v" * IMPORT_VALUE_BYTES, create_revision=1, mod_revision=1, version=1)])
+
+    async def scenario():
+        leader = await wait_for_leader(group)
+        followers = [member for member in group.processes if member != leader]
+        async with ShardClient(group.api_address(leader)) as client:
+            write_faults(control, blocked=[(group.peer_address(leader), group.peer_address(f)) for f in followers])
+            await asyncio.sleep(0.5)  # the replicas re-read the control file every 50 ms
+            before = (await client.request(status={})).status.wal_fsyncs
+            first = asyncio.ensure_future(client.request(put=PutRequest(key=b"first", value=b"v")))
+            while (await client.request(status={})).status.wal_fsyncs == before:
+                await asyncio.sleep(0.01)
+            answered: list[str] = []
+
+            def send(name: str, **request):
+                task = asyncio.ensure_future(client.request(timeout=20, **request))
+                task.add_done_callback(lambda _: answered.append(name))
+                return task
+
+            imports = [send(f"import {n}", import_keys=an_import(n)) for n in range(BULK_IMPORTS)]
+            await asyncio.sleep(0.2)  # the imports queue first
+            put = send("put", put=PutRequest(key=b"late", value=b"v"))
+            await asyncio.sleep(0.2)
+            write_faults(control)
+            answers = await asyncio.gather(first, put, *imports)
+            assert [answer.WhichOneof("response") for answer in answers] == ["put", "put"] + ["imported"] * BULK_IMPORTS
+            # The put shares its batch with the first import at most: it is answered before the rest.
+            assert answered.index("put") < answered.index("import 1")
+            # One batch for the put and the first import, then one per import.
+            assert (await client.request(status={})).status.wal_fsyncs == before + 1 + BULK_IMPORTS
+
+    group.start_all()
+    try:
+        asyncio.run(scenario())
+    finally:
+        group.stop_all()

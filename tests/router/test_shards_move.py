@@ -274,7 +274,8 @@ def test_a_mover_that_dies_is_recovered_never_left_half_done(cluster, phase_line
 def test_a_move_of_many_pages_and_imports_in_flight_copies_every_record(cluster, monkeypatch):
     """Small pages and imports: the copy reads ahead and keeps several imports in flight, and
     every record arrives with its value, revisions, version and lease."""
-    monkeypatch.setattr(moves, "COPY_PAGE_KEYS", 7)
+    monkeypatch.setattr(moves, "COPY_FIRST_PAGE_KEYS", 7)
+    monkeypatch.setattr(moves, "COPY_PAGE_BYTES", 7 * 22)  # then about 7 records (of some 22 bytes) a page
     monkeypatch.setattr(moves, "IMPORT_BATCH_BYTES", 300)
     monkeypatch.setattr(moves, "DROP_CHUNK_KEYS", 16)
     prefix = b"/moving-pages/"
@@ -291,10 +292,30 @@ def test_a_move_of_many_pages_and_imports_in_flight_copies_every_record(cluster,
     cluster.run(scenario(), timeout=180)
 
 
+def test_a_move_with_a_rate_cap_copies_no_faster_than_it(cluster, monkeypatch):
+    """`max_rate`: each import starts once the ones before it have had their time at the rate,
+    so the copy takes at least its bytes over the rate, but for the last two imports (the round's
+    last paced one, and its closing one, which is not paced)."""
+    monkeypatch.setattr(moves, "IMPORT_BATCH_BYTES", 1000)
+    prefix = b"/moving-capped/"
+
+    async def scenario():
+        async with EtcdClient(cluster.endpoint) as client:
+            before = await preload(client, prefix)
+            rate = 5000.0  # bytes a second: about 1.4 s for the preloaded keys' 7 kB
+            outcome = await moves.move(meta_members(cluster), prefix, 2, max_rate=rate)
+            assert outcome.keys == PRELOADED_KEYS
+            assert outcome.copy_seconds >= (outcome.bytes - 2 * moves.IMPORT_BATCH_BYTES) / rate
+            answer = await client.kv.Range(RangeRequest(key=prefix, range_end=prefix[:-1] + b"0"))
+            assert {kv.key: kv for kv in answer.kvs} == before
+    cluster.run(scenario(), timeout=180)
+
+
 def test_keys_deleted_and_written_while_the_prefix_moves_are_gone_and_there_after_it(cluster, monkeypatch):
     """Deletions during the copy reach the target (a catch-up round that finds fewer keys than it
     knows lists them), and so do the puts between them."""
-    monkeypatch.setattr(moves, "COPY_PAGE_KEYS", 7)
+    monkeypatch.setattr(moves, "COPY_FIRST_PAGE_KEYS", 7)
+    monkeypatch.setattr(moves, "COPY_PAGE_KEYS_MAX", 7)
     prefix = b"/moving-deletes/"
 
     async def scenario():
@@ -346,6 +367,11 @@ def test_the_move_command_and_the_list_of_keys_and_bytes(cluster):
     assert "KEYS        IN USE" in listed.stdout
     nothing = tessera("shards", "move", "--recover")
     assert (nothing.returncode, nothing.stdout) == (0, "no move in progress\n")
+    for bad_rate in ("-1", "fast", "inf"):  # argparse's usage error, and nothing moves
+        refused = tessera("shards", "move", prefix, "3", "--max-rate", bad_rate)
+        assert refused.returncode == 2 and f"argument --max-rate: {bad_rate!r} is not a rate in MB/s" in refused.stderr
+    capped = tessera("shards", "move", prefix, "3", "--max-rate", "0.5")
+    assert capped.returncode == 0 and f"{prefix} -> group 3: 20 keys" in capped.stdout, capped.stderr
 
     async def clean():
         async with EtcdClient(cluster.endpoint) as client:

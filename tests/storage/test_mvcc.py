@@ -514,3 +514,19 @@ def test_a_page_of_a_big_range_filtered_by_mod_revision_counts_all_and_says_more
     assert store.range(RangeRequest(key=b"k", range_end=b"l", min_mod_revision=12, count_only=True)).count == 20
     assert len(store.range(RangeRequest(key=b"k", range_end=b"l", limit=-1)).kvs) == 20  # etcd: no limit
     store.close()
+
+
+def test_an_uncounted_page_holds_the_same_records_and_counts_only_the_keys_it_walked(tmp_path):
+    """A mover's page (ShardRequest.uncounted): the records and `more` of the counted page, and
+    the walk stops at the first key past the page instead of counting the whole range."""
+    store = MvccStore.open(tmp_path)
+    for index in range(1, 21):  # keys k00..k19 at revisions 2..21
+        store.apply([Proposal(index, 0, [PutRequest(key=b"k%02d" % (index - 1), value=b"v")])])
+    for request in (RangeRequest(key=b"k", range_end=b"l", limit=3, min_mod_revision=12),
+                    RangeRequest(key=b"k05", range_end=b"l", limit=4, revision=15),
+                    RangeRequest(key=b"k", range_end=b"l", limit=3, min_mod_revision=20)):
+        counted, uncounted = store.range(request), store.range(request, counted=False)
+        assert (list(uncounted.kvs), uncounted.more) == (list(counted.kvs), counted.more)
+    assert store.range(RangeRequest(key=b"k", range_end=b"l", limit=3, min_mod_revision=12), counted=False).count == 14
+    assert store.range(RangeRequest(key=b"k05", range_end=b"l", limit=4, revision=15), counted=False).count == 5
+    store.close()
