@@ -1,38 +1,62 @@
-"""A leader keeps one batch in flight: what queues meanwhile goes out as the next batch, in one WAL fsync."""
+"""A leader keeps one batch in flight: what queues meanwhile goes out as the next batch, in one WAL
+fsync, the clients' writes first and a move's imports a bounded share per batch after them."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from replica_cluster import ReplicaGroup, ShardClient, wait_for_leader
 
 from shards.fault_control import ENVIRONMENT_VARIABLE, write_faults
+from shards.raft_driver import BULK_BYTES_PER_BATCH
+from tessera.api.internal_pb2 import ImportKeysRequest
+from tessera.api.kv_pb2 import KeyValue
 from tessera.api.rpc_pb2 import PutRequest
 
 WAVES = 10
 WAVE_WRITES = 20
+BULK_IMPORTS = 4
+IMPORT_VALUE_BYTES = 700_000  # one import per batch: two would pass BULK_BYTES_PER_BATCH
 
 
-def test_writes_queued_while_a_batch_is_uncommitted_are_proposed_as_one_batch(tmp_path):
+async def fsyncs(client: ShardClient) -> int:
+    return (await client.request(status={})).status.wal_fsyncs
+
+
+@contextlib.asynccontextmanager
+async def a_batch_held_uncommitted(group: ReplicaGroup, control: str):
+    """(client of the leader, the held put's answer to come, the leader's WAL fsyncs before it):
+    the leader's appends to its followers are dropped until the block ends, so its first batch,
+    one put, is durable there but not committed, and what is sent meanwhile queues."""
+    leader = await wait_for_leader(group)
+    followers = [member for member in group.processes if member != leader]
+    async with ShardClient(group.api_address(leader)) as client:
+        write_faults(control, blocked=[(group.peer_address(leader), group.peer_address(f)) for f in followers])
+        await asyncio.sleep(0.5)  # the replicas re-read the control file every 50 ms
+        before = await fsyncs(client)
+        first = asyncio.ensure_future(client.request(put=PutRequest(key=b"first", value=b"v")))
+        while await fsyncs(client) == before:  # the first batch is durable here, not on a quorum
+            await asyncio.sleep(0.01)
+        yield client, first, before
+
+
+def run_with_faults(tmp_path, scenario) -> None:
     control = str(tmp_path / "faults.json")
     write_faults(control)
     # A long election timeout: the followers do not campaign while the leader's appends are dropped.
     group = ReplicaGroup(tmp_path, extra_arguments=["--election-timeout", "3000"],
                          environment={ENVIRONMENT_VARIABLE: control})
+    group.start_all()
+    try:
+        asyncio.run(scenario(group, control))
+    finally:
+        group.stop_all()
 
-    async def fsyncs(client: ShardClient) -> int:
-        return (await client.request(status={})).status.wal_fsyncs
 
-    async def scenario():
-        leader = await wait_for_leader(group)
-        followers = [member for member in group.processes if member != leader]
-        async with ShardClient(group.api_address(leader)) as client:
-            write_faults(control, blocked=[(group.peer_address(leader), group.peer_address(f)) for f in followers])
-            await asyncio.sleep(0.5)  # the replicas re-read the control file every 50 ms
-            before = await fsyncs(client)
-            first = asyncio.ensure_future(client.request(put=PutRequest(key=b"first", value=b"v")))
-            while await fsyncs(client) == before:  # the first batch is durable here, not on a quorum
-                await asyncio.sleep(0.01)
+def test_writes_queued_while_a_batch_is_uncommitted_are_proposed_as_one_batch(tmp_path):
+    async def scenario(group: ReplicaGroup, control: str):
+        async with a_batch_held_uncommitted(group, control) as (client, first, before):
             queued = []
             for wave in range(WAVES):  # each wave its own stream message, while the first is uncommitted
                 queued += [asyncio.ensure_future(client.request(put=PutRequest(key=b"k%03d" % i, value=b"v")))
@@ -48,44 +72,20 @@ def test_writes_queued_while_a_batch_is_uncommitted_are_proposed_as_one_batch(tm
             # The queued writes went out as one batch: one more fsync (a commit index alone needs none).
             assert await fsyncs(client) == before + 2
 
-    group.start_all()
-    try:
-        asyncio.run(scenario())
-    finally:
-        group.stop_all()
-
-
-BULK_IMPORTS = 4
-IMPORT_VALUE_BYTES = 700_000  # one import per batch: two would pass BULK_BYTES_PER_BATCH
+    run_with_faults(tmp_path, scenario)
 
 
 def test_a_moves_imports_queue_behind_the_clients_writes_one_share_per_batch(tmp_path):
     """Imports queued before a client's put (a move into this group, under client load) do not
     hold it back: the next batch takes the put first and one import, each later batch the next import."""
-    from shards.raft_driver import BULK_BYTES_PER_BATCH
-    from tessera.api.internal_pb2 import ImportKeysRequest
-    from tessera.api.kv_pb2 import KeyValue
-
     assert IMPORT_VALUE_BYTES < BULK_BYTES_PER_BATCH < 2 * IMPORT_VALUE_BYTES
-    control = str(tmp_path / "faults.json")
-    write_faults(control)
-    group = ReplicaGroup(tmp_path, extra_arguments=["--election-timeout", "3000"],
-                         environment={ENVIRONMENT_VARIABLE: control})
 
     def an_import(n: int) -> ImportKeysRequest:
         return ImportKeysRequest(key=b"/moving/", range_end=b"/moving0", puts=[KeyValue(
             key=b"/moving/%d" % n, value=b"v" * IMPORT_VALUE_BYTES, create_revision=1, mod_revision=1, version=1)])
 
-    async def scenario():
-        leader = await wait_for_leader(group)
-        followers = [member for member in group.processes if member != leader]
-        async with ShardClient(group.api_address(leader)) as client:
-            write_faults(control, blocked=[(group.peer_address(leader), group.peer_address(f)) for f in followers])
-            await asyncio.sleep(0.5)  # the replicas re-read the control file every 50 ms
-            before = (await client.request(status={})).status.wal_fsyncs
-            first = asyncio.ensure_future(client.request(put=PutRequest(key=b"first", value=b"v")))
-            while (await client.request(status={})).status.wal_fsyncs == before:
-                await asyncio.sleep(0.01)
+    async def scenario(group: ReplicaGroup, control: str):
+        async with a_batch_held_uncommitted(group, control) as (client, first, before):
             answered: list[str] = []
 
             def send(name: str, **request):
@@ -103,10 +103,6 @@ def test_a_moves_imports_queue_behind_the_clients_writes_one_share_per_batch(tmp
             # The put shares its batch with the first import at most: it is answered before the rest.
             assert answered.index("put") < answered.index("import 1")
             # One batch for the put and the first import, then one per import.
-            assert (await client.request(status={})).status.wal_fsyncs == before + 1 + BULK_IMPORTS
+            assert await fsyncs(client) == before + 1 + BULK_IMPORTS
 
-    group.start_all()
-    try:
-        asyncio.run(scenario())
-    finally:
-        group.stop_all()
+    run_with_faults(tmp_path, scenario)
