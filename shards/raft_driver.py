@@ -770,6 +770,11 @@ class RaftDriver:
         if (role == Role.LEADER) != was_leader:
             self.observer.role_changed(role)
         if was_leader and role != Role.LEADER:
+            # Writes queued but not proposed are dropped with their waiters' answer: proposed now,
+            # a follower would forward them to the new leader, and a move's import or drop, sent
+            # again by its mover meanwhile, would land after the steps that came since.
+            self._writes.clear()
+            self._bulk_writes.clear()
             self.metrics.proposals_failed += len(self._waiting_writes)
             self._fail_waiting(errors.LeaderChanged())
         log.info("group %d member %d: leader is %d, role %s", self.config.group_id,

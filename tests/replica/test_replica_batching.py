@@ -1,5 +1,6 @@
 """A leader keeps one batch in flight: what queues meanwhile goes out as the next batch, in one WAL
-fsync, the clients' writes first and a move's imports a bounded share per batch after them."""
+fsync, the clients' writes first and a move's imports a bounded share per batch after them; a
+leader that steps down drops what it had queued."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from shards.fault_control import ENVIRONMENT_VARIABLE, write_faults
 from shards.raft_driver import BULK_BYTES_PER_BATCH
 from tessera.api.internal_pb2 import ImportKeysRequest
 from tessera.api.kv_pb2 import KeyValue
-from tessera.api.rpc_pb2 import PutRequest
+from tessera.api.rpc_pb2 import PutRequest, RangeRequest
 
 WAVES = 10
 WAVE_WRITES = 20
@@ -104,5 +105,31 @@ def test_a_moves_imports_queue_behind_the_clients_writes_one_share_per_batch(tmp
             assert answered.index("put") < answered.index("import 1")
             # One batch for the put and the first import, then one per import.
             assert await fsyncs(client) == before + 1 + BULK_IMPORTS
+
+    run_with_faults(tmp_path, scenario)
+
+
+def test_writes_queued_on_a_leader_that_steps_down_are_answered_leader_changed_and_never_applied(tmp_path):
+    """Queued behind an uncommitted batch when its leader is replaced, a write is answered "leader
+    changed" and dropped: the old leader does not forward it to the new one later (a mover would
+    have sent its import again by then, and the stale one would land after newer steps)."""
+    async def scenario(group: ReplicaGroup, control: str):
+        async with a_batch_held_uncommitted(group, control) as (client, first, _):
+            old_leader = (await client.request(status={})).status.member_id
+            stale = asyncio.ensure_future(client.request(timeout=30, put=PutRequest(key=b"stale", value=b"v")))
+            # The followers hear nothing from the leader: one of them is elected, and the old
+            # leader, asked for its vote, steps down.
+            answers = await asyncio.gather(first, stale)
+            assert [(a.error.code, a.error.message) for a in answers] == [("UNAVAILABLE", "etcdserver: leader changed")] * 2
+            write_faults(control)
+            new_leader = await wait_for_leader(group)
+            assert new_leader != old_leader
+            async with ShardClient(group.api_address(new_leader)) as fresh:
+                await fresh.request(put=PutRequest(key=b"after", value=b"v"))  # the old leader has caught up since
+                while (await client.request(status={})).status.applied_index < \
+                        (await fresh.request(status={})).status.applied_index:
+                    await asyncio.sleep(0.05)
+                found = await fresh.request(range=RangeRequest(key=b"stale"))
+                assert list(found.range.kvs) == []
 
     run_with_faults(tmp_path, scenario)
