@@ -525,7 +525,8 @@ class RaftDriver:
         """On the leader, after a turn with ticks: quiet the group once it has been idle long enough."""
         status = self.node.status()
         last = self.wal.storage.last_index()
-        idle = (not (self._writes or self._bulk_writes or self._waiting_writes or self._read_queue or self._read_rounds)
+        idle = (not (self._writes or self._bulk_writes or self._waiting_writes
+                     or self._read_queue or self._read_rounds)
                 and status.commit == last and not status.lead_transferee
                 and all(progress.match == last for progress in status.progress.values()))
         if not idle:
