@@ -64,13 +64,9 @@ at every commit: the cost this design removes.) Three rules keep it whole:
   * a durable point: every `batch_interval_seconds` or `batch_limit_entries`
     applied entries (etcd's backend commits every 100 ms or 10,000 entries),
     a thread fdatasyncs the file (LMDB's sync releases the GIL, so applies go
-    on meanwhile) and then records, in `durable-point`, the transaction it
-    flushed, the raft index applied there and the file's two meta pages as
-    they were then. The record file has two slots, written in turn in place
-    with one fdatasync (no rename, no directory sync: a point every 100 ms
-    costs one small flush), each with its CRC: a restart takes the newest
-    whole slot, so a slot torn by a crash leaves the point before it, which
-    the next rule keeps whole until the new one is recorded;
+    on meanwhile) and then records, in `durable-point` (written whole: write,
+    fsync, rename), the transaction it flushed, the raft index applied there
+    and the file's two meta pages as they were then;
   * a read transaction stays open at the durable point's transaction until
     the next point is recorded: LMDB never reuses a page a reader can see, so
     no write after the durable point touches a page of its snapshot;
@@ -246,7 +242,7 @@ class ChangeEvent(NamedTuple):
 
 
 class DurablePoint(NamedTuple):
-    """A state of the store that is on disk whole: what a slot of `durable-point` records."""
+    """A state of the store that is on disk whole: what `durable-point` records."""
 
     txnid: int  # the LMDB transaction
     applied_index: int  # the raft index applied there
@@ -258,25 +254,10 @@ class DurablePoint(NamedTuple):
         return body + _CRC.pack(crc.crc32c(body))
 
     @classmethod
-    def newest(cls, record: bytes, where: Path) -> tuple[DurablePoint, int]:
-        """(The newest whole point of a record file, its slot.) A slot that is not whole (torn by a
-        crash while written, or never written) is passed over; a file of one point (as this store
-        wrote them before it had slots) is that point, in slot 0."""
-        slot_bytes = len(record) // 2
-        points = [(point, slot) for slot, data in enumerate((record[:slot_bytes], record[slot_bytes:]))
-                  if (point := cls.decode(data, where)) is not None]
-        if not points and (point := cls.decode(record, where)) is not None:
-            points = [(point, 0)]
-        if not points:
-            raise StoreInvariantError(f"{where} is damaged: no slot holds a whole durable point")
-        return max(points, key=lambda found: found[0].txnid)
-
-    @classmethod
-    def decode(cls, data: bytes, where: Path) -> DurablePoint | None:
-        """The point a slot holds, or None if it is not whole (its checksum fails)."""
+    def decode(cls, data: bytes, where: Path) -> DurablePoint:
         body, checksum = data[:-_CRC.size], data[-_CRC.size:]
         if len(data) < _DURABLE_POINT_HEADER.size + _CRC.size or _CRC.pack(crc.crc32c(body)) != checksum:
-            return None
+            raise StoreInvariantError(f"{where} is damaged (it is only ever replaced whole)")
         magic, txnid, applied_index, page_bytes = _DURABLE_POINT_HEADER.unpack_from(body)
         meta_pages = body[_DURABLE_POINT_HEADER.size:]
         if magic != _DURABLE_POINT_MAGIC or len(meta_pages) != 2 * page_bytes:
@@ -370,8 +351,6 @@ class MvccStore:
         self._committed_since_durable = False  # a write transaction committed after the last point taken
         self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-sync")
         self._data_fd = -1  # data.mdb, read only: where the meta pages are read from
-        self._record_fd = -1  # durable-point, once written here: the next point goes in the other slot
-        self._record_slot = 0  # the slot of the point recorded last
 
     # --- opening and closing -----------------------------------------------------------
 
@@ -388,10 +367,8 @@ class MvccStore:
 
     def _open_environment(self) -> None:
         record_path = self.path / DURABLE_POINT_FILE
-        recorded = None
-        if record_path.exists():
-            recorded, self._record_slot = DurablePoint.newest(record_path.read_bytes(), record_path)
-            self._record_fd = os.open(record_path, os.O_WRONLY)
+        recorded = DurablePoint.decode(record_path.read_bytes(), record_path) if record_path.exists() else None
+        if recorded is not None:
             self._roll_back_to(recorded)
         # sync=False is MDB_NOSYNC: commits do not flush (the module's docstring says why that is safe here).
         self._env = lmdb.open(str(self.path), map_size=self.map_size_bytes, max_dbs=8, sync=False,
@@ -474,12 +451,6 @@ class MvccStore:
         self._env = None
         os.close(self._data_fd)
         self._data_fd = -1
-        self._close_point_record()
-
-    def _close_point_record(self) -> None:
-        if self._record_fd >= 0:
-            os.close(self._record_fd)
-            self._record_fd = -1
 
     def __enter__(self) -> MvccStore:
         return self
@@ -1036,23 +1007,8 @@ class MvccStore:
         """On the flusher's thread (or, from make_durable, the caller's): sync the file, then record the point."""
         self._env.sync(True)
         failpoint(STORE_SYNCED)
-        self._write_point(point)
+        write_file_durably(self.path / DURABLE_POINT_FILE, point.encode())
         failpoint(STORE_DURABLE)
-
-    def _write_point(self, point: DurablePoint) -> None:
-        """Write the point into the record's other slot, in place, and flush it; a new record file
-        (this database file's first point) is written whole, the point in slot 0, slot 1 empty."""
-        encoded = point.encode()
-        if self._record_fd < 0:
-            record_path = self.path / DURABLE_POINT_FILE
-            write_file_durably(record_path, encoded + bytes(len(encoded)))
-            self._record_fd, self._record_slot = os.open(record_path, os.O_WRONLY), 0
-            return
-        slot = 1 - self._record_slot
-        if os.pwrite(self._record_fd, encoded, slot * len(encoded)) != len(encoded):
-            raise OSError(f"short write of a durable point to {self.path / DURABLE_POINT_FILE}")
-        os.fdatasync(self._record_fd)
-        self._record_slot = slot
 
     def _adopt(self, point: DurablePoint, pin: lmdb.Transaction) -> None:
         """The recorded point is the one a restart opens at: the older pin may go."""
@@ -1064,7 +1020,6 @@ class MvccStore:
     def _retire_durable_point(self) -> None:
         """Before the file is replaced: flush it whole, then drop the record that describes it."""
         self.make_durable()
-        self._close_point_record()
         (self.path / DURABLE_POINT_FILE).unlink()
         fsync_directory(self.path)
 

@@ -122,47 +122,6 @@ def test_the_durable_point_follows_applies_and_a_reopen_starts_there(tmp_path):
         reopened.close()
 
 
-def test_a_point_torn_in_its_slot_leaves_the_one_before_and_the_store_opens_there(tmp_path):
-    """The record's two slots are written in turn: a crash that tears the newer one (its checksum
-    fails) leaves the older, which the store opens at (its pages were pinned until the newer was
-    recorded); a file of a single point, as written before the slots, opens at that point."""
-    store = MvccStore.open(tmp_path, **NO_BACKGROUND_POINTS)
-    index = churn(store, 1, 20, seed=5)
-    store.make_durable()
-    older, expected = store.durable_applied_index, observable(store)
-    record_after_older = (tmp_path / DURABLE_POINT_FILE).read_bytes()
-    churn(store, index, 20, seed=6)
-    store.make_durable()
-    assert store.durable_applied_index > older
-    crashed = tmp_path / "crashed"
-    crashed.mkdir()
-    shutil.copy(tmp_path / "data.mdb", crashed / "data.mdb")
-    record = bytearray((tmp_path / DURABLE_POINT_FILE).read_bytes())
-    assert record != record_after_older and len(record) == len(record_after_older)
-    slot_bytes = len(record) // 2
-    newer_slot = 0 if record[:slot_bytes] != record_after_older[:slot_bytes] else 1
-    record[newer_slot * slot_bytes + slot_bytes // 2:(newer_slot + 1) * slot_bytes] = \
-        bytes(slot_bytes - slot_bytes // 2)  # the slot's second half never reached the disk
-    (crashed / DURABLE_POINT_FILE).write_bytes(bytes(record))
-    single = tmp_path / "single"
-    single.mkdir()
-    shutil.copy(tmp_path / "data.mdb", single / "data.mdb")
-    (single / DURABLE_POINT_FILE).write_bytes(bytes(record[(1 - newer_slot) * slot_bytes:][:slot_bytes]))
-    store.close()
-    for directory in (crashed, single):
-        reopened = MvccStore.open(directory, **NO_BACKGROUND_POINTS)
-        try:
-            assert (reopened.durable_applied_index, observable(reopened)) == (older, expected)
-            churn(reopened, older + 1, 10, seed=7)  # and goes on recording points from there
-            reopened.make_durable()
-            assert reopened.durable_applied_index == reopened.applied_index
-        finally:
-            reopened.close()
-        assert lmdb.verify.verify(str(directory)) == []
-        with MvccStore.open(directory, **NO_BACKGROUND_POINTS) as again:
-            assert again.durable_applied_index > older
-
-
 def test_a_background_point_is_taken_once_due_and_adopted_once_flushed(tmp_path):
     store = MvccStore.open(tmp_path, batch_interval_seconds=3600.0, batch_limit_entries=10)
     try:
