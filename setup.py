@@ -48,6 +48,7 @@ setup(
             native_module("codec"),
             native_module("hpack", ["native/src/hpack.c"]),
             native_module("keyindex"),
+            native_module("store_apply"),
             native_module("walframe", CRC32C_SOURCES),
             native_module("edge", ["native/src/h2edge.c", "native/src/hpack.c", "native/src/tls.c"]),
         ],

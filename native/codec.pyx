@@ -181,7 +181,7 @@ def decode_entries(buf, entry_type=None):
         PyBuffer_Release(&view)
 
 
-def encode_revision(main, sub, bint tombstone=False):
+cpdef bytes encode_revision(main, sub, bint tombstone=False):
     """The 17-byte key of revision (main, sub), 18 with the tombstone marker."""
     if not 0 <= main <= REVISION_MAX or not 0 <= sub <= REVISION_MAX:
         raise CodecError(f"revision ({main}, {sub}) is outside 0..2**63-1")
@@ -268,8 +268,8 @@ cdef inline Py_ssize_t read_varint(const unsigned char *buf, Py_ssize_t length, 
         shift += 7
 
 
-def encode_key_value(key, long long create_revision, long long mod_revision,
-                     long long version, value, long long lease):
+cpdef bytes encode_key_value(key, long long create_revision, long long mod_revision,
+                             long long version, value, long long lease):
     """The bytes protobuf gives for KeyValue(key, create_revision, ..., lease)."""
     cdef Py_buffer key_view, value_view
     cdef uint64_t numbers[4]
@@ -317,7 +317,7 @@ def encode_key_value(key, long long create_revision, long long mod_revision,
         PyBuffer_Release(&value_view)
 
 
-def decode_key_value(record):
+cpdef tuple decode_key_value(record):
     """(key, create_revision, mod_revision, version, value, lease) from a KeyValue's bytes.
 
     Accepts any valid encoding: fields in any order, repeats (the last wins),

@@ -5,6 +5,7 @@ import pytest
 from shards.mvcc import (
     FIRST_REVISION,
     MvccStore,
+    PlainPut,
     Proposal,
     RaiseRevision,
     RemoveMember,
@@ -530,3 +531,40 @@ def test_an_uncounted_page_holds_the_same_records_and_counts_only_the_keys_it_wa
     assert store.range(RangeRequest(key=b"k", range_end=b"l", limit=3, min_mod_revision=12), counted=False).count == 14
     assert store.range(RangeRequest(key=b"k05", range_end=b"l", limit=4, revision=15), counted=False).count == 5
     store.close()
+
+
+def test_plain_puts_apply_as_their_put_requests_do(tmp_path):
+    """The native loop for runs of plain puts against the Python path, on the same proposals:
+    the same records, events and responses, a lease the key had detached, the floor taken,
+    a replayed index skipped, and the runs cut by any other request."""
+    plain, general = MvccStore.open(tmp_path / "plain"), MvccStore.open(tmp_path / "general")
+    batches = [
+        [Proposal(1, 0, [PutRequest(key=b"leased", value=b"v", lease=5)]),
+         Proposal(2, 0, [PutRequest(key=b"k", value=b"old")])],
+        [Proposal(3, 0, (b"k", b"new")), Proposal(4, 0, (b"leased", b"unleased")),
+         Proposal(5, 40, (b"fresh", b"")), Proposal(6, 0, (b"k", b"x"), respond=False),
+         Proposal(7, 0, [DeleteRangeRequest(key=b"fresh")]), Proposal(8, 0, (b"fresh", b"again"))],
+        [Proposal(8, 0, (b"k", b"replayed")), Proposal(9, 0, (b"k", b"last"))],
+    ]
+    for batch in batches:
+        results = []
+        for mvcc, as_put in ((plain, PlainPut), (general, lambda key, value: PutRequest(key=key, value=value))):
+            results.append(mvcc.apply([
+                proposal._replace(requests=(as_put(*proposal.requests),))
+                if type(proposal.requests) is tuple else proposal
+                for proposal in batch
+            ]))
+        native, python = results
+        assert native.events == python.events
+        assert [[response.SerializeToString() for response in responses] if responses else responses
+                for responses in native.responses] == \
+               [[response.SerializeToString() for response in responses] if responses else responses
+                for responses in python.responses]
+    assert plain.revision == general.revision == 44
+    everything = RangeRequest(key=b"\0", range_end=b"\0")
+    assert plain.range(everything).kvs == general.range(everything).kvs
+    assert plain.lease_keys(5) == general.lease_keys(5) == []
+    assert native.responses[0] is None
+    assert [response.header.revision for response in native.responses[1]] == [44]
+    plain.close()
+    general.close()

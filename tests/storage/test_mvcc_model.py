@@ -10,8 +10,9 @@ from mvcc_model import Model, in_range
 
 from native import codec
 
-from shards.mvcc import MvccStore, Proposal
+from shards.mvcc import MvccStore, PlainPut, Proposal
 from tessera.api import errors
+from tessera.api.kv_pb2 import KeyValue
 from tessera.api.rpc_pb2 import (
     Compare,
     CompactionRequest,
@@ -58,6 +59,19 @@ class StoreAgainstModel(RuleBasedStateMachine):
         previous = self.model.put(key, value)
         assert (as_tuple(response.prev_kv) if response.HasField("prev_kv") else None) == previous
         assert response.header.revision == self.model.revision
+
+    @rule(puts=st.lists(st.tuples(keys, values), min_size=1, max_size=4))
+    def plain_puts(self, puts):
+        """A run of plain puts, one per proposal: the store writes them in one native loop."""
+        first = self.raft_index + 1
+        self.raft_index += len(puts)
+        result = self.store.apply([Proposal(first + offset, 0, (PlainPut(key, value),))
+                                   for offset, (key, value) in enumerate(puts)])
+        for (key, value), (response,), event in zip(puts, result.responses, result.events):
+            previous = self.model.put(key, value)
+            assert response.header.revision == self.model.revision
+            assert (as_tuple(KeyValue.FromString(event.prev_kv)) if event.prev_kv else None) == previous
+            assert event.revision == self.model.revision and event.key == key
 
     @rule(key=keys, end=ends)
     def delete(self, key, end):
