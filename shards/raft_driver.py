@@ -576,8 +576,11 @@ class RaftDriver:
                                      term=self.node.status().term, reject=True)])
 
     def _batch_committed(self) -> bool:
-        """Whether everything this leader appended is committed (durable on a quorum, itself included)."""
-        return self.commit_index >= self._appended_index
+        """Whether everything this leader appended is committed (durable on a quorum, itself included).
+
+        Raft's own commit index, not the last Ready's: in the turn whose acknowledgements commit a
+        batch, the next one is proposed, and one append per follower carries both."""
+        return self.node.committed >= self._appended_index
 
     def _propose_queued(self) -> None:
         # One batch in flight at a time: under load, the next batch is everything that queued

@@ -191,9 +191,10 @@ class Raft:
         # Index of the latest conf change proposed by this leader; another may
         # only be proposed once it is applied.
         self.pending_conf_index = 0
-        # Proposals appended since the last flush(): broadcast together, so
-        # everything proposed between two Readys travels as one append.
-        self.proposals_unsent = False
+        # Proposals appended, or a commit index advanced, since the last flush():
+        # broadcast together, so everything proposed between two Readys and the
+        # commit index learned with them travel to each follower as one append.
+        self.appends_unsent = False
         # Bytes of entries this leader appended that are not yet applied.
         self.uncommitted_entries_bytes = 0
         # ReadIndex state (leader only): rounds wait for a quorum of heartbeat
@@ -245,7 +246,7 @@ class Raft:
         if own_progress is not None:
             own_progress.match = last_index
         self.pending_conf_index = 0
-        self.proposals_unsent = False
+        self.appends_unsent = False
         self.uncommitted_entries_bytes = 0
         self.pending_read_count = 0
         self.read_rounds.clear()
@@ -629,7 +630,7 @@ class Raft:
             self.pending_conf_index = self.log.last_index() + 1 + changes[0]
         self._append_entries(m.entries)
         self.uncommitted_entries_bytes += proposal_bytes
-        self.proposals_unsent = True
+        self.appends_unsent = True
 
     def _conf_change_refusal(self, data: bytes) -> str:
         if self.pending_conf_index > self.log.applied:
@@ -671,7 +672,7 @@ class Raft:
         elif progress.state == ProgressState.REPLICATE:
             progress.inflights.free_le(m.index)
         if self._maybe_commit():
-            self._bcast_append()
+            self.appends_unsent = True  # the new commit index goes out with the next proposals
         elif was_paused and m.frm != self.id:
             # While paused it may have missed the latest commit index.
             self._send_append(m.frm)
@@ -784,14 +785,14 @@ class Raft:
             self.unsent_reads.append((requester, context))
 
     def has_unflushed(self) -> bool:
-        return self.role == Role.LEADER and (self.proposals_unsent or bool(self.unsent_reads))
+        return self.role == Role.LEADER and (self.appends_unsent or bool(self.unsent_reads))
 
     def flush(self) -> None:
-        """Send what was batched since the last Ready: new proposals, read rounds."""
+        """Send what was batched since the last Ready: new proposals and commit index, read rounds."""
         if self.role != Role.LEADER:
             return
-        if self.proposals_unsent:
-            self.proposals_unsent = False
+        if self.appends_unsent:
+            self.appends_unsent = False
             self._bcast_append()
         if self.unsent_reads:
             self._flush_reads()

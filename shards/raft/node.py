@@ -231,6 +231,12 @@ class RawNode:
 
     # --- Status --------------------------------------------------------------
 
+    @property
+    def committed(self) -> int:
+        """The commit index raft knows now: ahead of the last Ready's hard state once a step
+        has advanced it, before the next Ready carries it."""
+        return self.raft.log.committed
+
     def status(self) -> Status:
         raft = self.raft
         progress = {}

@@ -26,6 +26,29 @@ def test_committed_entries_are_applied_in_order_on_every_node():
         assert net.applied_data(node_id) == [b"a", b"b", b"c"]
 
 
+def test_a_batch_proposed_in_the_turn_that_commits_the_last_shares_its_append_with_the_commit():
+    """The commit index a round of acknowledgements advances is not sent on its own: it goes out with
+    what is proposed before the next Ready, one append per follower (one wake and one ack each)."""
+    net = Net([1, 2, 3])
+    leader = net.elect(1)
+    leader.propose(b"first")
+    net.drain(1)
+    appends, net.pending = net.pending, []
+    for append in appends:
+        net.nodes[append.to].step(append)
+    net.drain(2)
+    net.drain(3)
+    acknowledgements, net.pending = net.pending, []
+    for acknowledgement in acknowledgements:
+        leader.step(acknowledgement)
+    first_index = leader.committed
+    assert first_index == net.raft(1).log.last_index()
+    leader.propose(b"second")
+    ready = leader.ready()
+    sent = [(m.to, [e.data for e in m.entries], m.commit) for m in ready.messages if m.type == MessageType.APP]
+    assert sorted(sent) == [(2, [b"second"], first_index), (3, [b"second"], first_index)]
+
+
 def test_follower_proposal_is_forwarded_to_the_leader():
     net = Net([1, 2, 3])
     net.elect(1)
