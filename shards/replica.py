@@ -63,6 +63,8 @@ class ReplicaConfig:
     watch_progress_notify_interval_seconds: float = PROGRESS_NOTIFY_INTERVAL_SECONDS
     max_raft_message_bytes: int = 1 << 20  # etcd's MaxSizePerMsg
     max_inflight_messages: int = 512  # etcd's MaxInflightMsgs
+    # Under load, how long a leader holds a short batch for more writes (shards/raft_driver.py); 0: never.
+    batch_window_ms: float = 4.0
     wal_segment_bytes: int = SEGMENT_BYTES_DEFAULT
     metrics_listen: str | None = None  # HOST:PORT for /metrics and /health; None serves neither
     # The meta group's: how often its leader records each lease's remaining TTL.

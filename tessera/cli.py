@@ -13,6 +13,7 @@ import ssl
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import grpc
 
@@ -218,7 +219,7 @@ def command_replica(args: argparse.Namespace) -> int:
         quota_backend_bytes=args.quota_backend_bytes, snapshot_count=args.snapshot_count,
         snapshot_catchup_entries=args.snapshot_catchup_entries, join=args.join,
         max_raft_message_bytes=args.max_raft_message_bytes,
-        max_inflight_messages=args.max_inflight_messages,
+        max_inflight_messages=args.max_inflight_messages, batch_window_ms=args.batch_window,
         watch_progress_notify_interval_seconds=args.watch_progress_notify_interval,
         wal_segment_bytes=args.wal_segment_bytes, metrics_listen=args.metrics_listen,
         lease_checkpoint_interval_seconds=args.lease_checkpoint_interval,
@@ -413,15 +414,20 @@ def parse_groups(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(","))
 
 
-def parse_rate(text: str) -> float:
-    """A rate in megabytes a second: a number, 0 or more (0: no limit)."""
-    try:
-        rate = float(text)
-    except ValueError:
-        rate = -1.0
-    if not rate >= 0 or rate == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a rate in MB/s (0 or more; 0: no limit)")
-    return rate
+def non_negative(what: str) -> Callable[[str], float]:
+    """An argparse type: a finite number, 0 or more; `what` says in its error what was expected."""
+    def parse(text: str) -> float:
+        try:
+            number = float(text)
+        except ValueError:
+            number = -1.0
+        if not number >= 0 or number == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return number
+    return parse
+
+
+parse_rate = non_negative("a rate in MB/s (0 or more; 0: no limit)")
 
 
 def with_config_file(argv: list[str]) -> list[str]:
@@ -1048,6 +1054,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="entries per append message (etcd's MaxSizePerMsg)")
     replica.add_argument("--max-inflight-messages", type=int, default=512,
                          help="unacknowledged appends per follower (etcd's MaxInflightMsgs)")
+    replica.add_argument("--batch-window", type=non_negative("a time in milliseconds (0 or more; 0: never)"),
+                         default=4.0, metavar="MILLISECONDS",
+                         help="under load, how long a leader holds a short batch of writes for more (0: never)")
     replica.add_argument("--watch-progress-notify-interval", type=float, default=600.0,
                          help="seconds between progress notifications to watches that ask (etcd: 10m)")
     replica.add_argument("--wal-segment-bytes", type=int, default=64 * 1024 * 1024,

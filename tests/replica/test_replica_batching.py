@@ -1,16 +1,21 @@
 """A leader keeps one batch in flight: what queues meanwhile goes out as the next batch, in one WAL
-fsync, the clients' writes first and a move's imports a bounded share per batch after them; a
-leader that steps down drops what it had queued."""
+fsync, the clients' writes first and a move's imports a bounded share per batch after them; under
+load, a short batch waits for the clients the committed round answers; a leader that steps down
+drops what it had queued."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
+
+import pytest
 
 from replica_cluster import ReplicaGroup, ShardClient, wait_for_leader
 
 from shards.fault_control import ENVIRONMENT_VARIABLE, write_faults
-from shards.raft_driver import BULK_BYTES_PER_BATCH
+from shards.raft_driver import BATCH_ENTRIES_TARGET, BULK_BYTES_PER_BATCH
 from tessera.api.internal_pb2 import ImportKeysRequest
 from tessera.api.kv_pb2 import KeyValue
 from tessera.api.rpc_pb2 import PutRequest, RangeRequest
@@ -42,11 +47,11 @@ async def a_batch_held_uncommitted(group: ReplicaGroup, control: str):
         yield client, first, before
 
 
-def run_with_faults(tmp_path, scenario) -> None:
+def run_with_faults(tmp_path, scenario, *extra_arguments: str) -> None:
     control = str(tmp_path / "faults.json")
     write_faults(control)
     # A long election timeout: the followers do not campaign while the leader's appends are dropped.
-    group = ReplicaGroup(tmp_path, extra_arguments=["--election-timeout", "3000"],
+    group = ReplicaGroup(tmp_path, extra_arguments=["--election-timeout", "3000", *extra_arguments],
                          environment={ENVIRONMENT_VARIABLE: control})
     group.start_all()
     try:
@@ -133,3 +138,57 @@ def test_writes_queued_on_a_leader_that_steps_down_are_answered_leader_changed_a
                 assert list(found.range.kvs) == []
 
     run_with_faults(tmp_path, scenario)
+
+
+LONG_WINDOW = ["--batch-window", "60000"]  # a held batch goes out only when its writes have come
+
+
+async def queued_behind_the_held_batch(client: ShardClient, count: int) -> list[asyncio.Future]:
+    """`count` puts, queued on the leader: a status asked after them on the same stream is answered
+    once they are read."""
+    puts = [asyncio.ensure_future(client.request(put=PutRequest(key=b"q%03d" % i, value=b"v"))) for i in range(count)]
+    await client.request(status={})
+    return puts
+
+
+def test_under_load_a_short_batch_waits_for_as_many_writes_as_the_leader_held(tmp_path):
+    """A round commits with 40 writes queued behind it: 41 unanswered on the leader, so as many clients
+    at least. The 40 wait for a 41st write, and the 41 go out as one batch: one WAL fsync."""
+    async def scenario(group: ReplicaGroup, control: str):
+        async with a_batch_held_uncommitted(group, control) as (client, first, before):
+            queued = await queued_behind_the_held_batch(client, 40)
+            write_faults(control)
+            await first  # committed, and the next batch held
+            assert not any(put.done() for put in queued)
+            assert await fsyncs(client) == before + 1
+            last = await client.request(put=PutRequest(key=b"last", value=b"v"))
+            answers = [await put for put in queued] + [last]
+            assert all(answer.WhichOneof("response") == "put" for answer in answers), answers[0]
+            assert await fsyncs(client) == before + 2
+
+    run_with_faults(tmp_path, scenario, *LONG_WINDOW)
+
+
+def test_a_few_clients_writes_are_never_held(tmp_path):
+    """Fewer than BATCH_ENTRIES_TARGET / 2 writes unanswered when a round commits: the next batch goes
+    out at once, however long the window."""
+    async def scenario(group: ReplicaGroup, control: str):
+        async with a_batch_held_uncommitted(group, control) as (client, first, before):
+            queued = await queued_behind_the_held_batch(client, BATCH_ENTRIES_TARGET // 2 - 2)
+            write_faults(control)
+            answers = await asyncio.wait_for(asyncio.gather(first, *queued), timeout=10)
+            assert all(answer.WhichOneof("response") == "put" for answer in answers), answers[0]
+            assert await fsyncs(client) == before + 2
+
+    run_with_faults(tmp_path, scenario, *LONG_WINDOW)
+
+
+@pytest.mark.parametrize("bad_window", ["-1", "soon", "inf", "nan"])
+def test_a_bad_batch_window_is_a_usage_error(tmp_path, bad_window):
+    """argparse's answer, exit 2, before the replica opens anything."""
+    refused = subprocess.run([sys.executable, "-m", "tessera.cli", "replica", "--group", "1", "--member", "1",
+                              "--data-dir", str(tmp_path / "replica"), "--batch-window", bad_window],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    assert f"argument --batch-window: {bad_window!r} is not a time in milliseconds" in refused.stderr
+    assert not (tmp_path / "replica").exists()
