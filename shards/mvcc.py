@@ -283,7 +283,8 @@ class DurablePoint(NamedTuple):
 
 class ApplyResult(NamedTuple):
     # Per proposal: None if already applied or nobody waits (Proposal.respond), else a
-    # response (None: a header alone) or EtcdError per request.
+    # response (None: a header alone; bytes: a plain put's PutResponse, encoded) or EtcdError
+    # per request.
     responses: list
     events: list[ChangeEvent]
     commit_seconds: float  # the LMDB commit alone (etcd's backend commit duration)
@@ -384,7 +385,7 @@ class MvccStore:
         self._alarms_db = env.open_db(b"alarms")
         self._members = env.open_db(b"members")
         self._plain_puts = PlainPutWriter(self._history, self._leases, PlainPut, ChangeEvent, Event.PUT,
-                                          _plain_put_response, _missing_record)
+                                          _missing_record)
         self._load()
         self._data_fd = os.open(self.path / "data.mdb", os.O_RDONLY)
         if recorded is None:
@@ -1333,12 +1334,6 @@ _APPLY = {
 def _missing_record(revision_key: bytes) -> StoreInvariantError:
     main, sub, _ = codec.decode_revision(revision_key)
     return StoreInvariantError(f"the index points at revision {main}.{sub}, which history lacks")
-
-
-def _plain_put_response(revision: int) -> PutResponse:
-    response = PutResponse()
-    response.header.revision = revision
-    return response
 
 
 def _put_response(request: PutRequest | PlainPut, previous_bytes: bytes | None) -> PutResponse:

@@ -124,6 +124,7 @@ BATCH_ENTRIES_TARGET = 64
 
 
 _PROPOSAL_ID_TAG = b"\x08"  # ShardRequest.id, field 1, varint
+_NO_LEASES: frozenset = frozenset()
 
 
 def _resolver(future: asyncio.Future) -> Callable[[object], None]:
@@ -409,14 +410,14 @@ class RaftDriver:
 
         One sweep ends them all, in deadline order: no timer, no task per request.
         """
-        loop = asyncio.get_running_loop()
-        self._deadlines.append((loop.time() + timeout, waiting))
+        self._deadlines.append((time.monotonic() + timeout, waiting))
         if self._deadline_sweep is None:
-            self._deadline_sweep = loop.call_later(DEADLINE_SWEEP_SECONDS, self._sweep_deadlines)
+            self._deadline_sweep = asyncio.get_running_loop().call_later(DEADLINE_SWEEP_SECONDS,
+                                                                         self._sweep_deadlines)
 
     def _sweep_deadlines(self) -> None:
-        loop = asyncio.get_running_loop()
-        now, deadlines, writes = loop.time(), self._deadlines, self._waiting_writes
+        # time.monotonic() is the loop's clock (loop.time()), read without a method call per write.
+        now, deadlines, writes = time.monotonic(), self._deadlines, self._waiting_writes
         while deadlines:
             deadline, waiting = deadlines[0]
             if type(waiting) is int:
@@ -431,7 +432,8 @@ class RaftDriver:
                 if not waiting.done():
                     waiting.set_result(errors.RequestTimeout())
             deadlines.popleft()
-        self._deadline_sweep = loop.call_later(DEADLINE_SWEEP_SECONDS, self._sweep_deadlines) if deadlines else None
+        self._deadline_sweep = (asyncio.get_running_loop().call_later(DEADLINE_SWEEP_SECONDS, self._sweep_deadlines)
+                                if deadlines else None)
 
     def local_range(self, request: ShardRequest):
         try:
@@ -754,7 +756,9 @@ class RaftDriver:
                 respond = proposal_id in waiting_writes
                 if respond:
                     waiting[len(proposals)] = proposal_id
-                proposals.append(Proposal(entry.index, floor, (PlainPut(key, value),), frozenset(), respond))
+                # tuple.__new__: the named tuples without a Python frame each (their __new__ is Python code).
+                proposals.append(tuple.__new__(Proposal, (
+                    entry.index, floor, (tuple.__new__(PlainPut, (key, value)),), _NO_LEASES, respond)))
                 continue
             request = ShardRequest.FromString(entry.data)
             kind = request.WhichOneof("request")

@@ -83,7 +83,7 @@ class ShardService:
         return _Connection(self)
 
     async def outcome(self, request: ShardRequest, kind: str | None):
-        """The answer to a request: its response message, None for a header alone, or an EtcdError."""
+        """The answer to a request: its response message (or its bytes), None for a header alone, or an EtcdError."""
         try:
             if kind is None:
                 raise errors.KeyNotFound()  # an empty request: etcd's answer to an empty op
@@ -100,8 +100,10 @@ class ShardService:
                 error.leader_id = self.driver.leader_id
                 error.leader_address = leader.api if leader else ""
             return ShardResponse(id=request_id, error=error).SerializeToString()
-        # None: the store answers the request with no message of its own, so a header does.
-        body = (outcome if outcome is not None else self._header()).SerializeToString()
+        # None: the store answers the request with no message of its own, so a header does;
+        # bytes: a response the store encoded (a plain put's).
+        body = outcome if type(outcome) is bytes else (
+            outcome if outcome is not None else self._header()).SerializeToString()
         # The response's fields, as protobuf lays them out: the id, then the answer's field.
         return (_RESPONSE_ID_TAG + varint(request_id) + _ANSWER_TAGS[REQUEST_KINDS[kind].answer]
                 + varint(len(body)) + body)
@@ -329,7 +331,7 @@ class _Connection(asyncio.Protocol):
                 plain_put = codec.decode_plain_put(encoded)
                 if plain_put is not None:  # the common case, read without protobuf
                     request_id, _, key, value = plain_put
-                    kind, message = "put", PlainPut(key, value)
+                    kind, message = "put", tuple.__new__(PlainPut, (key, value))  # no Python __new__ frame
                 else:
                     request = ShardRequest.FromString(encoded)
                     kind = request.WhichOneof("request")

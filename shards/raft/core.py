@@ -53,7 +53,16 @@ from shards.raft.messages import (
     ReadState,
 )
 from shards.raft.progress import Progress, ProgressState, ProgressTracker
-from shards.raft.storage import CompactedError, ConfState, Entry, EntryType, HardState, Snapshot, Storage
+from shards.raft.storage import (
+    CompactedError,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Snapshot,
+    Storage,
+    make_entry,
+)
 
 # Vote requests carrying this context come from a leadership transfer and
 # override the leader lease.
@@ -151,7 +160,7 @@ def stamp_entries(proposed: list[Entry], term: int, first_index: int) -> list[En
     """
     return list(
         map(
-            Entry._make,
+            make_entry,
             zip(repeat(term), count(first_index), map(_entry_type, proposed), map(_entry_data, proposed)),
         )
     )
@@ -618,7 +627,8 @@ class Raft:
             self._drop(m, "too many uncommitted entries")
             return
         # Check the whole batch before changing anything: a refused batch leaves no trace.
-        changes = [position for position, entry in enumerate(m.entries) if entry.type == EntryType.CONF_CHANGE]
+        changes = ([position for position, entry in enumerate(m.entries) if entry.type == EntryType.CONF_CHANGE]
+                   if EntryType.CONF_CHANGE in map(_entry_type, m.entries) else ())
         if len(changes) > 1:
             self._drop(m, "one membership change at a time")
             return

@@ -42,7 +42,7 @@ from typing import Iterable
 from shards.raft.core import Config, Raft, RandomSource, Role
 from shards.raft.errors import ProposalDropped, ReadyNotAdvanced
 from shards.raft.messages import ConfChange, Message, MessageType, ReadState
-from shards.raft.storage import ConfState, Entry, EntryType, HardState, Snapshot, Storage
+from shards.raft.storage import ConfState, Entry, EntryType, HardState, Snapshot, Storage, make_entry
 
 _LOCAL_ONLY_TYPES = frozenset(
     {MessageType.HUP, MessageType.BEAT, MessageType.CHECK_QUORUM, MessageType.SNAP_STATUS,
@@ -133,7 +133,7 @@ class RawNode:
     def propose_batch(self, datas: Iterable[bytes]) -> None:
         """Propose many commands as one append; raises ProposalDropped if refused."""
         # Term and index are set by the leader; map/zip keeps per-entry work in C.
-        entries = list(map(Entry._make, zip(repeat(0), repeat(0), repeat(EntryType.NORMAL), datas)))
+        entries = list(map(make_entry, zip(repeat(0), repeat(0), repeat(EntryType.NORMAL), datas)))
         if entries:
             self.raft.step(Message(MessageType.PROP, frm=self.id, entries=entries))
 

@@ -15,6 +15,7 @@ term of the entry just below the first one (the snapshot's) is always known.
 from __future__ import annotations
 
 from enum import IntEnum
+from functools import partial
 from typing import NamedTuple, Protocol, Sequence
 
 
@@ -30,6 +31,10 @@ class Entry(NamedTuple):
     index: int
     type: int = EntryType.NORMAL
     data: bytes = b""
+
+
+# Entry from a 4-tuple with no Python frame per entry (Entry._make is Python code): for map().
+make_entry = partial(tuple.__new__, Entry)
 
 
 class HardState(NamedTuple):

@@ -18,6 +18,7 @@ from tessera.api.rpc_pb2 import (
     CompactionRequest,
     DeleteRangeRequest,
     PutRequest,
+    PutResponse,
     RangeRequest,
     RequestOp,
     TxnRequest,
@@ -69,7 +70,7 @@ class StoreAgainstModel(RuleBasedStateMachine):
                                    for offset, (key, value) in enumerate(puts)])
         for (key, value), (response,), event in zip(puts, result.responses, result.events):
             previous = self.model.put(key, value)
-            assert response.header.revision == self.model.revision
+            assert PutResponse.FromString(response).header.revision == self.model.revision
             assert (as_tuple(KeyValue.FromString(event.prev_kv)) if event.prev_kv else None) == previous
             assert event.revision == self.model.revision and event.key == key
 
