@@ -240,16 +240,6 @@ cdef inline Py_ssize_t varint_bytes(uint64_t value) nogil:
     return count
 
 
-cdef inline Py_ssize_t write_varint(unsigned char *out, uint64_t value) nogil:
-    cdef Py_ssize_t count = 0
-    while value >= 0x80:
-        out[count] = <unsigned char>(value & 0x7F) | 0x80
-        value >>= 7
-        count += 1
-    out[count] = <unsigned char>value
-    return count + 1
-
-
 cdef inline Py_ssize_t read_varint(const unsigned char *buf, Py_ssize_t length, Py_ssize_t *pos, uint64_t *value) except -1:
     cdef uint64_t result = 0
     cdef int shift = 0

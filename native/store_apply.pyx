@@ -20,7 +20,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 
-from native.codec cimport decode_key_value, encode_key_value, encode_revision
+from native.codec cimport decode_key_value, encode_key_value, encode_revision, write_varint
 from native.endian cimport store_be64
 
 # Positions in shards.mvcc.Proposal, and in the tuple decode_key_value gives.
@@ -47,13 +47,7 @@ cdef bytes lease_key(long long lease, bytes key):
 cdef bytes put_response(uint64_t revision):
     """PutResponse(header=ResponseHeader(revision=revision)) as protobuf encodes it."""
     cdef unsigned char varint[10]
-    cdef Py_ssize_t length = 0
-    while revision >= 0x80:
-        varint[length] = <unsigned char>(revision & 0x7F) | 0x80
-        revision >>= 7
-        length += 1
-    varint[length] = <unsigned char>revision
-    length += 1
+    cdef Py_ssize_t length = write_varint(varint, revision)
     cdef bytes out = PyBytes_FromStringAndSize(NULL, 3 + length)
     cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
     p[0] = 0x0A  # PutResponse.header, field 1, length-delimited
