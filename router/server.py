@@ -609,6 +609,7 @@ def _api_addresses(record) -> dict[int, str]:
 
 async def serve(listen: str, meta_members: dict[int, str], **options) -> None:
     """Run a router until SIGTERM or SIGINT; `options` as RouterServer takes them."""
+    log.info("router starting on %s", listen)
     server = RouterServer(listen, meta_members, **options)
     await server.start()
     stopped = asyncio.Event()
@@ -619,9 +620,3 @@ async def serve(listen: str, meta_members: dict[int, str], **options) -> None:
         await stopped.wait()
     finally:
         await server.stop()
-
-
-def run(listen: str, meta_addresses: dict[int, str], **options) -> None:
-    """The `tessera router` command: `meta_addresses` maps group 0's member ids to API addresses."""
-    log.info("router starting on %s", listen)
-    asyncio.run(serve(listen, meta_addresses, **options))

@@ -241,8 +241,11 @@ class RaftDriver:
         self._next_proposal_id = secrets.randbits(62)
         self.commit_index = store.applied_index
         self._appended_index = 0  # the last entry this replica appended to its log
-        self._batch_window_ends: float | None = None  # when a held batch goes out at the latest (monotonic)
-        self._batch_target = 0  # the writes a held batch waits for
+        # A held batch (see _holding_for_more): its window's timer, whether that has fired, and how
+        # many writes it waits for. The timer's firing ends the window: no clock is compared with it.
+        self._batch_hold: asyncio.TimerHandle | None = None
+        self._batch_hold_over = False
+        self._batch_target = 0
         self._snapshot_index = wal.storage.snapshot().meta.index
         self._store_flush: Future | None = None  # the store's durable point being flushed
         # Quiescence: while quiet the ticker waits on _ticking, and nothing ticks.
@@ -416,7 +419,7 @@ class RaftDriver:
                                                                          self._sweep_deadlines)
 
     def _sweep_deadlines(self) -> None:
-        # time.monotonic() is the loop's clock (loop.time()), read without a method call per write.
+        # Deadlines are set and compared in time.monotonic() alone; the sweep's timer only says when to look.
         now, deadlines, writes = time.monotonic(), self._deadlines, self._waiting_writes
         while deadlines:
             deadline, waiting = deadlines[0]
@@ -520,7 +523,7 @@ class RaftDriver:
                 self._handle_ready(node.ready())
             if ticks and self.role == Role.LEADER:
                 self._count_idle_ticks(ticks)
-            if (self._writes or self._bulk_writes) and self._batch_committed() and self._batch_window_ends is None:
+            if (self._writes or self._bulk_writes) and self._batch_committed() and self._batch_hold is None:
                 self._wake.set()  # the round that held them back is over: propose them next turn
             flushing = self.store.advance_durability()
             if flushing is not None and flushing is not self._store_flush:
@@ -601,7 +604,7 @@ class RaftDriver:
         # One batch in flight at a time: under load, the next batch is everything that queued
         # while the last was persisted and replicated, so WAL fsyncs and appends carry many entries.
         if (self._writes or self._bulk_writes) and self._batch_committed() and not self._holding_for_more():
-            self._batch_window_ends = None
+            self._end_batch_hold()
             writes, self._writes = self._writes, []
             writes += self._bulk_share()
             try:
@@ -626,16 +629,25 @@ class RaftDriver:
         queued = len(self._writes)
         if queued >= BATCH_ENTRIES_TARGET or not self.config.batch_window_ms:
             return False
-        now = time.monotonic()
-        if self._batch_window_ends is None:
+        if self._batch_hold is None:
             # The round just committed is still unanswered here: its clients, and those queued,
             # are writing to this leader, and the ones answered now come back.
             self._batch_target = min(BATCH_ENTRIES_TARGET, len(self._waiting_writes))
             if self._batch_target < BATCH_ENTRIES_TARGET // 2:
                 return False
-            self._batch_window_ends = now + self.config.batch_window_ms / 1000
-            asyncio.get_running_loop().call_later(self._batch_window_ends - now, self._wake.set)
-        return queued < self._batch_target and now < self._batch_window_ends
+            self._batch_hold = asyncio.get_running_loop().call_later(self.config.batch_window_ms / 1000,
+                                                                     self._batch_window_ended)
+        return queued < self._batch_target and not self._batch_hold_over
+
+    def _batch_window_ended(self) -> None:
+        self._batch_hold_over = True
+        self._wake.set()
+
+    def _end_batch_hold(self) -> None:
+        if self._batch_hold is not None:
+            self._batch_hold.cancel()
+            self._batch_hold = None
+        self._batch_hold_over = False
 
     def _bulk_share(self) -> list[tuple[int, bytes]]:
         """The bulk writes the next batch takes after the clients': one, then as many more as fit
@@ -815,7 +827,7 @@ class RaftDriver:
             # again by its mover meanwhile, would land after the steps that came since.
             self._writes.clear()
             self._bulk_writes.clear()
-            self._batch_window_ends = None
+            self._end_batch_hold()
             self.metrics.proposals_failed += len(self._waiting_writes)
             self._fail_waiting(errors.LeaderChanged())
         log.info("group %d member %d: leader is %d, role %s", self.config.group_id,

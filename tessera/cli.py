@@ -18,7 +18,7 @@ from typing import Callable
 import grpc
 
 import tessera
-from tessera import logs
+from tessera import event_loop, logs
 from tessera.api.errors import EtcdError
 from tessera.api.rpc_pb2 import AlarmType
 from tessera.api.tls import TLSFiles, tls_files
@@ -230,7 +230,7 @@ def command_replica(args: argparse.Namespace) -> int:
     stop_with_parent(args.parent_pid)
     collect_garbage_rarely()
     try:
-        asyncio.run(run_replica(config, args.parent_pid))
+        event_loop.run(run_replica(config, args.parent_pid))
     except KeyboardInterrupt:
         pass
     except (WalCorruptionError, ReplicaStateError, StoreInvariantError) as error:
@@ -323,7 +323,7 @@ def auth_token_option(text: str) -> str:
 
 def command_router(args: argparse.Namespace) -> int:
     # Imported here: the router is its own part, and `tessera version` must work without it.
-    from router.server import run
+    from router.server import serve
     from tessera.deploy import DeployError
 
     try:
@@ -355,11 +355,12 @@ def command_router(args: argparse.Namespace) -> int:
             client_tls.server_context()
         if peer_tls is not None:
             peer_tls.client_context()
-        run(listen=args.listen, meta_addresses=meta, name=args.name, advertise_client=args.advertise_client,
+        event_loop.run(serve(
+            args.listen, meta, name=args.name, advertise_client=args.advertise_client,
             gateway_listen=args.gateway_listen,
             auto_compaction=auto_compaction, corruption_check_interval=args.corruption_check_interval,
             read_only=args.read_only, reuse_port=args.reuse_port, auth_token=args.auth_token,
-            auth_token_ttl=args.auth_token_ttl, client_tls=client_tls, peer_tls=peer_tls)
+            auth_token_ttl=args.auth_token_ttl, client_tls=client_tls, peer_tls=peer_tls))
     except KeyboardInterrupt:
         pass
     except (ValueError, OSError) as error:  # TLS flags that do not go together, or files that do not load
