@@ -28,7 +28,7 @@ from native.codec import varint
 from tessera.api import errors
 from tessera.api.internal_pb2 import ShardRequest, ShardResponse
 from tessera.api.internal_stream import (
-    HELLO_BATCH, HELLO_WATCH, FrameError, FrameReader, frame, frame_header, host_and_port,
+    HELLO_BATCH, HELLO_WATCH, FrameError, FrameReader, frame, frame_header, host_and_port, write_if_open,
 )
 from tessera.api.rpc_pb2 import WatchRequest
 
@@ -92,7 +92,7 @@ class _Framed(asyncio.Protocol):
         self._reader = FrameReader()
 
     def connection_made(self, transport: asyncio.Transport) -> None:
-        transport.write(frame(self.hello))
+        write_if_open(transport, frame(self.hello))
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -210,7 +210,7 @@ class ShardConnection:
             parts.append(_REQUESTS_TAG + varint(len(request)) + request)
         if parts:
             batch = b"".join(parts)
-            connection.transport.write(frame_header(len(batch)) + batch)
+            write_if_open(connection.transport, frame_header(len(batch)) + batch)
 
     def _answered(self, frames: list[bytes]) -> None:
         waiting_for = self._waiting
@@ -254,7 +254,7 @@ class ReplicaWatch:
     def send(self, request: WatchRequest) -> None:
         data = frame(request.SerializeToString())
         if self._unsent is None:
-            self._connection.transport.write(data)
+            write_if_open(self._connection.transport, data)
         else:
             self._unsent.append(data)
 
@@ -267,7 +267,7 @@ class ReplicaWatch:
                                                                ssl=self.ssl_context)
         except OSError as error:
             raise ReplicaUnreachable(self.address, False, f"could not connect: {error}") from None
-        self._connection.transport.write(b"".join(self._unsent))
+        write_if_open(self._connection.transport, b"".join(self._unsent))
         self._unsent = None
         try:
             while isinstance(response := await self._responses.get(), bytes):

@@ -40,7 +40,8 @@ from shards.raft.messages import ConfChangeType
 from shards.raft_driver import RaftDriver
 from shards.requests import REQUEST_KINDS
 from tessera.api import errors, validation
-from tessera.api.internal_stream import HELLO_BATCH, HELLO_WATCH, FrameError, FrameReader, frame, frame_header
+from tessera.api.internal_stream import (
+    HELLO_BATCH, HELLO_WATCH, FrameError, FrameReader, frame, frame_header, write_if_open)
 from tessera.api.internal_pb2 import (
     Error,
     LeaseKeysResponse,
@@ -374,7 +375,7 @@ class _Connection(asyncio.Protocol):
             return
         batch = b"".join(self._answers)
         self._answers = []
-        self.transport.write(frame_header(len(batch)) + batch)
+        write_if_open(self.transport, frame_header(len(batch)) + batch)
         if self._in_flight < STREAM_IN_FLIGHT_MAX and not self.transport.is_reading():
             self.transport.resume_reading()
 
@@ -393,5 +394,5 @@ class _Connection(asyncio.Protocol):
                 return
             while not outbox.empty():
                 responses.append(outbox.get_nowait())
-            self.transport.write(b"".join(frame(response) for response in responses))
+            write_if_open(self.transport, b"".join(frame(response) for response in responses))
             hub.wake_catch_up()  # the outbox is empty: a stream that fell behind may go on

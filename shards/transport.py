@@ -29,6 +29,7 @@ whether the follower got it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -36,7 +37,7 @@ from typing import Callable, Iterable
 from shards import fault_control
 from shards.raft.messages import Message
 from shards.raft_wire import WireError, decode_messages, encode_messages
-from tessera.api.internal_stream import FrameError, FrameReader, frame, host_and_port
+from tessera.api.internal_stream import FrameError, FrameReader, frame, host_and_port, write_if_open
 from tessera.api.tls import TLSFiles
 
 log = logging.getLogger("tessera.transport")
@@ -205,7 +206,9 @@ class PeerTransport:
                     peer.stats.batches_dropped += 1
                     continue
                 data = encode_messages(batch)
-                link.transport.write(frame(data))
+                if not write_if_open(link.transport, frame(data)):
+                    peer.stats.batches_dropped += 1  # the connection is going: raft resends
+                    continue
                 peer.stats.batches_sent += 1
                 self.bytes_sent[member_id] = self.bytes_sent.get(member_id, 0) + len(data)
             elif len(peer.waiting) < SEND_QUEUE_BATCHES_MAX:
@@ -237,10 +240,10 @@ class PeerTransport:
 
     async def _deliver_snapshot(self, link: _Link, address: str, head: bytes, data: bytes) -> None:
         await asyncio.get_running_loop().create_connection(lambda: link, *host_and_port(address), ssl=self._client_ssl)
-        link.transport.write(frame(HELLO_SNAPSHOT) + frame(head))
-        for start in range(0, len(data), SNAPSHOT_CHUNK_BYTES):
-            link.transport.write(frame(data[start:start + SNAPSHOT_CHUNK_BYTES]))
-        link.transport.write(frame(b""))
+        chunks = (data[start:start + SNAPSHOT_CHUNK_BYTES] for start in range(0, len(data), SNAPSHOT_CHUNK_BYTES))
+        for part in itertools.chain((HELLO_SNAPSHOT, head), chunks, (b"",)):  # framed one at a time
+            if not write_if_open(link.transport, frame(part)):
+                raise ConnectionError("the follower closed the connection before it had the snapshot")
         while not link.frames:  # the receipt: the follower has it whole
             if link.lost.done():
                 raise ConnectionError("the follower closed the connection before it had the snapshot")
@@ -251,7 +254,10 @@ class PeerTransport:
         return self._peers[member_id].stats
 
     async def _send_loop(self, member_id: int, peer: _Peer) -> None:
-        """Keep a connection to the peer: dial, hand over what waited, redial once it is lost."""
+        """Keep a connection to the peer: dial, hand over what waited, redial once it is lost.
+
+        Nothing but cancellation ends it: a loop that died would cut this replica off from the
+        peer for good, silently (its task is kept, so its exception would never be reported)."""
         loop = asyncio.get_running_loop()
         backoff = self.redial_backoff_min_seconds
         while True:
@@ -260,8 +266,9 @@ class PeerTransport:
             try:
                 await asyncio.wait_for(loop.create_connection(lambda: link, *host_and_port(peer.address),
                                                               ssl=self._client_ssl), backoff)
-            except (OSError, asyncio.TimeoutError) as error:
-                log.debug("peer %d at %s unreachable: %s", member_id, peer.address, error)
+            except Exception as error:  # unreachable, refused, timed out; or anything else, logged
+                log.log(logging.DEBUG if isinstance(error, (OSError, asyncio.TimeoutError)) else logging.WARNING,
+                        "peer %d at %s unreachable: %r", member_id, peer.address, error)
                 # What waited while the peer was away is stale by now: raft will resend.
                 peer.stats.batches_dropped += len(peer.waiting)
                 peer.waiting.clear()
@@ -270,10 +277,13 @@ class PeerTransport:
                 continue
             backoff = self.redial_backoff_min_seconds
             waiting, peer.waiting = peer.waiting, []
-            link.transport.write(frame(HELLO_RAFT) + b"".join(frame(batch) for batch in waiting))
-            peer.stats.batches_sent += len(waiting)
-            self.bytes_sent[member_id] = self.bytes_sent.get(member_id, 0) + sum(map(len, waiting))
-            peer.link = link
+            # A peer that resets the connection at once (one being killed) closes it before this write.
+            if write_if_open(link.transport, frame(HELLO_RAFT) + b"".join(frame(batch) for batch in waiting)):
+                peer.stats.batches_sent += len(waiting)
+                self.bytes_sent[member_id] = self.bytes_sent.get(member_id, 0) + sum(map(len, waiting))
+                peer.link = link
+            else:
+                peer.stats.batches_dropped += len(waiting)
             try:
                 await link.lost
             finally:
@@ -333,6 +343,6 @@ class _Incoming(asyncio.Protocol):
                 self._chunks.append(chunk)
                 continue
             if self.owner.received_snapshot(self._chunks, self.peer):
-                self.transport.write(frame(b""))  # the receipt
+                write_if_open(self.transport, frame(b""))  # the receipt
             self.transport.close()
             return

@@ -22,6 +22,8 @@ transports cost one `write` per batch and one parse per read.
 
 from __future__ import annotations
 
+import asyncio
+
 HELLO_BATCH = b"tessera.internal.Shard/Batch"
 HELLO_WATCH = b"tessera.internal.Shard/Watch"
 HEADER_BYTES = 4
@@ -43,6 +45,19 @@ def frame(payload: bytes) -> bytes:
 def frame_header(length: int) -> bytes:
     """A frame's length prefix, for a payload written in parts."""
     return length.to_bytes(HEADER_BYTES, "big")
+
+
+def write_if_open(transport: asyncio.BaseTransport, data: bytes) -> bool:
+    """Write `data` unless the connection is closing; whether it was written.
+
+    A connection closes (the peer's EOF or reset, or our close()) a moment before its
+    protocol's connection_lost runs. A write in between is dropped by asyncio's
+    transports but raises RuntimeError on uvloop's, which the servers run on.
+    """
+    if transport.is_closing():
+        return False
+    transport.write(data)
+    return True
 
 
 class FrameReader:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tessera.api.internal_stream import FrameError, FrameReader, frame, frame_header, host_and_port
+from tessera.api.internal_stream import FrameError, FrameReader, frame, frame_header, host_and_port, write_if_open
 
 payloads = st.lists(st.binary(max_size=300), max_size=20)
 
@@ -59,3 +61,33 @@ def test_a_frame_longer_than_the_limit_is_refused_before_its_bytes_arrive():
 def test_addresses():
     assert host_and_port("127.0.0.1:2379") == ("127.0.0.1", 2379)
     assert host_and_port("[::1]:2380") == ("::1", 2380)
+
+
+def test_a_write_to_a_closed_connection_is_skipped_where_uvloop_would_raise():
+    from tessera import event_loop
+
+    class Client(asyncio.Protocol):
+        def __init__(self):
+            self.lost = asyncio.get_running_loop().create_future()
+
+        def connection_lost(self, error):
+            self.lost.set_result(error)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, client = await loop.create_connection(Client, "127.0.0.1", port)
+        try:
+            assert write_if_open(transport, b"hello")
+            transport.close()
+            assert not write_if_open(transport, b"dropped")  # closing
+            await client.lost
+            assert not write_if_open(transport, b"dropped")  # closed
+            with pytest.raises(RuntimeError):  # what a plain write does then on uvloop
+                transport.write(b"raises")
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    event_loop.run(scenario())

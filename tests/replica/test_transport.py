@@ -211,3 +211,50 @@ def test_a_bad_stream_or_snapshot_is_refused_and_counted():
             await b.stop()
 
     asyncio.run(scenario())
+
+
+def test_on_uvloop_a_peer_that_resets_every_connection_does_not_end_the_redialling():
+    # The servers run on uvloop, whose transports raise on a write once closed (asyncio's drop
+    # it). A peer being killed accepts connections and resets them at once: the sender's hello
+    # then meets a closed connection. The sender must redial, not lose the peer for good.
+    from tessera import event_loop
+
+    async def scenario():
+        port = free_port()
+        resets = 0
+
+        def reset(connection: socket.socket) -> None:
+            nonlocal resets
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            connection.close()  # linger 0: a reset
+            resets += 1
+
+        dying = socket.create_server(("127.0.0.1", port))
+        dying.setblocking(False)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(dying.fileno(), lambda: reset(dying.accept()[0]))
+        inbox_b = Inbox()
+        a = PeerTransport(1, "127.0.0.1:0", Inbox(), **FAST_REDIAL)
+        await a.start()
+        a.set_peer(2, f"127.0.0.1:{port}")
+        try:
+            while resets < 20:
+                a.send([heartbeat(2, 1)])
+                await asyncio.sleep(0.005)
+            loop.remove_reader(dying.fileno())
+            dying.close()
+            b = PeerTransport(2, f"127.0.0.1:{port}", inbox_b, **FAST_REDIAL)  # the peer, restarted
+            await b.start()
+            try:
+                for term in range(2, 200):
+                    a.send([heartbeat(2, term)])
+                    if inbox_b.messages:
+                        break
+                    await asyncio.sleep(0.05)
+                assert inbox_b.messages, "the restarted peer never heard from the sender again"
+            finally:
+                await b.stop()
+        finally:
+            await a.stop()
+
+    event_loop.run(scenario())
