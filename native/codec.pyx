@@ -441,6 +441,35 @@ def decode_plain_put(data):
         PyBuffer_Release(&view)
 
 
+def gather_plain_puts(list entries, Py_ssize_t start, list proposals, dict waiting, waiting_writes,
+                      proposal_type, put_type, no_leases):
+    """The store's proposals for the run of raft entries from `start` that are plain puts.
+
+    Appends a `proposal_type` (index, floor, (put_type(key, value),), no_leases, respond) to
+    `proposals` for each entry (term, index, type, data) of type 0 whose data decode_plain_put
+    reads, and records `waiting[its position] = its proposal id` where that id is in
+    `waiting_writes`. Stops at the first entry that is anything else, and returns its position
+    (len(entries) once all are taken): the caller builds that one's proposal itself.
+    """
+    cdef Py_ssize_t i = start, n = len(entries)
+    cdef tuple entry, put
+    cdef bint respond
+    while i < n:
+        entry = <tuple>entries[i]
+        if entry[2] != 0 or not entry[3]:
+            break
+        put = decode_plain_put(entry[3])
+        if put is None:
+            break
+        respond = put[0] in waiting_writes
+        if respond:
+            waiting[len(proposals)] = put[0]
+        proposals.append(_tuple_new(proposal_type, (
+            entry[1], put[1], (_tuple_new(put_type, (put[2], put[3])),), no_leases, respond)))
+        i += 1
+    return i
+
+
 cdef list SMALL_VARINTS = [bytes((value,)) for value in range(0x80)]
 
 

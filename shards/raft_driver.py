@@ -351,7 +351,10 @@ class RaftDriver:
         self._next_proposal_id += 1
         (self._bulk_writes if bulk else self._writes).append(
             (proposal_id, encoded + _PROPOSAL_ID_TAG + varint(proposal_id)))
-        self._wake.set()
+        # Woken only if the write can be proposed now: while a batch is in flight, the turn that
+        # commits it proposes what queued meanwhile, and a held batch waits for its target.
+        if self._batch_committed() and (self._batch_hold is None or len(self._writes) >= self._batch_target):
+            self._wake.set()
         return proposal_id
 
     def submit(self, kind: str, encoded: bytes, on_outcome: Callable[[object], None]) -> None:
@@ -755,22 +758,20 @@ class RaftDriver:
         proposals = []
         waiting: dict[int, int] = {}  # position in proposals -> proposal id of a write waited for here
         waiting_writes = self._waiting_writes
-        for entry in entries:
+        taken, count = 0, len(entries)
+        while True:
+            # The common case, runs of plain puts, read in native code without protobuf.
+            taken = codec.gather_plain_puts(entries, taken, proposals, waiting, waiting_writes,
+                                            Proposal, PlainPut, _NO_LEASES)
+            if taken == count:
+                break
+            entry = entries[taken]
+            taken += 1
             if entry.type == EntryType.CONF_CHANGE:
                 proposals.append(Proposal(entry.index, 0, (self._apply_member_change(entry.data),)))
                 continue
             if not entry.data:  # a new leader's empty entry
                 proposals.append(Proposal(entry.index, 0, ()))
-                continue
-            plain_put = codec.decode_plain_put(entry.data)
-            if plain_put is not None:  # the common case, read without protobuf
-                proposal_id, floor, key, value = plain_put
-                respond = proposal_id in waiting_writes
-                if respond:
-                    waiting[len(proposals)] = proposal_id
-                # tuple.__new__: the named tuples without a Python frame each (their __new__ is Python code).
-                proposals.append(tuple.__new__(Proposal, (
-                    entry.index, floor, (tuple.__new__(PlainPut, (key, value)),), _NO_LEASES, respond)))
                 continue
             request = ShardRequest.FromString(entry.data)
             kind = request.WhichOneof("request")

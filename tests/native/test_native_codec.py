@@ -216,6 +216,33 @@ def test_plain_put_refuses_a_cut_request():
         codec.decode_plain_put(encoded[:-2])
 
 
+def test_gathering_plain_puts_takes_the_run_and_stops_at_anything_else():
+    from shards.mvcc import PlainPut, Proposal
+
+    def entry(index, request, kind=0):
+        return Entry(2, index, kind, request.SerializeToString() + b"\x08" + codec.varint(100 + index))
+
+    plain = ShardRequest(floor=9, put=PutRequest(key=b"k", value=b"v"))
+    with_lease = ShardRequest(put=PutRequest(key=b"k", value=b"v", lease=7))
+    entries = [entry(1, plain), entry(2, plain), Entry(2, 3, 0, b""), entry(4, plain),
+               entry(5, with_lease), entry(6, plain, kind=1), entry(7, plain)]
+    proposals, waiting, no_leases = [], {}, frozenset()
+    waiting_writes = {102: None, 107: None}  # the writes this replica waits for, by proposal id
+
+    def gather(start):
+        return codec.gather_plain_puts(entries, start, proposals, waiting, waiting_writes,
+                                       Proposal, PlainPut, no_leases)
+
+    assert gather(0) == 2  # stops at the empty entry (a new leader's)
+    assert gather(3) == 4  # at the put with a lease (protobuf's)
+    assert gather(5) == 5  # at the membership change (type 1), taking nothing
+    assert gather(6) == 7  # to the end
+    put = (PlainPut(b"k", b"v"),)
+    assert proposals == [Proposal(1, 9, put, no_leases, False), Proposal(2, 9, put, no_leases, True),
+                         Proposal(4, 9, put, no_leases, False), Proposal(7, 9, put, no_leases, True)]
+    assert waiting == {1: 102, 3: 107}  # position in proposals -> the proposal id waited for
+
+
 def test_varints_are_protobufs():
     values = (0, 1, 127, 128, 300, 2**32, 2**64 - 1)
     assert [codec.varint(value) for value in values] == [
