@@ -4,7 +4,8 @@ Theory of operation. Everything runs on one asyncio loop, around `_drive`,
 which owns the raft node. Other coroutines only queue work and wake it: the
 ticker (a tick every heartbeat interval), the peer transport (raft messages
 received), and the request service (shards/shard_service.py: proposals and
-linearizable reads). Each turn of `_drive`:
+linearizable reads; a write wakes it only if it can be proposed at once).
+Each turn of `_drive`:
 
   1. steps the raft messages received and the ticks due;
   2. proposes every write queued since the last batch was committed, in one

@@ -6,9 +6,11 @@ uvloop (libuv, driven from Cython) does that work for less CPU than asyncio's
 pure-Python selector loop: alternating runs here, 1,000 clients over three
 groups, replicas' CPU per put 57.7/54.9 -> 51.7/49.7 us and one client's put
 p50 1.28/1.33 -> 1.21/1.23 ms. Everything else (tools, tests in-process) keeps
-asyncio's default loop; nothing in Tessera depends on which loop runs it,
-beyond one thing uvloop does differently: its clock and timers count whole
-milliseconds, so code never compares a timer's firing with another clock.
+asyncio's default loop. Code written for both minds two differences: uvloop's
+clock and timers count whole milliseconds, so nothing compares a timer's firing
+with another clock; and its transports raise on a write once the connection
+has closed, where asyncio's drop it, so every write on the internal streams goes
+through tessera.api.internal_stream.write_if_open.
 """
 
 from __future__ import annotations
