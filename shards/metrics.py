@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from shards.mvcc import ChangeEvent
 from tessera.api.http_answers import METRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, health_answer
+from tessera.api.internal_stream import write_if_open
 from tessera.api.kv_pb2 import Event
 
 # etcd's buckets for its disk histograms: 1 ms to 8.192 s, doubling.
@@ -228,8 +229,9 @@ class MetricsServer:
             method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
             status, headers, body = await self._answer(method, target)
             lines = [f"HTTP/1.1 {status}", *headers, f"Content-Length: {len(body)}", "Connection: close", "", ""]
-            writer.write("\r\n".join(lines).encode("latin-1") + (b"" if method == "HEAD" else body))
-            await writer.drain()
+            answer = "\r\n".join(lines).encode("latin-1") + (b"" if method == "HEAD" else body)
+            if write_if_open(writer.transport, answer):  # not if the client has gone already
+                await writer.drain()
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
                 ConnectionError, ValueError):
             pass  # a client that went away or does not speak HTTP: nothing to answer
