@@ -43,7 +43,8 @@ log = logging.getLogger("tessera.router")
 # resumes once the queue is down to the low mark.
 STREAM_QUEUED_HIGH_BYTES = 1 << 20
 STREAM_QUEUED_LOW_BYTES = 256 << 10
-# How often calls past their grpc-timeout are ended (DEADLINE_EXCEEDED).
+# How often, while any client is connected, calls past their grpc-timeout are ended
+# (DEADLINE_EXCEEDED) and stalled or half-open connections dropped.
 EXPIRE_INTERVAL_SECONDS = 0.1
 # Request headers handlers may read: clientv3's WithRequireLeader, and auth tokens.
 METADATA_NAMES = ("hasleader", "token", "authorization")
@@ -154,7 +155,6 @@ class FrontEnd:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._edge.fileno(), self._on_readable)
-        self._expiry = self._loop.call_later(EXPIRE_INTERVAL_SECONDS, self._expire)
 
     async def stop(self, grace_seconds: float) -> None:
         """GOAWAY to every client; calls in flight get `grace_seconds` to finish, then are dropped."""
@@ -170,7 +170,8 @@ class FrontEnd:
         await asyncio.gather(*self._calls.values(), return_exceptions=True)
         self._flush()
         self._loop.remove_reader(self._edge.fileno())
-        self._expiry.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
         self._edge.close()
 
     def client_common_name(self, conn: int) -> str | None:
@@ -182,10 +183,14 @@ class FrontEnd:
 
     def _on_readable(self) -> None:
         self._handle(self._edge.poll(self._now_ms()))
+        if self._expiry is None and self._edge.connections:  # a client came: its calls have deadlines
+            self._expiry = self._loop.call_later(EXPIRE_INTERVAL_SECONDS, self._expire)
 
     def _expire(self) -> None:
+        """End what is past its time; again later while any client is connected (an idle router sleeps)."""
         self._handle(self._edge.expire(self._now_ms()))
-        self._expiry = self._loop.call_later(EXPIRE_INTERVAL_SECONDS, self._expire)
+        self._expiry = (self._loop.call_later(EXPIRE_INTERVAL_SECONDS, self._expire)
+                        if self._edge.connections else None)
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:

@@ -38,7 +38,8 @@ log = logging.getLogger("tessera.router")
 # request timeout (5 s) plus an election.
 REQUEST_TIMEOUT_SECONDS = 7.0
 RETRY_PAUSE_SECONDS = 0.05
-# How often a connection looks for requests past their deadline (how late one may time out).
+# The least time between two sweeps of a connection's requests for those past their deadline
+# (how late one may time out while others keep arriving).
 SWEEP_SECONDS = 0.1
 
 
@@ -123,7 +124,8 @@ class ShardConnection:
     connection assigns), and a batch is their concatenation: no protobuf object per request
     on the way out. Each request's outcome (its ShardResponse, or ReplicaUnreachable) goes to
     the callback it was submitted with; one sweep, not a timer per request, ends those that
-    wait past their deadline.
+    wait past their deadline. The sweep's timer is set for the earliest deadline and dropped
+    when nothing waits, so an idle connection is never woken.
     """
 
     def __init__(self, address: str, ssl_context: ssl.SSLContext | None = None):
@@ -157,23 +159,36 @@ class ShardConnection:
         if self._connection is None:
             self._open(loop)
         request_id = next(self._ids)
-        self._waiting[request_id] = _Waiting(on_outcome, context, loop.time() + timeout)
+        deadline = loop.time() + timeout
+        self._waiting[request_id] = _Waiting(on_outcome, context, deadline)
         self._outbox.append((request_id, fields))
         if not self._flush_due:
             self._flush_due = True
             loop.call_soon(self._flush)
-        if self._sweep_timer is None:
-            self._sweep_timer = loop.call_later(SWEEP_SECONDS, self._sweep)
+        timer = self._sweep_timer
+        if timer is None or deadline < timer.when():
+            if timer is not None:
+                timer.cancel()
+            self._sweep_timer = loop.call_at(deadline, self._sweep)
         return request_id
 
     def _sweep(self) -> None:
-        """End the requests past their deadline; again later while any wait."""
+        """End the requests past their deadline; again at the next deadline while any wait."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        for request_id in [request_id for request_id, waiting in self._waiting.items() if waiting.deadline <= now]:
-            waiting = self._waiting.pop(request_id)
+        waiting_for = self._waiting
+        for request_id in [request_id for request_id, waiting in waiting_for.items() if waiting.deadline <= now]:
+            waiting = waiting_for.pop(request_id)
             waiting.on_outcome(waiting.context, ReplicaUnreachable(self.address, True, "no answer in time"))
-        self._sweep_timer = loop.call_later(SWEEP_SECONDS, self._sweep) if self._waiting else None
+        self._sweep_timer = None
+        if waiting_for:
+            next_deadline = min(waiting.deadline for waiting in waiting_for.values())
+            self._sweep_timer = loop.call_at(max(next_deadline, now + SWEEP_SECONDS), self._sweep)
+
+    def _stop_sweeping(self) -> None:
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
 
     def _open(self, loop: asyncio.AbstractEventLoop) -> None:
         connection = _Framed(HELLO_BATCH, self._answered, self._lost)
@@ -219,12 +234,15 @@ class ShardConnection:
                 waiting = waiting_for.pop(codec.response_id(response), None)
                 if waiting is not None:
                     waiting.on_outcome(waiting.context, response)
+        if not waiting_for:
+            self._stop_sweeping()
 
     def _lost(self, connection: _Framed, detail: str) -> None:
         if connection is not self._connection:
             return  # an older connection, already given up
         self._connection = None
         self._outbox.clear()
+        self._stop_sweeping()
         failed, self._waiting = self._waiting, {}
         for waiting in failed.values():
             waiting.on_outcome(waiting.context, ReplicaUnreachable(self.address, waiting.sent, detail))
@@ -235,9 +253,7 @@ class ShardConnection:
             if connection.transport is not None:
                 connection.transport.close()
             self._lost(connection, "the connection closed")
-        if self._sweep_timer is not None:
-            self._sweep_timer.cancel()
-            self._sweep_timer = None
+        self._stop_sweeping()
 
 
 class ReplicaWatch:

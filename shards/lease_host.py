@@ -39,7 +39,7 @@ from tessera.api.rpc_pb2 import (
 
 log = logging.getLogger("tessera.replica")
 
-LEASE_CHECK_SECONDS = 0.25  # how often the meta leader looks for expired leases
+LEASE_CHECK_SECONDS = 0.25  # how often the meta leader looks for expired leases while it keeps any
 LEASE_CHECKPOINT_SECONDS = 300.0  # etcd's lease checkpoint interval (5 minutes)
 LEASE_CHECKPOINT_BATCH = 64  # records per checkpoint transaction (two operations each, under etcd's 128)
 
@@ -52,6 +52,7 @@ class LeaseHost(StateObserver):
         self.keeper = LeaseKeeper(extend_seconds=driver.config.election_timeout_ms / 1000)
         self._ready = asyncio.Event()
         self._ready_index = 0  # the last entry the leader had when elected
+        self._changed = asyncio.Event()  # for a lessor with no lease to watch: a lease may have come
         self._load()
 
     def _load(self) -> None:
@@ -63,12 +64,14 @@ class LeaseHost(StateObserver):
     def applied(self, events: list[ChangeEvent]) -> None:
         if events:
             self.keeper.apply(events, time.monotonic())
+            self._changed.set()
         if (self.driver.role == Role.LEADER and not self._ready.is_set()
                 and self.store.applied_index >= self._ready_index):
             self._ready.set()
 
     def role_changed(self, role: Role) -> None:
         self._ready.clear()
+        self._changed.set()
         if role == Role.LEADER:
             self.keeper.promote(time.monotonic())
             self._ready_index = self.driver.wal.storage.last_index()
@@ -117,15 +120,17 @@ class LeaseHost(StateObserver):
         is compacted at the revision of the checkpoint before the last: its records are all
         current state, and without it every checkpoint would add a version of every lease
         for good (routers that watched from before reload the records).
+
+        It sleeps while there is nothing to keep: on a follower, or a leader catching up,
+        until the replica leads and is ready; on a leader that keeps no lease, until an
+        applied change or the next checkpoint. An idle cluster's meta group stays quiet.
         """
         driver, keeper = self.driver, self.keeper
-        last_checkpoint = time.monotonic()
         compact_at = 0  # the meta group's revision at the last checkpoint
         while True:
-            await asyncio.sleep(LEASE_CHECK_SECONDS)
-            if driver.role != Role.LEADER or not self._ready.is_set():
-                last_checkpoint = time.monotonic()
-                continue
+            if not self._ready.is_set():
+                await self._ready.wait()
+                last_checkpoint = time.monotonic()  # the first checkpoint is an interval after election
             now = time.monotonic()
             expired = keeper.expired(now)
             for write in expired:
@@ -140,6 +145,15 @@ class LeaseHost(StateObserver):
                 compact_at = self.store.revision
             for start in range(0, len(writes), LEASE_CHECKPOINT_BATCH):
                 driver.queue_proposal(ShardRequest(txn=lease_record_txn(writes[start:start + LEASE_CHECKPOINT_BATCH])))
+            if keeper.keeping:
+                await asyncio.sleep(LEASE_CHECK_SECONDS)
+            else:
+                self._changed.clear()
+                next_checkpoint = last_checkpoint + self.checkpoint_interval_seconds
+                try:
+                    await asyncio.wait_for(self._changed.wait(), max(next_checkpoint - time.monotonic(), 0.0))
+                except TimeoutError:
+                    pass
 
 
 def lease_record_txn(writes: list[RecordWrite]) -> TxnRequest:

@@ -142,6 +142,11 @@ class LeaseKeeper:
     def leases(self) -> list[int]:
         return sorted(self._deadlines)
 
+    @property
+    def keeping(self) -> bool:
+        """Whether the leader has a lease whose deadline it watches."""
+        return bool(self._deadlines)
+
     def expired(self, now: float) -> list[RecordWrite]:
         """Revoke marks for leases past their deadline, each once (again after MARK_RETRY_SECONDS)."""
         due = []

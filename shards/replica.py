@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,35 +137,15 @@ class Replica:
         )
 
 
-async def run_until_stopped(config: ReplicaConfig, parent_pid: int | None = None) -> None:
-    """Run a replica until cancelled, or until `parent_pid` is gone (tests' servers stop themselves).
+async def run_until_stopped(config: ReplicaConfig) -> None:
+    """Run a replica until cancelled (SIGTERM, and the kernel's signal when the parent dies, do it).
 
     If the raft loop fails, the error propagates and the process exits: a broken
     invariant is answered by restarting from disk, never by limping on.
     """
     replica = Replica(config)
     await replica.start()
-    failure = asyncio.get_running_loop().create_task(replica.failed())
     try:
-        while parent_pid is None or _alive(parent_pid):
-            done, _ = await asyncio.wait([failure], timeout=0.5)
-            if done:
-                failure.result()
+        await replica.failed()
     finally:
-        failure.cancel()
         await replica.stop()
-
-
-def _alive(pid: int) -> bool:
-    """Whether the process runs: a zombie (dead, not yet reaped by its parent) does not."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rpartition(b")")[2].split()[0] not in (b"Z", b"X")
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc: ask the kernel whether the pid exists
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True

@@ -230,7 +230,7 @@ def command_replica(args: argparse.Namespace) -> int:
     stop_with_parent(args.parent_pid)
     collect_garbage_rarely()
     try:
-        event_loop.run(run_replica(config, args.parent_pid))
+        event_loop.run(run_replica(config))
     except KeyboardInterrupt:
         pass
     except (WalCorruptionError, ReplicaStateError, StoreInvariantError) as error:
@@ -278,12 +278,12 @@ def replica_members(args: argparse.Namespace):
     return members, member
 
 
-async def run_replica(config: ReplicaConfig, parent_pid: int | None) -> None:
+async def run_replica(config: ReplicaConfig) -> None:
     """Run until stopped; SIGTERM (how the launcher stops replicas) closes the WAL and store as Ctrl-C does."""
     main_task = asyncio.current_task()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     try:
-        await run_until_stopped(config, parent_pid=parent_pid)
+        await run_until_stopped(config)
     except asyncio.CancelledError:
         pass
 

@@ -48,9 +48,12 @@ LOCK_FILE = "launcher.lock"
 LAYOUT_LOCK_FILE = "cluster.json.lock"  # held while a command changes the layout
 
 STARTUP_SECONDS = 30.0  # 13 processes on a 2-core host elect well within this
-PORTS_FREE_SECONDS = 5.0  # children of a launcher that died stop within 0.5 s and free their ports
+PORTS_FREE_SECONDS = 5.0  # children of a launcher that died get SIGTERM from the kernel and free their ports
 STOP_GRACE_SECONDS = 5.0
 POLL_SECONDS = 0.1
+# How often supervision reads the layout file for members a command added or removed; a child's
+# exit wakes it at once.
+LAYOUT_CHECK_SECONDS = 1.0
 CALL_SECONDS = 1.0
 FIRST_RESTART_DELAY = 0.5
 MAX_RESTART_DELAY = 10.0
@@ -291,6 +294,48 @@ class Supervised:
         return self.process is not None and self.process.poll() is None
 
 
+class _ExitWatch:
+    """Wakes supervision the moment a child exits: a pidfd per child process, readable once it has.
+
+    An idle cluster's launcher then sleeps instead of polling its children.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._fds: dict[subprocess.Popen, int] = {}
+        self._exited = asyncio.Event()
+
+    def follow(self, processes: set[subprocess.Popen]) -> None:
+        """Watch these processes (the running children) and no others."""
+        for process in set(self._fds) - processes:
+            self._forget(process)
+        for process in processes - set(self._fds):
+            try:
+                fd = os.pidfd_open(process.pid)
+            except ProcessLookupError:  # gone and reaped meanwhile (a test's kill): the next round sees it
+                self._exited.set()
+                continue
+            self._fds[process] = fd
+            self._loop.add_reader(fd, self._exited.set)
+
+    async def wait(self, timeout: float) -> None:
+        """Until a watched process exits, or `timeout` seconds."""
+        try:
+            await asyncio.wait_for(self._exited.wait(), max(timeout, 0.0))
+        except TimeoutError:
+            pass
+        self._exited.clear()
+
+    def close(self) -> None:
+        for process in list(self._fds):
+            self._forget(process)
+
+    def _forget(self, process: subprocess.Popen) -> None:
+        fd = self._fds.pop(process)
+        self._loop.remove_reader(fd)
+        os.close(fd)
+
+
 def describe_exit(code: int) -> str:
     if code >= 0:
         return f"exit code {code}"
@@ -362,7 +407,6 @@ class Launcher:
         self.layout: Layout | None = None
         self._replicas: dict[tuple[int, int], Supervised] = {}
         self._routers: list[Supervised] = []
-        self._channels: dict[str, grpc.aio.Channel] = {}  # to the router
         self._connections: dict[str, ShardConnection] = {}  # to replicas
         self._supervision: asyncio.Task | None = None
         # kill() and restart() may come from a test's thread while the supervision loop runs.
@@ -493,8 +537,15 @@ class Launcher:
 
     async def _wait_for_router(self) -> None:
         """Until a Range through the router succeeds (it serves, and reaches the default group) and
-        every router is listed (a router registers once it serves)."""
-        channel = self._channel(self.layout.listen)
+        every router is listed (a router registers once it serves).
+
+        The channel is closed once they do: an idle client connection would keep the router's
+        deadline timer running.
+        """
+        async with self._router_channel() as channel:
+            await self._until_routers_serve(channel)
+
+    async def _until_routers_serve(self, channel: grpc.aio.Channel) -> None:
         method = channel.unary_unary(
             KV_RANGE_METHOD, request_serializer=RangeRequest.SerializeToString,
             response_deserializer=RangeResponse.FromString,
@@ -587,18 +638,15 @@ class Launcher:
                 raise LauncherError(f"group {group} has no agreed leader after {timeout:g} s; see {logs}")
             await asyncio.sleep(POLL_SECONDS)
 
-    def _channel(self, address: str) -> grpc.aio.Channel:
-        if address not in self._channels:
-            if self.client_tls is None:
-                channel = grpc.aio.insecure_channel(address, options=ROUTER_CHANNEL_OPTIONS)
-            else:
-                tls = self.client_tls
-                credentials = grpc.ssl_channel_credentials(
-                    root_certificates=Path(tls.trusted_ca_file).read_bytes() if tls.trusted_ca_file else None,
-                    private_key=Path(tls.key_file).read_bytes(), certificate_chain=Path(tls.cert_file).read_bytes())
-                channel = grpc.aio.secure_channel(address, credentials, options=ROUTER_CHANNEL_OPTIONS)
-            self._channels[address] = channel
-        return self._channels[address]
+    def _router_channel(self) -> grpc.aio.Channel:
+        address = self.layout.listen
+        if self.client_tls is None:
+            return grpc.aio.insecure_channel(address, options=ROUTER_CHANNEL_OPTIONS)
+        tls = self.client_tls
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=Path(tls.trusted_ca_file).read_bytes() if tls.trusted_ca_file else None,
+            private_key=Path(tls.key_file).read_bytes(), certificate_chain=Path(tls.cert_file).read_bytes())
+        return grpc.aio.secure_channel(address, credentials, options=ROUTER_CHANNEL_OPTIONS)
 
     # --- supervision ------------------------------------------------------------------
 
@@ -606,17 +654,23 @@ class Launcher:
         return [*self._replicas.values(), *self._routers]
 
     async def _supervise(self) -> None:
-        while True:
-            await self._follow_layout()
-            with self._children_lock:
-                now = time.monotonic()
-                for child in self._children():
-                    if child.process is not None and child.process.poll() is not None:
-                        self._notice_exit(child)
-                    elif child.restart_at is not None and now >= child.restart_at:
-                        self._spawn(child)
-                        self.report(f"{child.name} restarted (pid {child.process.pid})")
-            await asyncio.sleep(POLL_SECONDS)
+        exits = _ExitWatch(asyncio.get_running_loop())
+        try:
+            while True:
+                await self._follow_layout()
+                with self._children_lock:
+                    now = time.monotonic()
+                    for child in self._children():
+                        if child.process is not None and child.process.poll() is not None:
+                            self._notice_exit(child)
+                        elif child.restart_at is not None and now >= child.restart_at:
+                            self._spawn(child)
+                            self.report(f"{child.name} restarted (pid {child.process.pid})")
+                    exits.follow({child.process for child in self._children() if child.process is not None})
+                    due = [child.restart_at - now for child in self._children() if child.restart_at is not None]
+                await exits.wait(min([LAYOUT_CHECK_SECONDS, *due]))
+        finally:
+            exits.close()
 
     async def _follow_layout(self) -> None:
         """Start the replicas a `tessera member` or `tessera group add` command added to the layout;
@@ -673,9 +727,6 @@ class Launcher:
         for connection in self._connections.values():  # before the servers go: no GOAWAY noise in the logs
             await connection.close()
         self._connections.clear()
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
         await self._terminate(self._routers)
         await self._terminate(list(self._replicas.values()))
         if self._lock_file is not None:

@@ -143,7 +143,8 @@ def test_a_second_start_resumes_ports_and_data(data_dir):
 
 
 def test_tessera_up_serves_etcdctl_stops_on_ctrl_c_and_resumes(tmp_path, data_dir):
-    """The README's promise: `tessera up`, then `etcdctl put foo bar && etcdctl get foo`."""
+    """The README's promise: `tessera up`, then `etcdctl put foo bar && etcdctl get foo`; and a launcher
+    killed by SIGKILL leaves no process behind."""
     etcdctl = etcd_tools.etcdctl_path()
 
     def up_until_ready(output_path: Path) -> subprocess.Popen:
@@ -181,7 +182,13 @@ def test_tessera_up_serves_etcdctl_stops_on_ctrl_c_and_resumes(tmp_path, data_di
         starts = 2
         up = up_until_ready(output_path)  # the same data directory: the same cluster, the same keys
         assert etcd_tools.run_etcdctl(etcdctl, layout["listen"], "get", "foo")[:2] == (0, "foo\nbar\n")
-        stop(up)
+        # A launcher killed outright: the kernel's parent-death signal stops its router and replicas.
+        up.kill()
+        up.wait()
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while left := processes_naming(data_dir):
+            assert time.monotonic() < deadline, f"still running after their launcher was killed: {left}"
+            time.sleep(0.05)
     finally:
         if up.poll() is None:
             up.kill()
