@@ -15,7 +15,7 @@ import pytest
 from bench.compare import WORKLOADS, Options, compare_and_report, table
 
 SMOKE = Options(duration_s=0.6, warmup_s=0.2, keys=200, processes=1, memory_keys=1000,
-                scaling_groups=(1, 2), client_scale=0.02)
+                scaling_groups=(1, 2), client_scale=0.02, idle_s=0.5, idle_settle_s=0.0)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -46,7 +46,9 @@ def test_compare_runs_every_workload_on_both_sides_without_an_error(tmp_path):
         assert memory["rss_after_bytes"] > 0
     assert [point["groups"] for point in results["scaling"]] == [1, 2]
     assert all(point["requests"] > 0 and point["errors"] == {} for point in results["scaling"])
-    assert len(results["goals"]) == 5 and all(goal["met"] is not None for goal in results["goals"])
+    assert results["idle"]["etcd"]["processes"] == 3 and results["idle"]["Tessera"]["processes"] == 13
+    assert all(idle["cores"] >= 0 for idle in results["idle"].values())
+    assert len(results["goals"]) == 10 and all(goal["met"] is not None for goal in results["goals"])
 
     assert table(results) in "\n".join(printed)
     assert json.loads((out / "results.json").read_text())["workloads"][0]["key"] == "put-1"
