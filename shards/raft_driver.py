@@ -340,23 +340,31 @@ class RaftDriver:
             self.unquiesce()  # asked for the leader's work: the leader may be gone
             raise errors.NotLeader() if self.leader_id else errors.NoLeader()
 
-    def queue_proposal(self, request: ShardRequest) -> int:
-        """Queue a request for the next proposal batch, under a new proposal id."""
-        return self._queue_encoded(request.SerializeToString())
+    def queue_proposal(self, request: ShardRequest) -> None:
+        """Queue a request for the next proposal batch; nobody waits for its outcome."""
+        self._queue_writes([(request.SerializeToString(), None)], bulk=False)
 
-    def _queue_encoded(self, encoded: bytes, bulk: bool = False) -> int:
-        # The entry is the request's bytes with the proposal id appended (protobuf keeps
-        # a scalar field's last value): a request that came on the wire goes as it came.
+    def _queue_writes(self, writes: list[tuple[bytes, Callable[[object], None] | None]], bulk: bool) -> None:
+        """Queue encoded requests for the next batch, each under a new proposal id, and whoever
+        waits for each (`on_outcome`, or None) until it is applied or WRITE_TIMEOUT_SECONDS pass."""
+        # An entry is the request's bytes with the proposal id appended (protobuf keeps a
+        # scalar field's last value): a request that came on the wire goes as it came.
         self.unquiesce()
+        queue, waiting, deadlines = self._bulk_writes if bulk else self._writes, self._waiting_writes, self._deadlines
+        deadline = time.monotonic() + WRITE_TIMEOUT_SECONDS
         proposal_id = self._next_proposal_id
-        self._next_proposal_id += 1
-        (self._bulk_writes if bulk else self._writes).append(
-            (proposal_id, encoded + _PROPOSAL_ID_TAG + varint(proposal_id)))
-        # Woken only if the write can be proposed now: while a batch is in flight, the turn that
+        for encoded, on_outcome in writes:
+            queue.append((proposal_id, encoded + _PROPOSAL_ID_TAG + varint(proposal_id)))
+            if on_outcome is not None:
+                waiting[proposal_id] = on_outcome
+                deadlines.append((deadline, proposal_id))
+            proposal_id += 1
+        self._next_proposal_id = proposal_id
+        self._arm_deadline_sweep()
+        # Woken only if the writes can be proposed now: while a batch is in flight, the turn that
         # commits it proposes what queued meanwhile, and a held batch waits for its target.
         if self._batch_committed() and (self._batch_hold is None or len(self._writes) >= self._batch_target):
             self._wake.set()
-        return proposal_id
 
     def submit(self, kind: str, encoded: bytes, on_outcome: Callable[[object], None]) -> None:
         """Propose a write, an encoded ShardRequest of this kind; `on_outcome` gets, once,
@@ -365,16 +373,26 @@ class RaftDriver:
         Refused (raised here) as etcd refuses it: not the leader, too many entries
         committed but not applied, or (for what adds data) past the quota.
         """
+        self._check_submit(kind, len(encoded))
+        self._queue_writes([(encoded, on_outcome)], REQUEST_KINDS[kind].bulk)
+
+    def submit_puts(self, puts: list[tuple[bytes, Callable[[object], None]]]) -> None:
+        """`submit` for puts that arrived together, (encoded, on_outcome) each: checked once, as the
+        largest of them would be alone, and queued in one go; refused together if refused."""
+        if puts:
+            self._check_submit("put", max(len(encoded) for encoded, _ in puts))
+            self._queue_writes(puts, bulk=False)
+
+    def _check_submit(self, kind: str, size: int) -> None:
         self.check_leader()
         if self.commit_index - self.store.applied_index > self.config.max_pending_applies:
             raise errors.TooManyRequests()
-        if kind in ("put", "txn") and self.store.quota_exceeded(len(encoded)):
+        if kind in ("put", "txn") and self.store.quota_exceeded(size):
             # As etcd: the alarm goes through raft, so every replica refuses the same writes.
             if not self.store.space_exceeded:
                 self.queue_proposal(ShardRequest(alarm=AlarmRequest(
                     action=AlarmRequest.ACTIVATE, memberID=self.config.member_id, alarm=NOSPACE)))
             raise errors.NoSpace()
-        self._wait_for(self._queue_encoded(encoded, REQUEST_KINDS[kind].bulk), on_outcome)
 
     async def propose(self, request: ShardRequest):
         """`submit`, awaited: the outcome, or the error that ended the wait."""
@@ -418,7 +436,10 @@ class RaftDriver:
         One sweep ends them all, in deadline order: no timer, no task per request.
         """
         self._deadlines.append((time.monotonic() + timeout, waiting))
-        if self._deadline_sweep is None:
+        self._arm_deadline_sweep()
+
+    def _arm_deadline_sweep(self) -> None:
+        if self._deadline_sweep is None and self._deadlines:
             self._deadline_sweep = asyncio.get_running_loop().call_later(DEADLINE_SWEEP_SECONDS,
                                                                          self._sweep_deadlines)
 

@@ -34,7 +34,6 @@ from native import codec
 from native.codec import varint
 
 from shards.lease_host import LeaseHost
-from shards.mvcc import PlainPut
 from shards.raft import Role
 from shards.raft.messages import ConfChangeType
 from shards.raft_driver import RaftDriver
@@ -68,6 +67,11 @@ STREAM_IN_FLIGHT_MAX = 10_000
 LEARNER_READY_FRACTION = 0.9
 # Checked before a write is proposed: etcd's answer to each invalid request.
 _WRITE_CHECKS = {"put": validation.check_put, "delete_range": validation.check_delete, "txn": validation.check_txn}
+
+
+def _refuse(puts: list[tuple[bytes, bytes, Callable[[object], None]]], error: errors.EtcdError) -> None:
+    for _, _, on_outcome in puts:
+        on_outcome(error)
 
 
 class ShardService:
@@ -112,10 +116,26 @@ class ShardService:
     def submit_write(self, kind: str, message, encoded: bytes, on_outcome: Callable[[object], None]) -> None:
         """Propose a put, delete or txn as it arrives; `on_outcome` gets its outcome (see RaftDriver.submit).
 
-        `message` is the kind's request (a PlainPut for a put read natively), `encoded` the ShardRequest's bytes.
+        `message` is the kind's request, `encoded` the ShardRequest's bytes.
         """
         self._check_write(kind, message)
         self.driver.submit(kind, encoded, on_outcome)
+
+    def submit_plain_puts(self, puts: list[tuple[bytes, bytes, Callable[[object], None]]]) -> None:
+        """submit_write for plain puts read natively, (encoded, key, on_outcome) each, in one go: an
+        error that refuses one (not the leader, too many pending, no space) refuses them all."""
+        try:
+            self.driver.check_leader()  # "not leader" comes before any complaint about a request, as etcd
+        except errors.EtcdError as error:
+            _refuse(puts, error)
+            return
+        valid = [put for put in puts if put[1]]
+        if len(valid) < len(puts):  # a plain put's one check (validation.check_put)
+            _refuse([put for put in puts if not put[1]], errors.EmptyKey())
+        try:
+            self.driver.submit_puts([(encoded, on_outcome) for encoded, _, on_outcome in valid])
+        except errors.EtcdError as error:
+            _refuse(valid, error)
 
     def _header(self) -> ResponseHeader:
         return ResponseHeader(revision=self.store.revision)
@@ -326,28 +346,33 @@ class _Connection(asyncio.Protocol):
     def _requests(self, frames: list[bytes]) -> None:
         loop = asyncio.get_running_loop()
         service = self.service
+        puts: list[tuple[bytes, bytes, Callable[[object], None]]] = []  # plain puts, proposed together
         for data in frames:
             for encoded in codec.repeated_messages(data):
                 self._in_flight += 1
                 plain_put = codec.decode_plain_put(encoded)
                 if plain_put is not None:  # the common case, read without protobuf
-                    request_id, _, key, value = plain_put
-                    kind, message = "put", tuple.__new__(PlainPut, (key, value))  # no Python __new__ frame
-                else:
-                    request = ShardRequest.FromString(encoded)
-                    kind = request.WhichOneof("request")
-                    if kind == "range" and request.range.serializable:
-                        self._answered(request.id, kind, service.serializable_range(request))
-                        continue
-                    if kind not in _SUBMITTED_KINDS:
-                        loop.create_task(self._answer(request, kind))
-                        continue
-                    request_id, message = request.id, getattr(request, kind)
-                answered = functools.partial(self._answered, request_id, kind)
+                    request_id, _, key, _ = plain_put
+                    puts.append((encoded, key, functools.partial(self._answered, request_id, "put")))
+                    continue
+                if puts:  # proposed before what came after them
+                    service.submit_plain_puts(puts)
+                    puts = []
+                request = ShardRequest.FromString(encoded)
+                kind = request.WhichOneof("request")
+                if kind == "range" and request.range.serializable:
+                    self._answered(request.id, kind, service.serializable_range(request))
+                    continue
+                if kind not in _SUBMITTED_KINDS:
+                    loop.create_task(self._answer(request, kind))
+                    continue
+                answered = functools.partial(self._answered, request.id, kind)
                 try:
-                    service.submit_write(kind, message, encoded, answered)
+                    service.submit_write(kind, getattr(request, kind), encoded, answered)
                 except errors.EtcdError as error:
                     answered(error)
+        if puts:
+            service.submit_plain_puts(puts)
         if self._in_flight >= STREAM_IN_FLIGHT_MAX:
             self.transport.pause_reading()
 

@@ -44,10 +44,18 @@ def test_a_group_elects_replicates_and_serves(group):
             assert gone.range.count == 0
             late = await client.request(put=PutRequest(key=b"leased-3", value=b"v", lease=77))
             assert (late.error.code, late.error.message) == ("NOT_FOUND", "etcdserver: requested lease not found")
+            # Puts that arrive together are proposed together; one without a key is refused alone.
+            mixed = await asyncio.gather(*[client.request(put=PutRequest(key=key, value=b"v"))
+                                           for key in (b"mixed-1", b"", b"mixed-2")])
+            assert [answer.WhichOneof("response") for answer in mixed] == ["put", "error", "put"]
+            assert (mixed[1].error.code, mixed[1].error.message) == (
+                "INVALID_ARGUMENT", "etcdserver: key is not provided")
         follower = next(member for member in group.processes if member != leader)
         async with ShardClient(group.api_address(follower)) as client:
-            refused = await client.request(put=PutRequest(key=b"x", value=b"y"))
+            refused, *together = await asyncio.gather(*[client.request(put=PutRequest(key=key, value=b"y"))
+                                                         for key in (b"x", b"", b"z")])
             assert refused.error.message == "etcdserver: not leader"
+            assert [answer.error.message for answer in together] == ["etcdserver: not leader"] * 2  # before the key
             assert refused.error.code == "FAILED_PRECONDITION"
             assert refused.error.leader_id == leader
             assert refused.error.leader_address == group.api_address(leader)
