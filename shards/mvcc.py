@@ -63,7 +63,7 @@ at, and a page of the last flushed snapshot may be overwritten in place once
 LMDB reuses it. (MDB_NOMETASYNC keeps integrity, but flushes the data pages
 at every commit: the cost this design removes.) Three rules keep it whole:
 
-  * a durable point: every `batch_interval_seconds` or `batch_limit_entries`
+  * a durable point: every `batch_interval_seconds` (500 ms) or `batch_limit_entries`
     applied entries (etcd's backend commits every 100 ms or 10,000 entries),
     a thread fdatasyncs the file (LMDB's sync releases the GIL, so applies go
     on meanwhile) and then records, in `durable-point` (written whole: write,
@@ -132,7 +132,10 @@ QUOTA_BYTES_DEFAULT = 2 * 1024**3  # etcd's --quota-backend-bytes
 COMPACT_BATCH_RECORDS = 10_000
 FIRST_REVISION = 1  # an empty etcd reports revision 1; its first write gets 2
 SUB_REVISION_MAX = 2**63 - 1
-BATCH_INTERVAL_SECONDS = 0.1  # etcd's --backend-batch-interval: the store's durable point at least this often
+# The store's durable point at least this often (etcd's --backend-batch-interval, whose backend
+# commits every 100 ms): each costs two fsyncs and a rename on a thread of their own, and a longer
+# interval only lengthens the WAL a restart replays (BATCH_LIMIT_ENTRIES at most).
+BATCH_INTERVAL_SECONDS = 0.5
 BATCH_LIMIT_ENTRIES = 10_000  # etcd's --backend-batch-limit: or after this many applied entries
 
 DURABLE_POINT_FILE = "durable-point"

@@ -23,7 +23,7 @@ from tessera.api.errors import EtcdError
 from tessera.api.rpc_pb2 import AlarmType
 from tessera.api.tls import TLSFiles, tls_files
 from native import codec, crc, walframe
-from shards.mvcc import StoreInvariantError
+from shards.mvcc import BATCH_INTERVAL_SECONDS, StoreInvariantError
 from shards.raft_driver import MemberAddresses, ReplicaStateError
 from shards.replica import ReplicaConfig, run_until_stopped
 from shards.wal import WalCorruptionError
@@ -1062,8 +1062,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="seconds between progress notifications to watches that ask (etcd: 10m)")
     replica.add_argument("--wal-segment-bytes", type=int, default=64 * 1024 * 1024,
                          help="size of each preallocated WAL segment file (etcd's 64 MB)")
-    replica.add_argument("--backend-batch-interval", type=int, default=100,
-                         help="milliseconds at most between the store's durable points (etcd's default)")
+    replica.add_argument("--backend-batch-interval", type=int, default=int(BATCH_INTERVAL_SECONDS * 1000),
+                         help="milliseconds at most between the store's durable points (etcd commits its "
+                              "backend every 100; here the WAL, not the store, makes writes durable)")
     replica.add_argument("--backend-batch-limit", type=int, default=10_000,
                          help="applied entries at most between the store's durable points (etcd's default)")
     replica.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",

@@ -28,8 +28,9 @@ from tessera.api.rpc_pb2 import PutRequest
 
 PAGE_BYTES = os.sysconf("SC_PAGESIZE")  # LMDB's page size is the system's
 # How often the replica passes each boundary before it is killed there: well into the load
-# (a WAL sync and an apply per batch; a durable point every 100 ms, one at start).
+# (a WAL sync and an apply per batch; a durable point every DURABLE_POINT_MS, one at start).
 HITS = {WAL_SYNCED: 40, STORE_APPLIED: 40, STORE_SYNCED: 8, STORE_DURABLE: 8}
+DURABLE_POINT_MS = 100  # more often than by default: many points within the bounded load
 WAVE_WRITES = 50  # concurrent puts, so batches hold many entries
 WAVES_MAX = 400  # a bound on the load: the failpoint fires long before
 
@@ -53,7 +54,8 @@ async def restart_and_check(group: ReplicaGroup, acknowledged: dict) -> None:
 
 @pytest.mark.parametrize("boundary", DURABILITY_BOUNDARIES)
 def test_a_replica_killed_at_a_durability_boundary_loses_no_acknowledged_write(tmp_path, boundary):
-    group = ReplicaGroup(tmp_path, size=1, environment={FAILPOINT_VARIABLE: f"{boundary}@{HITS[boundary]}"})
+    group = ReplicaGroup(tmp_path, size=1, environment={FAILPOINT_VARIABLE: f"{boundary}@{HITS[boundary]}"},
+                         extra_arguments=["--backend-batch-interval", str(DURABLE_POINT_MS)])
 
     async def scenario():
         await wait_for_leader(group)
