@@ -88,3 +88,29 @@ def test_a_connection_closed_while_it_opens_leaves_no_socket_behind():
         server.close()
 
     asyncio.run(scenario())
+
+
+def test_a_request_times_out_at_its_own_deadline_when_an_earlier_one_waits_longer():
+    """The sweep's timer follows the earliest deadline: a short request after a long one ends on time."""
+    async def scenario():
+        async def silent_peer(reader, writer):
+            await reader.read()  # takes every request, answers none
+            writer.close()
+
+        server = await asyncio.start_server(silent_peer, "127.0.0.1", 0)
+        connection = ShardConnection("127.0.0.1:%d" % server.sockets[0].getsockname()[1])
+        loop = asyncio.get_running_loop()
+        long, short = loop.create_future(), loop.create_future()
+        status = ShardRequest(status={}).SerializeToString()
+        connection.submit(status, lambda _, result: long.set_result(result), None, timeout=30.0)
+        started = loop.time()
+        connection.submit(status, lambda _, result: short.set_result(result), None, timeout=0.3)
+        outcome = await asyncio.wait_for(short, 5.0)
+        assert isinstance(outcome, ReplicaUnreachable) and outcome.sent and "no answer in time" in str(outcome)
+        assert 0.3 <= loop.time() - started < 1.0  # not at the long request's deadline, nor much after its own
+        assert not long.done()
+        await connection.close()
+        assert isinstance(long.result(), ReplicaUnreachable)
+        server.close()
+
+    asyncio.run(scenario())
