@@ -241,12 +241,13 @@ class PeerTransport:
     async def _deliver_snapshot(self, link: _Link, address: str, head: bytes, data: bytes) -> None:
         await asyncio.get_running_loop().create_connection(lambda: link, *host_and_port(address), ssl=self._client_ssl)
         chunks = (data[start:start + SNAPSHOT_CHUNK_BYTES] for start in range(0, len(data), SNAPSHOT_CHUNK_BYTES))
+        gone = "the follower closed the connection before it had the snapshot"
         for part in itertools.chain((HELLO_SNAPSHOT, head), chunks, (b"",)):  # framed one at a time
             if not write_if_open(link.transport, frame(part)):
-                raise ConnectionError("the follower closed the connection before it had the snapshot")
+                raise ConnectionError(gone)
         while not link.frames:  # the receipt: the follower has it whole
             if link.lost.done():
-                raise ConnectionError("the follower closed the connection before it had the snapshot")
+                raise ConnectionError(gone)
             link.frame_arrived.clear()
             await link.frame_arrived.wait()
 
