@@ -25,7 +25,7 @@ from shards.lease_host import LEASE_CHECKPOINT_SECONDS, LeaseHost
 from shards.metrics import Gauges, MetricsServer, ReplicaMetrics
 from shards.mvcc import BATCH_INTERVAL_SECONDS, BATCH_LIMIT_ENTRIES, MvccStore
 from shards.raft import Role
-from shards.raft_driver import MemberAddresses, RaftDriver
+from shards.raft_driver import BATCH_WINDOW_MS, MemberAddresses, RaftDriver
 from shards.shard_service import ShardService
 from shards.wal import SEGMENT_BYTES_DEFAULT, WriteAheadLog
 from shards.watch import PROGRESS_NOTIFY_INTERVAL_SECONDS
@@ -63,7 +63,7 @@ class ReplicaConfig:
     max_raft_message_bytes: int = 1 << 20  # etcd's MaxSizePerMsg
     max_inflight_messages: int = 512  # etcd's MaxInflightMsgs
     # Under load, how long a leader holds a short batch for more writes (shards/raft_driver.py); 0: never.
-    batch_window_ms: float = 4.0
+    batch_window_ms: float = BATCH_WINDOW_MS
     wal_segment_bytes: int = SEGMENT_BYTES_DEFAULT
     metrics_listen: str | None = None  # HOST:PORT for /metrics and /health; None serves neither
     # The meta group's: how often its leader records each lease's remaining TTL.

@@ -24,7 +24,7 @@ from tessera.api.rpc_pb2 import AlarmType
 from tessera.api.tls import TLSFiles, tls_files
 from native import codec, crc, walframe
 from shards.mvcc import BATCH_INTERVAL_SECONDS, StoreInvariantError
-from shards.raft_driver import MemberAddresses, ReplicaStateError
+from shards.raft_driver import BATCH_WINDOW_MS, MemberAddresses, ReplicaStateError
 from shards.replica import ReplicaConfig, run_until_stopped
 from shards.wal import WalCorruptionError
 from tessera.progress import Progress, size_text
@@ -1056,7 +1056,7 @@ def build_parser() -> argparse.ArgumentParser:
     replica.add_argument("--max-inflight-messages", type=int, default=512,
                          help="unacknowledged appends per follower (etcd's MaxInflightMsgs)")
     replica.add_argument("--batch-window", type=non_negative("a time in milliseconds (0 or more; 0: never)"),
-                         default=4.0, metavar="MILLISECONDS",
+                         default=BATCH_WINDOW_MS, metavar="MILLISECONDS",
                          help="under load, how long a leader holds a short batch of writes for more (0: never)")
     replica.add_argument("--watch-progress-notify-interval", type=float, default=600.0,
                          help="seconds between progress notifications to watches that ask (etcd: 10m)")

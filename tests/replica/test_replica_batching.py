@@ -169,6 +169,29 @@ def test_under_load_a_short_batch_waits_for_as_many_writes_as_the_leader_held(tm
     run_with_faults(tmp_path, scenario, *LONG_WINDOW)
 
 
+def test_a_round_that_commits_with_nothing_queued_holds_the_writes_that_come_next(tmp_path):
+    """A round of 41 commits with no write queued behind it: its clients come back to the leader after
+    their answers, so the first 5 writes that arrive wait for 36 more, and the 41 go out in one fsync."""
+    async def scenario(group: ReplicaGroup, control: str):
+        async with a_batch_held_uncommitted(group, control) as (client, first, before):
+            queued = await queued_behind_the_held_batch(client, 40)
+            write_faults(control)
+            await first
+            last = await client.request(put=PutRequest(key=b"last", value=b"v"))  # the 41st: the 41 go out
+            round_ = [await put for put in queued] + [last]
+            assert all(answer.WhichOneof("response") == "put" for answer in round_), round_[0]
+            assert await fsyncs(client) == before + 2
+            early = await queued_behind_the_held_batch(client, 5)
+            assert not any(put.done() for put in early)
+            late = [asyncio.ensure_future(client.request(put=PutRequest(key=b"late%02d" % i, value=b"v")))
+                    for i in range(36)]
+            answers = await asyncio.gather(*early, *late)
+            assert all(answer.WhichOneof("response") == "put" for answer in answers), answers[0]
+            assert await fsyncs(client) == before + 3
+
+    run_with_faults(tmp_path, scenario, *LONG_WINDOW)
+
+
 def test_a_few_clients_writes_are_never_held(tmp_path):
     """Fewer than BATCH_ENTRIES_TARGET / 2 writes unanswered when a round commits: the next batch goes
     out at once, however long the window."""
