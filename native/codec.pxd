@@ -18,3 +18,4 @@ cpdef bytes encode_revision(main, sub, bint tombstone=*)
 cpdef bytes encode_key_value(key, long long create_revision, long long mod_revision,
                              long long version, value, long long lease)
 cpdef tuple decode_key_value(record)
+cdef int key_value_numbers(record, long long numbers[7]) except -1

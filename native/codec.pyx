@@ -307,49 +307,70 @@ cpdef bytes encode_key_value(key, long long create_revision, long long mod_revis
         PyBuffer_Release(&value_view)
 
 
-cpdef tuple decode_key_value(record):
-    """(key, create_revision, mod_revision, version, value, lease) from a KeyValue's bytes.
+cdef int parse_key_value(const unsigned char *p, Py_ssize_t length, long long numbers[7],
+                         Py_ssize_t spans[4]) except -1:
+    """A KeyValue's varint fields into numbers[field number], and where its key and value lie:
+    spans = (key offset, key size, value offset, value size), sizes 0 when absent.
 
     Accepts any valid encoding: fields in any order, repeats (the last wins),
     and unknown fields, which are skipped.
     """
-    cdef Py_buffer view
-    PyObject_GetBuffer(record, &view, PyBUF_SIMPLE)
-    cdef const unsigned char *p = <const unsigned char *>view.buf
-    cdef Py_ssize_t length = view.len, pos = 0, start
+    cdef Py_ssize_t pos = 0
     cdef uint64_t tag, number, size, field, wire
-    cdef long long numbers[7]
-    cdef object key = b"", value = b""
     numbers[:] = [0, 0, 0, 0, 0, 0, 0]
+    spans[:] = [0, 0, 0, 0]
+    while pos < length:
+        read_varint(p, length, &pos, &tag)
+        field, wire = tag >> 3, tag & 7
+        if field == 0 or field > 0x1FFFFFFF:  # protobuf's field numbers are 1..2**29-1
+            raise CodecError(f"field number {field} before offset {pos} is invalid")
+        if wire == WIRE_VARINT:
+            read_varint(p, length, &pos, &number)
+            if field <= 6:
+                numbers[field] = <long long>number
+        elif wire == WIRE_BYTES:
+            read_varint(p, length, &pos, &size)
+            if size > <uint64_t>(length - pos):
+                raise CodecError(f"field {field} at offset {pos} runs past the record")
+            if field == 1 or field == 5:
+                spans[0 if field == 1 else 2] = pos
+                spans[1 if field == 1 else 3] = <Py_ssize_t>size
+            pos += size
+        elif wire == WIRE_FIXED64 or wire == WIRE_FIXED32:
+            pos += 8 if wire == WIRE_FIXED64 else 4
+            if pos > length:
+                raise CodecError(f"fixed-width field {field} runs past the record")
+        else:
+            raise CodecError(f"wire type {wire} of field {field} is not one a KeyValue uses")
+    return 0
+
+
+cpdef tuple decode_key_value(record):
+    """(key, create_revision, mod_revision, version, value, lease) from a KeyValue's bytes."""
+    cdef Py_buffer view
+    cdef long long numbers[7]
+    cdef Py_ssize_t spans[4]
+    PyObject_GetBuffer(record, &view, PyBUF_SIMPLE)
+    cdef const char *p = <const char *>view.buf
     try:
-        while pos < length:
-            read_varint(p, length, &pos, &tag)
-            field, wire = tag >> 3, tag & 7
-            if field == 0 or field > 0x1FFFFFFF:  # protobuf's field numbers are 1..2**29-1
-                raise CodecError(f"field number {field} before offset {pos} is invalid")
-            if wire == WIRE_VARINT:
-                read_varint(p, length, &pos, &number)
-                if field <= 6:
-                    numbers[field] = <long long>number
-            elif wire == WIRE_BYTES:
-                read_varint(p, length, &pos, &size)
-                if size > <uint64_t>(length - pos):
-                    raise CodecError(f"field {field} at offset {pos} runs past the record")
-                start = pos
-                pos += size
-                if field == 1:
-                    key = PyBytes_FromStringAndSize(<const char *>p + start, size)
-                elif field == 5:
-                    value = PyBytes_FromStringAndSize(<const char *>p + start, size)
-            elif wire == WIRE_FIXED64 or wire == WIRE_FIXED32:
-                pos += 8 if wire == WIRE_FIXED64 else 4
-                if pos > length:
-                    raise CodecError(f"fixed-width field {field} runs past the record")
-            else:
-                raise CodecError(f"wire type {wire} of field {field} is not one a KeyValue uses")
-        return key, numbers[2], numbers[3], numbers[4], value, numbers[6]
+        parse_key_value(<const unsigned char *>p, view.len, numbers, spans)
+        return (PyBytes_FromStringAndSize(p + spans[0], spans[1]), numbers[2], numbers[3], numbers[4],
+                PyBytes_FromStringAndSize(p + spans[2], spans[3]), numbers[6])
     finally:
         PyBuffer_Release(&view)
+
+
+cdef int key_value_numbers(record, long long numbers[7]) except -1:
+    """decode_key_value's numbers alone, by field number (create 2, mod 3, version 4, lease 6):
+    no copy of the key or the value."""
+    cdef Py_buffer view
+    cdef Py_ssize_t spans[4]
+    PyObject_GetBuffer(record, &view, PyBUF_SIMPLE)
+    try:
+        parse_key_value(<const unsigned char *>view.buf, view.len, numbers, spans)
+    finally:
+        PyBuffer_Release(&view)
+    return 0
 
 
 def repeated_messages(data):

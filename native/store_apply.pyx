@@ -20,18 +20,19 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 
-from native.codec cimport decode_key_value, encode_key_value, encode_revision, write_varint
+from native.codec cimport encode_key_value, encode_revision, key_value_numbers, write_varint
 from native.endian cimport store_be64
 
-# Positions in shards.mvcc.Proposal, and in the tuple decode_key_value gives.
+# Positions in shards.mvcc.Proposal.
 cdef enum:
     PROPOSAL_INDEX = 0
     PROPOSAL_FLOOR = 1
     PROPOSAL_REQUESTS = 2
     PROPOSAL_RESPOND = 4
-    RECORD_CREATE = 1
-    RECORD_VERSION = 3
-    RECORD_LEASE = 5
+    # KeyValue's field numbers
+    RECORD_CREATE = 2
+    RECORD_VERSION = 4
+    RECORD_LEASE = 6
 
 
 cdef bytes lease_key(long long lease, bytes key):
@@ -80,8 +81,8 @@ cdef class PlainPutWriter:
         """
         cdef Py_ssize_t count = len(proposals)
         cdef long long floor, create, version, previous_lease
-        cdef object proposal, requests, put, key, previous, previous_bytes, record
-        cdef tuple numbers
+        cdef long long numbers[7]
+        cdef object proposal, requests, put, key, previous, previous_bytes, record, revision_key
         history, leases, plain_put, change_event = self.history, self.leases, self.plain_put, self.change_event
         txn_get, txn_put, txn_delete = txn.get, txn.put, txn.delete
         index_get, index_add = index.get, index.add
@@ -106,12 +107,16 @@ cdef class PlainPutWriter:
                 previous_bytes = txn_get(previous, None, history)
                 if previous_bytes is None:
                     raise self.missing_record(previous)
-                numbers = decode_key_value(previous_bytes)
+                key_value_numbers(previous_bytes, numbers)
                 create = numbers[RECORD_CREATE]
-                version = <long long>numbers[RECORD_VERSION] + 1
+                version = numbers[RECORD_VERSION] + 1
                 previous_lease = numbers[RECORD_LEASE]
             record = encode_key_value(key, create, revision, version, put[1], 0)
-            txn_put(encode_revision(revision, 0), record, True, True, False, history)
+            revision_key = encode_revision(revision, 0)
+            # The new revision is the history's highest key: LMDB appends it to the last page
+            # without a search, and fills pages instead of splitting them in half.
+            if not txn_put(revision_key, record, True, True, True, history):
+                txn_put(revision_key, record, True, True, False, history)  # not the highest after all
             index_add(key, revision, 0)
             if previous_lease:
                 txn_delete(lease_key(previous_lease, key), b"", leases)

@@ -2,6 +2,7 @@
 
 import pytest
 
+from native import codec
 from shards.mvcc import (
     FIRST_REVISION,
     MvccStore,
@@ -116,6 +117,18 @@ def test_a_request_that_changes_nothing_keeps_the_revision(store):
     assert store.apply(DeleteRangeRequest(key=b"missing")).deleted == 0
     assert store.apply(TxnRequest(success=[range_op(b"a")])).header.revision == 2
     assert store.mvcc.revision == 2
+
+
+def test_a_plain_put_is_written_even_where_history_already_holds_a_higher_revision(store):
+    """The native writer appends a plain put's record at the end of history, the highest revision. A
+    record above it (only a damaged store has one) does not lose the put: it goes in place, as a put
+    on the Python path would."""
+    with store.mvcc._env.begin(write=True) as txn:
+        txn.put(codec.encode_revision(1000, 0), codec.encode_key_value(b"z", 1000, 1000, 1, b"stray", 0),
+                db=store.mvcc._history)
+    store.apply(PlainPut(b"k", b"landed"))
+    assert store.get(b"k").value == b"landed"
+    assert store.get(b"k").mod_revision == FIRST_REVISION + 1
 
 
 def test_applying_an_applied_index_again_does_nothing(store):
