@@ -203,7 +203,11 @@ class Raft:
         # Proposals appended, or a commit index advanced, since the last flush():
         # broadcast together, so everything proposed between two Readys and the
         # commit index learned with them travel to each follower as one append.
-        self.appends_unsent = False
+        self.entries_unsent = False
+        self.commit_unsent = False
+        # While the caller holds its next proposals a moment (RawNode.defer_commit_broadcast),
+        # a commit index advanced alone waits to go out with them.
+        self.commit_broadcast_deferred = False
         # Bytes of entries this leader appended that are not yet applied.
         self.uncommitted_entries_bytes = 0
         # ReadIndex state (leader only): rounds wait for a quorum of heartbeat
@@ -255,7 +259,7 @@ class Raft:
         if own_progress is not None:
             own_progress.match = last_index
         self.pending_conf_index = 0
-        self.appends_unsent = False
+        self.entries_unsent = self.commit_unsent = False
         self.uncommitted_entries_bytes = 0
         self.pending_read_count = 0
         self.read_rounds.clear()
@@ -640,7 +644,7 @@ class Raft:
             self.pending_conf_index = self.log.last_index() + 1 + changes[0]
         self._append_entries(m.entries)
         self.uncommitted_entries_bytes += proposal_bytes
-        self.appends_unsent = True
+        self.entries_unsent = True
 
     def _conf_change_refusal(self, data: bytes) -> str:
         if self.pending_conf_index > self.log.applied:
@@ -682,7 +686,7 @@ class Raft:
         elif progress.state == ProgressState.REPLICATE:
             progress.inflights.free_le(m.index)
         if self._maybe_commit():
-            self.appends_unsent = True  # the new commit index goes out with the next proposals
+            self.commit_unsent = True  # the new commit index goes out with the next proposals
         elif was_paused and m.frm != self.id:
             # While paused it may have missed the latest commit index.
             self._send_append(m.frm)
@@ -794,15 +798,18 @@ class Raft:
         else:
             self.unsent_reads.append((requester, context))
 
+    def _appends_due(self) -> bool:
+        return self.entries_unsent or (self.commit_unsent and not self.commit_broadcast_deferred)
+
     def has_unflushed(self) -> bool:
-        return self.role == Role.LEADER and (self.appends_unsent or bool(self.unsent_reads))
+        return self.role == Role.LEADER and (self._appends_due() or bool(self.unsent_reads))
 
     def flush(self) -> None:
         """Send what was batched since the last Ready: new proposals and commit index, read rounds."""
         if self.role != Role.LEADER:
             return
-        if self.appends_unsent:
-            self.appends_unsent = False
+        if self._appends_due():
+            self.entries_unsent = self.commit_unsent = False
             self._bcast_append()
         if self.unsent_reads:
             self._flush_reads()

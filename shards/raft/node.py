@@ -158,6 +158,13 @@ class RawNode:
     def report_unreachable(self, node_id: int) -> None:
         self.raft.step(Message(MessageType.UNREACHABLE, frm=node_id))
 
+    def defer_commit_broadcast(self, deferred: bool) -> None:
+        """On a leader holding its next proposals a moment: while deferred, a commit index that
+        advanced on its own is not sent; it goes out with the next proposals, or once no longer
+        deferred. Followers learn it later, which raft allows (a heartbeat carries it too), and
+        they are spared an append, a wake and an acknowledgement per round."""
+        self.raft.commit_broadcast_deferred = deferred
+
     # --- Outputs -------------------------------------------------------------
 
     def has_ready(self) -> bool:

@@ -26,11 +26,10 @@ def test_committed_entries_are_applied_in_order_on_every_node():
         assert net.applied_data(node_id) == [b"a", b"b", b"c"]
 
 
-def test_a_batch_proposed_in_the_turn_that_commits_the_last_shares_its_append_with_the_commit():
-    """The commit index a round of acknowledgements advances is not sent on its own: it goes out with
-    what is proposed before the next Ready, one append per follower (one wake and one ack each)."""
-    net = Net([1, 2, 3])
-    leader = net.elect(1)
+def committed_round(net: Net) -> int:
+    """Node 1 leads; one proposal is appended everywhere and its acknowledgements stepped on the
+    leader, whose commit index advances; nothing is sent yet. Returns that index."""
+    leader = net.nodes[1]
     leader.propose(b"first")
     net.drain(1)
     appends, net.pending = net.pending, []
@@ -41,12 +40,49 @@ def test_a_batch_proposed_in_the_turn_that_commits_the_last_shares_its_append_wi
     acknowledgements, net.pending = net.pending, []
     for acknowledgement in acknowledgements:
         leader.step(acknowledgement)
-    first_index = leader.committed
-    assert first_index == net.raft(1).log.last_index()
+    assert leader.committed == net.raft(1).log.last_index()
+    return leader.committed
+
+
+def appends_sent(ready) -> list[tuple[int, list[bytes], int]]:
+    return sorted((m.to, [e.data for e in m.entries], m.commit) for m in ready.messages if m.type == MessageType.APP)
+
+
+def test_a_batch_proposed_in_the_turn_that_commits_the_last_shares_its_append_with_the_commit():
+    """The commit index a round of acknowledgements advances is not sent on its own: it goes out with
+    what is proposed before the next Ready, one append per follower (one wake and one ack each)."""
+    net = Net([1, 2, 3])
+    leader = net.elect(1)
+    first_index = committed_round(net)
     leader.propose(b"second")
+    assert appends_sent(leader.ready()) == [(2, [b"second"], first_index), (3, [b"second"], first_index)]
+
+
+def test_a_deferred_commit_index_waits_for_the_next_proposal_and_goes_out_with_it():
+    """While the caller holds its next proposals (defer_commit_broadcast), a commit index that advanced
+    alone is not sent: the followers get it with those proposals, in one append each."""
+    net = Net([1, 2, 3])
+    leader = net.elect(1)
+    leader.defer_commit_broadcast(True)
+    first_index = committed_round(net)
     ready = leader.ready()
-    sent = [(m.to, [e.data for e in m.entries], m.commit) for m in ready.messages if m.type == MessageType.APP]
-    assert sorted(sent) == [(2, [b"second"], first_index), (3, [b"second"], first_index)]
+    assert appends_sent(ready) == []
+    assert [e.data for e in ready.committed_entries] == [b"first"]  # the leader applies it meanwhile
+    leader.advance(ready)
+    leader.propose(b"second")
+    assert appends_sent(leader.ready()) == [(2, [b"second"], first_index), (3, [b"second"], first_index)]
+
+
+def test_a_deferred_commit_index_goes_out_alone_once_the_deferral_ends():
+    net = Net([1, 2, 3])
+    leader = net.elect(1)
+    leader.defer_commit_broadcast(True)
+    first_index = committed_round(net)
+    leader.advance(leader.ready())
+    assert not leader.has_ready()
+    leader.defer_commit_broadcast(False)
+    assert leader.has_ready()
+    assert appends_sent(leader.ready()) == [(2, [], first_index), (3, [], first_index)]
 
 
 def test_follower_proposal_is_forwarded_to_the_leader():
