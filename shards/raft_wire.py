@@ -8,9 +8,10 @@ A batch is a u32 message count, then each message (all integers little-endian):
     [snapshot: index u64 | term u64 | voters u32 | learners u32 | ids u64... |
      data length u64 | data]
 
-where `entries` is a batch from native.codec.encode_entries, so the per-entry
-work of a replication message stays in compiled code. One batch travels as
-one stream message between a pair of replicas.
+where `entries` is a batch from native.codec.encode_entries (encoded once for
+the WAL and every follower: shards/entry_encoding.py), so the per-entry work
+of a replication message stays in compiled code. One batch travels as one
+stream message between a pair of replicas.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from __future__ import annotations
 import struct
 from typing import Iterable
 
-from native import codec
+from shards.entry_encoding import decode_entries, encode_entries
 from shards.raft.messages import Message, MessageType
-from shards.raft.storage import ConfState, Entry, Snapshot, SnapshotMeta
+from shards.raft.storage import ConfState, Snapshot, SnapshotMeta
 
 # Never sent between replicas: the core makes these for itself.
 _LOCAL_ONLY = frozenset({MessageType.HUP, MessageType.BEAT, MessageType.CHECK_QUORUM,
@@ -51,7 +52,7 @@ def encode_messages(messages: Iterable[Message]) -> bytes:
             len(message.context),
         ))
         parts.append(message.context)
-        entries = codec.encode_entries(message.entries) if message.entries else b""
+        entries = encode_entries(message.entries) if message.entries else b""
         parts.append(_LENGTH.pack(len(entries)))
         parts.append(entries)
         if snapshot is not None:
@@ -94,7 +95,7 @@ def _decode(view: memoryview) -> list[Message]:
         context, position = _take(view, position, context_length)
         (entries_length,) = _LENGTH.unpack_from(view, position)
         entries_bytes, position = _take(view, position + _LENGTH.size, entries_length)
-        entries = codec.decode_entries(entries_bytes, Entry) if entries_bytes else ()
+        entries = decode_entries(entries_bytes) if entries_bytes else ()
         snapshot = None
         if has_snapshot:
             snap_index, snap_term, voter_count, learner_count = _SNAPSHOT_HEAD.unpack_from(view, position)

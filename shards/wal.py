@@ -56,6 +56,7 @@ from typing import Callable, NamedTuple, Sequence
 from native import codec, walframe
 from shards import fault_control
 from shards.durable import fsync_directory
+from shards.entry_encoding import encode_entries
 from shards.raft.storage import (
     ConfState,
     Entry,
@@ -339,7 +340,7 @@ class WriteAheadLog:
             )
         frames = []
         if entries:
-            frames.append((RECORD_ENTRIES, codec.encode_entries(entries)))
+            frames.append((RECORD_ENTRIES, encode_entries(entries)))
         if hard_state is not None and hard_state != self.storage.hard_state:
             frames.append((RECORD_HARD_STATE, encode_hard_state(hard_state)))
         if not frames:

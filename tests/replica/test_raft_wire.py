@@ -4,6 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from native import codec
+from shards import entry_encoding
 from shards.raft.messages import Message, MessageType
 from shards.raft.storage import ConfState, Entry, Snapshot, SnapshotMeta
 from shards.raft_wire import WireError, decode_messages, encode_messages
@@ -82,3 +84,25 @@ def test_only_forwarded_requests_may_come_without_a_term():
     # Taken for local, a term-0 vote request would skip the term checks (review finding).
     with pytest.raises(WireError):
         decode_messages(encode_messages([Message(MessageType.VOTE, to=1, frm=2, term=0)]))
+
+
+def test_a_run_of_entries_is_encoded_once_for_the_wal_and_every_follower():
+    run = [Entry(2, index, 0, b"put %d" % index) for index in range(10, 20)]
+    once = entry_encoding.encode_entries(run)
+    assert once == codec.encode_entries(run)
+    assert entry_encoding.encode_entries(run[:]) is once  # the log's slice for another follower
+
+
+def test_entries_with_the_same_terms_and_indexes_but_other_data_get_their_own_bytes():
+    """Two groups' replicas in one process: the same term and index name different entries."""
+    mine = [Entry(2, 10, 0, b"mine")]
+    theirs = [Entry(2, 10, 0, b"theirs")]
+    entry_encoding.encode_entries(mine)
+    assert codec.decode_entries(entry_encoding.encode_entries(theirs), Entry) == theirs
+
+
+def test_a_follower_writes_the_entries_it_received_as_they_came():
+    received = codec.encode_entries([Entry(3, index, 0, b"v") for index in range(5)])
+    decoded = entry_encoding.decode_entries(received)
+    assert entry_encoding.encode_entries(decoded) is received
+    assert entry_encoding.encode_entries(decoded[1:]) == codec.encode_entries(decoded[1:])  # a part: encoded anew
